@@ -1,0 +1,8 @@
+// tokenlane._core: the one extension module. Each area registers itself from its own file.
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tokenlane's C++ core (private: use the tokenlane package)";
+  tokenlane::bindings::register_errors(m);
+  tokenlane::bindings::register_tokenizer(m);
+}

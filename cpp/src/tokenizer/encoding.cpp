@@ -1,0 +1,268 @@
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <queue>
+#include <sstream>
+#include <thread>
+
+#include "../util/sha256.hpp"
+#include "bpe.hpp"
+#include "special.hpp"
+#include "pretokenize.hpp"
+#include "tokenlane/tokenizer.hpp"
+
+namespace tokenlane {
+
+using detail::Vocabulary;
+
+struct Encoding::Impl {
+  EncodingSpec spec;
+  Vocabulary vocab;
+  SpecialSet special_strings;
+  detail::SpecialMatcher all_specials;  // every special token; the common "all" case is prebuilt
+
+  // Calls out.push(rank) for every token of the ordinary (no special tokens) text.
+  template <class Out>
+  void encode_ordinary(std::string_view text, Out& out) const {
+    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, out); };
+    switch (spec.pretokenizer) {
+      case PretokenizerKind::gpt2:
+        detail::split_gpt2(s, text.size(), piece);
+        break;
+      case PretokenizerKind::cl100k:
+        detail::split_cl100k(s, text.size(), piece);
+        break;
+      case PretokenizerKind::o200k:
+        detail::split_o200k(s, text.size(), piece);
+        break;
+    }
+  }
+
+  // As encode_ordinary, but occurrences of `allowed` special tokens become their ids. Each stretch of
+  // ordinary text between specials is split on its own, as tiktoken does.
+  template <class Out>
+  void encode(std::string_view text, const SpecialSet& allowed, Out& out) const {
+    if (allowed.empty()) return encode_ordinary(text, out);
+    detail::SpecialMatcher local;
+    const detail::SpecialMatcher& matcher = matcher_for(allowed, local);
+    while (!text.empty()) {
+      auto [pos, special] = matcher.find(text);
+      if (pos == std::string_view::npos) return encode_ordinary(text, out);
+      encode_ordinary(text.substr(0, pos), out);
+      out.push(special_rank(special));
+      text.remove_prefix(pos + special.size());
+    }
+  }
+
+  // The prebuilt matcher when `specials` is the full set (the common case), else one built in `local`.
+  const detail::SpecialMatcher& matcher_for(const SpecialSet& specials, detail::SpecialMatcher& local) const {
+    if (&specials == &special_strings || specials == special_strings) return all_specials;
+    local = detail::SpecialMatcher(specials);
+    return local;
+  }
+
+  std::pair<std::size_t, std::string_view> find_special(std::string_view text,
+                                                        const SpecialSet& specials) const {
+    if (specials.empty()) return {std::string_view::npos, {}};
+    detail::SpecialMatcher local;
+    return matcher_for(specials, local).find(text);
+  }
+
+  Rank special_rank(std::string_view text) const {
+    for (const auto& [s, r] : spec.special_tokens) {
+      if (s == text) return r;
+    }
+    throw Error(ErrorCode::invalid_argument,
+                "'" + std::string(text) + "' is not a special token of " + spec.name);
+  }
+
+  void check_specials(const SpecialSet& allowed) const {
+    for (const std::string& s : allowed) special_rank(s);
+  }
+};
+
+namespace {
+
+struct VectorOut {
+  std::vector<Rank>& v;
+  void push(Rank r) { v.push_back(r); }
+};
+
+struct CountOut {
+  std::size_t n = 0;
+  void push(Rank) { ++n; }
+};
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads; the first exception is rethrown.
+template <class Fn>
+void parallel_for(std::size_t n, unsigned threads, Fn fn) {
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<std::size_t>(threads, n));
+  if (threads <= 1) {
+    for (std::size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto work = [&] {
+    try {
+      for (std::size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+Encoding::Encoding(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Encoding::~Encoding() = default;
+
+std::shared_ptr<const Encoding> Encoding::from_rank_file_contents(EncodingSpec spec,
+                                                                   std::string_view contents) {
+  if (!spec.expected_sha256.empty()) {
+    std::string actual = detail::sha256_hex(contents);
+    if (actual != spec.expected_sha256) {
+      throw Error(ErrorCode::vocab_corrupt,
+                  "rank file for " + spec.name + " has SHA-256 " + actual + ", expected " +
+                      spec.expected_sha256 +
+                      "; the file is corrupt or from another encoding: delete it and let tokenlane "
+                      "fetch it again, or put a verified copy in $TOKENLANE_VOCAB_DIR");
+    }
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->vocab = Vocabulary::parse(spec.name, contents, spec.special_tokens);
+  impl->spec = std::move(spec);
+  for (const auto& st : impl->spec.special_tokens) impl->special_strings.push_back(st.first);
+  impl->all_specials = detail::SpecialMatcher(impl->special_strings);
+  return std::shared_ptr<const Encoding>(new Encoding(std::move(impl)));
+}
+
+std::shared_ptr<const Encoding> Encoding::from_rank_file(EncodingSpec spec, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw Error(ErrorCode::vocab_missing,
+                "cannot read rank file " + path + " for " + spec.name +
+                    ": put a verified copy there (TOKENLANE_VOCAB_DIR or the directory you passed), "
+                    "or unset TOKENLANE_VOCAB_DIR and run `tokenlane fetch " + spec.name +
+                    "` to download, verify and cache it");
+  }
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return from_rank_file_contents(std::move(spec), buf.str());
+}
+
+const std::string& Encoding::name() const noexcept { return impl_->spec.name; }
+std::size_t Encoding::n_vocab() const noexcept { return impl_->spec.n_vocab; }
+const std::vector<std::pair<std::string, Rank>>& Encoding::special_tokens() const noexcept {
+  return impl_->spec.special_tokens;
+}
+
+std::vector<Rank> Encoding::encode_ordinary(std::string_view utf8) const {
+  std::vector<Rank> v;
+  v.reserve(utf8.size() / 4 + 4);
+  VectorOut out{v};
+  impl_->encode_ordinary(utf8, out);
+  return v;
+}
+
+std::vector<Rank> Encoding::encode(std::string_view utf8, const SpecialSet& allowed) const {
+  impl_->check_specials(allowed);
+  std::vector<Rank> v;
+  v.reserve(utf8.size() / 4 + 4);
+  VectorOut out{v};
+  impl_->encode(utf8, allowed, out);
+  return v;
+}
+
+std::size_t Encoding::count(std::string_view utf8) const {
+  CountOut out;
+  impl_->encode_ordinary(utf8, out);
+  return out.n;
+}
+
+std::size_t Encoding::count(std::string_view utf8, const SpecialSet& allowed) const {
+  impl_->check_specials(allowed);
+  CountOut out;
+  impl_->encode(utf8, allowed, out);
+  return out.n;
+}
+
+std::vector<std::vector<Rank>> Encoding::encode_batch(const std::vector<std::string_view>& texts,
+                                                      const SpecialSet& allowed,
+                                                      unsigned num_threads) const {
+  impl_->check_specials(allowed);
+  std::vector<std::vector<Rank>> result(texts.size());
+  parallel_for(texts.size(), num_threads, [&](std::size_t i) {
+    result[i].reserve(texts[i].size() / 4 + 4);
+    VectorOut out{result[i]};
+    impl_->encode(texts[i], allowed, out);
+  });
+  return result;
+}
+
+std::vector<std::size_t> Encoding::count_batch(const std::vector<std::string_view>& texts,
+                                               const SpecialSet& allowed,
+                                               unsigned num_threads) const {
+  impl_->check_specials(allowed);
+  std::vector<std::size_t> result(texts.size());
+  parallel_for(texts.size(), num_threads, [&](std::size_t i) {
+    CountOut out;
+    impl_->encode(texts[i], allowed, out);
+    result[i] = out.n;
+  });
+  return result;
+}
+
+std::pair<std::size_t, std::string_view> Encoding::find_special(std::string_view utf8,
+                                                                const SpecialSet& specials) const {
+  return impl_->find_special(utf8, specials);
+}
+
+void Encoding::check_disallowed_special(std::string_view utf8, const SpecialSet& disallowed) const {
+  auto [pos, special] = impl_->find_special(utf8, disallowed);
+  if (pos == std::string_view::npos) return;
+  throw Error(ErrorCode::disallowed_special,
+              "Encountered text corresponding to disallowed special token '" + std::string(special) +
+                  "' at byte " + std::to_string(pos) +
+                  ". To encode it as a special token, pass it in allowed_special (or 'all'); to "
+                  "encode it as normal text, pass disallowed_special=() or remove it from that set.");
+}
+
+const SpecialSet& Encoding::special_token_strings() const noexcept { return impl_->special_strings; }
+
+std::string_view Encoding::token_bytes(Rank token) const {
+  std::string_view b = impl_->vocab.token_bytes(token);
+  if (b.data() == nullptr) {
+    throw Error(ErrorCode::invalid_argument, "token id " + std::to_string(token) +
+                                                 " is not in the vocabulary of " + name());
+  }
+  return b;
+}
+
+std::string Encoding::decode_bytes(const Rank* tokens, std::size_t n) const {
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) out.append(token_bytes(tokens[i]));
+  return out;
+}
+
+std::int64_t Encoding::encode_single_token(std::string_view bytes) const {
+  std::int64_t r = impl_->vocab.find(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  if (r >= 0) return r;
+  for (const auto& [text, rank] : impl_->spec.special_tokens) {
+    if (text == bytes) return rank;
+  }
+  return -1;
+}
+
+}  // namespace tokenlane

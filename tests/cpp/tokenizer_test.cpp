@@ -1,0 +1,166 @@
+// Exactness against the known-good vectors, special tokens, batching and error handling.
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "tokenlane/approx.hpp"
+#include "tokenlane/tokenizer.hpp"
+
+using tokenlane::Error;
+using tokenlane::ErrorCode;
+using tokenlane::Rank;
+
+namespace {
+
+std::string vocab_dir() {
+  const char* dir = std::getenv("TOKENLANE_VOCAB_DIR");
+  REQUIRE(dir != nullptr);
+  return dir;
+}
+
+std::vector<Rank> parse_ids(std::string list) {
+  std::vector<Rank> ids;
+  for (char& c : list) {
+    if (c == '[' || c == ']' || c == ',') c = ' ';
+  }
+  std::istringstream in(list);
+  for (Rank r; in >> r;) ids.push_back(r);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
+  std::ifstream in(vocab_dir() + "/test_plans.txt");
+  REQUIRE(in);
+  std::string line, name, sample;
+  int checked = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind("EncodingName: ", 0) == 0) name = line.substr(14);
+    if (line.rfind("Sample: ", 0) == 0) sample = line.substr(8);
+    if (line.rfind("Encoded: ", 0) == 0) {
+      auto enc = tokenlane::get_encoding(name);
+      INFO(name << ": " << sample);
+      CHECK(enc->encode_ordinary(sample) == parse_ids(line.substr(9)));
+      CHECK(enc->count(sample) == parse_ids(line.substr(9)).size());
+      CHECK(enc->decode_bytes(enc->encode_ordinary(sample)) == sample);
+      ++checked;
+    }
+  }
+  CHECK(checked > 300);
+}
+
+TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {
+  auto enc = tokenlane::get_encoding("cl100k_base");
+  const std::string text = "hi <|endoftext|> there";
+  SECTION("ordinary encoding splits the special's characters") {
+    auto ids = enc->encode_ordinary(text);
+    CHECK(std::find(ids.begin(), ids.end(), 100257u) == ids.end());
+    CHECK(enc->decode_bytes(ids) == text);
+  }
+  SECTION("allowed specials become their id") {
+    auto ids = enc->encode(text, {"<|endoftext|>"});
+    CHECK(std::count(ids.begin(), ids.end(), 100257u) == 1);
+    CHECK(enc->count(text, {"<|endoftext|>"}) == ids.size());
+    CHECK(enc->decode_bytes(ids) == text);
+  }
+  SECTION("disallowed specials are reported with their position") {
+    REQUIRE_THROWS_AS(enc->check_disallowed_special(text, enc->special_token_strings()), Error);
+    try {
+      enc->check_disallowed_special(text, enc->special_token_strings());
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::disallowed_special);
+      CHECK(std::string(e.what()).find("<|endoftext|>") != std::string::npos);
+    }
+    CHECK_NOTHROW(enc->check_disallowed_special("plain text", enc->special_token_strings()));
+  }
+  SECTION("an unknown special is an error, not silently ignored") {
+    CHECK_THROWS_AS(enc->encode(text, {"<|nope|>"}), Error);
+  }
+  SECTION("single tokens round-trip, specials included") {
+    CHECK(enc->encode_single_token("<|endoftext|>") == 100257);
+    CHECK(enc->encode_single_token("hello") == 15339);
+    CHECK(enc->encode_single_token("not one token at all") == -1);
+  }
+}
+
+TEST_CASE("batches equal one-by-one results on every thread count", "[tokenizer]") {
+  auto enc = tokenlane::get_encoding("o200k_base");
+  std::vector<std::string> owned;
+  for (int i = 0; i < 50; ++i) owned.push_back("Document " + std::to_string(i) + std::string(i * 7, 'x') + " déjà vu 東京 ");
+  std::vector<std::string_view> texts(owned.begin(), owned.end());
+  for (unsigned threads : {1u, 2u, 0u}) {
+    auto batch = enc->encode_batch(texts, {}, threads);
+    auto counts = enc->count_batch(texts, {}, threads);
+    REQUIRE(batch.size() == texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      CHECK(batch[i] == enc->encode_ordinary(texts[i]));
+      CHECK(counts[i] == batch[i].size());
+    }
+  }
+}
+
+TEST_CASE("long pieces and invalid UTF-8 round-trip", "[tokenizer]") {
+  auto enc = tokenlane::get_encoding("cl100k_base");
+  for (std::size_t n : {1u, 127u, 128u, 129u, 5000u, 100000u}) {
+    for (char c : {'x', ' ', '7', '\n'}) {
+      std::string text(n, c);
+      auto ids = enc->encode_ordinary(text);
+      CHECK(enc->decode_bytes(ids) == text);
+      CHECK(ids.size() <= n);
+    }
+  }
+  std::string bad = "ok \xff\xfe \xe2\x82 end \xc3";
+  CHECK(enc->decode_bytes(enc->encode_ordinary(bad)) == bad);
+  CHECK_THROWS_AS(enc->token_bytes(999999999u), Error);
+}
+
+TEST_CASE("rank files are verified and errors say how to fix them", "[tokenizer]") {
+  const tokenlane::EncodingSpec& spec = tokenlane::encoding_spec("cl100k_base");
+  SECTION("missing file") {
+    try {
+      tokenlane::Encoding::from_rank_file(spec, "/nonexistent/cl100k_base.tiktoken");
+      FAIL("expected an error");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::vocab_missing);
+    }
+  }
+  SECTION("wrong hash") {
+    try {
+      tokenlane::Encoding::from_rank_file_contents(spec, "aGVsbG8= 0\n");
+      FAIL("expected an error");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::vocab_corrupt);
+      CHECK(std::string(e.what()).find(spec.expected_sha256) != std::string::npos);
+    }
+  }
+  SECTION("unknown names") {
+    CHECK_THROWS_AS(tokenlane::encoding_spec("nope_base"), Error);
+    CHECK_THROWS_AS(tokenlane::encoding_name_for_model("my-own-model"), Error);
+  }
+}
+
+TEST_CASE("models resolve to tiktoken's encodings", "[tokenizer]") {
+  CHECK(tokenlane::encoding_name_for_model("gpt-4o") == "o200k_base");
+  CHECK(tokenlane::encoding_name_for_model("gpt-4o-2024-08-06") == "o200k_base");
+  CHECK(tokenlane::encoding_name_for_model("gpt-5-mini") == "o200k_base");
+  CHECK(tokenlane::encoding_name_for_model("gpt-4-0613") == "cl100k_base");
+  CHECK(tokenlane::encoding_name_for_model("gpt-3.5-turbo") == "cl100k_base");
+  CHECK(tokenlane::encoding_name_for_model("text-embedding-3-small") == "cl100k_base");
+  CHECK(tokenlane::encoding_name_for_model("gpt-oss-120b") == "o200k_harmony");
+  CHECK(tokenlane::encoding_name_for_model("ft:gpt-4o-mini:org::abc") == "o200k_base");
+}
+
+TEST_CASE("other families get a labelled approximate count", "[approx]") {
+  auto o200k = tokenlane::get_encoding("o200k_base");
+  auto c = tokenlane::count_approximate(*o200k, "Hello there, how are you doing today?", "anthropic/claude-sonnet-4-5");
+  CHECK(c.family == "claude");
+  CHECK(c.tokens > 0);
+  CHECK(c.typical_error > 0);
+  CHECK(tokenlane::approximate_family_for_model("meta-llama/Llama-3.1-8B-Instruct")->name == "llama");
+  CHECK(tokenlane::approximate_family_for_model("gpt-4o") == nullptr);
+  CHECK_THROWS_AS(tokenlane::count_approximate(*o200k, "x", "unknown-model"), Error);
+}
