@@ -160,7 +160,10 @@ TEST_CASE("other families get a labelled approximate count", "[approx]") {
   CHECK(c.family == "claude");
   CHECK(c.tokens > 0);
   CHECK(c.typical_error > 0);
-  CHECK(tokenlane::approximate_family_for_model("meta-llama/Llama-3.1-8B-Instruct")->name == "llama");
+  CHECK(tokenlane::approximate_family_for_model("meta-llama/Llama-3.1-8B-Instruct")->name == "llama3");
+  CHECK(tokenlane::approximate_family_for_model("open-mixtral-8x22b")->name == "mistral_spm");
+  CHECK(tokenlane::approximate_family_for_model("mistral-large-latest")->name == "mistral_tekken");
+  CHECK(tokenlane::approximate_family_for_model("us.anthropic.claude-opus-4-7")->name == "claude_4_7");
   CHECK(tokenlane::approximate_family_for_model("gpt-4o") == nullptr);
   CHECK_THROWS_AS(tokenlane::count_approximate(*o200k, "x", "unknown-model"), Error);
 }

@@ -2,7 +2,7 @@
 //
 // An Encoding turns UTF-8 text into token ids exactly as OpenAI's tiktoken does for cl100k_base,
 // o200k_base, p50k_base and r50k_base: a hand-written pre-tokenizer per encoding (no regex engine),
-// then byte-pair merges that stay O(n log n) on long pieces. Encodings are immutable after loading
+// then byte-pair merges that stay linear-time on long pieces. Encodings are immutable after loading
 // and safe to share between threads.
 //
 //   auto enc = tokenlane::get_encoding("o200k_base");      // reads $TOKENLANE_VOCAB_DIR

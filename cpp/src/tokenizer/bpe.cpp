@@ -1,6 +1,6 @@
 #include "bpe.hpp"
 
-#include <queue>
+#include <algorithm>
 
 namespace tokenlane::detail {
 namespace {
@@ -107,47 +107,132 @@ Vocabulary Vocabulary::parse(const std::string& name, std::string_view contents,
   return v;
 }
 
+namespace {
+
+// Pending merges of one long piece, ordered exactly like tiktoken: lowest rank first, then leftmost.
+// One bucket of positions per rank plus a three-level bitmap of non-empty buckets, so the next
+// merge is found in O(1) instead of a heap's O(log n) cache misses. Reused per thread.
+class MergeQueue {
+ public:
+  static constexpr std::size_t kMaxRanks = std::size_t{1} << 18;  // three 64-way bitmap levels
+
+  void reset(std::size_t n_ranks) {
+    if (n_ranks > kMaxRanks) {
+      throw Error(ErrorCode::invalid_argument, "vocabularies above 262144 ranks are not supported");
+    }
+    if (buckets_.size() < n_ranks) {
+      buckets_.resize(n_ranks);
+      l0_.assign((n_ranks + 63) / 64, 0);
+      l1_.assign((l0_.size() + 63) / 64, 0);
+    }
+    for (Rank r : touched_) buckets_[r] = Bucket{};  // leave nothing behind from an aborted run
+    touched_.clear();
+    l2_ = 0;
+    std::fill(l0_.begin(), l0_.end(), 0);
+    std::fill(l1_.begin(), l1_.end(), 0);
+  }
+
+  void push(Rank rank, std::uint32_t pos) {
+    Bucket& b = buckets_[rank];
+    if (b.head == b.pos.size()) {
+      if (b.pos.empty()) touched_.push_back(rank);
+      b.pos.clear();
+      b.head = 0;
+      b.sorted = true;
+      l0_[rank >> 6] |= bit(rank);
+      l1_[rank >> 12] |= bit(rank >> 6);
+      l2_ |= bit(rank >> 12);
+    } else if (pos < b.pos.back()) {
+      b.sorted = false;
+    }
+    b.pos.push_back(pos);
+  }
+
+  // Pops the (rank, position) that comes first; false when empty.
+  bool pop(Rank& rank, std::uint32_t& pos) {
+    if (l2_ == 0) return false;
+    std::size_t w2 = ctz(l2_);
+    std::size_t w1 = (w2 << 6) | ctz(l1_[w2]);
+    rank = static_cast<Rank>((w1 << 6) | ctz(l0_[w1]));
+    Bucket& b = buckets_[rank];
+    if (!b.sorted) {
+      std::sort(b.pos.begin() + static_cast<std::ptrdiff_t>(b.head), b.pos.end());
+      b.sorted = true;
+    }
+    pos = b.pos[b.head++];
+    if (b.head == b.pos.size()) {
+      if ((l0_[w1] &= ~bit(rank)) == 0 && (l1_[w2] &= ~bit(static_cast<Rank>(w1))) == 0) {
+        l2_ &= ~bit(static_cast<Rank>(w2));
+      }
+    }
+    return true;
+  }
+
+ private:
+  struct Bucket {
+    std::vector<std::uint32_t> pos;
+    std::size_t head = 0;
+    bool sorted = true;
+  };
+  static std::uint64_t bit(std::size_t i) { return std::uint64_t{1} << (i & 63); }
+  static std::size_t ctz(std::uint64_t w) { return static_cast<std::size_t>(__builtin_ctzll(w)); }
+
+  std::vector<Bucket> buckets_;
+  std::vector<Rank> touched_;
+  std::vector<std::uint64_t> l0_, l1_;
+  std::uint64_t l2_ = 0;
+};
+
+}  // namespace
+
 std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) const {
-  // Nodes are byte positions of current parts, linked through next/prev. pair[i] is the rank of the
-  // part at i merged with its successor; heap entries (rank << 32 | i) go stale when pair[i] changes.
+  // Parts are linked through next/prev by their first byte position; pair[i] is the rank of the part
+  // at i merged with its successor. Queue entries go stale when pair[i] changes and are skipped.
+  thread_local MergeQueue queue;
+  queue.reset(spans_.size());
   std::vector<std::uint32_t> next(n), prev(n);
   std::vector<Rank> tok(n), pair(n, kNoRank);
-  std::vector<std::uint64_t> heap;
-  heap.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
     next[i] = static_cast<std::uint32_t>(i + 1);
     prev[i] = static_cast<std::uint32_t>(i - 1);
     tok[i] = byte_rank_[p[i]];
   }
-  auto end_of = [&](std::uint32_t i) -> std::uint32_t { return next[i] < n ? next[next[i]] : n; };
+  // Long pieces repeat the same token pairs (runs of one character, indentation, digit runs), so pair
+  // lookups are memoised by (left token, right token) in a small direct-mapped table.
+  std::size_t memo_size = 64;
+  while (memo_size < n && memo_size < 4096) memo_size <<= 1;
+  std::vector<std::uint64_t> memo_key(memo_size, ~std::uint64_t{0});
+  std::vector<Rank> memo_rank(memo_size);
   auto update = [&](std::uint32_t i) {
-    pair[i] = next[i] < n ? find_rank(p + i, end_of(i) - i) : kNoRank;
-    if (pair[i] != kNoRank) heap.push_back((std::uint64_t{pair[i]} << 32) | i);
+    std::uint32_t j = next[i];
+    if (j >= n) {
+      pair[i] = kNoRank;
+      return;
+    }
+    std::uint64_t key = (std::uint64_t{tok[i]} << 32) | tok[j];
+    std::size_t slot = static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> 40) & (memo_size - 1);
+    if (memo_key[slot] != key) {
+      memo_key[slot] = key;
+      memo_rank[slot] = find_rank(p + i, (next[j] < n ? next[j] : n) - i);
+    }
+    pair[i] = memo_rank[slot];
+    if (pair[i] != kNoRank) queue.push(pair[i], i);
   };
   for (std::uint32_t i = 0; i + 1 < n; ++i) update(i);
-  auto later = [](std::uint64_t a, std::uint64_t b) { return a > b; };
-  std::make_heap(heap.begin(), heap.end(), later);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), later);
-    std::uint64_t top = heap.back();
-    heap.pop_back();
-    auto i = static_cast<std::uint32_t>(top);
-    Rank r = static_cast<Rank>(top >> 32);
+  Rank r;
+  std::uint32_t i;
+  while (queue.pop(r, i)) {
     if (tok[i] == kNoRank || pair[i] != r) continue;
     std::uint32_t j = next[i];
     tok[i] = r;
     tok[j] = kNoRank;
     next[i] = next[j];
     if (next[j] < n) prev[next[j]] = i;
-    std::size_t before = heap.size();
     update(i);
     if (i > 0) update(prev[i]);
-    for (std::size_t k = before; k < heap.size(); ++k) {
-      std::push_heap(heap.begin(), heap.begin() + static_cast<std::ptrdiff_t>(k) + 1, later);
-    }
   }
   std::vector<Rank> out;
-  for (std::uint32_t i = 0; i < n; i = next[i]) out.push_back(tok[i]);
+  for (std::uint32_t k = 0; k < n; k = next[k]) out.push_back(tok[k]);
   return out;
 }
 

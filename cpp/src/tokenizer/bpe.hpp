@@ -2,7 +2,8 @@
 //
 // Merging follows tiktoken's rule exactly: repeatedly merge the adjacent pair whose concatenated
 // bytes have the lowest rank, leftmost first, until no pair is in the vocabulary. Short pieces use a
-// flat array (fast for the usual 2-20 bytes); long pieces use a heap over a linked list, O(n log n).
+// flat array (fast for the usual 2-20 bytes); long pieces use a linked list and a bucket queue
+// over ranks, so each merge costs O(1) and time stays linear in the piece length.
 #pragma once
 
 #include <cstdint>
