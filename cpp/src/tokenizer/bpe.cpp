@@ -1,6 +1,7 @@
 #include "bpe.hpp"
 
 #include <algorithm>
+#include <atomic>
 
 namespace tokenlane::detail {
 namespace {
@@ -46,7 +47,9 @@ bool base64_decode(std::string_view in, std::string& out) {
 
 Vocabulary Vocabulary::parse(const std::string& name, std::string_view contents,
                              const std::vector<std::pair<std::string, Rank>>& specials) {
+  static std::atomic<std::uint64_t> next_id{1};
   Vocabulary v;
+  v.id_ = next_id.fetch_add(1);
   std::size_t line_no = 0;
   std::size_t ordinary = 0;
   while (!contents.empty()) {
@@ -186,16 +189,18 @@ class MergeQueue {
 }  // namespace
 
 std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) const {
-  // Parts are linked through next/prev by their first byte position; pair[i] is the rank of the part
-  // at i merged with its successor. Queue entries go stale when pair[i] changes and are skipped.
+  // Parts are linked by their first byte position; node[i].pair is the rank of the part at i merged
+  // with its successor. Queue entries go stale when a pair changes and are then skipped. The node
+  // fields live together so that one merge touches few cache lines.
+  struct Node {
+    std::uint32_t next, prev;
+    Rank tok, pair;
+  };
   thread_local MergeQueue queue;
   queue.reset(spans_.size());
-  std::vector<std::uint32_t> next(n), prev(n);
-  std::vector<Rank> tok(n), pair(n, kNoRank);
+  std::vector<Node> node(n);
   for (std::size_t i = 0; i < n; ++i) {
-    next[i] = static_cast<std::uint32_t>(i + 1);
-    prev[i] = static_cast<std::uint32_t>(i - 1);
-    tok[i] = byte_rank_[p[i]];
+    node[i] = {static_cast<std::uint32_t>(i + 1), static_cast<std::uint32_t>(i - 1), byte_rank_[p[i]], kNoRank};
   }
   // Long pieces repeat the same token pairs (runs of one character, indentation, digit runs), so pair
   // lookups are memoised by (left token, right token) in a small direct-mapped table.
@@ -204,35 +209,37 @@ std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) 
   std::vector<std::uint64_t> memo_key(memo_size, ~std::uint64_t{0});
   std::vector<Rank> memo_rank(memo_size);
   auto update = [&](std::uint32_t i) {
-    std::uint32_t j = next[i];
-    if (j >= n) {
-      pair[i] = kNoRank;
+    Node& a = node[i];
+    if (a.next >= n) {
+      a.pair = kNoRank;
       return;
     }
-    std::uint64_t key = (std::uint64_t{tok[i]} << 32) | tok[j];
+    const Node& b = node[a.next];
+    std::uint64_t key = (std::uint64_t{a.tok} << 32) | b.tok;
     std::size_t slot = static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> 40) & (memo_size - 1);
     if (memo_key[slot] != key) {
       memo_key[slot] = key;
-      memo_rank[slot] = find_rank(p + i, (next[j] < n ? next[j] : n) - i);
+      memo_rank[slot] = find_rank(p + i, (b.next < n ? b.next : n) - i);
     }
-    pair[i] = memo_rank[slot];
-    if (pair[i] != kNoRank) queue.push(pair[i], i);
+    a.pair = memo_rank[slot];
+    if (a.pair != kNoRank) queue.push(a.pair, i);
   };
   for (std::uint32_t i = 0; i + 1 < n; ++i) update(i);
   Rank r;
   std::uint32_t i;
   while (queue.pop(r, i)) {
-    if (tok[i] == kNoRank || pair[i] != r) continue;
-    std::uint32_t j = next[i];
-    tok[i] = r;
-    tok[j] = kNoRank;
-    next[i] = next[j];
-    if (next[j] < n) prev[next[j]] = i;
+    Node& a = node[i];
+    if (a.tok == kNoRank || a.pair != r) continue;
+    Node& b = node[a.next];
+    a.tok = r;
+    b.tok = kNoRank;
+    a.next = b.next;
+    if (b.next < n) node[b.next].prev = i;
     update(i);
-    if (i > 0) update(prev[i]);
+    if (i > 0) update(a.prev);
   }
   std::vector<Rank> out;
-  for (std::uint32_t k = 0; k < n; k = next[k]) out.push_back(tok[k]);
+  for (std::uint32_t k = 0; k < n; k = node[k].next) out.push_back(node[k].tok);
   return out;
 }
 

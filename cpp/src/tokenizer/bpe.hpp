@@ -26,8 +26,8 @@ class Vocabulary {
                           const std::vector<std::pair<std::string, Rank>>& specials);
 
   // The rank of exactly these bytes (ordinary tokens only), or -1.
-  std::int64_t find(const unsigned char* p, std::size_t n) const {
-    std::uint64_t h = hash(p, n);
+  std::int64_t find(const unsigned char* p, std::size_t n) const { return find(p, n, hash(p, n)); }
+  std::int64_t find(const unsigned char* p, std::size_t n, std::uint64_t h) const {
     std::uint32_t tag = static_cast<std::uint32_t>(h);
     for (std::size_t i = h >> shift_;; i = (i + 1) & mask_) {
       std::uint64_t slot = slots_[i];
@@ -54,13 +54,45 @@ class Vocabulary {
   template <class Out>
   void encode_piece(const unsigned char* p, std::size_t n, Out& out) const {
     if (n == 1) return out.push(byte_rank_[p[0]]);
-    std::int64_t whole = find(p, n);
+    std::uint64_t h = hash(p, n);
+    std::int64_t whole = find(p, n, h);
     if (whole >= 0) return out.push(static_cast<Rank>(whole));
-    if (n <= kShortPiece) return merge_short(p, n, out);
-    for (Rank r : merge_long(p, n)) out.push(r);
+    if (n > kShortPiece) {
+      for (Rank r : merge_long(p, n)) out.push(r);
+      return;
+    }
+    if (n > PieceCache::kMaxBytes) return merge_short(p, n, out);
+    // Pieces that are not one token repeat a lot in real text ("tokenizer", " McDonald"), so their
+    // merge results are remembered per thread.
+    thread_local PieceCache cache;
+    PieceCache::Entry& e = cache.slots[h & (PieceCache::kSlots - 1)];
+    if (e.vocab_id != id_ || e.hash != h || e.len != n || std::memcmp(e.bytes, p, n) != 0) {
+      e.n_tokens = 0;
+      merge_short(p, n, e);  // a piece of n bytes has at most n tokens: e.tokens cannot overflow
+      e.vocab_id = id_;
+      e.hash = h;
+      e.len = static_cast<std::uint8_t>(n);
+      std::memcpy(e.bytes, p, n);
+    }
+    for (std::size_t i = 0; i < e.n_tokens; ++i) out.push(e.tokens[i]);
   }
 
  private:
+  struct PieceCache {
+    static constexpr std::size_t kMaxBytes = 24;
+    static constexpr std::size_t kSlots = 4096;
+    struct Entry {
+      std::uint64_t vocab_id = 0;  // 0: empty
+      std::uint64_t hash = 0;
+      std::uint8_t len = 0;
+      std::uint8_t n_tokens = 0;
+      unsigned char bytes[kMaxBytes];
+      Rank tokens[kMaxBytes];
+      void push(Rank r) { tokens[n_tokens++] = r; }
+    };
+    Entry slots[kSlots];
+  };
+
   static constexpr std::size_t kShortPiece = 128;
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
   struct Span {
@@ -125,6 +157,7 @@ class Vocabulary {
   std::size_t mask_ = 0;
   int shift_ = 64;
   Rank byte_rank_[256] = {};
+  std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece cache
 };
 
 }  // namespace tokenlane::detail
