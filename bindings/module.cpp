@@ -5,4 +5,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "tokenlane's C++ core (private: use the tokenlane package)";
   tokenlane::bindings::register_errors(m);
   tokenlane::bindings::register_tokenizer(m);
+  tokenlane::bindings::register_pricing(m);
 }

@@ -12,13 +12,16 @@ from .encoding import (
     get_encoding,
     list_encoding_names,
 )
+from .pricing import Cost, Pricing
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApproximateCount",
+    "Cost",
     "Encoding",
     "InvalidArgumentError",
+    "Pricing",
     "TokenlaneError",
     "UnknownNameError",
     "VocabularyError",

@@ -1,7 +1,7 @@
 """Type stubs for tokenlane's private C++ extension module."""
 
 from collections.abc import Collection, Sequence
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 _Specials = Literal["all"] | Collection[str]
 
@@ -45,3 +45,54 @@ def load_encoding(name: str, vocab_dir: str) -> Encoding: ...
 def encoding_name_for_model(model: str) -> str: ...
 def approximate_family(model: str) -> _Family | None: ...
 def count_approximate(o200k: Encoding, text: str, model: str) -> int: ...
+
+class _CostDict(TypedDict):
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    batch: bool
+    input: int
+    cached_input: int
+    cache_write: int
+    output: int
+    reasoning: int
+    total: int
+    long_context_above: int
+    batch_discounted: bool
+    fallback: bool
+
+class Pricing:
+    @staticmethod
+    def from_json(text: str, default_table_path: str, base_dir: str) -> Pricing: ...
+    @staticmethod
+    def from_file(path: str, default_table_path: str) -> Pricing: ...
+    @staticmethod
+    def empty() -> Pricing: ...
+    def with_config(self, text: str) -> Pricing: ...
+    def cost(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int,
+        cache_write_tokens: int,
+        reasoning_tokens: int,
+        batch: bool,
+    ) -> _CostDict: ...
+    def cost_of_usage(self, model: str, usage_json: str, batch: bool) -> _CostDict: ...
+    def resolve(self, model: str) -> str | None: ...
+    def entry(self, model: str) -> dict[str, Any]: ...
+    def max_input_tokens(self, model: str) -> int | None: ...
+    def max_output_tokens(self, model: str) -> int | None: ...
+    def provider(self, model: str) -> str: ...
+    def models(self) -> list[str]: ...
+    @property
+    def has_fallback(self) -> bool: ...
+    @property
+    def skipped_entries(self) -> int: ...
+
+def batch_discount_percent(provider: str) -> int | None: ...
