@@ -56,16 +56,18 @@ Texts texts_of(const py::sequence& seq) {
   return t;
 }
 
-std::vector<Rank> encode(const Encoding& enc, const py::str& text, const py::handle& allowed_arg,
-                         const py::handle& disallowed_arg) {
-  SpecialSet allowed = allowed_set(enc, allowed_arg);
-  SpecialSet disallowed = disallowed_set(enc, disallowed_arg, allowed);
-  py::object holder;
-  std::string_view utf8 = utf8_of(text, holder);
-  py::gil_scoped_release release;
-  if (!disallowed.empty()) enc.check_disallowed_special(utf8, disallowed);
-  return enc.encode(utf8, allowed);
-}
+// tiktoken's special-token arguments, resolved once per call.
+struct SpecialPolicy {
+  SpecialSet allowed, disallowed;
+
+  SpecialPolicy(const Encoding& enc, const py::handle& allowed_arg, const py::handle& disallowed_arg)
+      : allowed(allowed_set(enc, allowed_arg)), disallowed(disallowed_set(enc, disallowed_arg, allowed)) {}
+
+  // Raises (as tiktoken) if a text holds a disallowed special token. Call without the GIL.
+  void check(const Encoding& enc, std::string_view utf8) const {
+    if (!disallowed.empty()) enc.check_disallowed_special(utf8, disallowed);
+  }
+};
 
 }  // namespace
 
@@ -95,9 +97,19 @@ void register_tokenizer(py::module_& m) {
         for (const auto& [text, rank] : e.special_tokens()) d[py::str(text)] = rank;
         return d;
       })
-      .def("encode", [](const Encoding& e, const py::str& text, const py::handle& allowed,
-                        const py::handle& disallowed) { return to_list(encode(e, text, allowed, disallowed)); },
-           py::arg("text"), py::arg("allowed_special"), py::arg("disallowed_special"))
+      .def("encode", [](const Encoding& e, const py::str& text, const py::handle& allowed_arg,
+                        const py::handle& disallowed_arg) {
+        SpecialPolicy policy(e, allowed_arg, disallowed_arg);
+        py::object holder;
+        std::string_view utf8 = utf8_of(text, holder);
+        std::vector<Rank> ids;
+        {
+          py::gil_scoped_release release;
+          policy.check(e, utf8);
+          ids = e.encode(utf8, policy.allowed);
+        }
+        return to_list(ids);
+      }, py::arg("text"), py::arg("allowed_special"), py::arg("disallowed_special"))
       .def("encode_ordinary", [](const Encoding& e, const py::str& text) {
         py::object holder;
         std::string_view utf8 = utf8_of(text, holder);
@@ -110,26 +122,22 @@ void register_tokenizer(py::module_& m) {
       })
       .def("count", [](const Encoding& e, const py::str& text, const py::handle& allowed_arg,
                        const py::handle& disallowed_arg) {
-        SpecialSet allowed = allowed_set(e, allowed_arg);
-        SpecialSet disallowed = disallowed_set(e, disallowed_arg, allowed);
+        SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         py::object holder;
         std::string_view utf8 = utf8_of(text, holder);
         py::gil_scoped_release release;
-        if (!disallowed.empty()) e.check_disallowed_special(utf8, disallowed);
-        return e.count(utf8, allowed);
+        policy.check(e, utf8);
+        return e.count(utf8, policy.allowed);
       })
       .def("encode_batch", [](const Encoding& e, const py::sequence& texts, const py::handle& allowed_arg,
                               const py::handle& disallowed_arg, unsigned num_threads) {
-        SpecialSet allowed = allowed_set(e, allowed_arg);
-        SpecialSet disallowed = disallowed_set(e, disallowed_arg, allowed);
+        SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         Texts t = texts_of(texts);
         std::vector<std::vector<Rank>> ids;
         {
           py::gil_scoped_release release;
-          if (!disallowed.empty()) {
-            for (std::string_view v : t.views) e.check_disallowed_special(v, disallowed);
-          }
-          ids = e.encode_batch(t.views, allowed, num_threads);
+          for (std::string_view v : t.views) policy.check(e, v);
+          ids = e.encode_batch(t.views, policy.allowed, num_threads);
         }
         py::list out(ids.size());
         for (std::size_t i = 0; i < ids.size(); ++i) out[i] = to_list(ids[i]);
@@ -137,14 +145,11 @@ void register_tokenizer(py::module_& m) {
       })
       .def("count_batch", [](const Encoding& e, const py::sequence& texts, const py::handle& allowed_arg,
                              const py::handle& disallowed_arg, unsigned num_threads) {
-        SpecialSet allowed = allowed_set(e, allowed_arg);
-        SpecialSet disallowed = disallowed_set(e, disallowed_arg, allowed);
+        SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         Texts t = texts_of(texts);
         py::gil_scoped_release release;
-        if (!disallowed.empty()) {
-          for (std::string_view v : t.views) e.check_disallowed_special(v, disallowed);
-        }
-        return e.count_batch(t.views, allowed, num_threads);
+        for (std::string_view v : t.views) policy.check(e, v);
+        return e.count_batch(t.views, policy.allowed, num_threads);
       })
       .def("decode_bytes", [](const Encoding& e, const std::vector<Rank>& ids) {
         std::string bytes;

@@ -10,7 +10,7 @@
 //   std::vector<tokenlane::Rank> ids = enc->encode_ordinary("Hello");
 //
 // Not for: model families without a public vocabulary (Claude, Gemini, ...). Those are counted by
-// tokenlane::ApproximateCounter (approx.hpp), which never claims to be exact.
+// tokenlane::count_approximate (approx.hpp), which never claims to be exact.
 #pragma once
 
 #include <cstddef>

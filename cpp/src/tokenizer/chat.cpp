@@ -141,8 +141,8 @@ std::size_t count_chat_tokens(const Encoding& encoding, std::string_view request
   }
   if (!messages->is_array()) bad("messages", "must be an array of message objects");
 
-  Counter counter(encoding, rules_for(encoding, model));
   const Rules rules = rules_for(encoding, model);
+  Counter counter(encoding, rules);
   long n = rules.reply_priming;
   for (std::size_t i = 0; i < messages->size(); ++i) {
     n += counter.message((*messages)[i], "messages[" + std::to_string(i) + "]");
