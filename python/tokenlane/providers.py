@@ -26,7 +26,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import content_text, count_output_tokens
+import httpx
+
+from .formats import StreamReader, content_text, count_output_tokens, read_json_response
 
 # --- usage reporting from inside a request ------------------------------------------------------
 
@@ -156,15 +158,12 @@ class OpenAICompatibleProvider:
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
                  client: Any = None, seed: int | None = None) -> None:
-        import httpx  # the middleware extra
-
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers)
         self._rng = random.Random(seed)
-        self._httpx = httpx
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -179,7 +178,7 @@ class OpenAICompatibleProvider:
             try:
                 request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=dict(body))
                 response = await self._client.send(request, stream=stream)
-            except self._httpx.HTTPError as exc:
+            except httpx.HTTPError as exc:
                 error = ProviderError(f"upstream unreachable: {exc.__class__.__name__}: {exc}", status=502)
             else:
                 if response.status_code < 400:
@@ -243,6 +242,83 @@ def _sse_json(event: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+# --- the openai SDK's own HTTP client --------------------------------------------------------
+
+
+class UsageReportingTransport(httpx.AsyncBaseTransport):
+    """An httpx async transport that reports the usage of every LLM response passing through it.
+
+    For handlers that call the official ``openai`` SDK themselves::
+
+        client = openai.AsyncOpenAI(http_client=tokenlane.providers.openai_http_client())
+
+    JSON responses are read as they arrive; streamed chat/completions requests get
+    ``stream_options.include_usage`` added (without it a stream has no usage), and the usage-only
+    chunk is dropped again when the caller did not ask for it, so the SDK sees what it asked for.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        model, drop = "", False
+        try:
+            body = json.loads(request.content) if request.content else None
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            model = str(body.get("model", ""))
+            if body.get("stream") and request.url.path.endswith("completions") and \
+                    not (body.get("stream_options") or {}).get("include_usage"):
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+                drop = True
+                content = json.dumps(body).encode()
+                headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+                request = httpx.Request(request.method, request.url, headers=headers, content=content,
+                                        extensions=request.extensions)
+        response = await self._inner.handle_async_request(request)
+        if not model or response.status_code >= 400:
+            return response
+        if "text/event-stream" in response.headers.get("content-type", ""):
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  stream=_ReportingStream(response, model, drop), extensions=response.extensions)
+        content = await response.aread()
+        usage = read_json_response(content).usage
+        if usage is not None:
+            report_usage(model, usage)
+        return httpx.Response(response.status_code, headers=response.headers, content=content,
+                              extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ReportingStream(httpx.AsyncByteStream):
+    def __init__(self, response: Any, model: str, drop: bool) -> None:
+        self._response = response
+        self._model = model
+        self._reader = StreamReader(drop_usage_only_chunks=drop)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.stream:
+            out = self._reader.feed(chunk)
+            if out:
+                yield out
+        rest = self._reader.close()
+        if rest:
+            yield rest
+        if self._reader.result.usage is not None:
+            report_usage(self._model, self._reader.result.usage)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def openai_http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for ``openai.AsyncOpenAI(http_client=...)`` that reports usage."""
+    return httpx.AsyncClient(transport=UsageReportingTransport(), **kwargs)
 
 
 # --- simulated upstream -------------------------------------------------------------------------
@@ -371,6 +447,8 @@ __all__ = [
     "RetryPolicy",
     "SimulatedProvider",
     "parse_retry_after",
+    "UsageReportingTransport",
+    "openai_http_client",
     "provider_from_env",
     "report_usage",
 ]

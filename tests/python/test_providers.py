@@ -166,3 +166,43 @@ def test_simulated_stream_matches_its_usage():
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == len(tokenlane.encoding_for_model("gpt-4o-mini").encode(text))
+
+
+def test_openai_sdk_hook_reports_json_and_stream_usage():
+    from tokenlane.providers import UsageReportingTransport
+
+    def handler(request):
+        body = json.loads(request.content)
+        if body.get("stream"):
+            assert body["stream_options"] == {"include_usage": True}  # added by the hook
+            chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o",
+                       "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+                      {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o",
+                       "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}]
+            text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": "gpt-4o",
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                      "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}})
+
+    async def run():
+        import openai
+
+        reports = UsageReports()
+        token = _current_reports.set(reports)
+        try:
+            http = httpx.AsyncClient(transport=UsageReportingTransport(httpx.MockTransport(handler)))
+            client = openai.AsyncOpenAI(base_url="http://up/v1", api_key="sk", http_client=http)
+            msgs = [{"role": "user", "content": "hello"}]
+            reply = await client.chat.completions.create(model="gpt-4o", messages=msgs)
+            stream = await client.chat.completions.create(model="gpt-4o", messages=msgs, stream=True)
+            chunks = [c async for c in stream]
+            return reply, chunks, reports
+        finally:
+            _current_reports.reset(token)
+
+    reply, chunks, reports = asyncio.run(run())
+    assert reply.choices[0].message.content == "ok"
+    assert all(c.choices for c in chunks)  # the usage-only chunk the caller did not ask for is gone
+    assert [u["completion_tokens"] for _, u in reports.calls] == [2, 1]
