@@ -1,6 +1,7 @@
 """tokenlane: token-cost-aware scheduling for LLM-backed web services.
 
-This release provides the exact tokenizer (tiktoken-compatible ids, C++ core) and request counting.
+This release provides the exact tokenizer (tiktoken-compatible ids, C++ core), request counting,
+pricing, and output-token estimators with the tools to evaluate them.
 """
 
 from ._core import InvalidArgumentError, TokenlaneError, UnknownNameError, VocabularyError
@@ -12,6 +13,8 @@ from .encoding import (
     get_encoding,
     list_encoding_names,
 )
+from .estimators import Estimate, Estimator, HeuristicEstimator, HistoryEstimator, LearnedEstimator
+from .evaluation import evaluate, plot_predictions
 from .pricing import Cost, Pricing
 
 __version__ = "0.1.0"
@@ -20,7 +23,12 @@ __all__ = [
     "ApproximateCount",
     "Cost",
     "Encoding",
+    "Estimate",
+    "Estimator",
+    "HeuristicEstimator",
+    "HistoryEstimator",
     "InvalidArgumentError",
+    "LearnedEstimator",
     "Pricing",
     "TokenlaneError",
     "UnknownNameError",
@@ -29,6 +37,8 @@ __all__ = [
     "count_tokens_approx",
     "encoding_for_model",
     "encoding_name_for_model",
+    "evaluate",
     "get_encoding",
     "list_encoding_names",
+    "plot_predictions",
 ]
