@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_tokenizer(m);
   tokenlane::bindings::register_pricing(m);
   tokenlane::bindings::register_estimator(m);
+  tokenlane::bindings::register_ledger(m);
 }

@@ -4,7 +4,7 @@ This release provides the exact tokenizer (tiktoken-compatible ids, C++ core), r
 pricing, and output-token estimators with the tools to evaluate them.
 """
 
-from ._core import InvalidArgumentError, TokenlaneError, UnknownNameError, VocabularyError
+from ._core import InvalidArgumentError, StorageError, TokenlaneError, UnknownNameError, VocabularyError
 from .chat import ApproximateCount, count_chat_tokens, count_tokens_approx
 from .encoding import (
     Encoding,
@@ -15,6 +15,7 @@ from .encoding import (
 )
 from .estimators import Estimate, Estimator, HeuristicEstimator, HistoryEstimator, LearnedEstimator
 from .evaluation import evaluate, plot_predictions
+from .ledger import Ledger
 from .pricing import Cost, Pricing
 
 __version__ = "0.1.0"
@@ -29,7 +30,9 @@ __all__ = [
     "HistoryEstimator",
     "InvalidArgumentError",
     "LearnedEstimator",
+    "Ledger",
     "Pricing",
+    "StorageError",
     "TokenlaneError",
     "UnknownNameError",
     "VocabularyError",
