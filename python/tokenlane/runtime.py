@@ -476,10 +476,11 @@ class Tokenlane:
             input_tokens=cost.input_tokens, output_tokens=cost.output_tokens,
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
-            usage_source=source)
+            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=p.cost_p90)
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
         self.ledger.update_request(p.id, **fields)
+        fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
                                    context={"route": p.route, "tenant": p.identity.tenant},
@@ -519,7 +520,7 @@ class Tokenlane:
             "id": p.id, "tenant": p.identity.tenant, "user_id": p.identity.user_id, "key_id": p.identity.key_id,
             "route": p.route, "model": p.request.model, "status": status,
             "decision": getattr(decision, "kind", None), "reason": getattr(decision, "reason", None),
-            "priority": p.priority, "deadline_s": p.deadline_s, "created_at": p.arrival,
+            "priority": p.priority, "deadline_s": p.deadline_s, "created_at": p.arrival, "max_tokens": p.max_output,
             "est_input_tokens": p.input_tokens, "est_output_p50": p.est_p50, "est_output_p90": p.est_p90,
             "est_cost_pico_usd": p.cost_p50,
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
