@@ -436,6 +436,12 @@ TEST_CASE("ledger: budget reserve, settle and release arithmetic", "[ledger]") {
     const auto events = led.budget_events(std::string("t"), 100);
     REQUIRE(events.size() == 7);  // set_budget, 3 reserves, settle, 2 releases (the second finds nothing left)
     CHECK(events[0].text("kind") == "reserve");
+    CHECK(events[1].text("kind") == "release");
+    CHECK(events[1].integer("amount_pico_usd") == 0);  // nothing was left to free
+    CHECK(events[2].integer("amount_pico_usd") == 400);
+    CHECK(events[3].text("kind") == "settle");
+    CHECK(events[3].integer("amount_pico_usd") == 250);
+    CHECK(events[3].integer("reserved_pico_usd") == 600);
     CHECK(events.back().text("kind") == "set_budget");
   }
   SECTION("bad amounts are refused") {

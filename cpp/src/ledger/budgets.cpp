@@ -5,6 +5,7 @@
 // it is at write time, under SQLite's write lock. Two workers can therefore never both take the
 // last of a budget. Window roll-over is part of the same statement, so no process ever observes
 // (or adds to) a stale window's spend.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -83,6 +84,15 @@ void log_event(SQLite::Database& db, const std::string& tenant, const char* kind
   bind_value(st, 4, reserved);
   st.bind(5, now);
   st.exec();
+}
+
+// The tenant's reservation right now (inside a write transaction, so it cannot change under us):
+// the audit trail records what a settle or release really freed, not what the caller asked.
+std::int64_t freeable(SQLite::Database& db, const std::string& tenant, std::int64_t asked) {
+  SQLite::Statement st(db, "SELECT reserved_pico_usd FROM budgets WHERE tenant = ?");
+  st.bind(1, tenant);
+  if (!st.executeStep()) return 0;
+  return std::min<std::int64_t>(asked, st.getColumn(0).getInt64());
 }
 
 constexpr const char* kBudgetColumns =
@@ -245,6 +255,7 @@ void Ledger::settle(const std::string& tenant, std::int64_t reserved_pico_usd, s
   checked_seconds(now);
   impl_->locked("settle", [&] {
     WriteTransaction tx(impl_->db);
+    const std::int64_t freed = freeable(impl_->db, tenant, reserved_pico_usd);
     // Reservations are never driven below zero: a double settle cannot free someone else's share.
     SQLite::Statement st(impl_->db,
                          "INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
@@ -259,7 +270,7 @@ void Ledger::settle(const std::string& tenant, std::int64_t reserved_pico_usd, s
     st.bind(6, now);
     st.bind(7, actual_pico_usd);
     st.exec();
-    log_event(impl_->db, tenant, "settle", actual_pico_usd, reserved_pico_usd, now);
+    log_event(impl_->db, tenant, "settle", actual_pico_usd, freed, now);
     tx.commit();
   });
 }
@@ -270,13 +281,14 @@ void Ledger::release(const std::string& tenant, std::int64_t reserved_pico_usd, 
   checked_seconds(now);
   impl_->locked("release", [&] {
     WriteTransaction tx(impl_->db);
+    const std::int64_t freed = freeable(impl_->db, tenant, reserved_pico_usd);
     SQLite::Statement st(impl_->db,
                          "UPDATE budgets SET reserved_pico_usd = MAX(reserved_pico_usd - ?1, 0), updated_at = ?2 "
                          "WHERE tenant = ?3");
     st.bind(1, reserved_pico_usd);
     st.bind(2, now);
     st.bind(3, tenant);
-    if (st.exec() == 1) log_event(impl_->db, tenant, "release", reserved_pico_usd, LedgerValue(), now);
+    if (st.exec() == 1) log_event(impl_->db, tenant, "release", freed, LedgerValue(), now);
     tx.commit();
   });
 }
