@@ -44,6 +44,14 @@ def test_urls_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         Ledger(tmp_path / "missing-dir" / "x.db")
 
 
+def test_close(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "c.db") as led:
+        led.create_user("c@example.com")
+    with pytest.raises(StorageError, match="closed"):
+        led.list_users()
+    assert Ledger(tmp_path / "c.db").get_user_by_email("c@example.com") is not None
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     Ledger(path)
