@@ -168,7 +168,9 @@ class Ledger {
   // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
   LedgerRow usage(const std::string& tenant, double now) const;
   // The audit trail, newest first: id, tenant, kind (reserve|settle|release|set_budget),
-  // amount_pico_usd, reserved_pico_usd, at.
+  // amount_pico_usd (reserved, charged, released, or the new limit), reserved_pico_usd (settle:
+  // the reservation it freed), at. Freed amounts are what was really freed, so replaying the
+  // events in id order reproduces the counters.
   std::vector<LedgerRow> budget_events(const std::optional<std::string>& tenant, std::int64_t limit) const;
 
   // ---- configuration: values are JSON text (validated); every change is kept in the history.
