@@ -138,6 +138,20 @@ def time_long_prompt(est, prompt: str, reps: int) -> float:
     return statistics.median(samples)
 
 
+def time_token_count(prompt: str, reps: int) -> float:
+    """Median microseconds of counting the same prompt exactly (o200k_base), for scale."""
+    from tokenlane import get_encoding
+
+    enc = get_encoding("o200k_base")
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter_ns()
+        for _ in range(20):
+            enc.count(prompt)
+        samples.append((time.perf_counter_ns() - t) / 20 / 1000.0)
+    return statistics.median(samples)
+
+
 def run(args) -> dict:
     import tokenlane
     from tokenlane.estimators import Estimator, HeuristicEstimator, HistoryEstimator, LearnedEstimator
@@ -194,6 +208,7 @@ def run(args) -> dict:
         "blend:default": Estimator.default(pricing=None),
         "blend:trained": Estimator.default(learned=trained_all, pricing=None),
     }
+    count_us = time_token_count(long_prompt, args.reps)
     results = []
     for name in names:
         row = {"estimator": name}
@@ -211,6 +226,8 @@ def run(args) -> dict:
             "epochs": args.epochs,
             "seed": args.seed,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "load_average": os.getloadavg(),
+            "us_exact_count_1k_token_prompt": count_us,
         },
         "data": {
             "paths": [str(p) for p in paths],
@@ -249,6 +266,12 @@ def report(res: dict) -> str:
         )
     lines.append("")
     lines.append("tau, spearman: per-model rank correlation of p50 with the actual length, averaged over models.")
+    m = res["meta"]
+    lines.append(
+        f"Scale: counting the same 1k-token prompt exactly (o200k_base, tokenlane) took "
+        f"{m['us_exact_count_1k_token_prompt']:.1f} µs in this run; load average "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average'])} on {m['cpu_count']} cores."
+    )
     return "\n".join(lines)
 
 

@@ -109,7 +109,7 @@ struct CueTable {
     unit({"character", "characters", "letters"}, 0.3f);
     unit({"page", "pages"}, 600.0f);
     unit({"verse", "verses", "stanza", "stanzas"}, 45.0f);
-    unit({"haiku", "haikus", "tweet", "tweets"}, 40.0f);
+    unit({"haiku", "haikus", "tweet", "tweets"}, 35.0f);
     const std::pair<std::string_view, float> numbers[] = {
         {"a", 1},       {"one", 1},     {"single", 1},   {"two", 2},       {"couple", 2},    {"three", 3},
         {"few", 3},     {"four", 4},    {"several", 4},  {"five", 5},      {"six", 6},       {"seven", 7},
