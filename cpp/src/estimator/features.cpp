@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bitset>
 #include <cmath>
+#include <cstring>
 #include <unordered_map>
 
 #include "internal.hpp"
@@ -20,8 +21,35 @@ struct Cue {
   float value = 0;         // tokens per unit, or the number's value
 };
 
-std::uint64_t word_hash(std::string_view w) { return fnv1a(w); }
-std::uint64_t bigram(std::uint64_t a, std::uint64_t b) { return mix(a, b); }
+// Hashes a word 8 bytes at a time: bytes are packed into a 64-bit lane and each full lane (and the
+// tail, tagged with the length) goes through one mix. Much cheaper than a multiply per byte.
+struct WordHasher {
+  std::uint64_t h = kFnvOffset, lane = 0;
+  unsigned shift = 0;
+  std::size_t len = 0;
+  void add(unsigned char c) {
+    lane |= static_cast<std::uint64_t>(c) << shift;
+    shift += 8;
+    ++len;
+    if (shift == 64) {
+      h = mix(h, lane);
+      lane = 0;
+      shift = 0;
+    }
+  }
+  std::uint64_t done() const { return mix(h, lane ^ (static_cast<std::uint64_t>(len) << 56)); }
+};
+
+std::uint64_t word_hash(std::string_view w) {
+  WordHasher hasher;
+  for (unsigned char c : w) hasher.add(c);
+  return hasher.done();
+}
+// Word-sequence hash: one multiply and a fold (the inputs are already well-mixed word hashes).
+std::uint64_t bigram(std::uint64_t a, std::uint64_t b) {
+  std::uint64_t z = (a ^ ((b << 31) | (b >> 33))) * 0x9e3779b97f4a7c15ULL;
+  return z ^ (z >> 29);
+}
 
 std::uint64_t phrase_hash(std::string_view phrase) {
   // Same hashing as the scanner: unigram, or mix-chained bigram/trigram.
@@ -40,14 +68,20 @@ std::uint64_t phrase_hash(std::string_view phrase) {
 }
 
 struct CueTable {
+  static constexpr std::uint64_t kFilterMask = (1u << 16) - 1;
   std::unordered_map<std::uint64_t, Cue> cues;
-  std::bitset<8192> filter;
+  std::bitset<kFilterMask + 1> filter;          // every cue's hash
+  std::bitset<kFilterMask + 1> trigram_prefix;  // the first two words of three-word cues
 
   void add(std::string_view phrase, Cue cue) {
     std::uint64_t h = phrase_hash(phrase);
     cues[h] = cue;
-    filter.set(h & 8191);
+    filter.set(h & kFilterMask);
+    const std::size_t second_space = phrase.find(' ', phrase.find(' ') + 1);
+    if (phrase.find(' ') != std::string_view::npos && second_space != std::string_view::npos)
+      trigram_prefix.set(phrase_hash(phrase.substr(0, second_space)) & kFilterMask);
   }
+  bool may_start_trigram(std::uint64_t bigram_hash) const { return trigram_prefix.test(bigram_hash & kFilterMask); }
   void slot(std::initializer_list<std::string_view> phrases, std::uint32_t s) {
     for (auto p : phrases) add(p, Cue{CueKind::slot, s, 1.0f});
   }
@@ -55,7 +89,7 @@ struct CueTable {
     for (auto w : words) add(w, Cue{CueKind::unit, 0, tokens_per_unit});
   }
   const Cue* find(std::uint64_t h) const {
-    if (!filter.test(h & 8191)) return nullptr;
+    if (!filter.test(h & kFilterMask)) return nullptr;
     auto it = cues.find(h);
     return it == cues.end() ? nullptr : &it->second;
   }
@@ -75,7 +109,7 @@ struct CueTable {
     unit({"character", "characters", "letters"}, 0.3f);
     unit({"page", "pages"}, 600.0f);
     unit({"verse", "verses", "stanza", "stanzas"}, 45.0f);
-    unit({"haiku", "haikus", "tweet", "tweets"}, 40.0f);
+    unit({"haiku", "haikus", "tweet", "tweets"}, 35.0f);
     const std::pair<std::string_view, float> numbers[] = {
         {"a", 1},       {"one", 1},     {"single", 1},   {"two", 2},       {"couple", 2},    {"three", 3},
         {"few", 3},     {"four", 4},    {"several", 4},  {"five", 5},      {"six", 6},       {"seven", 7},
@@ -129,20 +163,61 @@ const CueTable& cue_table() {
   return table;
 }
 
-inline bool is_word_byte(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80 || c == '+';
-}
+// Letters, digits, '+' ("c++") and every UTF-8 byte make words.
+struct WordBytes {
+  bool is[256] = {};
+  constexpr WordBytes() {
+    for (int c = 0; c < 256; ++c)
+      is[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80 || c == '+';
+  }
+};
+constexpr WordBytes kWordBytes;
+inline bool is_word_byte(unsigned char c) { return kWordBytes.is[c]; }
 
-std::uint32_t hashed_index(std::uint64_t h, std::uint32_t dim) {
-  return kDenseSlots + static_cast<std::uint32_t>(h % (dim - kDenseSlots));
+std::uint32_t hashed_index(std::uint64_t h, std::uint32_t buckets) {
+  return kDenseSlots + static_cast<std::uint32_t>(h & (buckets - 1));
 }
 
 // Salts keep the n-gram kinds apart in the hashed space.
-constexpr std::uint64_t kSaltUnigram = 0x1111;
 constexpr std::uint64_t kSaltBigram = 0x2222;
 constexpr std::uint64_t kSaltHead = 0x3333;
 constexpr std::uint64_t kSaltHeadBigram = 0x4444;
 constexpr std::size_t kHeadWords = 8;
+// Long prompts are read word by word only where instructions live: the first kScanHead bytes, the
+// first kScanLast bytes of the last message and the last kScanTail bytes. Bytes in between (the
+// pasted document, the long history) only feed the byte statistics. This bounds the cost of a
+// long prompt (a 1,000-token prompt reads ~2 KB of words, not 4.4 KB).
+constexpr std::size_t kScanHead = 1024, kScanLast = 512, kScanTail = 512;
+
+struct Gap {
+  std::size_t begin, end;
+};
+
+// The byte ranges skipped by the word scan (at most two), each snapped forward to a non-word
+// byte so no word is cut.
+std::size_t gaps_of(std::string_view text, std::array<Gap, 2>& gaps) {
+  const std::size_t n = text.size();
+  if (n <= kScanHead + kScanLast + kScanTail) return 0;
+  std::array<Gap, 3> keep{};
+  std::size_t k = 0;
+  keep[k++] = {0, kScanHead};
+  // memchr first (vectorized): plain prompts, the common case, have no separator at all.
+  std::size_t last = std::string_view::npos;
+  if (std::memchr(text.data(), kMessageSeparator, n) != nullptr) last = text.rfind(kMessageSeparator);
+  if (last != std::string_view::npos && last > kScanHead && last + kScanLast < n - kScanTail)
+    keep[k++] = {last, last + kScanLast};
+  keep[k++] = {n - kScanTail, n};
+  auto snap = [&](std::size_t p) {
+    while (p < n && is_word_byte(static_cast<unsigned char>(text[p]))) ++p;
+    return p;
+  };
+  std::size_t g = 0;
+  for (std::size_t j = 0; j + 1 < k; ++j) {
+    const std::size_t begin = snap(keep[j].end), end = snap(keep[j + 1].begin);
+    if (begin < end) gaps[g++] = {begin, end};
+  }
+  return g;
+}
 
 std::uint32_t task_slot(std::string_view task) {
   if (task.empty()) return 0;
@@ -157,14 +232,21 @@ std::uint32_t task_slot(std::string_view task) {
 
 }  // namespace
 
-void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t dim, std::vector<Feature>& out) {
+std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t buckets,
+                             std::vector<Feature>& out) {
   const CueTable& table = cue_table();
   std::array<float, kDenseSlots> dense{};
   dense[kBias] = 1.0f;
   const double log_in = (std::log1p(input_tokens) - 4.5) / 2.0;
   dense[kLogInput] = static_cast<float>(log_in);
 
-  out.clear();
+  const std::string_view text = q.prompt;
+  const std::size_t n = text.size();
+  // Written through a raw pointer into a buffer sized for the worst case (a feature per byte):
+  // push_back's temporaries cost a store-forwarding stall per feature on a hot loop.
+  if (out.size() < n + kDenseSlots + 2 * kHeadWords) out.resize(n + kDenseSlots + 2 * kHeadWords + 256);
+  Feature* dst = out.data();
+  std::size_t count = 0;
   // Head features of the current message (reset at every message/role boundary, so the last
   // message's survive), kept apart and appended at the end.
   std::array<std::uint64_t, kHeadWords> head{};
@@ -176,15 +258,36 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
   double last_number = -1;     // value of the previous word if it was a number
   bool last_article = false;   // ... and it was "a" (counts only for units that are not list items)
   double number_before = -1;   // value of the word before that, for "3-5 sentences"
-  std::uint64_t prev = 0, prev2 = 0;  // previous word hashes (0 = none)
+  std::uint64_t prev = 0, prev_bi = 0;  // previous word and bigram hashes (0 = none)
   std::size_t words = 0;
   bool line_start = true;
 
-  const std::string_view text = q.prompt;
-  const std::size_t n = text.size();
-  char word[64];
+  std::array<Gap, 2> gaps{};
+  const std::size_t n_gaps = gaps_of(text, gaps);
+  std::size_t next_gap = 0;
+
   std::size_t i = 0;
   while (i < n) {
+    if (next_gap < n_gaps && i >= gaps[next_gap].begin) {
+      const Gap gap = gaps[next_gap++];
+      for (std::size_t j = std::max(i, gap.begin); j < gap.end; ++j) {
+        const unsigned char b = static_cast<unsigned char>(text[j]);
+        if (b < 0x80) {
+          newlines += b == '\n';
+          question |= b == '?';
+          code_fence |= b == '`' && j + 2 < n && text[j + 1] == '`' && text[j + 2] == '`';
+          if (b == static_cast<unsigned char>(kMessageSeparator)) head_n = 0;
+        } else {
+          ++non_ascii;
+          cjk += b >= 0xE3 && b <= 0xED;
+        }
+      }
+      i = std::max(i, gap.end);
+      prev = prev_bi = 0;
+      last_number = number_before = -1;
+      line_start = false;
+      continue;
+    }
     unsigned char c = static_cast<unsigned char>(text[i]);
     if (!is_word_byte(c)) {
       if (c == '\n') {
@@ -197,7 +300,7 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
       } else if (c == static_cast<unsigned char>(kMessageSeparator) ||
                  c == static_cast<unsigned char>(kRoleSeparator)) {
         head_n = 0;
-        prev = prev2 = 0;
+        prev = prev_bi = 0;
         last_number = number_before = -1;
       } else if (line_start && (c == '-' || c == '*')) {
         ++list_lines;
@@ -208,10 +311,12 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
       ++i;
       continue;
     }
-    // A word: lowercase ASCII into a small buffer (longer words are hashed on their first 63 bytes).
+    // A word: ASCII-lowercased bytes hashed as they are read (as phrase_hash does).
     std::size_t len = 0;
     bool digits = true;
     double value = 0;
+    WordHasher hasher;
+    unsigned char first = 0;
     const bool at_line_start = line_start;
     line_start = false;
     while (i < n) {
@@ -227,20 +332,24 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
         digits = false;
       }
       if (c >= 'A' && c <= 'Z') c = static_cast<unsigned char>(c + 32);
-      if (len < sizeof(word)) word[len++] = static_cast<char>(c);
+      if (len == 0) first = c;
+      hasher.add(c);
+      ++len;
       ++i;
     }
+    const std::uint64_t h = hasher.done();
     if (at_line_start && digits && i < n && (text[i] == '.' || text[i] == ')')) ++list_lines;
     ++words;
-    const std::uint64_t h = word_hash(std::string_view(word, len));
-    out.push_back({hashed_index(mix(h, kSaltUnigram), dim), 1.0f});
-    if (prev) out.push_back({hashed_index(mix(bigram(prev, h), kSaltBigram), dim), 1.0f});
+    const std::uint64_t bi = prev ? bigram(prev, h) : 0;
+    const std::uint64_t tri = prev_bi && table.may_start_trigram(prev_bi) ? bigram(prev_bi, h) : 0;
+    dst[count++] = Feature{hashed_index(h, buckets), 1.0f};
+    if (bi) dst[count++] = Feature{hashed_index(bi ^ kSaltBigram, buckets), 1.0f};
     if (head_n < kHeadWords) head[head_n++] = h;
 
     // Cues: the word, the bigram ending here, the trigram ending here.
     double number_here = digits ? value : -1;
     bool article_here = false;
-    const std::uint64_t candidates[3] = {h, prev ? bigram(prev, h) : 0, prev2 ? bigram(bigram(prev2, prev), h) : 0};
+    const std::uint64_t candidates[3] = {h, bi, tri};
     for (std::uint64_t ch : candidates) {
       if (!ch) continue;
       const Cue* cue = table.find(ch);
@@ -252,7 +361,7 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
         case CueKind::number:
           if (ch == h) {
             number_here = cue->value;
-            article_here = len == 1 && word[0] == 'a';
+            article_here = len == 1 && first == 'a';
           }
           break;
         case CueKind::unit:
@@ -267,7 +376,7 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
     number_before = last_number;
     last_number = number_here;
     last_article = article_here;
-    prev2 = prev;
+    prev_bi = bi;
     prev = h;
   }
 
@@ -288,13 +397,15 @@ void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t
 
   // Word n-grams share a unit of weight (1/sqrt(words)), so long prompts do not swamp the cues.
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(std::max<std::size_t>(words, 1))));
-  for (Feature& f : out) f.value *= scale;
+  for (std::size_t k = 0; k < count; ++k) dst[k].value *= scale;
   for (std::size_t k = 0; k < head_n; ++k) {
-    out.push_back({hashed_index(mix(head[k], kSaltHead), dim), 0.5f});
-    if (k > 0 && k < 3) out.push_back({hashed_index(mix(bigram(head[k - 1], head[k]), kSaltHeadBigram + k), dim), 0.5f});
+    dst[count++] = Feature{hashed_index(mix(head[k], kSaltHead), buckets), 0.5f};
+    if (k > 0 && k < 3)
+      dst[count++] = Feature{hashed_index(mix(bigram(head[k - 1], head[k]), kSaltHeadBigram + k), buckets), 0.5f};
   }
   for (std::uint32_t s = 0; s < kDenseSlots; ++s)
-    if (dense[s] != 0.0f) out.push_back({s, dense[s]});
+    if (dense[s] != 0.0f) dst[count++] = Feature{s, dense[s]};
+  return count;
 }
 
 std::uint64_t template_hash(std::string_view prompt, std::size_t chars) {

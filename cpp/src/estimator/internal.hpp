@@ -87,9 +87,11 @@ struct Feature {
   float value;
 };
 
-// The features of one prompt: dense slots first, then hashed word n-grams (indices in
-// [kDenseSlots, dim)). `out` is cleared and reused (no allocation once warm).
-void extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t dim, std::vector<Feature>& out);
+// The features of one prompt: hashed word n-grams (indices in [kDenseSlots, kDenseSlots + buckets),
+// `buckets` a power of two), then the dense slots: the first `count` (returned) entries of `out`,
+// which is only ever grown, so a warm buffer costs no allocation.
+std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t buckets,
+                             std::vector<Feature>& out);
 
 // The template shape of a prompt: lowercase, ASCII digits -> '0', whitespace runs -> one space,
 // at most `chars` normalized bytes of the first message and of the last message.

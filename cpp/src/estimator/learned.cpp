@@ -16,7 +16,8 @@ namespace tokenlane {
 using detail::Feature;
 
 struct LearnedEstimator::State {
-  static constexpr std::uint32_t kDim = 1u << 17;
+  static constexpr std::uint32_t kBuckets = 1u << 17;  // hashed n-gram weights (a power of two)
+  static constexpr std::uint32_t kDim = detail::kDenseSlots + kBuckets;
   static constexpr double kLearningRate = 0.05;
   static constexpr double kModelLearningRate = 0.05;
   static constexpr double kAccumulatorStart = 1e-2;
@@ -26,16 +27,18 @@ struct LearnedEstimator::State {
     std::uint64_t n = 0;
   };
 
-  std::vector<float> w50, w90, g50, g90;
+  // p50 and p90 weights of a feature side by side: one cache line per feature on the hot path.
+  struct Pair {
+    float q50, q90;
+  };
+  std::vector<Pair> w, g;  // weights, AdaGrad accumulators
   std::map<std::string, ModelBias, std::less<>> models;
   std::uint64_t observations = 0;
   mutable std::shared_mutex mu;
 
   State()
-      : w50(kDim, 0.0f),
-        w90(kDim, 0.0f),
-        g50(kDim, static_cast<float>(kAccumulatorStart)),
-        g90(kDim, static_cast<float>(kAccumulatorStart)) {}
+      : w(kDim, Pair{0.0f, 0.0f}),
+        g(kDim, Pair{static_cast<float>(kAccumulatorStart), static_cast<float>(kAccumulatorStart)}) {}
 
   void set_priors() {
     // Hand-set priors (no training data shipped): log-space effects of the explicit cues around a
@@ -60,22 +63,26 @@ struct LearnedEstimator::State {
         {detail::kTaskClassify, -3.00f, -2.50f}, {detail::kTaskExtract, -1.50f, -1.20f},
         {detail::kTaskQa, -0.50f, -0.40f},
     };
-    for (const Prior& p : priors) {
-      w50[p.slot] = p.p50;
-      w90[p.slot] = p.p90;
-    }
+    for (const Prior& p : priors) w[p.slot] = Pair{p.p50, p.p90};
   }
 
-  static std::vector<Feature>& scratch() {
-    thread_local std::vector<Feature> features;
+  struct Features {
+    std::vector<Feature> buffer;
+    std::size_t n = 0;
+    void extract(const EstimateQuery& q) { n = detail::extract_features(q, detail::input_tokens_of(q), kBuckets, buffer); }
+  };
+  static Features& scratch() {
+    thread_local Features features;
     return features;
   }
 
-  std::pair<double, double> predict(const std::vector<Feature>& x, std::string_view model) const {
-    double p50 = 0, p90 = 0;
-    for (const Feature& f : x) {
-      p50 += w50[f.index] * f.value;
-      p90 += w90[f.index] * f.value;
+  std::pair<double, double> predict(const Features& x, std::string_view model) const {
+    float p50 = 0, p90 = 0;
+    for (std::size_t k = 0; k < x.n; ++k) {
+      const Feature& f = x.buffer[k];
+      const Pair& wk = w[f.index];
+      p50 += wk.q50 * f.value;
+      p90 += wk.q90 * f.value;
     }
     auto it = models.find(model);
     if (it != models.end()) {
@@ -86,16 +93,19 @@ struct LearnedEstimator::State {
   }
 
   // One pinball-loss SGD step for both quantiles (caller holds the unique lock).
-  void update(const std::vector<Feature>& x, std::string_view model, double y) {
+  void update(const Features& x, std::string_view model, double y) {
     auto [p50, p90] = predict(x, model);
     const double s50 = y > p50 ? -0.5 : 0.5;
     const double s90 = y > p90 ? -0.9 : 0.1;
-    for (const Feature& f : x) {
+    for (std::size_t k = 0; k < x.n; ++k) {
+      const Feature& f = x.buffer[k];
       const double g5 = s50 * f.value, g9 = s90 * f.value;
-      g50[f.index] += static_cast<float>(g5 * g5);
-      g90[f.index] += static_cast<float>(g9 * g9);
-      w50[f.index] -= static_cast<float>(kLearningRate * g5 / std::sqrt(static_cast<double>(g50[f.index])));
-      w90[f.index] -= static_cast<float>(kLearningRate * g9 / std::sqrt(static_cast<double>(g90[f.index])));
+      Pair& acc = g[f.index];
+      Pair& wk = w[f.index];
+      acc.q50 += static_cast<float>(g5 * g5);
+      acc.q90 += static_cast<float>(g9 * g9);
+      wk.q50 -= static_cast<float>(kLearningRate * g5 / std::sqrt(static_cast<double>(acc.q50)));
+      wk.q90 -= static_cast<float>(kLearningRate * g9 / std::sqrt(static_cast<double>(acc.q90)));
     }
     auto it = models.find(model);
     if (it == models.end()) it = models.emplace(std::string(model), ModelBias{}).first;
@@ -113,8 +123,8 @@ LearnedEstimator::LearnedEstimator() : s_(std::make_unique<State>()) { s_->set_p
 LearnedEstimator::~LearnedEstimator() = default;
 
 std::pair<double, double> LearnedEstimator::predict_log(const EstimateQuery& q) const {
-  std::vector<Feature>& x = State::scratch();
-  detail::extract_features(q, detail::input_tokens_of(q), State::kDim, x);
+  State::Features& x = State::scratch();
+  x.extract(q);
   std::shared_lock lock(s_->mu);
   return s_->predict(x, q.model);
 }
@@ -127,8 +137,8 @@ Estimate LearnedEstimator::estimate(const EstimateQuery& q) const {
 
 void LearnedEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens) {
   detail::validate(q);
-  std::vector<Feature>& x = State::scratch();
-  detail::extract_features(q, detail::input_tokens_of(q), State::kDim, x);
+  State::Features& x = State::scratch();
+  x.extract(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   std::unique_lock lock(s_->mu);
   s_->update(x, q.model, y);
@@ -140,7 +150,7 @@ void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, 
     if (r.model.empty()) throw Error(ErrorCode::invalid_argument, "fit: every record needs a model name");
   std::vector<std::size_t> order(records.size());
   std::iota(order.begin(), order.end(), 0);
-  std::vector<Feature> x;
+  State::Features x;
   std::unique_lock lock(s_->mu);
   std::uint64_t state = seed;
   for (int epoch = 0; epoch < epochs; ++epoch) {
@@ -152,7 +162,7 @@ void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, 
     for (std::size_t i : order) {
       const Observation& r = records[i];
       const EstimateQuery q = r.query();
-      detail::extract_features(q, detail::input_tokens_of(q), State::kDim, x);
+      x.extract(q);
       s_->update(x, r.model, std::log(static_cast<double>(std::max<std::uint64_t>(r.output_tokens, 1))));
     }
   }
@@ -177,8 +187,10 @@ nlohmann::json EstimatorCodec::learned_state(const LearnedEstimator& e) {
   nlohmann::json weights = nlohmann::json::array();
   const float g0 = static_cast<float>(LearnedEstimator::State::kAccumulatorStart);
   for (std::uint32_t i = 0; i < LearnedEstimator::State::kDim; ++i) {
-    if (s.w50[i] == 0.0f && s.w90[i] == 0.0f && s.g50[i] == g0 && s.g90[i] == g0) continue;
-    weights.push_back({i, s.w50[i], s.w90[i], s.g50[i], s.g90[i]});
+    const auto& w = s.w[i];
+    const auto& g = s.g[i];
+    if (w.q50 == 0.0f && w.q90 == 0.0f && g.q50 == g0 && g.q90 == g0) continue;
+    weights.push_back({i, w.q50, w.q90, g.q50, g.q90});
   }
   j["weights"] = std::move(weights);  // [index, w50, w90, adagrad50, adagrad90]
   nlohmann::json models = nlohmann::json::object();
@@ -194,16 +206,13 @@ std::unique_ptr<LearnedEstimator> EstimatorCodec::learned(const nlohmann::json& 
                                                  std::to_string(LearnedEstimator::State::kDim));
   auto e = std::make_unique<LearnedEstimator>();
   LearnedEstimator::State& s = *e->s_;
-  std::fill(s.w50.begin(), s.w50.end(), 0.0f);
-  std::fill(s.w90.begin(), s.w90.end(), 0.0f);
+  std::fill(s.w.begin(), s.w.end(), LearnedEstimator::State::Pair{0.0f, 0.0f});
   s.observations = j.value("observations", std::uint64_t{0});
   for (const auto& row : j.at("weights")) {
     const std::uint32_t i = row.at(0).get<std::uint32_t>();
     if (i >= LearnedEstimator::State::kDim) throw Error(ErrorCode::invalid_argument, "weight index out of range");
-    s.w50[i] = row.at(1).get<float>();
-    s.w90[i] = row.at(2).get<float>();
-    s.g50[i] = row.at(3).get<float>();
-    s.g90[i] = row.at(4).get<float>();
+    s.w[i] = {row.at(1).get<float>(), row.at(2).get<float>()};
+    s.g[i] = {row.at(3).get<float>(), row.at(4).get<float>()};
   }
   for (const auto& [name, v] : j.at("models").items()) {
     LearnedEstimator::State::ModelBias m;
