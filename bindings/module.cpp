@@ -6,4 +6,6 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_errors(m);
   tokenlane::bindings::register_tokenizer(m);
   tokenlane::bindings::register_pricing(m);
+  tokenlane::bindings::register_scheduler(m);
+  tokenlane::bindings::register_sim(m);
 }

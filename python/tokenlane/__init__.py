@@ -1,6 +1,7 @@
 """tokenlane: token-cost-aware scheduling for LLM-backed web services.
 
-This release provides the exact tokenizer (tiktoken-compatible ids, C++ core) and request counting.
+This release provides the exact tokenizer (tiktoken-compatible ids, C++ core), request counting,
+pricing, the scheduler and the trace simulator.
 """
 
 from ._core import InvalidArgumentError, TokenlaneError, UnknownNameError, VocabularyError
@@ -13,15 +14,20 @@ from .encoding import (
     list_encoding_names,
 )
 from .pricing import Cost, Pricing
+from .scheduler import Decision, Scheduler
+from .sim import SimulationResult, load_trace, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApproximateCount",
     "Cost",
+    "Decision",
     "Encoding",
     "InvalidArgumentError",
     "Pricing",
+    "Scheduler",
+    "SimulationResult",
     "TokenlaneError",
     "UnknownNameError",
     "VocabularyError",
@@ -31,4 +37,6 @@ __all__ = [
     "encoding_name_for_model",
     "get_encoding",
     "list_encoding_names",
+    "load_trace",
+    "simulate",
 ]

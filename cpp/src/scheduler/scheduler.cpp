@@ -778,7 +778,9 @@ struct Scheduler::Impl {
         break;
       }
     }
-    if (!paused) {
+    // Only rate limits, deadlines and budget windows make time alone change anything.
+    const bool timed = rpm.on || tpm.on || cfg.tenant_rpm || cfg.tenant_tpm || cfg.shed_expired || any_budget;
+    if (!paused && timed) {
       auto consider = [&](const Rec& r, const Tenant& t, bool lane) {
         if (cfg.shed_expired && r.req.deadline_s) best = std::min(best, std::nextafter(*r.req.deadline_s, kInf));
         const double w = rate_wait(r, t);
@@ -792,11 +794,20 @@ struct Scheduler::Impl {
         Tenant& t = tenants[tk.tenant];
         consider(recs[head_of(t)->slot], t, false);
       }
-      std::unordered_set<std::uint32_t> seen;  // one lane request per tenant is enough
-      for (const Key& k : deferred) {
-        const Rec& r = recs[k.slot];
-        if (!seen.insert(r.tenant).second) continue;
-        consider(r, tenants[r.tenant], true);
+      // The lane: its first request stands for the global rate limits; tenants with waiting lane
+      // requests and a budget wake at their window reset.
+      if (!deferred.empty()) {
+        const Rec& first = recs[deferred.begin()->slot];
+        const double w = rate_wait(first, tenants[first.tenant]);
+        if (w > 0) best = std::min(best, now + w);
+        for (const Tenant& t : tenants) {
+          if (t.deferred == 0) continue;
+          if (t.budget)
+            if (const auto reset = resets_in(t, now)) best = std::min(best, now + *reset);
+          // Tenant buckets: by the time they are full again, any lane request of theirs fits.
+          if (t.rpm.on && t.rpm.level < t.rpm.capacity) best = std::min(best, now + t.rpm.wait_for(t.rpm.capacity));
+          if (t.tpm.on && t.tpm.level < t.tpm.capacity) best = std::min(best, now + t.tpm.wait_for(t.tpm.capacity));
+        }
       }
     }
     if (best == kInf) return std::nullopt;
