@@ -336,6 +336,8 @@ def simulate(
         raw = box["raw"]
 
     requests = _requests_frame(df, raw, p50, p90, deadline, prio_codes, tenant_codes, tenant_names)
+    # What admission reserved (the p90 cost): the budget invariant's error term is actual − reserved.
+    requests["reserved_pico_usd"] = inp.astype(np.int64) * in_price + p90.astype(np.int64) * out_price
     config = dict(policy=policy, model=model, max_concurrency=max_concurrency, budget_usd=budget_usd, tpm=tpm,
                   rpm=rpm, estimator=est_name, budget_window=budget_window, service=svc, slo=slo_rules,
                   shed_expired=shed_expired, seed=seed)
@@ -409,13 +411,16 @@ def _summary(req, raw, prio_codes, tenant_codes, budget_usd, budget_window, orig
     cost = raw["cost_pico"]
     spend_pico = int(cost[done].sum())
     makespan = raw["makespan_s"]
-    overshoot = 0.0
+    overshoot = bound = 0.0
     if budget_usd is not None and done.any():
         w = _window_index(end[done], budget_window, origin)
         key = np.asarray(tenant_codes, dtype=np.int64)[done] * (1 << 32) + (w - w.min())
         _, inverse = np.unique(key, return_inverse=True)
         per = np.bincount(inverse, weights=cost[done].astype(np.float64))
         overshoot = float(np.maximum(0.0, per - budget_usd * 1e12).sum()) / 1e12
+        # The invariant's bound: what completed requests cost beyond their p90 reservation.
+        excess = np.maximum(0, cost[done] - req["reserved_pico_usd"].to_numpy()[done]).astype(np.float64)
+        bound = float(np.bincount(inverse, weights=excess).sum()) / 1e12
     s: dict[str, Any] = {
         "requests": n,
         "completed": int(done.sum()),
@@ -432,6 +437,7 @@ def _summary(req, raw, prio_codes, tenant_codes, budget_usd, budget_window, orig
         "throughput_rps": float(done.sum() / makespan) if makespan > 0 else float("nan"),
         "spend_usd": spend_pico / 1e12,
         "budget_overshoot_usd": overshoot,
+        "budget_overshoot_bound_usd": bound,
         "sla_attainment": float(met.mean()) if n else float("nan"),
         "jain_fairness": float(raw["jain_fairness"]),
         "max_service_gap_tokens": float(raw["max_service_gap"]),

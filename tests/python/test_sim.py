@@ -61,6 +61,8 @@ def test_budget_is_never_overshot_beyond_reservation_error():
     per_tenant = r.requests.groupby("tenant", observed=True)["cost_usd"].sum()
     assert (per_tenant <= 0.02 + 1e-12).all()
     assert s["rejected"] + s["unfinished"] > 0  # the budget did bind
+    noisy = tokenlane.simulate(t, policy="default", max_concurrency=16, budget_usd=0.02, estimator="noisy").summary
+    assert noisy["budget_overshoot_usd"] <= noisy["budget_overshoot_bound_usd"] + 1e-12
 
 
 def test_fair_policy_improves_fairness_with_a_heavy_tenant():

@@ -69,7 +69,7 @@ struct SimResult {
   std::vector<std::string> reason;           // submit reason, or the shedding reason
   std::vector<std::int64_t> cost_pico;       // actual cost if completed, else 0
   // Fairness across tenants, computed over windows of fairness_window_s in which at least two
-  // tenants had requests waiting: Jain's index of the VTC-weighted service each received (mean over
+  // tenants were backlogged (a request of theirs waiting for >= 90% of the window): Jain's index of the VTC-weighted service each received (mean over
   // windows; 1 = equal shares) and the largest gap between two such tenants' service (tokens).
   double jain_fairness = 1.0;
   double max_service_gap = 0.0;

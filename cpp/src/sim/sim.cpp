@@ -61,46 +61,57 @@ void fairness(const SimTrace& t, const SimConfig& cfg, SimResult& r, double hori
   while (span / w * static_cast<double>(nt) > 3.2e7) w *= 2;
   const auto nw = static_cast<std::size_t>(std::ceil(span / w)) + 1;
   std::vector<double> service(nw * nt, 0.0);
-  std::vector<std::int32_t> waiting(nw * nt + nt, 0);  // difference array of backlog per tenant
+  std::vector<double> covered(nw * nt, 0.0);  // seconds of each window with a request of the tenant waiting
   auto win = [&](double x) {
     const double k = std::floor((x - origin) / w);
     return static_cast<std::size_t>(std::clamp(k, 0.0, static_cast<double>(nw - 1)));
   };
+  auto spread = [&](std::vector<double>& into, std::uint32_t ten, double s, double e, double amount_per_s) {
+    for (std::size_t k = win(s); k <= win(e); ++k) {
+      const double lo = std::max(s, origin + static_cast<double>(k) * w);
+      const double hi = std::min(e, origin + static_cast<double>(k + 1) * w);
+      if (hi > lo) into[k * nt + ten] += amount_per_s * (hi - lo);
+    }
+  };
   const double wi = cfg.scheduler.vtc_input_weight, wo = cfg.scheduler.vtc_output_weight;
+  struct Wait {
+    std::uint32_t tenant;
+    double start, end;
+  };
+  std::vector<Wait> waits;
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t ten = t.tenant[i];
     const double wait_end = r.outcome[i] == static_cast<std::uint8_t>(SimOutcome::completed)
                                 ? r.start_s[i]
                                 : (std::isnan(r.end_s[i]) ? horizon_end : r.end_s[i]);
-    if (wait_end > t.arrival_s[i]) {
-      // The last instant of waiting belongs to the window before the start when it is a boundary.
-      const std::size_t a = win(t.arrival_s[i]), b = win(std::nextafter(wait_end, -kInf));
-      waiting[a * nt + ten] += 1;
-      waiting[(b + 1) * nt + ten] -= 1;
-    }
+    if (wait_end > t.arrival_s[i]) waits.push_back({ten, t.arrival_s[i], wait_end});
     if (r.outcome[i] != static_cast<std::uint8_t>(SimOutcome::completed)) continue;
     const double cost = wi * static_cast<double>(t.input_tokens[i]) + wo * static_cast<double>(t.output_tokens[i]);
     const double s = r.start_s[i], e = r.end_s[i];
-    if (!(e > s)) {
-      service[win(s) * nt + ten] += cost;
-      continue;
-    }
-    const double rate = cost / (e - s);
-    for (std::size_t k = win(s); k <= win(e); ++k) {
-      const double lo = std::max(s, origin + static_cast<double>(k) * w);
-      const double hi = std::min(e, origin + static_cast<double>(k + 1) * w);
-      if (hi > lo) service[k * nt + ten] += rate * (hi - lo);
-    }
+    if (!(e > s)) service[win(s) * nt + ten] += cost;
+    else spread(service, ten, s, e, cost / (e - s));
   }
-  std::vector<std::int32_t> run(nt, 0);
+  // Union of each tenant's waiting intervals, so overlapping waits are not counted twice.
+  std::sort(waits.begin(), waits.end(), [](const Wait& a, const Wait& b) {
+    return a.tenant != b.tenant ? a.tenant < b.tenant : a.start < b.start;
+  });
+  for (std::size_t i = 0; i < waits.size();) {
+    const std::uint32_t ten = waits[i].tenant;
+    double s = waits[i].start, e = waits[i].end;
+    std::size_t j = i + 1;
+    for (; j < waits.size() && waits[j].tenant == ten && waits[j].start <= e; ++j) e = std::max(e, waits[j].end);
+    spread(covered, ten, s, e, 1.0);
+    i = j;
+  }
   double jain_sum = 0;
   std::uint64_t windows = 0;
   for (std::size_t k = 0; k < nw; ++k) {
     double sum = 0, sq = 0, mx = -kInf, mn = kInf;
     std::size_t m = 0;
+    // Backlogged: waiting for at least 90% of the window (VTC's notion: it would have taken more).
+    const double len = std::min(w, horizon_end - (origin + static_cast<double>(k) * w));
     for (std::size_t ten = 0; ten < nt; ++ten) {
-      run[ten] += waiting[k * nt + ten];
-      if (run[ten] <= 0) continue;
+      if (len <= 0 || covered[k * nt + ten] < 0.9 * len) continue;
       const double x = service[k * nt + ten];
       sum += x;
       sq += x * x;
