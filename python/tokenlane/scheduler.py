@@ -94,7 +94,8 @@ class Scheduler:
     ``ttft_s``/``tpot_s`` are the service-time prior (then learned per model); ``class_slo_s`` are
     the targets of requests without a deadline; ``cost_aging_s``/``sjf_aging`` bound how long a
     costly or long request can be overtaken; ``budget_defer_fraction`` is the share of a budget
-    that batch requests may use.
+    that batch requests may use; ``urgency_s`` (default policy) lets a request whose latest start
+    time is that close go first.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class Scheduler:
         cost_aging_s: float = 60.0,
         sjf_aging: float = 4.0,
         budget_defer_fraction: float = 0.8,
+        urgency_s: float = 2.0,
     ) -> None:
         _check_policy(policy)
         self._core = _core.Scheduler(
@@ -135,6 +137,7 @@ class Scheduler:
             cost_aging_s=float(cost_aging_s),
             sjf_aging=float(sjf_aging),
             budget_defer_fraction=float(budget_defer_fraction),
+            urgency_s=float(urgency_s),
         )
 
     # -- budgets and weights -------------------------------------------------------------------------
