@@ -8,4 +8,6 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_pricing(m);
   tokenlane::bindings::register_estimator(m);
   tokenlane::bindings::register_ledger(m);
+  tokenlane::bindings::register_scheduler(m);
+  tokenlane::bindings::register_sim(m);
 }

@@ -40,8 +40,9 @@ enum class Priority : std::uint8_t { interactive = 0, standard = 1, batch = 2 };
 // cost_priority: cheapest predicted cost first, aged so that nothing starves.
 // deadline: least slack first (deadline minus predicted service time).
 // fair: per-tenant virtual token counters (VTC), weighted; FIFO within a tenant.
-// combined ("default"): priority class, then fair share across tenants, then the earlier of the
-//   latest start time (deadline slack) and an aged shortest-predicted-job key.
+// combined ("default"): requests about to miss their deadline first (latest start time within
+//   urgency_s); then priority class, then fair share across tenants, then the earlier of the latest
+//   start time (deadline slack) and an aged shortest-predicted-job key.
 enum class Policy : std::uint8_t { fifo, cost_priority, deadline, fair, combined };
 
 enum class BudgetWindow : std::uint8_t { hour, day, month, total };
@@ -109,6 +110,9 @@ struct SchedulerConfig {
   // combined: a request predicted d seconds longer than another yields to it for sjf_aging × d
   // seconds of waiting, then ages ahead.
   double sjf_aging = 4.0;
+  // combined: a request whose latest start time (deadline − predicted service) is less than this
+  // many seconds away goes first, ahead of class and fair-share order, while it can still make it.
+  double urgency_s = 2.0;
   // Batch-class requests do not start while spent + reserved would pass this share of the budget,
   // which keeps the rest for interactive and standard traffic (they wait in the deferred lane).
   double budget_defer_fraction = 0.8;

@@ -147,6 +147,9 @@ struct Scheduler::Impl {
   std::unordered_set<std::uint32_t> running;
   std::vector<std::uint32_t> scratch;
   bool any_budget = false;
+  // combined: every queued request by latest start time (deadline − predicted service), a min-heap
+  // with lazy deletion like the tenant heaps, to let requests about to miss their deadline go first.
+  std::vector<Key> urgent;
   std::vector<std::string> ready_outbox;
   std::vector<std::pair<std::string, Decision>> rejected_outbox;
 
@@ -307,6 +310,19 @@ struct Scheduler::Impl {
     index.insert(r.key);
     if (new_head) reindex(t);
     if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
+    if (cfg.policy == Policy::combined) {
+      Key u;
+      u.k = effective_deadline(r) - r.pred_service;
+      u.seq = r.key.seq;
+      u.slot = slot;
+      urgent.push_back(u);
+      std::push_heap(urgent.begin(), urgent.end(), heap_cmp);
+      if (urgent.size() > 2 * index.size() + 64) {
+        urgent.erase(std::remove_if(urgent.begin(), urgent.end(), [&](const Key& k) { return !alive(k); }),
+                     urgent.end());
+        std::make_heap(urgent.begin(), urgent.end(), heap_cmp);
+      }
+    }
   }
 
   void unqueue(std::uint32_t slot) {
@@ -507,6 +523,23 @@ struct Scheduler::Impl {
     rpm.refill(now);
     tpm.refill(now);
     if (!rpm.has(1.0)) return p;
+    if (cfg.policy == Policy::combined) {
+      // A request whose latest start time is within urgency_s goes first, across classes and
+      // tenants, if it can still make its deadline; hopeless ones leave this heap (they keep their
+      // place in the normal order).
+      while (!urgent.empty() && (!alive(urgent.front()) || urgent.front().k < now)) {
+        std::pop_heap(urgent.begin(), urgent.end(), heap_cmp);
+        urgent.pop_back();
+      }
+      if (!urgent.empty() && urgent.front().k - now <= cfg.urgency_s) {
+        const std::uint32_t slot = urgent.front().slot;
+        Rec& r = recs[slot];
+        Tenant& t = tenants[r.tenant];
+        const Block b = blocked(r, t, now, false, false);
+        if (b == Block::none) return Pick{slot, false};
+        if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;
+      }
+    }
     for (const TenantKey& tk : tenant_order) {
       Tenant& t = tenants[tk.tenant];
       const std::uint32_t slot = head_of(t)->slot;
@@ -778,7 +811,9 @@ struct Scheduler::Impl {
         break;
       }
     }
-    if (!paused) {
+    // Only rate limits, deadlines and budget windows make time alone change anything.
+    const bool timed = rpm.on || tpm.on || cfg.tenant_rpm || cfg.tenant_tpm || cfg.shed_expired || any_budget;
+    if (!paused && timed) {
       auto consider = [&](const Rec& r, const Tenant& t, bool lane) {
         if (cfg.shed_expired && r.req.deadline_s) best = std::min(best, std::nextafter(*r.req.deadline_s, kInf));
         const double w = rate_wait(r, t);
@@ -792,11 +827,20 @@ struct Scheduler::Impl {
         Tenant& t = tenants[tk.tenant];
         consider(recs[head_of(t)->slot], t, false);
       }
-      std::unordered_set<std::uint32_t> seen;  // one lane request per tenant is enough
-      for (const Key& k : deferred) {
-        const Rec& r = recs[k.slot];
-        if (!seen.insert(r.tenant).second) continue;
-        consider(r, tenants[r.tenant], true);
+      // The lane: its first request stands for the global rate limits; tenants with waiting lane
+      // requests and a budget wake at their window reset.
+      if (!deferred.empty()) {
+        const Rec& first = recs[deferred.begin()->slot];
+        const double w = rate_wait(first, tenants[first.tenant]);
+        if (w > 0) best = std::min(best, now + w);
+        for (const Tenant& t : tenants) {
+          if (t.deferred == 0) continue;
+          if (t.budget)
+            if (const auto reset = resets_in(t, now)) best = std::min(best, now + *reset);
+          // Tenant buckets: by the time they are full again, any lane request of theirs fits.
+          if (t.rpm.on && t.rpm.level < t.rpm.capacity) best = std::min(best, now + t.rpm.wait_for(t.rpm.capacity));
+          if (t.tpm.on && t.tpm.level < t.tpm.capacity) best = std::min(best, now + t.tpm.wait_for(t.tpm.capacity));
+        }
       }
     }
     if (best == kInf) return std::nullopt;
@@ -833,7 +877,8 @@ Scheduler::Scheduler(SchedulerConfig config) {
     throw Error(ErrorCode::invalid_argument, "concurrency limits must be at least 1");
   if (!(config.budget_defer_fraction > 0 && config.budget_defer_fraction <= 1))
     throw Error(ErrorCode::invalid_argument, "budget_defer_fraction must be in (0, 1]");
-  if (!(config.ttft_s >= 0 && config.tpot_s >= 0 && config.sjf_aging >= 0 && config.cost_aging_s >= 0))
+  if (!(config.ttft_s >= 0 && config.tpot_s >= 0 && config.sjf_aging >= 0 && config.cost_aging_s >= 0 &&
+        config.urgency_s >= 0))
     throw Error(ErrorCode::invalid_argument, "service-time priors and aging factors must be non-negative");
   impl_ = std::make_unique<Impl>(std::move(config));
 }
@@ -1082,6 +1127,7 @@ void Scheduler::set_policy(Policy policy) {
   for (std::uint32_t slot : lane) m.unlane(slot);
   m.cfg.policy = policy;
   m.wait_fifo.clear();
+  m.urgent.clear();
   for (Tenant& t : m.tenants) m.reindex(t);
   std::sort(queued.begin(), queued.end(), [&](std::uint32_t a, std::uint32_t b) { return m.recs[a].key.seq < m.recs[b].key.seq; });
   for (std::uint32_t slot : queued) m.enqueue(slot, false);
