@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "tokenlane/budget_window.hpp"
 #include "tokenlane/money.hpp"
 
 namespace tokenlane {
@@ -45,22 +46,17 @@ enum class Priority : std::uint8_t { interactive = 0, standard = 1, batch = 2 };
 //   start time (deadline slack) and an aged shortest-predicted-job key.
 enum class Policy : std::uint8_t { fifo, cost_priority, deadline, fair, combined };
 
-enum class BudgetWindow : std::uint8_t { hour, day, month, total };
 enum class RequestState : std::uint8_t { queued, deferred, running };
 enum class DecisionKind : std::uint8_t { admit, queue, defer, reject };
 
 std::string_view to_string(Priority p) noexcept;
 std::string_view to_string(Policy p) noexcept;  // "default" for combined
-std::string_view to_string(BudgetWindow w) noexcept;
 std::string_view to_string(RequestState s) noexcept;
 std::string_view to_string(DecisionKind k) noexcept;
 // Parse the names above; throw Error(invalid_argument) listing the valid names.
 Priority parse_priority(std::string_view name);
 Policy parse_policy(std::string_view name);
-BudgetWindow parse_budget_window(std::string_view name);
 
-// The UTC calendar window containing `now` (epoch seconds): [start, end). `total` is (-inf, +inf).
-std::pair<double, double> budget_window_bounds(BudgetWindow w, double now);
 
 struct ScheduledRequest {
   std::string id;  // unique among live (queued, deferred, running) requests

@@ -21,29 +21,6 @@ namespace {
 
 constexpr std::int64_t kMaxAmount = std::int64_t{1} << 61;  // sums of three stay inside int64
 
-// Days since 1970-01-01 for a proleptic Gregorian date, and back (Howard Hinnant's algorithms).
-std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const auto yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
-}
-
-void civil_from_days(std::int64_t z, std::int64_t& y, unsigned& m) {
-  z += 719468;
-  const std::int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const auto doe = static_cast<unsigned>(z - era * 146097);
-  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const unsigned mp = (5 * doy + 2) / 153;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  y = static_cast<std::int64_t>(yoe) + era * 400 + (m <= 2);
-}
-
-std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
-
 std::int64_t checked_seconds(double now) {
   if (!std::isfinite(now) || std::fabs(now) > 1e12)
     throw Error(ErrorCode::invalid_argument, "now must be finite Unix seconds, got " + std::to_string(now));
@@ -101,57 +78,6 @@ constexpr const char* kBudgetColumns =
 
 }  // namespace
 
-BudgetWindow parse_budget_window(std::string_view name) {
-  if (name == "hour") return BudgetWindow::hour;
-  if (name == "day") return BudgetWindow::day;
-  if (name == "month") return BudgetWindow::month;
-  if (name == "total") return BudgetWindow::total;
-  throw Error(ErrorCode::invalid_argument,
-              "budget window must be \"hour\", \"day\", \"month\" or \"total\", got \"" + std::string(name) + "\"");
-}
-
-const char* budget_window_name(BudgetWindow window) noexcept {
-  switch (window) {
-    case BudgetWindow::hour: return "hour";
-    case BudgetWindow::day: return "day";
-    case BudgetWindow::month: return "month";
-    case BudgetWindow::total: return "total";
-  }
-  return "total";
-}
-
-std::int64_t budget_window_start(BudgetWindow window, double now) {
-  const std::int64_t s = checked_seconds(now);
-  switch (window) {
-    case BudgetWindow::hour: return floor_div(s, 3600) * 3600;
-    case BudgetWindow::day: return floor_div(s, 86400) * 86400;
-    case BudgetWindow::month: {
-      std::int64_t y = 0;
-      unsigned m = 0;
-      civil_from_days(floor_div(s, 86400), y, m);
-      return days_from_civil(y, m, 1) * 86400;
-    }
-    case BudgetWindow::total: return 0;
-  }
-  return 0;
-}
-
-std::optional<std::int64_t> budget_window_end(BudgetWindow window, double now) {
-  const std::int64_t start = budget_window_start(window, now);
-  switch (window) {
-    case BudgetWindow::hour: return start + 3600;
-    case BudgetWindow::day: return start + 86400;
-    case BudgetWindow::month: {
-      std::int64_t y = 0;
-      unsigned m = 0;
-      civil_from_days(floor_div(start, 86400), y, m);
-      return (m == 12 ? days_from_civil(y + 1, 1, 1) : days_from_civil(y, m + 1, 1)) * 86400;
-    }
-    case BudgetWindow::total: return std::nullopt;
-  }
-  return std::nullopt;
-}
-
 void Ledger::set_budget(const std::string& tenant, std::optional<std::int64_t> limit_pico_usd, BudgetWindow window,
                         double now) {
   check_tenant(tenant);
@@ -167,7 +93,7 @@ SQLite::Statement& st = *st_h;
       st.bind(1, tenant);
       if (st.executeStep()) old_period = st.getColumn(0).getString();
     }
-    if (old_period && *old_period == budget_window_name(window)) {
+    if (old_period && *old_period == std::string(to_string(window))) {
       auto st_h = impl_->prepare("UPDATE budgets SET limit_pico_usd = ?, updated_at = ? WHERE tenant = ?");
 SQLite::Statement& st = *st_h;
       bind_value(st, 1, limit);
@@ -194,7 +120,7 @@ SQLite::Statement& st = *st_h;
 SQLite::Statement& st = *st_h;
       st.bind(1, tenant);
       bind_value(st, 2, limit);
-      st.bind(3, budget_window_name(window));
+      st.bind(3, std::string(to_string(window)));
       st.bind(4, ws);
       st.bind(5, spent);
       st.bind(6, now);
@@ -331,7 +257,7 @@ SQLite::Statement& st = *st_h;
       .set("limit_pico_usd", limit)
       .set("remaining_pico_usd", remaining)
       .set("requests", requests)
-      .set("window", std::string(budget_window_name(window)))
+      .set("window", std::string(std::string(to_string(window))))
       .set("window_start", ws)
       .set("resets_at", end ? LedgerValue(*end) : LedgerValue());
   return row;
