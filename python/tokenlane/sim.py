@@ -332,9 +332,13 @@ def simulate(
 
         worker = threading.Thread(target=run, name="tokenlane-simulate")
         worker.start()
+        last = -1
         while worker.is_alive():
             worker.join(0.1)
-            progress(int(handle.done), n)
+            done = min(int(handle.done), n - 1)  # n is reported once, after the replay
+            if done != last:
+                progress(done, n)
+                last = done
         progress(n, n)
         if "error" in box:
             raise box["error"]
