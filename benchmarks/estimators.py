@@ -23,7 +23,8 @@ Metrics: Kendall tau and Spearman of p50 vs actual within each model, averaged o
 quality where it matters: ordering requests to the same model); MAE (tokens), median relative
 error and p90 coverage (share of actual <= p90) over all test records; us/estimate is the core's
 time per estimate as measured in this run (the per-record mean), and the 1k-token line times one
-estimate of a 1,000-token prompt (o200k_base) built from the data, median of many.
+estimate of a 1,000-token prompt (o200k_base) built from the data's prompts (or, when they hold
+too little text, from /usr/share/common-licenses/GPL-3), median of many.
 
 Data (first found): --data PATH (files or directories, repeatable), $TOKENLANE_DATA_DIR,
 ../shared/data/responses, ../data/responses (relative to the repository). Formats: whatever
@@ -123,8 +124,10 @@ def thousand_token_prompt(records) -> str:
         ids.extend(enc.encode_ordinary(p + "\n\n"))
         if len(ids) >= 1000:
             break
-    while len(ids) < 1000:  # a tiny dataset: repeat what there is
-        ids = ids + ids
+    if len(ids) < 1000:  # too little prompt text in the data: real English prose from this machine
+        gpl = Path("/usr/share/common-licenses/GPL-3")
+        text = gpl.read_text(encoding="utf-8") if gpl.is_file() else "The quick brown fox jumps. " * 400
+        ids = enc.encode_ordinary(text)
     return enc.decode(ids[:1000])
 
 
@@ -161,12 +164,14 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     records = load_records([str(p) for p in paths])
     load_s = time.perf_counter() - t0
-    prompts = sorted(set(records.prompt_keys))
+    prompts = sorted(set(p if p else f"#record{i}" for i, p in enumerate(records.prompt_keys)))
     models = sorted(set(records.models))
     print(f"data: {len(records)} records, {len(prompts)} prompts, {len(models)} models from "
           f"{', '.join(map(str, paths))} (loaded and counted in {load_s:.1f} s)", file=sys.stderr)
 
-    fold_ids = [fold_of(p, args.folds, args.seed) for p in records.prompt_keys]
+    # Records without prompt text (traces that carry only token counts) are each their own prompt.
+    keys = [p if p else f"#record{i}" for i, p in enumerate(records.prompt_keys)]
+    fold_ids = [fold_of(p, args.folds, args.seed) for p in keys]
     names = ["heuristic", "learned:priors", "learned:trained", "history", "blend:default", "blend:trained"]
     frames = {(n, mode): [] for n in names for mode in ("cold", "online")}
     for k in range(args.folds):

@@ -90,8 +90,13 @@ BlendEstimator::Raw BlendEstimator::predict(const EstimateQuery& q) const {
   r.m50 = l50 + bias;
   r.m90 = l90 + bias;
   if (auto h = history_->lookup(q, /*specific_only=*/true, 1)) {
-    const double w = h->count / (h->count + options_.history_prior);
     const double spread = std::max(0.0, l90 - l50);
+    // A template earns weight by evidence (n / (n + prior)) and by being specific: one whose own
+    // spread is as wide as the learned model's (a prefix every request shares) says nothing about
+    // this request, and would flatten the learned ranking.
+    const double own = std::max(0.0, h->log_p90 - h->log_p50);
+    const double specific = spread > 0 ? std::clamp(1.0 - own / spread, 0.0, 1.0) : 1.0;
+    const double w = h->count / (h->count + options_.history_prior) * specific;
     r.m50 = w * h->log_p50 + (1 - w) * r.m50;
     r.m90 = r.m50 + spread;
     r.source = h->level == "template" ? 2 : 3;

@@ -239,6 +239,8 @@ std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::u
   dense[kBias] = 1.0f;
   const double log_in = (std::log1p(input_tokens) - 4.5) / 2.0;
   dense[kLogInput] = static_cast<float>(log_in);
+  const int bin = std::clamp(static_cast<int>(std::floor(std::log2(std::max(1.0, input_tokens)))) - 3, 0, 9);
+  dense[kInputBin0 + bin] = 1.0f;
 
   const std::string_view text = q.prompt;
   const std::size_t n = text.size();

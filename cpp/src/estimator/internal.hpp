@@ -79,7 +79,10 @@ enum Slot : std::uint32_t {
   kTaskClassify,
   kTaskExtract,
   kTaskQa,
-  kDenseSlots = 48,
+  kInputBin0,  // one-hot log2 bins of the input length: <16, <32, ..., >=4096 tokens (10 slots),
+               // so a non-linear length effect is learned quickly
+  kDenseSlots = kInputBin0 + 10 + 6,  // 6 spare slots for later features
+
 };
 
 struct Feature {

@@ -48,7 +48,7 @@ struct LearnedEstimator::State {
       float p50, p90;
     };
     static const Prior priors[] = {
-        {detail::kBias, 5.70f, 6.60f},          {detail::kLogInput, 0.15f, 0.15f},
+        {detail::kBias, 5.70f, 6.60f},          {detail::kLogInput, 0.40f, 0.40f},
         {detail::kCountCue, 0.10f, -0.30f},     {detail::kCountTarget, 0.85f, 0.80f},
         {detail::kShortCue, -0.60f, -0.50f},    {detail::kTinyCue, -2.50f, -2.00f},
         {detail::kLongCue, 0.50f, 0.40f},       {detail::kStepCue, 0.25f, 0.20f},
