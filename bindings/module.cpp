@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_errors(m);
   tokenlane::bindings::register_tokenizer(m);
   tokenlane::bindings::register_pricing(m);
+  tokenlane::bindings::register_ledger(m);
 }

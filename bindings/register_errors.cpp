@@ -15,7 +15,7 @@ py::handle new_exception(py::module_& m, const char* name, py::handle bases) {
   return cls;
 }
 
-py::handle invalid_argument, unknown_name, vocabulary;
+py::handle invalid_argument, unknown_name, vocabulary, storage;
 
 }  // namespace
 
@@ -26,6 +26,7 @@ void register_errors(py::module_& m) {
   invalid_argument = new_exception(m, "InvalidArgumentError", with(PyExc_ValueError));
   unknown_name = new_exception(m, "UnknownNameError", with(PyExc_KeyError));
   vocabulary = new_exception(m, "VocabularyError", with(PyExc_OSError));
+  storage = new_exception(m, "StorageError", with(PyExc_OSError));
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -33,6 +34,7 @@ void register_errors(py::module_& m) {
       py::handle type = invalid_argument;
       if (e.code() == ErrorCode::not_found) type = unknown_name;
       if (e.code() == ErrorCode::vocab_missing || e.code() == ErrorCode::vocab_corrupt) type = vocabulary;
+      if (e.code() == ErrorCode::storage) type = storage;
       PyErr_SetString(type.ptr(), e.what());
     }
   });

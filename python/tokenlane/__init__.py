@@ -3,7 +3,7 @@
 This release provides the exact tokenizer (tiktoken-compatible ids, C++ core) and request counting.
 """
 
-from ._core import InvalidArgumentError, TokenlaneError, UnknownNameError, VocabularyError
+from ._core import InvalidArgumentError, StorageError, TokenlaneError, UnknownNameError, VocabularyError
 from .chat import ApproximateCount, count_chat_tokens, count_tokens_approx
 from .encoding import (
     Encoding,
@@ -12,6 +12,7 @@ from .encoding import (
     get_encoding,
     list_encoding_names,
 )
+from .ledger import Ledger
 from .pricing import Cost, Pricing
 
 __version__ = "0.1.0"
@@ -21,7 +22,9 @@ __all__ = [
     "Cost",
     "Encoding",
     "InvalidArgumentError",
+    "Ledger",
     "Pricing",
+    "StorageError",
     "TokenlaneError",
     "UnknownNameError",
     "VocabularyError",

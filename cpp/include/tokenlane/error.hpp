@@ -16,6 +16,7 @@ enum class ErrorCode {
   vocab_missing,     // a rank file could not be found or read
   vocab_corrupt,     // a rank file failed its SHA-256 check or could not be parsed
   disallowed_special,  // text contains a special token the caller did not allow
+  storage,           // the ledger database could not be opened, migrated, read or written
 };
 
 class Error : public std::runtime_error {

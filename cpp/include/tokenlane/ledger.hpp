@@ -1,0 +1,201 @@
+// tokenlane/ledger.hpp — the durable record: users, API keys, requests, budgets, configuration.
+//
+// A Ledger is one SQLite file (WAL mode) that every worker process on a host opens for itself.
+// It stores who may call (users, hashed API keys), what happened to every request (decision,
+// estimated vs actual tokens and cost), the shared budget counters, and configuration with its
+// change history; and it answers the read queries that dashboards and reports need.
+//
+//   tokenlane::Ledger led("tokenlane.db");                 // creates or migrates the schema
+//   auto uid = led.create_user("ada@example.com");
+//   auto key = led.create_api_key(uid, "laptop");          // key.plaintext is shown once, never stored
+//   led.set_budget("ada@example.com", 5'000'000'000'000, BudgetWindow::day, now);   // 5 USD a day
+//   if (led.reserve("ada@example.com", p90_cost, now)) { ...call the model...;
+//     led.settle("ada@example.com", p90_cost, actual_cost, now); }
+//
+// Budgets are safe across processes: reserve() is one conditional UPDATE that checks and adds in
+// the same statement (spent + reserved + amount <= limit), so workers sharing the file can never
+// reserve more than the limit together. Calendar windows (UTC hour/day/month) roll over inside that
+// same statement: a new window resets `spent`, while reservations carry over.
+//
+// Every method is thread-safe (one connection per Ledger, guarded by a mutex) and blocking.
+// Do not share a Ledger across fork(): open a new one in the child.
+//
+// Not for: hot in-memory state (the scheduler holds that), or hosts other than this one (SQLite
+// over a network file system does not give the locking guarantees the budgets rely on).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace tokenlane {
+
+// One column value as stored: NULL, a boolean flag, an integer (ids, tokens, pico-USD), a real
+// (timestamps in Unix seconds, milliseconds), or text.
+using LedgerValue = std::variant<std::monostate, bool, std::int64_t, double, std::string>;
+
+// A row as ordered (name, value) pairs: what reads return and what inserts/updates take.
+struct LedgerRow {
+  std::vector<std::pair<std::string, LedgerValue>> fields;
+
+  LedgerRow& set(std::string name, LedgerValue value);
+  // The value named `name`, or nullptr when the row has no such field.
+  const LedgerValue* find(std::string_view name) const;
+  // True when the field is missing or NULL.
+  bool is_null(std::string_view name) const;
+  // Typed accessors; throw Error(invalid_argument) when the field is missing or of another type.
+  std::int64_t integer(std::string_view name) const;
+  double real(std::string_view name) const;  // accepts integers too
+  const std::string& text(std::string_view name) const;
+  bool boolean(std::string_view name) const;
+};
+
+enum class BudgetWindow { hour, day, month, total };
+
+// "hour" | "day" | "month" | "total"; anything else throws Error(invalid_argument).
+BudgetWindow parse_budget_window(std::string_view name);
+const char* budget_window_name(BudgetWindow window) noexcept;
+// Start of the UTC calendar window containing `now` (Unix seconds); 0 for `total`.
+std::int64_t budget_window_start(BudgetWindow window, double now);
+// Start of the next window (when the current one resets), or nullopt for `total`.
+std::optional<std::int64_t> budget_window_end(BudgetWindow window, double now);
+
+// Filters for list_requests / count_requests (all optional; times are Unix seconds on created_at,
+// `since` inclusive, `until` exclusive). Results are newest first.
+struct RequestFilter {
+  std::optional<std::string> tenant;
+  std::optional<std::string> status;
+  std::optional<std::string> model;
+  std::optional<std::int64_t> user_id;
+  std::optional<double> since;
+  std::optional<double> until;
+  std::int64_t limit = 100;  // 1..10000
+  std::int64_t offset = 0;
+};
+
+// Filters for the reports (same meaning as above).
+struct ReportFilter {
+  std::optional<std::string> tenant;
+  std::optional<std::int64_t> user_id;
+  std::optional<double> since;
+  std::optional<double> until;
+};
+
+// A freshly created API key. `plaintext` exists only here: the ledger stores its SHA-256.
+struct NewApiKey {
+  std::int64_t id = 0;
+  std::string plaintext;  // "tl-" + 40 url-safe characters (240 random bits)
+  std::string prefix;     // the first characters, for display ("tl-AbCd12")
+};
+
+class Ledger {
+ public:
+  struct Options {
+    int busy_timeout_ms = 10'000;  // how long a writer waits for another process's transaction
+  };
+
+  // Opens (creating if needed) the SQLite file at `path` and applies pending migrations.
+  // ":memory:" gives a private in-memory ledger. Throws Error(storage) when the file cannot be
+  // opened or its schema is newer than this code.
+  explicit Ledger(const std::string& path);
+  Ledger(const std::string& path, Options options);
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // The schema version this code writes, and the one the open file has.
+  static int latest_schema_version() noexcept;
+  int schema_version() const;
+  const std::string& path() const noexcept;
+
+  // ---- users. Rows: id, email, name, role, tenant, disabled, created_at, password_hash.
+  // role is "client" or "admin"; tenant (the budget and report key of the user's requests)
+  // defaults to the email. Emails are unique, compared case-insensitively.
+  std::int64_t create_user(const std::string& email, const std::optional<std::string>& password_hash = std::nullopt,
+                           const std::string& role = "client", const std::optional<std::string>& name = std::nullopt,
+                           const std::optional<std::string>& tenant = std::nullopt);
+  std::optional<LedgerRow> get_user(std::int64_t id) const;
+  std::optional<LedgerRow> get_user_by_email(const std::string& email) const;
+  // All users, oldest first, without password_hash.
+  std::vector<LedgerRow> list_users() const;
+  // Changes any of: name, role, tenant, disabled, password_hash. Returns false for an unknown id.
+  bool update_user(std::int64_t id, const LedgerRow& fields);
+
+  // ---- API keys. Rows: id, user_id, name, prefix, created_at, last_used_at, revoked_at, active.
+  NewApiKey create_api_key(std::int64_t user_id, const std::string& name = "default");
+  // For an active key (not revoked, user not disabled): key_id, user_id, tenant, name, email, role.
+  // nullopt for anything else, including malformed input. Touches last_used_at at most once a minute.
+  std::optional<LedgerRow> verify_api_key(std::string_view plaintext);
+  // Revokes an active key (only the user's own when `user_id` is given); false if nothing changed.
+  bool revoke_api_key(std::int64_t key_id, std::optional<std::int64_t> user_id = std::nullopt);
+  std::vector<LedgerRow> list_api_keys(std::int64_t user_id) const;
+
+  // ---- requests: one row per request that got a response.
+  // Columns: id, tenant, user_id, key_id, route, model, status, decision, reason, priority,
+  // deadline_s, max_tokens, created_at, started_at, finished_at, queue_ms, est_input_tokens,
+  // est_output_p50, est_output_p90, est_cost_pico_usd, reserved_pico_usd, input_tokens,
+  // output_tokens, cached_input_tokens, reasoning_tokens, cost_pico_usd, error, prompt_preview,
+  // response_preview. `id` and `status` are required on insert; created_at defaults to now.
+  // Unknown names, wrong types, negative counts and unknown status/priority values throw.
+  void insert_request(const LedgerRow& row);
+  // Sets the given columns (any but id); returns false for an unknown id.
+  bool update_request(const std::string& id, const LedgerRow& fields);
+  std::optional<LedgerRow> get_request(const std::string& id) const;
+  std::vector<LedgerRow> list_requests(const RequestFilter& filter) const;
+  std::int64_t count_requests(const RequestFilter& filter) const;  // ignores limit/offset
+
+  // ---- budgets. Rows: tenant, limit_pico_usd (NULL = unlimited), window, window_start,
+  // spent_pico_usd, reserved_pico_usd, updated_at. Amounts are pico-USD, `now` Unix seconds.
+  // Sets (or replaces) a tenant's limit; nullopt means unlimited (spend is still tracked). When the
+  // window changes, spent is recomputed for the new window from the settle events.
+  void set_budget(const std::string& tenant, std::optional<std::int64_t> limit_pico_usd, BudgetWindow window,
+                  double now);
+  std::optional<LedgerRow> get_budget(const std::string& tenant) const;
+  std::vector<LedgerRow> list_budgets() const;
+  // Atomically: if spent + reserved + amount <= limit in the window of `now` (or the tenant has no
+  // limit), reserved += amount and true; else false and nothing changes.
+  bool reserve(const std::string& tenant, std::int64_t amount_pico_usd, double now);
+  // reserved -= reserved_pico_usd (never below 0); spent += actual_pico_usd in the window of `now`.
+  void settle(const std::string& tenant, std::int64_t reserved_pico_usd, std::int64_t actual_pico_usd, double now);
+  void release(const std::string& tenant, std::int64_t reserved_pico_usd, double now);
+  // spent_pico_usd, reserved_pico_usd, limit_pico_usd (NULL = none), remaining_pico_usd (NULL = no
+  // limit; never negative), requests (rows created in this window), window, window_start,
+  // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
+  LedgerRow usage(const std::string& tenant, double now) const;
+  // The audit trail, newest first: id, tenant, kind (reserve|settle|release|set_budget),
+  // amount_pico_usd, reserved_pico_usd, at.
+  std::vector<LedgerRow> budget_events(const std::optional<std::string>& tenant, std::int64_t limit) const;
+
+  // ---- configuration: values are JSON text (validated); every change is kept in the history.
+  std::optional<std::string> get_config(const std::string& key) const;
+  // Writes value_json; records (key, old, new, actor, at) unless the value is unchanged.
+  void set_config(const std::string& key, const std::string& value_json,
+                  const std::optional<std::string>& actor = std::nullopt);
+  std::vector<LedgerRow> list_config() const;  // key, value, updated_at, updated_by
+  // Newest first: id, key, old_value (NULL when new), new_value, actor, at.
+  std::vector<LedgerRow> config_history(std::int64_t limit, const std::optional<std::string>& key = std::nullopt) const;
+
+  // ---- reports. Each row carries: requests, succeeded, failed, rejected, input_tokens,
+  // output_tokens, cached_input_tokens, reasoning_tokens, est_input_tokens, est_output_p50,
+  // est_cost_pico_usd, cost_pico_usd, avg_queue_ms, max_queue_ms; plus `day` ("YYYY-MM-DD", UTC),
+  // `model`, or `user_id`/`email`/`tenant` for the grouping. Token and cost sums cover rows that
+  // have them; estimated-vs-actual pairs are compared on the rows that have both (est_*_matched,
+  // *_matched columns).
+  std::vector<LedgerRow> report_by_day(const ReportFilter& filter) const;
+  std::vector<LedgerRow> report_by_model(const ReportFilter& filter) const;
+  std::vector<LedgerRow> report_by_user(const ReportFilter& filter) const;
+  // Count per status; every known status is present (0 when none).
+  std::vector<std::pair<std::string, std::int64_t>> status_counts(const ReportFilter& filter) const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tokenlane

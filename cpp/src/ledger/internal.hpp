@@ -1,0 +1,79 @@
+// Internal to the ledger: the connection, the lock, and small helpers shared by its sources.
+#pragma once
+
+#include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Exception.h>
+#include <SQLiteCpp/Statement.h>
+
+#include <initializer_list>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "tokenlane/error.hpp"
+#include "tokenlane/ledger.hpp"
+
+namespace tokenlane {
+
+struct Ledger::Impl {
+  Impl(const std::string& path, int busy_timeout_ms);
+
+  std::string path;
+  SQLite::Database db;
+  std::mutex mutex;
+
+  // Runs `f` under the lock; SQLite failures become Error(storage) naming `what`.
+  template <class F>
+  auto locked(const char* what, F&& f) -> decltype(f()) {
+    std::lock_guard<std::mutex> lock(mutex);
+    try {
+      return f();
+    } catch (const SQLite::Exception& e) {
+      throw storage_error(what, e);
+    }
+  }
+  Error storage_error(const char* what, const SQLite::Exception& e) const;
+};
+
+namespace ledger_detail {
+
+// Wall-clock Unix seconds, for timestamps the caller does not supply.
+double wall_now();
+
+// BEGIN IMMEDIATE ... COMMIT, rolled back by the destructor unless committed. IMMEDIATE takes the
+// write lock up front, so a transaction never fails half-way on a lock upgrade between processes.
+class WriteTransaction {
+ public:
+  explicit WriteTransaction(SQLite::Database& db);
+  ~WriteTransaction();
+  WriteTransaction(const WriteTransaction&) = delete;
+  WriteTransaction& operator=(const WriteTransaction&) = delete;
+  void commit();
+
+ private:
+  SQLite::Database& db_;
+  bool open_ = true;
+};
+
+void bind_value(SQLite::Statement& st, int index, const LedgerValue& v);
+// The current result row as a LedgerRow; columns named in `booleans` read as bool.
+LedgerRow read_row(SQLite::Statement& st, std::initializer_list<std::string_view> booleans = {});
+
+// A WHERE clause built from optional filters, bound in order.
+class Where {
+ public:
+  void add(std::string clause, LedgerValue value);
+  std::string sql() const;  // "" or " WHERE a AND b"
+  int bind(SQLite::Statement& st, int first = 1) const;  // returns the next free index
+
+ private:
+  std::vector<std::string> clauses_;
+  std::vector<LedgerValue> values_;
+};
+
+// Where-clause for the report filters on the requests table aliased `r`.
+Where report_where(const ReportFilter& f);
+
+}  // namespace ledger_detail
+}  // namespace tokenlane

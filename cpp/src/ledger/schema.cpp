@@ -1,0 +1,113 @@
+// The ledger's schema as an ordered list of migrations. Each step runs once, in its own write
+// transaction, and bumps schema_version; a step is never edited after it ships: change the schema
+// by appending a step.
+#include "schema.hpp"
+
+namespace tokenlane::ledger_detail {
+
+const std::vector<Migration>& migrations() {
+  static const std::vector<Migration> steps = {
+      {1, "users, api keys, requests, budgets, budget events, config", R"sql(
+CREATE TABLE users (
+  id            INTEGER PRIMARY KEY,
+  email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+  name          TEXT,
+  role          TEXT NOT NULL DEFAULT 'client',
+  tenant        TEXT,                       -- NULL: the email is the tenant
+  disabled      INTEGER NOT NULL DEFAULT 0,
+  password_hash TEXT,
+  created_at    REAL NOT NULL
+);
+
+CREATE TABLE api_keys (
+  id           INTEGER PRIMARY KEY,
+  user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  name         TEXT NOT NULL,
+  prefix       TEXT NOT NULL,               -- shown in lists; too short to guess the key from
+  secret_hash  TEXT NOT NULL UNIQUE,        -- hex SHA-256 of the whole key
+  created_at   REAL NOT NULL,
+  last_used_at REAL,
+  revoked_at   REAL
+);
+CREATE INDEX api_keys_user ON api_keys(user_id);
+
+CREATE TABLE requests (
+  id                  TEXT PRIMARY KEY,
+  tenant              TEXT,
+  user_id             INTEGER REFERENCES users(id) ON DELETE SET NULL,
+  key_id              INTEGER REFERENCES api_keys(id) ON DELETE SET NULL,
+  route               TEXT,
+  model               TEXT,
+  status              TEXT NOT NULL,
+  decision            TEXT,
+  reason              TEXT,
+  priority            TEXT,
+  deadline_s          REAL,
+  max_tokens          INTEGER,
+  created_at          REAL NOT NULL,
+  started_at          REAL,
+  finished_at         REAL,
+  queue_ms            REAL,
+  est_input_tokens    INTEGER,
+  est_output_p50      INTEGER,
+  est_output_p90      INTEGER,
+  est_cost_pico_usd   INTEGER,
+  reserved_pico_usd   INTEGER,
+  input_tokens        INTEGER,
+  output_tokens       INTEGER,
+  cached_input_tokens INTEGER,
+  reasoning_tokens    INTEGER,
+  cost_pico_usd       INTEGER,
+  error               TEXT,
+  prompt_preview      TEXT,
+  response_preview    TEXT
+);
+CREATE INDEX requests_created ON requests(created_at);
+CREATE INDEX requests_tenant_created ON requests(tenant, created_at);
+CREATE INDEX requests_user_created ON requests(user_id, created_at);
+CREATE INDEX requests_status ON requests(status);
+CREATE INDEX requests_model ON requests(model);
+
+-- One row per tenant: the counters every worker process updates atomically.
+CREATE TABLE budgets (
+  tenant            TEXT PRIMARY KEY,
+  limit_pico_usd    INTEGER,                -- NULL: unlimited, spend still tracked
+  period            TEXT NOT NULL,          -- hour | day | month | total
+  window_start      INTEGER NOT NULL,       -- Unix seconds, UTC start of the window `spent` covers
+  spent_pico_usd    INTEGER NOT NULL DEFAULT 0,
+  reserved_pico_usd INTEGER NOT NULL DEFAULT 0,
+  updated_at        REAL NOT NULL
+);
+
+CREATE TABLE budget_events (
+  id                INTEGER PRIMARY KEY,
+  tenant            TEXT NOT NULL,
+  kind              TEXT NOT NULL,          -- reserve | settle | release | set_budget
+  amount_pico_usd   INTEGER,                -- reserved, charged, released, or the new limit
+  reserved_pico_usd INTEGER,                -- settle: the reservation it replaced
+  at                REAL NOT NULL
+);
+CREATE INDEX budget_events_tenant_at ON budget_events(tenant, at);
+
+CREATE TABLE config (
+  key        TEXT PRIMARY KEY,
+  value      TEXT NOT NULL,                 -- JSON
+  updated_at REAL NOT NULL,
+  updated_by TEXT
+);
+
+CREATE TABLE config_history (
+  id        INTEGER PRIMARY KEY,
+  key       TEXT NOT NULL,
+  old_value TEXT,
+  new_value TEXT NOT NULL,
+  actor     TEXT,
+  at        REAL NOT NULL
+);
+CREATE INDEX config_history_key ON config_history(key, id);
+)sql"},
+  };
+  return steps;
+}
+
+}  // namespace tokenlane::ledger_detail
