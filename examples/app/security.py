@@ -42,7 +42,7 @@ def public_user(user: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def tenant_of(user: dict[str, Any]) -> str:
     """The tenant a user's requests are scheduled and budgeted under."""
-    return user["email"]
+    return user.get("tenant") or user["email"]
 
 
 async def blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:

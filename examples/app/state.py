@@ -1,9 +1,8 @@
 """Settings an admin changes at run time: stored in the ledger's config (with history), applied to the
-runtime. Values are JSON so the history shows exactly what was set."""
+runtime. The ledger stores values as JSON and keeps every change (old, new, who, when)."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -27,19 +26,11 @@ def user_limits_key(tenant: str) -> str:
 
 
 def get_cfg(led: Any, key: str, default: Any = None) -> Any:
-    raw = led.get_config(key, None)
-    if raw is None:
-        return default
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
+    return led.get_config(key, default)
 
 
 def set_cfg(led: Any, key: str, value: Any, actor: str | None) -> None:
-    led.set_config(key, json.dumps(value, sort_keys=True), actor=actor)
+    led.set_config(key, value, actor=actor)
 
 
 def parse_usd(text: str, what: str) -> int:

@@ -47,6 +47,11 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(float(ts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def short(ts: float | None) -> str:
+    """A timestamp for dense tables: minutes, UTC implied (the full time is in the title)."""
+    return when(ts)[:16]
+
+
 def ms(value: float | None) -> str:
     if value is None or isinstance(value, Undefined):
         return "—"
@@ -56,7 +61,7 @@ def ms(value: float | None) -> str:
     return f"{value / 1000:.1f} s"
 
 
-templates.env.filters.update(usd=usd, num=num, when=when, ms=ms)
+templates.env.filters.update(usd=usd, num=num, when=when, short=short, ms=ms)
 templates.env.globals["STATUS_CLASSES"] = {
     "succeeded": "ok",
     "running": "info",

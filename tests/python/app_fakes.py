@@ -4,10 +4,7 @@ developing the example app before those branches land. TEMPORARY: replaced by th
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import itertools
 import json
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,122 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 import tokenlane
-
-
-class FakeLedger:
-    def __init__(self) -> None:
-        self.users: dict[int, dict[str, Any]] = {}
-        self.keys: dict[int, dict[str, Any]] = {}
-        self.requests: dict[str, dict[str, Any]] = {}
-        self.budgets: dict[str, dict[str, Any]] = {}
-        self.config: dict[str, Any] = {}
-        self.history: list[dict[str, Any]] = []
-        self._ids = itertools.count(1)
-
-    def create_user(self, email, password_hash=None, role="client", name=None):
-        uid = next(self._ids)
-        self.users[uid] = {"id": uid, "email": email, "name": name, "role": role, "disabled": False,
-                           "created_at": time.time(), "password_hash": password_hash}
-        return uid
-
-    def get_user(self, uid):
-        u = self.users.get(uid)
-        return dict(u) if u else None
-
-    def get_user_by_email(self, email):
-        return next((dict(u) for u in self.users.values() if u["email"] == email), None)
-
-    def list_users(self):
-        return [dict(u) for u in self.users.values()]
-
-    def update_user(self, uid, **fields):
-        self.users[uid].update(fields)
-
-    def create_api_key(self, uid, name="default"):
-        plain = "tl-" + secrets.token_urlsafe(24)
-        kid = next(self._ids)
-        self.keys[kid] = {"key_id": kid, "user_id": uid, "name": name, "prefix": plain[:8], "created_at": time.time(),
-                          "revoked": False, "hash": hashlib.sha256(plain.encode()).hexdigest()}
-        return kid, plain
-
-    def verify_api_key(self, plain):
-        h = hashlib.sha256(plain.encode()).hexdigest()
-        for k in self.keys.values():
-            if k["hash"] == h and not k["revoked"]:
-                return {"key_id": k["key_id"], "user_id": k["user_id"], "tenant": self.users[k["user_id"]]["email"], "name": k["name"]}
-        return None
-
-    def revoke_api_key(self, key_id, user_id=None):
-        k = self.keys.get(key_id)
-        if not k or (user_id is not None and k["user_id"] != user_id) or k["revoked"]:
-            return False
-        k["revoked"] = True
-        return True
-
-    def list_api_keys(self, uid):
-        return [{k: v for k, v in key.items() if k != "hash"} for key in self.keys.values() if key["user_id"] == uid]
-
-    def insert_request(self, row):
-        self.requests[row["id"]] = dict(row)
-
-    def update_request(self, rid, **fields):
-        self.requests[rid].update(fields)
-
-    def get_request(self, rid):
-        r = self.requests.get(rid)
-        return dict(r) if r else None
-
-    def list_requests(self, tenant=None, status=None, model=None, since=None, until=None, limit=100, offset=0):
-        rows = [r for r in self.requests.values()
-                if (tenant is None or r["tenant"] == tenant) and (status is None or r["status"] == status)
-                and (model is None or r["model"] == model) and (since is None or r["created_at"] >= since)
-                and (until is None or r["created_at"] < until)]
-        rows.sort(key=lambda r: -r["created_at"])
-        return [dict(r) for r in rows[offset:offset + limit]]
-
-    def set_budget(self, tenant, limit, window="day"):
-        if limit is None:
-            self.budgets.pop(tenant, None)
-        else:
-            self.budgets[tenant] = {"tenant": tenant, "limit_pico_usd": limit, "window": window}
-
-    def get_budget(self, tenant):
-        return self.budgets.get(tenant)
-
-    def usage(self, tenant, now):
-        rows = [r for r in self.requests.values() if r["tenant"] == tenant]
-        b = self.budgets.get(tenant)
-        spent = sum(r.get("cost_pico_usd") or 0 for r in rows)
-        return {"spent_pico_usd": spent, "reserved_pico_usd": 0, "limit_pico_usd": b and b["limit_pico_usd"],
-                "remaining_pico_usd": b and b["limit_pico_usd"] - spent, "requests": len(rows),
-                "window": b and b["window"], "resets_at": None}
-
-    def get_config(self, key, default=None):
-        return self.config.get(key, default)
-
-    def set_config(self, key, value, actor=None):
-        self.config[key] = value
-        self.history.insert(0, {"key": key, "value": value, "actor": actor, "changed_at": time.time()})
-
-    def config_history(self, limit=50):
-        return self.history[:limit]
-
-    def status_counts(self, tenant=None):
-        out: dict[str, int] = {}
-        for r in self.requests.values():
-            if tenant is None or r["tenant"] == tenant:
-                out[r["status"]] = out.get(r["status"], 0) + 1
-        return out
-
-    def report_by_day(self, since=None, tenant=None):
-        days: dict[str, dict[str, Any]] = {}
-        for r in self.list_requests(tenant=tenant, since=since, limit=10**9):
-            d = time.strftime("%Y-%m-%d", time.gmtime(r["created_at"]))
-            e = days.setdefault(d, {"day": d, "requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_pico_usd": 0})
-            e["requests"] += 1
-            for k in ("input_tokens", "output_tokens", "cost_pico_usd"):
-                e[k] += r.get(k) or 0
-        return sorted(days.values(), key=lambda e: e["day"])
 
 
 class FakeScheduler:
@@ -194,8 +75,8 @@ class PassthroughMiddleware:
 class FakeRuntime:
     """submit() runs at once unless dispatch is paused (manual mode), then it queues."""
 
-    def __init__(self) -> None:
-        self.ledger = FakeLedger()
+    def __init__(self, db_path: str) -> None:
+        self.ledger = tokenlane.Ledger(db_path)
         self.scheduler = FakeScheduler()
         self.pricing = tokenlane.Pricing.default()
         self.provider = FakeProvider()
@@ -221,6 +102,7 @@ class FakeRuntime:
         self.views[rid] = {"id": rid, "status": "queued", "decision": None, "response": None}
         if self.scheduler.paused:
             self.scheduler.queue.append({"id": rid, "tenant": tenant, "priority": priority, "cost": est, "deadline": None, "arrival": now, "body": body})
+            self.scheduler.queue.sort(key=lambda q: ("interactive", "standard", "batch").index(q["priority"]))
             d = {"decision": "queue", "reason": "queued", "message": "queued", "position": len(self.scheduler.queue)}
         else:
             d = {"decision": "admit", "reason": "ok", "message": "ok", "position": None}
@@ -280,7 +162,7 @@ class FakeRuntime:
 def fake_app(settings):
     from examples.app.main import create_app
 
-    rt = FakeRuntime()
+    rt = FakeRuntime(settings.db_path)
     return create_app(settings, runtime=rt, provider=rt.provider, middleware=PassthroughMiddleware)
 
 

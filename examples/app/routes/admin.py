@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from .. import state
 from ..jobs import STATUSES
-from ..security import ROLES, blocking, hash_password, public_user, require_admin, require_csrf
+from ..security import ROLES, blocking, hash_password, public_user, require_admin, require_csrf, tenant_of
 from ..web import flash, render
 from .auth import check_credentials
 
@@ -100,7 +100,7 @@ async def _user_rows(tl: Any) -> list[dict[str, Any]]:
     rows = []
     for u in await blocking(led.list_users):
         u = public_user(u) or {}
-        tenant = u["email"]
+        tenant = tenant_of(u)
         rows.append({
             **u,
             "budget": await blocking(led.get_budget, tenant),
@@ -143,7 +143,7 @@ async def create_user(
         return await _users_page(request, error=problem, status_code=400, form={"email": email, "name": name, "role": role})
     pw = await blocking(hash_password, password)
     await blocking(tl.ledger.create_user, email, password_hash=pw, role=role, name=name.strip()[:100] or None)
-    await blocking(state.apply_default_budget, tl, email)
+    await blocking(state.apply_default_budget, tl, email)  # a new user's tenant is their email
     flash(request, f"Created {email}.")
     return RedirectResponse("/admin/users", status_code=303)
 
@@ -157,7 +157,7 @@ async def update_user(request: Request, uid: int, user: dict[str, Any] = Depends
         raise HTTPException(status_code=404, detail="No such user.")
     form = await request.form()
     action = form.get("action")
-    tenant = target["email"]
+    tenant = tenant_of(target)
     try:
         if action == "role":
             role = str(form.get("role", ""))

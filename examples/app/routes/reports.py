@@ -6,27 +6,28 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import statistics
 import time
-from collections import Counter, defaultdict
-from typing import Any, Iterable
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from .. import charts
 from ..security import blocking, require_user, tenant_of
-from ..web import render, usd
+from ..web import render
 
 router = APIRouter(dependencies=[Depends(require_user)])
 
 PERIODS = (1, 7, 30, 90)
-MAX_ROWS = 20_000  # reports read at most this many requests of the period (newest first)
+MAX_ROWS = 10_000  # the wait histogram and median error read at most this many requests (newest first)
+CSV_PAGE = 5_000
 STATUS_COLORS = {"succeeded": "#2f9e6b", "running": "#3566d6", "queued": "#e0a82e", "deferred": "#e08a2e", "failed": "#c2455a", "rejected": "#a3364a", "cancelled": "#8a8f98"}
 CSV_COLUMNS = (
     "id", "created_at", "tenant", "user_id", "route", "model", "priority", "status", "decision", "reason",
     "queue_ms", "est_input_tokens", "est_output_p50", "est_output_p90", "input_tokens", "cached_input_tokens",
-    "output_tokens", "est_cost_pico_usd", "cost_pico_usd", "est_cost_usd", "cost_usd", "error",
+    "output_tokens", "est_cost_pico_usd", "cost_pico_usd", "est_cost_usd", "cost_usd", "error", "prompt_preview",
 )
 
 
@@ -37,77 +38,75 @@ def _scope(user: dict[str, Any], tenant: str) -> str | None:
     return tenant_of(user)
 
 
-async def _rows(request: Request, user: dict[str, Any], days: int, tenant: str) -> list[dict[str, Any]]:
-    since = time.time() - days * 86400
-    led = request.app.state.tl.ledger
-    return await blocking(led.list_requests, tenant=_scope(user, tenant), since=since, limit=MAX_ROWS)
-
-
 def _n(v: Any) -> int:
     return int(v or 0)
 
 
-def build(rows: Iterable[dict[str, Any]], days: int, now: float) -> dict[str, Any]:
-    rows = list(rows)
-    by_status = Counter(r.get("status") or "?" for r in rows)
-    by_model = Counter(r.get("model") or "?" for r in rows)
-    by_user = Counter(r.get("tenant") or "?" for r in rows)
-    tokens_in: dict[str, int] = defaultdict(int)
-    tokens_out: dict[str, int] = defaultdict(int)
-    est_out: dict[str, list[int]] = defaultdict(list)
-    act_out: dict[str, list[int]] = defaultdict(list)
-    est_cost: dict[str, int] = defaultdict(int)
-    act_cost: dict[str, int] = defaultdict(int)
-    spend_by_day: dict[str, int] = defaultdict(int)
-    waits: list[float] = []
-    errors: list[float] = []
-    for r in rows:
-        tenant = r.get("tenant") or "?"
-        tokens_in[tenant] += _n(r.get("input_tokens"))
-        tokens_out[tenant] += _n(r.get("output_tokens"))
-        spend_by_day[_day(r.get("created_at"))] += _n(r.get("cost_pico_usd"))
-        if r.get("queue_ms") is not None:
-            waits.append(float(r["queue_ms"]) / 1000)
-        if r.get("status") == "succeeded" and r.get("output_tokens") is not None:
-            model = r.get("model") or "?"
-            est_out[model].append(_n(r.get("est_output_p50")))
-            act_out[model].append(_n(r.get("output_tokens")))
-            est_cost[model] += _n(r.get("est_cost_pico_usd"))
-            act_cost[model] += _n(r.get("cost_pico_usd"))
-            if _n(r.get("output_tokens")) > 0:
-                errors.append(abs(_n(r.get("est_output_p50")) - _n(r["output_tokens"])) / _n(r["output_tokens"]))
+def _label(row: dict[str, Any]) -> str:
+    return str(row.get("email") or row.get("tenant") or f"user {row.get('user_id')}")
+
+
+def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]:
+    """Every chart of /reports. Totals come from the ledger's SQL aggregates over the whole period;
+    only the queue-wait histogram and the median estimate error read request rows (newest MAX_ROWS)."""
+    since = now - days * 86400
+    by_status = {k: v for k, v in led.status_counts(tenant=tenant, since=since).items() if v}
+    by_model = led.report_by_model(since=since, tenant=tenant)
+    by_user = led.report_by_user(since=since, tenant=tenant)
+    by_day = {r["day"]: r for r in led.report_by_day(since=since, tenant=tenant)}
+    rows = led.list_requests(tenant=tenant, since=since, limit=MAX_ROWS)
+    waits = [float(r["queue_ms"]) / 1000 for r in rows if r.get("queue_ms") is not None]
+    errors = [
+        abs(_n(r.get("est_output_p50")) - _n(r["output_tokens"])) / _n(r["output_tokens"])
+        for r in rows
+        if r.get("status") == "succeeded" and _n(r.get("output_tokens")) > 0 and r.get("est_output_p50") is not None
+    ]
     day_labels = [_day(now - (days - 1 - i) * 86400) for i in range(days)] if days > 1 else [_day(now)]
-    models = sorted(est_out, key=lambda m: -len(est_out[m]))
-    users = sorted(set(tokens_in) | set(tokens_out), key=lambda t: -(tokens_in[t] + tokens_out[t]))
-    money = lambda v: usd(int(v * 10**12), 4)  # noqa: E731 (charts work in dollars, labels in $)
+    users = by_user[:8]
+    models = [m for m in by_model if _n(m.get("output_tokens_matched")) or _n(m.get("cost_pico_usd_matched"))][:8]
     return {
-        "total": len(rows),
+        "total": sum(by_status.values()),
         "succeeded": by_status.get("succeeded", 0),
-        "spend": sum(act_cost.values()) if act_cost else sum(_n(r.get("cost_pico_usd")) for r in rows),
-        "tokens": sum(tokens_in.values()) + sum(tokens_out.values()),
+        "spend": sum(_n(r.get("cost_pico_usd")) for r in by_model),
+        "tokens": sum(_n(r.get("input_tokens")) + _n(r.get("output_tokens")) for r in by_model),
         "median_wait_s": statistics.median(waits) if waits else None,
         "median_error": statistics.median(errors) if errors else None,
         "truncated": len(rows) >= MAX_ROWS,
         "charts": {
-            "status": charts.hbar(by_status.most_common(), "Requests by status", colors=STATUS_COLORS),
-            "model": charts.hbar(by_model.most_common(), "Requests by model"),
-            "user": charts.hbar(by_user.most_common(), "Requests by user"),
+            "status": charts.hbar(sorted(by_status.items(), key=lambda kv: -kv[1]), "Requests by status", colors=STATUS_COLORS),
+            "model": charts.hbar([(m["model"], _n(m["requests"])) for m in sorted(by_model, key=lambda m: -_n(m["requests"]))], "Requests by model"),
+            "user": charts.hbar([(_label(u), _n(u["requests"])) for u in sorted(by_user, key=lambda u: -_n(u["requests"]))], "Requests by user"),
             "tokens_user": charts.grouped(
-                users[:8], {"input": [tokens_in[u] for u in users[:8]], "output": [tokens_out[u] for u in users[:8]]},
+                [_label(u) for u in users],
+                {"input": [_n(u["input_tokens"]) for u in users], "output": [_n(u["output_tokens"]) for u in users]},
                 "Tokens per user",
             ),
             "est_tokens": charts.grouped(
-                models, {"estimated p50": [statistics.mean(est_out[m]) for m in models], "actual": [statistics.mean(act_out[m]) for m in models]},
-                "Output tokens per request: estimated vs actual (mean, succeeded requests)",
+                [m["model"] for m in models],
+                {"estimated p50": [_n(m["est_output_p50_matched"]) for m in models], "actual": [_n(m["output_tokens_matched"]) for m in models]},
+                "Output tokens, estimated (p50) vs actual, summed over requests that have both",
             ),
             "est_cost": charts.grouped(
-                models, {"estimated": [est_cost[m] / 1e12 for m in models], "actual": [act_cost[m] / 1e12 for m in models]},
-                "Cost: estimated vs actual (succeeded requests)", fmt=money,
+                [m["model"] for m in models],
+                {"estimated": [_n(m["est_cost_pico_usd_matched"]) / 1e12 for m in models], "actual": [_n(m["cost_pico_usd_matched"]) / 1e12 for m in models]},
+                "Cost, estimated vs actual, summed over requests that have both", fmt=money,
             ),
-            "spend": charts.line([(d[5:], spend_by_day.get(d, 0) / 1e12) for d in day_labels], "Spend per day (UTC)", fmt=money),
+            "spend": charts.line(
+                [(d[5:], _n((by_day.get(d) or {}).get("cost_pico_usd")) / 1e12) for d in day_labels], "Spend per day (UTC)", fmt=money
+            ),
             "wait": charts.histogram(waits, [0, 0.1, 0.5, 1, 5, 30, 120], "Queue wait (seconds)"),
         },
     }
+
+
+def money(v: float) -> str:
+    """Dollars for chart labels, with two significant digits however small (requests cost µ$)."""
+    if v == 0:
+        return "$0"
+    if abs(v) >= 1:
+        return f"${v:,.2f}"
+    digits = min(12, max(2, 1 - math.floor(math.log10(abs(v)))))
+    return f"${v:.{digits}f}"
 
 
 def _day(ts: Any) -> str:
@@ -119,35 +118,41 @@ def _day(ts: Any) -> str:
 @router.get("/reports")
 async def reports_page(request: Request, user: dict[str, Any] = Depends(require_user), days: int = 30, tenant: str = "") -> Response:
     days = days if days in PERIODS else 30
-    rows = await _rows(request, user, days, tenant)
+    report = await blocking(build, request.app.state.tl.ledger, _scope(user, tenant), days, time.time())
     tenants = []
     if user.get("role") == "admin":
-        tenants = [u["email"] for u in await blocking(request.app.state.tl.ledger.list_users)]
+        tenants = sorted({u.get("tenant") or u["email"] for u in await blocking(request.app.state.tl.ledger.list_users)})
     return render(
-        request, "reports.html", title="Reports", report=build(rows, days, time.time()), days=days, periods=PERIODS,
+        request, "reports.html", title="Reports", report=report, days=days, periods=PERIODS,
         tenant=_scope(user, tenant) or "", tenants=tenants,
     )
 
 
 @router.get("/reports/requests.csv")
 async def export_csv(request: Request, user: dict[str, Any] = Depends(require_user), days: int = 30, tenant: str = "") -> Response:
+    """Every request of the period (same scope as the page), newest first, read page by page."""
     days = days if days in PERIODS else 30
-    rows = await _rows(request, user, days, tenant)
+    led = request.app.state.tl.ledger
+    scope, since = _scope(user, tenant), time.time() - days * 86400
 
-    def lines() -> Iterable[str]:
+    async def lines() -> AsyncIterator[str]:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(CSV_COLUMNS)
-        for r in rows:
-            out = dict(r)
-            out["est_cost_usd"] = _decimal_usd(r.get("est_cost_pico_usd"))
-            out["cost_usd"] = _decimal_usd(r.get("cost_pico_usd"))
-            w.writerow([_cell(out.get(c)) for c in CSV_COLUMNS])
+        offset = 0
+        while True:
+            rows = await blocking(led.list_requests, tenant=scope, since=since, limit=CSV_PAGE, offset=offset)
+            for r in rows:
+                out = dict(r)
+                out["est_cost_usd"] = _decimal_usd(r.get("est_cost_pico_usd"))
+                out["cost_usd"] = _decimal_usd(r.get("cost_pico_usd"))
+                w.writerow([_cell(out.get(c)) for c in CSV_COLUMNS])
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
-        if not rows:
-            yield buf.getvalue()
+            if len(rows) < CSV_PAGE:
+                break
+            offset += CSV_PAGE
 
     name = f"tokenlane-requests-{_day(time.time())}-{days}d.csv"
     return StreamingResponse(lines(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'})
