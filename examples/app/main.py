@@ -24,6 +24,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from . import state
 from .routes import admin, api, auth, config, reports, user
 from .security import LoginRequired, LoginThrottle, hash_password, login_redirect_target, verify_password, wants_json
+from .limits import UserLimits, identify_hook
 from .settings import Settings
 from .web import HERE, render
 
@@ -63,12 +64,15 @@ def seed_admin(tl: Any, settings: Settings) -> None:
     )
 
 
-def build_runtime(settings: Settings) -> Any:
+def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     """The tokenlane runtime on the app's database, with the limits, default budget and policy an
-    admin saved on /config (they are construction-time settings of the scheduler)."""
+    admin saved on /config (they are construction-time settings of the scheduler), and the
+    per-user request limits checked before anything is scheduled."""
     from tokenlane import Ledger, Tokenlane
 
     ledger = Ledger(settings.db_path)
+    user_limits.load(ledger)
+    identify = identify_hook(user_limits)
     kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True}
     if "TOKENLANE_REDACT_PROMPTS" not in os.environ:
         # The app shows users their own prompts and responses, so the ledger keeps a preview of both.
@@ -78,7 +82,9 @@ def build_runtime(settings: Settings) -> Any:
     if settings.max_concurrency:
         kwargs["max_concurrency"] = settings.max_concurrency
     kwargs.update(state.runtime_kwargs(ledger))
-    return Tokenlane(ledger=ledger, **kwargs)
+    runtime = Tokenlane(ledger=ledger, identify=identify, **kwargs)
+    identify.runtime = runtime
+    return runtime
 
 
 def create_app(
@@ -86,8 +92,11 @@ def create_app(
 ) -> FastAPI:
     """The app; tests pass their own settings (a temporary database) and may pass the runtime."""
     settings = settings or Settings.from_env()
+    user_limits = UserLimits()
     if runtime is None:
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, user_limits)
+    else:
+        user_limits.load(runtime.ledger)
     if provider is None:
         from tokenlane.providers import provider_from_env
 
@@ -103,6 +112,7 @@ def create_app(
     app.state.settings = settings
     app.state.tl = runtime
     app.state.provider = provider
+    app.state.user_limits = user_limits
     app.state.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window_s)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -10,7 +10,7 @@ POLICIES = ("default", "fifo", "cost_priority", "deadline", "fair")
 PRIORITIES = ("interactive", "standard", "batch")
 WINDOWS = ("hour", "day", "month", "total")
 LIMIT_FIELDS = ("max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm", "max_queue", "max_wait_s")
-USER_LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency")
+USER_LIMIT_FIELDS = ("rpm", "rpd")
 PICO_PER_USD = 10**12
 
 # config keys
@@ -105,5 +105,6 @@ def apply_default_budget(tl: Any, tenant: str) -> None:
         set_user_budget(tl, tenant, int(budget["limit_pico_usd"]), budget.get("window", "day"))
 
 
-def set_user_limits(tl: Any, tenant: str, limits: dict[str, Any], actor: str | None) -> None:
+def set_user_limits(tl: Any, user_limits: Any, tenant: str, limits: dict[str, Any], actor: str | None) -> None:
     set_cfg(tl.ledger, user_limits_key(tenant), limits, actor)
+    user_limits.configure(tenant, limits)

@@ -101,7 +101,7 @@ class FakeRuntime:
             "prompt_preview": body["messages"][-1]["content"][:2000]})
         self.views[rid] = {"id": rid, "status": "queued", "decision": None, "response": None}
         if self.scheduler.paused:
-            self.scheduler.queue.append({"id": rid, "tenant": tenant, "priority": priority, "cost": est, "deadline": None, "arrival": now, "body": body})
+            self.scheduler.queue.append({"id": rid, "tenant": tenant, "priority": priority, "cost_p90": est, "deadline_s": None, "arrival": now, "body": body})
             self.scheduler.queue.sort(key=lambda q: ("interactive", "standard", "batch").index(q["priority"]))
             d = {"decision": "queue", "reason": "queued", "message": "queued", "position": len(self.scheduler.queue)}
         else:

@@ -226,3 +226,21 @@ def test_reports_render_svg_charts_and_export_csv(app):
         c.login()
         assert len(re.findall(r"<svg class=\"chart\"", c.get("/reports?days=1").text)) == 8
         assert "ada@example.com" in c.get("/reports?tenant=ada%40example.com").text
+
+
+def test_per_user_request_limits(app):
+    led = app.state.tl.ledger
+    with Client(app) as c:
+        c.register("ada@example.com")
+        ada = led.get_user_by_email("ada@example.com")
+        c.logout()
+        c.login()
+        assert "whole number" in c.form(f"/admin/users/{ada['id']}", {"action": "limits", "rpm": "two"}).text
+        assert c.form(f"/admin/users/{ada['id']}", {"action": "limits", "rpm": "2"}).status_code == 303
+        assert led.get_config("limits.tenant.ada@example.com") == {"rpm": 2, "rpd": None}
+        assert "2/min" in c.get("/admin/users").text
+        c.logout()
+        c.login("ada@example.com", "password-123")
+        submit(c), submit(c)
+        r = c.form("/requests", {"prompt": "third", "model": "gpt-4o-mini", "priority": "standard"})
+        assert r.status_code == 429 and "2 requests per minute" in r.text

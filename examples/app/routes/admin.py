@@ -182,7 +182,7 @@ async def update_user(request: Request, uid: int, user: dict[str, Any] = Depends
             flash(request, f"Budget for {tenant} set.")
         elif action == "limits":
             limits = {f: state.parse_limit(str(form.get(f, "")), f.replace("_", " ")) for f in state.USER_LIMIT_FIELDS}
-            await blocking(state.set_user_limits, tl, tenant, limits, user["email"])
+            await blocking(state.set_user_limits, tl, request.app.state.user_limits, tenant, limits, user["email"])
             flash(request, f"Limits for {tenant} saved.")
         else:
             raise ValueError("Unknown action.")
@@ -194,13 +194,21 @@ async def update_user(request: Request, uid: int, user: dict[str, Any] = Depends
 # -- scheduler -------------------------------------------------------------------------------------------
 
 
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot entry with the names the page and its JSON use (p90 cost in pico-USD, deadline)."""
+    out = dict(e)
+    out.setdefault("cost_p90", e.get("cost_p90_pico_usd", e.get("cost")))
+    out.setdefault("deadline_s", e.get("deadline"))
+    return out
+
+
 def scheduler_view(tl: Any) -> dict[str, Any]:
     now = time.time()
     snap = tl.scheduler.snapshot(now)
     return {
-        "queue": list(snap.get("queue") or []),
-        "deferred": list(snap.get("deferred") or []),
-        "running": list(snap.get("running") or []),
+        "queue": [_entry(e) for e in snap.get("queue") or []],
+        "deferred": [_entry(e) for e in snap.get("deferred") or []],
+        "running": [_entry(e) for e in snap.get("running") or []],
         "counters": snap.get("counters") or {},
         "policy": snap.get("policy", tl.scheduler.policy),
         "paused": bool(snap.get("paused", tl.scheduler.paused)),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..jobs import STATUSES, FormError, job_json, load_job, parse_day, submit_prompt, validate_submission
+from ..limits import refusal_message
 from ..security import blocking, require_csrf, require_user, tenant_of
 from ..state import PRIORITIES
 from ..web import flash, render
@@ -96,6 +97,12 @@ async def submit(
         form = validate_submission(tl.pricing, request.app.state.settings.models, prompt, model, priority, deadline_s, max_tokens)
     except FormError as e:
         return await _requests_page(request, user, form=raw, error=str(e), status_code=400)
+    limits = request.app.state.user_limits
+    over = limits.take(tenant_of(user))
+    if over is not None:
+        which, retry = over
+        message = refusal_message(tenant_of(user), which, limits.limits(tenant_of(user))[which], retry)
+        return await _requests_page(request, user, form=raw, error=message, status_code=429)
     job = await submit_prompt(tl, user, form)
     decision = job.get("decision")
     if decision == "reject":

@@ -45,21 +45,21 @@
         '<form method="post" action="/admin/scheduler/process"><input type="hidden" name="csrf_token" value="' + esc(csrf) + '"><input type="hidden" name="how" value="ids"><input type="hidden" name="id" value="' + esc(id) + '"><button class="small">Run</button></form>' +
         '<form method="post" action="/admin/scheduler/reject"><input type="hidden" name="csrf_token" value="' + esc(csrf) + '"><input type="hidden" name="id" value="' + esc(id) + '"><button class="small danger">Reject</button></form></div>';
     };
-    var row = function (r, withActions) {
+    var row = function (r, i, withActions) {
       return "<tr>" +
-        '<td data-label="#">' + esc(r.position === undefined || r.position === null ? "" : r.position) + "</td>" +
+        '<td data-label="#">' + (i + 1) + "</td>" +
         '<td data-label="Request"><a href="/requests/' + encodeURIComponent(r.id) + '" class="mono">' + esc(r.id) + "</a></td>" +
         '<td data-label="User">' + esc(r.tenant) + "</td>" +
         '<td data-label="Priority"><span class="badge brand">' + esc(r.priority) + "</span></td>" +
-        '<td data-label="Cost" class="num">' + fmtUsd(r.cost_pico_usd !== undefined ? r.cost_pico_usd : r.cost) + "</td>" +
-        '<td data-label="Deadline" class="num">' + (r.deadline ? esc(new Date(r.deadline * 1000).toISOString().slice(11, 19)) + " UTC" : "—") + "</td>" +
+        '<td data-label="Cost" class="num">' + fmtUsd(r.cost_p90) + "</td>" +
+        '<td data-label="Deadline" class="num">' + (r.deadline_s ? esc(new Date(r.deadline_s * 1000).toISOString().slice(11, 19)) + " UTC" : "—") + "</td>" +
         '<td data-label="Wait" class="num">' + (r.wait_s === undefined || r.wait_s === null ? "—" : Number(r.wait_s).toFixed(1) + " s") + "</td>" +
         (withActions ? '<td data-label="">' + actions(r.id) + "</td>" : "") + "</tr>";
     };
     var fill = function (name, rows, withActions, cols) {
       var body = document.querySelector('[data-rows="' + name + '"]');
       if (!body) return;
-      body.innerHTML = rows.length ? rows.map(function (r) { return row(r, withActions); }).join("") :
+      body.innerHTML = rows.length ? rows.map(function (r, i) { return row(r, i, withActions); }).join("") :
         '<tr class="empty-row"><td colspan="' + cols + '">Nothing here.</td></tr>';
       text(document.querySelector('[data-count="' + name + '"]'), rows.length);
     };
