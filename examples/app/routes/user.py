@@ -108,7 +108,8 @@ async def submit(
     if decision == "reject":
         flash(request, f"Refused: {job.get('message') or job.get('reason')}", "bad")
     elif decision == "queue":
-        flash(request, f"Queued at position {job.get('position')}.", "warn")
+        ahead = job.get("position")
+        flash(request, "Queued" + (f": {ahead} request(s) ahead." if ahead is not None else "."), "warn")
     elif decision == "defer":
         flash(request, "Deferred: it will run when capacity or budget frees up.", "warn")
     else:
