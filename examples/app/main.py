@@ -23,7 +23,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from . import state
 from .routes import admin, api, auth, config, reports, user
-from .security import LoginRequired, LoginThrottle, hash_password, login_redirect_target, verify_password, wants_json
+from .security import LoginRequired, LoginThrottle, SecurityHeaders, hash_password, login_redirect_target, verify_password, wants_json
 from .limits import UserLimits, identify_hook
 from .settings import Settings
 from .web import HERE, render
@@ -155,6 +155,7 @@ def create_app(
             return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": None}}, status_code=400)
         return render(request, "error.html", status_code=400, title="Invalid input", message=message)
 
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.resolved_secret_key(),

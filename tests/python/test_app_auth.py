@@ -122,3 +122,10 @@ def test_passwords_are_stored_as_argon2_and_never_rendered(client):
     for path in ["/dashboard", "/admin", "/admin/users", "/admin/api/users", "/config", "/keys", "/requests", "/reports"]:
         body = client.get(path).text
         assert "$argon2" not in body and "password_hash" not in body, path
+
+
+def test_pages_carry_security_headers(client):
+    r = client.get("/login")
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert "onsubmit=" not in r.text and "onclick=" not in r.text

@@ -65,7 +65,7 @@ async def admin_home(request: Request) -> Response:
 @router.post("/dispatch", dependencies=[Depends(require_csrf)])
 async def set_dispatch(request: Request, user: dict[str, Any] = Depends(require_admin), mode: str = Form(...)) -> Response:
     await _set_mode(request, user, mode)
-    return RedirectResponse(request.headers.get("referer") or "/admin", status_code=303)
+    return RedirectResponse("/admin", status_code=303)
 
 
 async def _set_mode(request: Request, user: dict[str, Any], mode: str) -> None:

@@ -75,6 +75,13 @@
     setTimeout(poll, 2000);
   }
 
+  // -- confirmations (no inline handlers: the content security policy forbids them) ------------------
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (e) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+    });
+  });
+
   // -- copy buttons -------------------------------------------------------------------------------------
   document.querySelectorAll("[data-copy]").forEach(function (btn) {
     btn.addEventListener("click", function () {
