@@ -10,6 +10,16 @@ POLICIES = ("default", "fifo", "cost_priority", "deadline", "fair")
 PRIORITIES = ("interactive", "standard", "batch")
 WINDOWS = ("hour", "day", "month", "total")
 LIMIT_FIELDS = ("max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm", "max_queue", "max_wait_s")
+LIMIT_LABELS = {
+    "max_concurrency": "Requests at once",
+    "tenant_max_concurrency": "At once, per user",
+    "tpm": "Tokens / minute",
+    "rpm": "Requests / minute",
+    "tenant_tpm": "Tokens / min, per user",
+    "tenant_rpm": "Requests / min, per user",
+    "max_queue": "Queue length",
+    "max_wait_s": "Max wait (seconds)",
+}
 USER_LIMIT_FIELDS = ("rpm", "rpd")
 PICO_PER_USD = 10**12
 

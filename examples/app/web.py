@@ -33,6 +33,16 @@ def usd(pico: int | None, digits: int = 6) -> str:
     return "$" + text
 
 
+def price(value: Any) -> str:
+    """A Decimal price per million tokens as plain dollars ($10, $0.075), never 1E+1."""
+    if value is None or isinstance(value, Undefined):
+        return "—"
+    text = format(Decimal(value), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "$" + text
+
+
 def num(n: Any) -> str:
     if n is None or n == "" or isinstance(n, Undefined):
         return "—"
@@ -61,7 +71,7 @@ def ms(value: float | None) -> str:
     return f"{value / 1000:.1f} s"
 
 
-templates.env.filters.update(usd=usd, num=num, when=when, short=short, ms=ms)
+templates.env.filters.update(price=price, usd=usd, num=num, when=when, short=short, ms=ms)
 templates.env.globals["STATUS_CLASSES"] = {
     "succeeded": "ok",
     "running": "info",

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import ADMIN_EMAIL, ADMIN_PASSWORD, DESKTOP, PHONE
+from browser_support import ADMIN_EMAIL, ADMIN_PASSWORD, DESKTOP, PHONE, browser, server, shots  # noqa: F401 (fixtures)
 
 USER_EMAIL = "ada@example.com"
 USER_PASSWORD = "ada-lovelace-1815"

@@ -40,6 +40,7 @@ async def _page(request: Request, user: dict[str, Any], error: str | None = None
     return render(
         request, "config.html", status_code=status_code, title="Configuration",
         prices=model_rows(tl, request.app.state.settings.models), limits=limits, limit_fields=state.LIMIT_FIELDS,
+        limit_labels=state.LIMIT_LABELS, in_force={f: getattr(getattr(tl, "settings", None), f, None) for f in state.LIMIT_FIELDS},
         budget=budget, windows=state.WINDOWS, policy=tl.scheduler.policy, policies=state.POLICIES,
         history=history, editable=user.get("role") == "admin", error=error,
     )
@@ -66,7 +67,7 @@ async def config_save(request: Request, user: dict[str, Any] = Depends(require_a
             await blocking(state.set_cfg, led, state.K_POLICY, policy, actor)
         elif section == "limits":
             limits = {
-                f: state.parse_limit(str(form.get(f, "")), f.replace("_", " "), allow_float=(f == "max_wait_s"))
+                f: state.parse_limit(str(form.get(f, "")), state.LIMIT_LABELS[f], allow_float=(f == "max_wait_s"))
                 for f in state.LIMIT_FIELDS
             }
             await blocking(state.set_cfg, led, state.K_LIMITS, limits, actor)
