@@ -111,6 +111,8 @@ def test_admin_switches_to_manual_mode_and_the_users_prompts_wait(user, admin, s
 
 def test_admin_processes_the_queue_by_hand(user, admin, shots):
     ids = state["ids"]
+    user.goto("/requests")  # its table refreshes waiting rows by itself
+    assert user.locator(f"tr[data-live-id='{ids[1]}']").count() == 1
     admin.click("button:has-text('Process next')")
     assert "Dispatched 1 of 1" in flash(admin)
     admin.locator(f"tr:has-text('{ids[0]}') button:has-text('Reject')").click()
@@ -118,7 +120,8 @@ def test_admin_processes_the_queue_by_hand(user, admin, shots):
     admin.click("button:has-text('Process all')")
     assert "Dispatched" in flash(admin)
 
-    # The user's page updates by itself (polling) until the request is done.
+    user.wait_for_selector(f"tr:has-text('{ids[1][:12]}') .badge:has-text('succeeded')")
+    # The request's own page updates by itself (polling) until the request is done.
     user.goto(f"/requests/{ids[2]}")
     user.wait_for_selector(".decision:has-text('succeeded')")
     assert "[simulated]" in user.inner_text(".response") or user.locator(".response").count() >= 1

@@ -35,6 +35,28 @@
     setTimeout(tick, 800);
   }
 
+  // -- request tables: rows still waiting or running refresh their status, tokens and cost -----------
+  var CLASSES = { succeeded: "ok", running: "info", queued: "warn", deferred: "warn", failed: "bad", rejected: "bad", cancelled: "muted" };
+  var liveRows = Array.prototype.slice.call(document.querySelectorAll("tr[data-live-id]"), 0, 20);
+  var refreshRows = function () {
+    liveRows = liveRows.filter(function (tr) { return tr.hasAttribute("data-live-id"); });
+    if (!liveRows.length) return;
+    Promise.all(liveRows.map(function (tr) {
+      return fetch("/api/requests/" + encodeURIComponent(tr.getAttribute("data-live-id")), { headers: { Accept: "application/json" }, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (d) {
+          if (!d) return;
+          var badge = tr.querySelector('[data-live="status"] .badge');
+          if (badge) { badge.textContent = d.status; badge.className = "badge " + (CLASSES[d.status] || "muted"); }
+          text(tr.querySelector('[data-live="tokens"]'), fmtNum(d.input_tokens !== null ? d.input_tokens : d.est_input_tokens) + " / " + fmtNum(d.output_tokens));
+          text(tr.querySelector('[data-live="cost"]'), fmtUsd(d.cost_pico_usd));
+          if (d.done) tr.removeAttribute("data-live-id");
+        })
+        .catch(function () {});
+    })).then(function () { setTimeout(refreshRows, 2000); });
+  };
+  if (liveRows.length) setTimeout(refreshRows, 1500);
+
   // -- the admin scheduler: redraw the queue every 2 s ------------------------------------------------
   var sched = document.querySelector("[data-poll-scheduler]");
   if (sched) {
