@@ -64,12 +64,24 @@ def seed_admin(tl: Any, settings: Settings) -> None:
     )
 
 
+def tokenlane_runtime() -> tuple[Any, Any]:
+    """(Tokenlane, TokenlaneMiddleware): contracts.md names them at the package's top level; until
+    the package exports them there, from their modules."""
+    try:
+        from tokenlane import Tokenlane, TokenlaneMiddleware
+    except ImportError:
+        from tokenlane.asgi import TokenlaneMiddleware
+        from tokenlane.runtime import Tokenlane
+    return Tokenlane, TokenlaneMiddleware
+
+
 def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     """The tokenlane runtime on the app's database, with the limits, default budget and policy an
     admin saved on /config (they are construction-time settings of the scheduler), and the
     per-user request limits checked before anything is scheduled."""
-    from tokenlane import Ledger, Tokenlane
+    from tokenlane import Ledger
 
+    Tokenlane, _ = tokenlane_runtime()
     ledger = Ledger(settings.db_path)
     user_limits.load(ledger)
     identify = identify_hook(user_limits)
@@ -165,7 +177,7 @@ def create_app(
         https_only=settings.https_only,
     )
     if middleware is None:
-        from tokenlane import TokenlaneMiddleware as middleware
+        _, middleware = tokenlane_runtime()
     # Outermost: every request, /v1/chat/completions and the form's background jobs alike, is counted,
     # priced and scheduled before the route runs.
     app.add_middleware(middleware, runtime=runtime)

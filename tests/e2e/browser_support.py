@@ -45,9 +45,9 @@ def server(tmp_path_factory):
         PYTHONUNBUFFERED="1",
     )
     cmd = [sys.executable, "-m", "uvicorn", "examples.app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    import tokenlane
+    import importlib.util
 
-    if not hasattr(tokenlane, "Tokenlane"):  # TEMPORARY: the runtime has not landed on this branch yet
+    if importlib.util.find_spec("tokenlane.runtime") is None:  # TEMPORARY: the runtime is not on this branch yet
         cmd = [sys.executable, "-c", "import sys, uvicorn; sys.path.insert(0, 'tests/python'); from app_fakes import fake_app; "
                "from examples.app.settings import Settings; "
                f"uvicorn.run(fake_app(Settings.from_env()), host='127.0.0.1', port={port})"]

@@ -3,6 +3,7 @@ and fills forms the way a browser does (session cookie + the page's CSRF token).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ from examples.app.settings import Settings  # noqa: E402
 
 ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "correct horse battery"
-REAL_RUNTIME = hasattr(tokenlane, "Tokenlane")
+# The runtime and middleware (tokenlane.runtime / tokenlane.asgi, issue 5) are not on this branch yet:
+# until they are, the tests run the app on stand-ins with the contract's shapes (app_fakes.py).
+REAL_RUNTIME = importlib.util.find_spec("tokenlane.runtime") is not None
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
