@@ -176,12 +176,28 @@ def create_app(
         same_site="lax",
         https_only=settings.https_only,
     )
+    # Tokenlane.submit runs the form's jobs through the app below the middleware, with a scope of its
+    # own that lacks Starlette's "app" key; routes read app.state through it.
+    app.add_middleware(_WithApp, owner=app)
     if middleware is None:
         _, middleware = tokenlane_runtime()
     # Outermost: every request, /v1/chat/completions and the form's background jobs alike, is counted,
     # priced and scheduled before the route runs.
     app.add_middleware(middleware, runtime=runtime)
     return app
+
+
+class _WithApp:
+    """Pure ASGI: puts the FastAPI app in scopes that reach it without passing through it."""
+
+    def __init__(self, app: Any, owner: FastAPI) -> None:
+        self.app = app
+        self.owner = owner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if "app" not in scope:
+            scope["app"] = self.owner
+        await self.app(scope, receive, send)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import tokenlane  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from examples.app.main import create_app  # noqa: E402

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..jobs import job_json, load_job
 from ..security import blocking, require_user
@@ -63,7 +63,7 @@ async def chat_completions(request: Request) -> Response:
         return openai_error(400, problem, "invalid_request_error")
     provider = request.app.state.provider
     if body.get("stream"):
-        return StreamingResponse(_sse(provider, body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return SSEResponse(provider, body)
     try:
         result = await provider.chat(body)
     except Exception as e:  # the upstream failed after retries: say so in OpenAI's shape
@@ -85,11 +85,29 @@ def _check_body(body: Any) -> str | None:
     return None
 
 
-async def _sse(provider: Any, body: dict[str, Any]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in provider.stream_chat(body):
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-    except Exception as e:  # headers are sent: report the failure in the stream, as OpenAI does
-        err = {"error": {"message": f"The model provider failed: {e}", "type": "api_error", "code": "upstream_error"}}
-        yield b"data: " + json.dumps(err).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+class SSEResponse(Response):
+    """The chunks as server-sent events. The closing ``data: [DONE]`` travels in the response's last
+    message, so the middleware has reconciled the request by the time a client sees the end (a
+    StreamingResponse sends an empty last message after it, which a client that hangs up at [DONE]
+    can cut off, leaving the request recorded as not completed)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, provider: Any, body: dict[str, Any]) -> None:
+        # Not Response.__init__: it would announce a content-length of 0.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+        self.provider = provider
+        self.body_json = body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for chunk in self.provider.stream_chat(self.body_json):
+                data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except Exception as e:  # headers are sent: report the failure in the stream, as OpenAI does
+            err = {"error": {"message": f"The model provider failed: {e}", "type": "api_error", "code": "upstream_error"}}
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(err).encode() + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
