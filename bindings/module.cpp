@@ -6,5 +6,8 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_errors(m);
   tokenlane::bindings::register_tokenizer(m);
   tokenlane::bindings::register_pricing(m);
+  tokenlane::bindings::register_estimator(m);
   tokenlane::bindings::register_ledger(m);
+  tokenlane::bindings::register_scheduler(m);
+  tokenlane::bindings::register_sim(m);
 }

@@ -98,6 +98,54 @@ class Pricing:
 
 def batch_discount_percent(provider: str) -> int | None: ...
 
+_EstimateTuple = tuple[int, int, float, str]
+_BatchResult = tuple[list[int], list[int], list[str], list[int]]
+
+class Estimator:
+    @staticmethod
+    def heuristic() -> Estimator: ...
+    @staticmethod
+    def learned() -> Estimator: ...
+    @staticmethod
+    def history(min_count: int, max_keys: int, template_chars: int) -> Estimator: ...
+    @staticmethod
+    def blend(
+        learned: Estimator | None, history: Estimator | None, history_prior: float, coverage_step: float,
+        median_step: float,
+    ) -> Estimator: ...
+    @staticmethod
+    def from_json(text: str) -> Estimator: ...
+    @staticmethod
+    def load(path: str) -> Estimator: ...
+    @property
+    def kind(self) -> str: ...
+    def to_json(self) -> str: ...
+    def save(self, path: str) -> None: ...
+    def estimate(
+        self, prompt: str, model: str, max_tokens: int | None, model_max_output: int | None,
+        input_tokens: int | None, route: str, tenant: str, task: str,
+    ) -> _EstimateTuple: ...
+    def observe(
+        self, prompt: str, model: str, output_tokens: int, input_tokens: int | None, route: str, tenant: str,
+        task: str,
+    ) -> None: ...
+    def estimate_batch(
+        self, prompts: Sequence[str], models: Sequence[str], max_tokens: Sequence[int | None] | None,
+        model_max_output: Sequence[int | None] | None, input_tokens: Sequence[int | None] | None,
+        routes: Sequence[str] | None, tenants: Sequence[str] | None, tasks: Sequence[str] | None,
+    ) -> _BatchResult: ...
+    def replay_batch(
+        self, prompts: Sequence[str], models: Sequence[str], output_tokens: Sequence[int],
+        max_tokens: Sequence[int | None] | None, model_max_output: Sequence[int | None] | None,
+        input_tokens: Sequence[int | None] | None, routes: Sequence[str] | None, tenants: Sequence[str] | None,
+        tasks: Sequence[str] | None,
+    ) -> _BatchResult: ...
+    def fit(
+        self, prompts: Sequence[str], models: Sequence[str], output_tokens: Sequence[int],
+        input_tokens: Sequence[int | None] | None, routes: Sequence[str] | None, tenants: Sequence[str] | None,
+        tasks: Sequence[str] | None, epochs: int, seed: int,
+    ) -> None: ...
+    def verbosity(self, model: str) -> float: ...
 _Row = dict[str, Any]
 
 class Ledger:
@@ -165,3 +213,107 @@ class Ledger:
     def status_counts(
         self, tenant: str | None, user_id: int | None, since: float | None, until: float | None
     ) -> dict[str, int]: ...
+_DecisionTuple = tuple[str, str, str, float | None, int | None, float | None, int]
+
+class Scheduler:
+    def __init__(
+        self,
+        policy: str,
+        max_concurrency: int | None,
+        tenant_max_concurrency: int | None,
+        tpm: float | None,
+        rpm: float | None,
+        tenant_tpm: float | None,
+        tenant_rpm: float | None,
+        max_queue: int | None,
+        max_wait_s: float | None,
+        shed_expired: bool,
+        ttft_s: float,
+        tpot_s: float,
+        class_slo_s: tuple[float, float, float],
+        cost_aging_s: float,
+        sjf_aging: float,
+        budget_defer_fraction: float,
+        urgency_s: float,
+    ) -> None: ...
+    def set_budget(self, tenant: str, limit: int, window: str) -> None: ...
+    def clear_budget(self, tenant: str) -> None: ...
+    def set_spent(self, tenant: str, spent: int, now: float) -> None: ...
+    def set_weight(self, tenant: str, weight: float) -> None: ...
+    def submit(
+        self,
+        id: str,
+        tenant: str,
+        user: str,
+        model: str,
+        priority: str,
+        deadline_s: float | None,
+        input_tokens: int,
+        p50: int,
+        p90: int,
+        max_tokens: int | None,
+        cost_p50: int,
+        cost_p90: int,
+        cost_max: int,
+        now: float,
+    ) -> _DecisionTuple: ...
+    def pop_ready(self, now: float) -> list[str]: ...
+    def pop_rejected(self, now: float) -> list[tuple[str, _DecisionTuple]]: ...
+    def complete(self, id: str, now: float, cost: int, input_tokens: int, output_tokens: int) -> bool: ...
+    def cancel(self, id: str, now: float) -> bool: ...
+    def next_wakeup(self, now: float) -> float | None: ...
+    def status(self, id: str) -> str | None: ...
+    def usage(self, tenant: str, now: float) -> dict[str, Any]: ...
+    def rate_limits(self, tenant: str, now: float) -> dict[str, float | None]: ...
+    def snapshot(self, now: float, max_items: int) -> dict[str, Any]: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    @property
+    def paused(self) -> bool: ...
+    def set_policy(self, name: str) -> None: ...
+    @property
+    def policy(self) -> str: ...
+    def dispatch(self, id: str, now: float) -> bool: ...
+    def reject(self, id: str, now: float, reason: str) -> bool: ...
+    def defer(self, id: str, now: float) -> bool: ...
+    def counts(self) -> tuple[int, int, int]: ...
+
+class SimProgress:
+    def __init__(self) -> None: ...
+    @property
+    def done(self) -> int: ...
+
+def simulate(
+    arrival: Any,
+    input_tokens: Any,
+    output_tokens: Any,
+    est_p50: Any,
+    est_p90: Any,
+    tenant: Any,
+    tenant_names: list[str],
+    priority: Any,
+    deadline: Any,
+    *,
+    policy: str,
+    max_concurrency: int | None,
+    tenant_max_concurrency: int | None,
+    tpm: float | None,
+    rpm: float | None,
+    tenant_tpm: float | None,
+    tenant_rpm: float | None,
+    max_queue: int | None,
+    max_wait_s: float | None,
+    shed_expired: bool,
+    class_slo_s: tuple[float, float, float],
+    ttft_s: float,
+    prefill_s_per_token: float,
+    tpot_s: float,
+    model: str,
+    input_price_pico: int,
+    output_price_pico: int,
+    budget_pico: int | None,
+    budget_window: str,
+    clock_origin_s: float,
+    fairness_window_s: float,
+    progress: SimProgress | None = None,
+) -> dict[str, Any]: ...

@@ -57,6 +57,51 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    frac = done / total if total else 1.0
+    bar = "#" * int(frac * width)
+    end = "\n" if done >= total else ""
+    print(f"\rsimulating [{bar:<{width}}] {done:,}/{total:,} arrivals", end=end, file=sys.stderr, flush=True)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .sim import simulate
+
+    policies = args.policy.split(",")
+    rows = []
+    for policy in policies:
+        result = simulate(
+            args.trace, policy=policy, model=args.model, max_concurrency=args.max_concurrency,
+            budget_usd=args.budget_usd, budget_window=args.budget_window, tpm=args.tpm, rpm=args.rpm,
+            estimator=args.estimator, seed=args.seed, max_queue=args.max_queue, max_wait_s=args.max_wait_s,
+            progress=None if args.quiet else _progress_bar,
+        )
+        rows.append((policy, result))
+        if args.plot:
+            path = args.plot if len(policies) == 1 else args.plot.replace(".png", f"-{policy}.png")
+            result.plot(path)
+        if args.requests_out:
+            path = args.requests_out if len(policies) == 1 else args.requests_out.replace(".csv", f"-{policy}.csv")
+            result.requests.to_csv(path, index=False)
+    if args.json:
+        print(json.dumps({policy: r.summary for policy, r in rows}, indent=2))
+        return 0
+    keys = ["p50_latency_s", "p95_latency_s", "p99_latency_s", "p50_queue_s", "throughput_rps", "spend_usd",
+            "budget_overshoot_usd", "sla_attainment", "sla_attainment_interactive", "rejected", "deferred",
+            "unfinished", "jain_fairness", "max_service_gap_tokens", "token_utilization_efficiency",
+            "cost_per_sla_met_usd"]
+    print("| metric | " + " | ".join(p for p, _ in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for key in keys:
+        cells = []
+        for _, r in rows:
+            v = r.summary.get(key)
+            cells.append("-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.4g}"))
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenlane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,10 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     fetch = sub.add_parser("fetch", help="download, verify and cache rank files for offline use")
     fetch.add_argument("encodings", nargs="*")
     fetch.set_defaults(run=_fetch)
+    sim = sub.add_parser("simulate", help="replay a request trace through the scheduler (needs numpy, pandas)")
+    sim.add_argument("trace", help="CSV (Azure LLM trace, multi-tenant, generic) or JSONL trace")
+    sim.add_argument("--policy", default="default",
+                     help="policy, or several separated by commas (fifo,cost_priority,deadline,fair,default)")
+    sim.add_argument("--model", default="gpt-4o-mini", help="model that prices the requests (default gpt-4o-mini)")
+    sim.add_argument("--max-concurrency", type=int, default=16, help="provider slots (default 16)")
+    sim.add_argument("--budget-usd", type=float, help="budget per tenant")
+    sim.add_argument("--budget-window", default="total", choices=["hour", "day", "month", "total"])
+    sim.add_argument("--tpm", type=float, help="tokens per minute limit")
+    sim.add_argument("--rpm", type=float, help="requests per minute limit")
+    sim.add_argument("--max-queue", type=int, help="queue length limit")
+    sim.add_argument("--max-wait-s", type=float, help="maximum queue wait")
+    sim.add_argument("--estimator", choices=["oracle", "noisy", "trace"], help="output-length estimates "
+                     "(default: the trace's est_output_tokens column, else noisy)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    sim.add_argument("--plot", help="write a PNG of latency CDFs and queue length (needs matplotlib)")
+    sim.add_argument("--requests-out", help="write the per-request table as CSV")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(run=_simulate)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, ModuleNotFoundError) as exc:
         print(f"tokenlane: error: {exc}", file=sys.stderr)
         return 2
 

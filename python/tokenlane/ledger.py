@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import _core
-from ._core import InvalidArgumentError
+from ._core import InvalidArgumentError, StorageError
 
 __all__ = ["Ledger"]
 
@@ -68,6 +68,11 @@ def _now(now: float | None) -> float:
     return time.time() if now is None else float(now)
 
 
+class _Closed:
+    def __getattr__(self, name: str) -> Any:
+        raise StorageError("this Ledger is closed")
+
+
 class Ledger:
     """The durable record of a tokenlane deployment (see the module docstring)."""
 
@@ -83,7 +88,17 @@ class Ledger:
         return self._led.schema_version
 
     def __repr__(self) -> str:
-        return f"Ledger({self.path!r})"
+        return f"Ledger({self._led.path!r})" if not isinstance(self._led, _Closed) else "Ledger(<closed>)"
+
+    def close(self) -> None:
+        """Closes the connection (once no call is running on it); later calls raise StorageError."""
+        self._led = _Closed()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- users -------------------------------------------------------------------------------
 

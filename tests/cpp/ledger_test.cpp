@@ -436,6 +436,12 @@ TEST_CASE("ledger: budget reserve, settle and release arithmetic", "[ledger]") {
     const auto events = led.budget_events(std::string("t"), 100);
     REQUIRE(events.size() == 7);  // set_budget, 3 reserves, settle, 2 releases (the second finds nothing left)
     CHECK(events[0].text("kind") == "reserve");
+    CHECK(events[1].text("kind") == "release");
+    CHECK(events[1].integer("amount_pico_usd") == 0);  // nothing was left to free
+    CHECK(events[2].integer("amount_pico_usd") == 400);
+    CHECK(events[3].text("kind") == "settle");
+    CHECK(events[3].integer("amount_pico_usd") == 250);
+    CHECK(events[3].integer("reserved_pico_usd") == 600);
     CHECK(events.back().text("kind") == "set_budget");
   }
   SECTION("bad amounts are refused") {
@@ -538,4 +544,30 @@ TEST_CASE("ledger: several connections on one file never overspend", "[ledger]")
   CHECK(u.integer("spent_pico_usd") <= 10'000);
   CHECK(u.integer("spent_pico_usd") > 9'000);  // contention really happened: the budget ran out
   CHECK(u.integer("reserved_pico_usd") == 0);
+}
+
+TEST_CASE("ledger: cached statements never hide another connection's writes", "[ledger]") {
+  // Each read below steps its statement once and returns; if the statement were not reset, the
+  // connection would keep reading the snapshot it started and miss the other writer.
+  TempDb tmp;
+  Ledger a(tmp.str());
+  Ledger b(tmp.str());
+  const auto uid = a.create_user("s@example.com");
+  a.set_config("policy", "\"fifo\"");
+  a.set_budget("t", 100, BudgetWindow::total, kNoon);
+  CHECK(a.get_user(uid)->is_null("name"));
+  CHECK(*a.get_config("policy") == "\"fifo\"");
+  CHECK(a.get_budget("t")->integer("reserved_pico_usd") == 0);
+
+  LedgerRow named;
+  named.set("name", std::string("Sam"));
+  b.update_user(uid, named);
+  b.set_config("policy", "\"deadline\"");
+  REQUIRE(b.reserve("t", 60, kNoon));
+
+  CHECK(a.get_user(uid)->text("name") == "Sam");
+  CHECK(*a.get_config("policy") == "\"deadline\"");
+  CHECK(a.get_budget("t")->integer("reserved_pico_usd") == 60);
+  CHECK_FALSE(a.reserve("t", 41, kNoon));  // sees b's reservation
+  CHECK(a.reserve("t", 40, kNoon));
 }

@@ -7,6 +7,7 @@ import multiprocessing
 import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def test_urls_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             Ledger(url)
     with pytest.raises(StorageError, match="cannot open ledger"):
         Ledger(tmp_path / "missing-dir" / "x.db")
+
+
+def test_close(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "c.db") as led:
+        led.create_user("c@example.com")
+    with pytest.raises(StorageError, match="closed"):
+        led.list_users()
+    assert Ledger(tmp_path / "c.db").get_user_by_email("c@example.com") is not None
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -282,6 +291,42 @@ def test_threads_share_one_ledger(led: Ledger) -> None:
     usage = led.usage("t", NOON)
     assert usage["spent_pico_usd"] == sum(granted) <= 5_000
     assert usage["spent_pico_usd"] > 4_800 and usage["reserved_pico_usd"] == 0
+
+
+def test_waiting_for_the_write_lock_releases_the_gil(tmp_path: Path) -> None:
+    path = tmp_path / "lock.db"
+    led = Ledger(path, busy_timeout_ms=10_000)
+    led.set_budget("t", 100, now=NOON)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another "process" holds the write lock
+    done = threading.Event()
+
+    def reserve() -> None:
+        assert led.reserve("t", 1, NOON)
+        done.set()
+
+    worker = threading.Thread(target=reserve)
+    worker.start()
+    ticks, start = 0, time.monotonic()
+    while time.monotonic() - start < 0.3:  # Python keeps running while reserve waits
+        ticks += 1
+    assert not done.is_set()
+    other.execute("COMMIT")
+    worker.join(timeout=10)
+    assert done.is_set() and ticks > 1000
+    other.close()
+
+
+def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    led = Ledger(path, busy_timeout_ms=50)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StorageError, match="reserve failed.*locked"):
+        led.reserve("t", 1, NOON)
+    other.execute("ROLLBACK")
+    other.close()
+    assert led.reserve("t", 1, NOON)
 
 
 # ---- several processes on one file ------------------------------------------------------------

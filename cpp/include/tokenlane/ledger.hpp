@@ -33,6 +33,8 @@
 #include <variant>
 #include <vector>
 
+#include "tokenlane/budget_window.hpp"
+
 namespace tokenlane {
 
 // One column value as stored: NULL, a boolean flag, an integer (ids, tokens, pico-USD), a real
@@ -54,16 +56,6 @@ struct LedgerRow {
   const std::string& text(std::string_view name) const;
   bool boolean(std::string_view name) const;
 };
-
-enum class BudgetWindow { hour, day, month, total };
-
-// "hour" | "day" | "month" | "total"; anything else throws Error(invalid_argument).
-BudgetWindow parse_budget_window(std::string_view name);
-const char* budget_window_name(BudgetWindow window) noexcept;
-// Start of the UTC calendar window containing `now` (Unix seconds); 0 for `total`.
-std::int64_t budget_window_start(BudgetWindow window, double now);
-// Start of the next window (when the current one resets), or nullopt for `total`.
-std::optional<std::int64_t> budget_window_end(BudgetWindow window, double now);
 
 // Filters for list_requests / count_requests (all optional; times are Unix seconds on created_at,
 // `since` inclusive, `until` exclusive). Results are newest first.
@@ -168,7 +160,9 @@ class Ledger {
   // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
   LedgerRow usage(const std::string& tenant, double now) const;
   // The audit trail, newest first: id, tenant, kind (reserve|settle|release|set_budget),
-  // amount_pico_usd, reserved_pico_usd, at.
+  // amount_pico_usd (reserved, charged, released, or the new limit), reserved_pico_usd (settle:
+  // the reservation it freed), at. Freed amounts are what was really freed, so replaying the
+  // events in id order reproduces the counters.
   std::vector<LedgerRow> budget_events(const std::optional<std::string>& tenant, std::int64_t limit) const;
 
   // ---- configuration: values are JSON text (validated); every change is kept in the history.

@@ -6,7 +6,9 @@
 #include <SQLiteCpp/Statement.h>
 
 #include <initializer_list>
+#include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -15,6 +17,26 @@
 #include "tokenlane/ledger.hpp"
 
 namespace tokenlane {
+namespace ledger_detail {
+
+// A prepared statement on loan from the connection's cache. The destructor resets it: a statement
+// left stepping would hold a read snapshot open, hiding other processes' writes from later calls.
+class Prepared {
+ public:
+  Prepared(SQLite::Statement* cached, bool* busy) : st_(cached), busy_(busy) {}
+  explicit Prepared(std::unique_ptr<SQLite::Statement> owned) : st_(owned.get()), owned_(std::move(owned)) {}
+  Prepared(Prepared&& other) noexcept;
+  Prepared& operator=(Prepared&&) = delete;
+  ~Prepared();
+  SQLite::Statement& operator*() const { return *st_; }
+
+ private:
+  SQLite::Statement* st_ = nullptr;
+  bool* busy_ = nullptr;
+  std::unique_ptr<SQLite::Statement> owned_;
+};
+
+}  // namespace ledger_detail
 
 struct Ledger::Impl {
   Impl(const std::string& path, int busy_timeout_ms);
@@ -22,6 +44,15 @@ struct Ledger::Impl {
   std::string path;
   SQLite::Database db;
   std::mutex mutex;
+
+  // Prepared statements by SQL text (call under the lock). Preparing is a large share of a small
+  // query's cost; the cache is bounded because some SQL is built from the caller's field names.
+  ledger_detail::Prepared prepare(const std::string& sql);
+  struct CachedStatement {
+    std::unique_ptr<SQLite::Statement> statement;
+    bool busy = false;
+  };
+  std::unordered_map<std::string, CachedStatement> statements;
 
   // Runs `f` under the lock; SQLite failures become Error(storage) naming `what`.
   template <class F>

@@ -4,6 +4,7 @@
 #include <sys/random.h>
 
 #include <array>
+#include <utility>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -142,7 +143,31 @@ int Where::bind(SQLite::Statement& st, int first) const {
   return first;
 }
 
+Prepared::Prepared(Prepared&& other) noexcept
+    : st_(std::exchange(other.st_, nullptr)), busy_(std::exchange(other.busy_, nullptr)), owned_(std::move(other.owned_)) {}
+
+Prepared::~Prepared() {
+  if (st_ == nullptr) return;
+  st_->tryReset();
+  if (busy_ != nullptr) *busy_ = false;
+}
+
 }  // namespace ledger_detail
+
+ledger_detail::Prepared Ledger::Impl::prepare(const std::string& sql) {
+  constexpr std::size_t kMaxCached = 256;
+  auto it = statements.find(sql);
+  if (it == statements.end() && statements.size() < kMaxCached) {
+    it = statements.emplace(sql, CachedStatement{std::make_unique<SQLite::Statement>(db, sql), false}).first;
+  }
+  // Not cached (cache full), or already on loan further up the stack: a private statement.
+  if (it == statements.end() || it->second.busy) {
+    return ledger_detail::Prepared(std::make_unique<SQLite::Statement>(db, sql));
+  }
+  it->second.busy = true;
+  it->second.statement->clearBindings();
+  return ledger_detail::Prepared(it->second.statement.get(), &it->second.busy);
+}
 
 // ---------------------------------------------------------------------------------------------
 // opening and migrations
@@ -269,9 +294,9 @@ std::int64_t Ledger::create_user(const std::string& email, const std::optional<s
   check_email(email);
   check_role(role);
   return impl_->locked("create_user", [&]() -> std::int64_t {
-    SQLite::Statement st(impl_->db,
-                         "INSERT INTO users (email, name, role, tenant, password_hash, created_at) "
+    auto st_h = impl_->prepare("INSERT INTO users (email, name, role, tenant, password_hash, created_at) "
                          "VALUES (?, ?, ?, ?, ?, ?)");
+SQLite::Statement& st = *st_h;
     st.bind(1, email);
     ledger_detail::bind_value(st, 2, name ? LedgerValue(*name) : LedgerValue());
     st.bind(3, role);
@@ -291,7 +316,8 @@ std::int64_t Ledger::create_user(const std::string& email, const std::optional<s
 
 std::optional<LedgerRow> Ledger::get_user(std::int64_t id) const {
   return impl_->locked("get_user", [&] {
-    SQLite::Statement st(impl_->db, std::string("SELECT ") + kUserColumns + " FROM users WHERE id = ?");
+    auto st_h = impl_->prepare(std::string("SELECT ") + kUserColumns + " FROM users WHERE id = ?");
+SQLite::Statement& st = *st_h;
     st.bind(1, static_cast<std::int64_t>(id));
     return one_user(st);
   });
@@ -299,7 +325,8 @@ std::optional<LedgerRow> Ledger::get_user(std::int64_t id) const {
 
 std::optional<LedgerRow> Ledger::get_user_by_email(const std::string& email) const {
   return impl_->locked("get_user_by_email", [&] {
-    SQLite::Statement st(impl_->db, std::string("SELECT ") + kUserColumns + " FROM users WHERE email = ?");
+    auto st_h = impl_->prepare(std::string("SELECT ") + kUserColumns + " FROM users WHERE email = ?");
+SQLite::Statement& st = *st_h;
     st.bind(1, email);
     return one_user(st);
   });
@@ -307,9 +334,9 @@ std::optional<LedgerRow> Ledger::get_user_by_email(const std::string& email) con
 
 std::vector<LedgerRow> Ledger::list_users() const {
   return impl_->locked("list_users", [&] {
-    SQLite::Statement st(impl_->db,
-                         "SELECT id, email, name, role, COALESCE(tenant, email) AS tenant, disabled, created_at "
+    auto st_h = impl_->prepare("SELECT id, email, name, role, COALESCE(tenant, email) AS tenant, disabled, created_at "
                          "FROM users ORDER BY id");
+SQLite::Statement& st = *st_h;
     std::vector<LedgerRow> out;
     while (st.executeStep()) out.push_back(read_row(st, {"disabled"}));
     return out;
@@ -337,7 +364,8 @@ bool Ledger::update_user(std::int64_t id, const LedgerRow& fields) {
   }
   if (sets.empty()) return get_user(id).has_value();
   return impl_->locked("update_user", [&] {
-    SQLite::Statement st(impl_->db, "UPDATE users SET " + sets + " WHERE id = ?");
+    auto st_h = impl_->prepare("UPDATE users SET " + sets + " WHERE id = ?");
+SQLite::Statement& st = *st_h;
     int i = 1;
     for (const auto& f : fields.fields) ledger_detail::bind_value(st, i++, f.second);
     st.bind(i, static_cast<std::int64_t>(id));
@@ -399,8 +427,8 @@ NewApiKey Ledger::create_api_key(std::int64_t user_id, const std::string& name) 
   key.prefix = key.plaintext.substr(0, kKeyPrefix.size() + kDisplayChars);
   const std::string hash = detail::sha256_hex(key.plaintext);
   key.id = impl_->locked("create_api_key", [&]() -> std::int64_t {
-    SQLite::Statement st(impl_->db,
-                         "INSERT INTO api_keys (user_id, name, prefix, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)");
+    auto st_h = impl_->prepare("INSERT INTO api_keys (user_id, name, prefix, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)");
+SQLite::Statement& st = *st_h;
     st.bind(1, static_cast<std::int64_t>(user_id));
     st.bind(2, name);
     st.bind(3, key.prefix);
@@ -422,17 +450,18 @@ std::optional<LedgerRow> Ledger::verify_api_key(std::string_view plaintext) {
   if (!well_formed_key(plaintext)) return std::nullopt;
   const std::string hash = detail::sha256_hex(plaintext);
   return impl_->locked("verify_api_key", [&]() -> std::optional<LedgerRow> {
-    SQLite::Statement st(impl_->db,
-                         "SELECT k.id AS key_id, k.user_id, COALESCE(u.tenant, u.email) AS tenant, k.name, u.email, "
+    auto st_h = impl_->prepare("SELECT k.id AS key_id, k.user_id, COALESCE(u.tenant, u.email) AS tenant, k.name, u.email, "
                          "u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id "
                          "WHERE k.secret_hash = ? AND k.revoked_at IS NULL AND u.disabled = 0");
+SQLite::Statement& st = *st_h;
     st.bind(1, hash);
     if (!st.executeStep()) return std::nullopt;
     LedgerRow row = read_row(st);
     const double now = ledger_detail::wall_now();
     // A write per request would serialize every worker on the file; once a minute is enough.
     if (row.is_null("last_used_at") || row.real("last_used_at") < now - 60) {
-      SQLite::Statement up(impl_->db, "UPDATE api_keys SET last_used_at = ? WHERE id = ?");
+      auto up_h = impl_->prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?");
+SQLite::Statement& up = *up_h;
       up.bind(1, now);
       up.bind(2, row.integer("key_id"));
       up.exec();
@@ -444,9 +473,9 @@ std::optional<LedgerRow> Ledger::verify_api_key(std::string_view plaintext) {
 
 bool Ledger::revoke_api_key(std::int64_t key_id, std::optional<std::int64_t> user_id) {
   return impl_->locked("revoke_api_key", [&] {
-    SQLite::Statement st(impl_->db,
-                         "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
+    auto st_h = impl_->prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
                          "AND (? IS NULL OR user_id = ?)");
+SQLite::Statement& st = *st_h;
     st.bind(1, ledger_detail::wall_now());
     st.bind(2, static_cast<std::int64_t>(key_id));
     ledger_detail::bind_value(st, 3, user_id ? LedgerValue(*user_id) : LedgerValue());
@@ -457,9 +486,9 @@ bool Ledger::revoke_api_key(std::int64_t key_id, std::optional<std::int64_t> use
 
 std::vector<LedgerRow> Ledger::list_api_keys(std::int64_t user_id) const {
   return impl_->locked("list_api_keys", [&] {
-    SQLite::Statement st(impl_->db,
-                         "SELECT id, user_id, name, prefix, created_at, last_used_at, revoked_at, "
+    auto st_h = impl_->prepare("SELECT id, user_id, name, prefix, created_at, last_used_at, revoked_at, "
                          "revoked_at IS NULL AS active FROM api_keys WHERE user_id = ? ORDER BY id");
+SQLite::Statement& st = *st_h;
     st.bind(1, static_cast<std::int64_t>(user_id));
     std::vector<LedgerRow> out;
     while (st.executeStep()) out.push_back(read_row(st, {"active"}));
@@ -482,7 +511,8 @@ void check_json(const std::string& key, const std::string& value_json) {
 
 std::optional<std::string> Ledger::get_config(const std::string& key) const {
   return impl_->locked("get_config", [&]() -> std::optional<std::string> {
-    SQLite::Statement st(impl_->db, "SELECT value FROM config WHERE key = ?");
+    auto st_h = impl_->prepare("SELECT value FROM config WHERE key = ?");
+SQLite::Statement& st = *st_h;
     st.bind(1, key);
     if (!st.executeStep()) return std::nullopt;
     return st.getColumn(0).getString();
@@ -498,24 +528,25 @@ void Ledger::set_config(const std::string& key, const std::string& value_json, c
     WriteTransaction tx(impl_->db);
     std::optional<std::string> old;
     {
-      SQLite::Statement st(impl_->db, "SELECT value FROM config WHERE key = ?");
+      auto st_h = impl_->prepare("SELECT value FROM config WHERE key = ?");
+SQLite::Statement& st = *st_h;
       st.bind(1, key);
       if (st.executeStep()) old = st.getColumn(0).getString();
     }
     if (old && *old == stored) return;  // unchanged: no history entry
     const double now = ledger_detail::wall_now();
     const LedgerValue who = actor ? LedgerValue(*actor) : LedgerValue();
-    SQLite::Statement up(impl_->db,
-                         "INSERT INTO config (key, value, updated_at, updated_by) VALUES (?, ?, ?, ?) "
+    auto up_h = impl_->prepare("INSERT INTO config (key, value, updated_at, updated_by) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
                          "updated_by = excluded.updated_by");
+SQLite::Statement& up = *up_h;
     up.bind(1, key);
     up.bind(2, stored);
     up.bind(3, now);
     ledger_detail::bind_value(up, 4, who);
     up.exec();
-    SQLite::Statement h(impl_->db,
-                        "INSERT INTO config_history (key, old_value, new_value, actor, at) VALUES (?, ?, ?, ?, ?)");
+    auto h_h = impl_->prepare("INSERT INTO config_history (key, old_value, new_value, actor, at) VALUES (?, ?, ?, ?, ?)");
+SQLite::Statement& h = *h_h;
     h.bind(1, key);
     ledger_detail::bind_value(h, 2, old ? LedgerValue(*old) : LedgerValue());
     h.bind(3, stored);
@@ -528,7 +559,8 @@ void Ledger::set_config(const std::string& key, const std::string& value_json, c
 
 std::vector<LedgerRow> Ledger::list_config() const {
   return impl_->locked("list_config", [&] {
-    SQLite::Statement st(impl_->db, "SELECT key, value, updated_at, updated_by FROM config ORDER BY key");
+    auto st_h = impl_->prepare("SELECT key, value, updated_at, updated_by FROM config ORDER BY key");
+SQLite::Statement& st = *st_h;
     std::vector<LedgerRow> out;
     while (st.executeStep()) out.push_back(read_row(st));
     return out;
@@ -538,9 +570,9 @@ std::vector<LedgerRow> Ledger::list_config() const {
 std::vector<LedgerRow> Ledger::config_history(std::int64_t limit, const std::optional<std::string>& key) const {
   if (limit < 1 || limit > 10'000) throw Error(ErrorCode::invalid_argument, "limit must be between 1 and 10000");
   return impl_->locked("config_history", [&] {
-    SQLite::Statement st(impl_->db,
-                         "SELECT id, key, old_value, new_value, actor, at FROM config_history "
+    auto st_h = impl_->prepare("SELECT id, key, old_value, new_value, actor, at FROM config_history "
                          "WHERE (? IS NULL OR key = ?) ORDER BY id DESC LIMIT ?");
+SQLite::Statement& st = *st_h;
     ledger_detail::bind_value(st, 1, key ? LedgerValue(*key) : LedgerValue());
     ledger_detail::bind_value(st, 2, key ? LedgerValue(*key) : LedgerValue());
     st.bind(3, static_cast<std::int64_t>(limit));

@@ -176,7 +176,8 @@ void Ledger::insert_request(const LedgerRow& row) {
   }
   const std::string& id = std::get<std::string>(*row.find("id"));
   impl_->locked("insert_request", [&] {
-    SQLite::Statement st(impl_->db, "INSERT INTO requests (" + names + ") VALUES (" + marks + ")");
+    auto st_h = impl_->prepare("INSERT INTO requests (" + names + ") VALUES (" + marks + ")");
+SQLite::Statement& st = *st_h;
     int i = 1;
     for (const auto& v : values) bind_value(st, i++, v.second);
     try {
@@ -197,7 +198,8 @@ bool Ledger::update_request(const std::string& id, const LedgerRow& fields) {
   }
   if (sets.empty()) return get_request(id).has_value();
   return impl_->locked("update_request", [&] {
-    SQLite::Statement st(impl_->db, "UPDATE requests SET " + sets + " WHERE id = ?");
+    auto st_h = impl_->prepare("UPDATE requests SET " + sets + " WHERE id = ?");
+SQLite::Statement& st = *st_h;
     int i = 1;
     for (const LedgerValue& v : values) bind_value(st, i++, v);
     st.bind(i, id);
@@ -211,7 +213,8 @@ bool Ledger::update_request(const std::string& id, const LedgerRow& fields) {
 
 std::optional<LedgerRow> Ledger::get_request(const std::string& id) const {
   return impl_->locked("get_request", [&]() -> std::optional<LedgerRow> {
-    SQLite::Statement st(impl_->db, "SELECT " + columns_list() + " FROM requests WHERE id = ?");
+    auto st_h = impl_->prepare("SELECT " + columns_list() + " FROM requests WHERE id = ?");
+SQLite::Statement& st = *st_h;
     st.bind(1, id);
     if (!st.executeStep()) return std::nullopt;
     return read_row(st);
@@ -224,8 +227,9 @@ std::vector<LedgerRow> Ledger::list_requests(const RequestFilter& filter) const 
   if (filter.offset < 0) throw Error(ErrorCode::invalid_argument, "offset must be >= 0");
   const Where w = request_where(filter);
   return impl_->locked("list_requests", [&] {
-    SQLite::Statement st(impl_->db, "SELECT " + columns_list() + " FROM requests" + w.sql() +
+    auto st_h = impl_->prepare("SELECT " + columns_list() + " FROM requests" + w.sql() +
                                         " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
+SQLite::Statement& st = *st_h;
     const int next = w.bind(st);
     st.bind(next, static_cast<std::int64_t>(filter.limit));
     st.bind(next + 1, static_cast<std::int64_t>(filter.offset));
@@ -238,7 +242,8 @@ std::vector<LedgerRow> Ledger::list_requests(const RequestFilter& filter) const 
 std::int64_t Ledger::count_requests(const RequestFilter& filter) const {
   const Where w = request_where(filter);
   return impl_->locked("count_requests", [&] {
-    SQLite::Statement st(impl_->db, "SELECT COUNT(*) FROM requests" + w.sql());
+    auto st_h = impl_->prepare("SELECT COUNT(*) FROM requests" + w.sql());
+SQLite::Statement& st = *st_h;
     w.bind(st);
     st.executeStep();
     return static_cast<std::int64_t>(st.getColumn(0).getInt64());
@@ -290,8 +295,9 @@ std::vector<LedgerRow> run_report(Ledger::Impl& impl, const char* what, const ch
                                   const char* group, const ReportFilter& filter) {
   const Where w = ledger_detail::report_where(filter);
   return impl.locked(what, [&] {
-    SQLite::Statement st(impl.db, std::string("SELECT ") + keys + ", " + kMeasures + " FROM requests r" + join +
+    auto st_h = impl.prepare(std::string("SELECT ") + keys + ", " + kMeasures + " FROM requests r" + join +
                                       w.sql() + group);
+SQLite::Statement& st = *st_h;
     w.bind(st);
     std::vector<LedgerRow> out;
     while (st.executeStep()) out.push_back(read_row(st));
@@ -323,7 +329,8 @@ std::vector<std::pair<std::string, std::int64_t>> Ledger::status_counts(const Re
   return impl_->locked("status_counts", [&] {
     std::vector<std::pair<std::string, std::int64_t>> out;
     for (std::string_view s : kStatuses) out.emplace_back(std::string(s), 0);
-    SQLite::Statement st(impl_->db, "SELECT r.status, COUNT(*) FROM requests r" + w.sql() + " GROUP BY r.status");
+    auto st_h = impl_->prepare("SELECT r.status, COUNT(*) FROM requests r" + w.sql() + " GROUP BY r.status");
+SQLite::Statement& st = *st_h;
     w.bind(st);
     while (st.executeStep()) {
       const std::string status = st.getColumn(0).getString();

@@ -1,0 +1,442 @@
+// Prompt features for the learned estimator and the template key of the history estimator.
+// One pass over the bytes: words are ASCII-lowercased runs of letters/digits (UTF-8 bytes count as
+// letters); cue phrases are matched on word unigram/bigram/trigram hashes behind a bit filter, so a
+// long prompt costs a few nanoseconds per word.
+#include <algorithm>
+#include <bitset>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+
+#include "internal.hpp"
+
+namespace tokenlane::detail {
+namespace {
+
+enum class CueKind : std::uint8_t { slot, unit, number };
+
+struct Cue {
+  CueKind kind;
+  std::uint32_t slot = 0;  // for slot cues
+  float value = 0;         // tokens per unit, or the number's value
+};
+
+// Hashes a word 8 bytes at a time: bytes are packed into a 64-bit lane and each full lane (and the
+// tail, tagged with the length) goes through one mix. Much cheaper than a multiply per byte.
+struct WordHasher {
+  std::uint64_t h = kFnvOffset, lane = 0;
+  unsigned shift = 0;
+  std::size_t len = 0;
+  void add(unsigned char c) {
+    lane |= static_cast<std::uint64_t>(c) << shift;
+    shift += 8;
+    ++len;
+    if (shift == 64) {
+      h = mix(h, lane);
+      lane = 0;
+      shift = 0;
+    }
+  }
+  std::uint64_t done() const { return mix(h, lane ^ (static_cast<std::uint64_t>(len) << 56)); }
+};
+
+std::uint64_t word_hash(std::string_view w) {
+  WordHasher hasher;
+  for (unsigned char c : w) hasher.add(c);
+  return hasher.done();
+}
+// Word-sequence hash: one multiply and a fold (the inputs are already well-mixed word hashes).
+std::uint64_t bigram(std::uint64_t a, std::uint64_t b) {
+  std::uint64_t z = (a ^ ((b << 31) | (b >> 33))) * 0x9e3779b97f4a7c15ULL;
+  return z ^ (z >> 29);
+}
+
+std::uint64_t phrase_hash(std::string_view phrase) {
+  // Same hashing as the scanner: unigram, or mix-chained bigram/trigram.
+  std::uint64_t h = 0;
+  bool first = true;
+  std::size_t start = 0;
+  while (start <= phrase.size()) {
+    std::size_t end = phrase.find(' ', start);
+    if (end == std::string_view::npos) end = phrase.size();
+    std::uint64_t w = word_hash(phrase.substr(start, end - start));
+    h = first ? w : bigram(h, w);
+    first = false;
+    start = end + 1;
+  }
+  return h;
+}
+
+struct CueTable {
+  static constexpr std::uint64_t kFilterMask = (1u << 16) - 1;
+  std::unordered_map<std::uint64_t, Cue> cues;
+  std::bitset<kFilterMask + 1> filter;          // every cue's hash
+  std::bitset<kFilterMask + 1> trigram_prefix;  // the first two words of three-word cues
+
+  void add(std::string_view phrase, Cue cue) {
+    std::uint64_t h = phrase_hash(phrase);
+    cues[h] = cue;
+    filter.set(h & kFilterMask);
+    const std::size_t second_space = phrase.find(' ', phrase.find(' ') + 1);
+    if (phrase.find(' ') != std::string_view::npos && second_space != std::string_view::npos)
+      trigram_prefix.set(phrase_hash(phrase.substr(0, second_space)) & kFilterMask);
+  }
+  bool may_start_trigram(std::uint64_t bigram_hash) const { return trigram_prefix.test(bigram_hash & kFilterMask); }
+  void slot(std::initializer_list<std::string_view> phrases, std::uint32_t s) {
+    for (auto p : phrases) add(p, Cue{CueKind::slot, s, 1.0f});
+  }
+  void unit(std::initializer_list<std::string_view> words, float tokens_per_unit) {
+    for (auto w : words) add(w, Cue{CueKind::unit, 0, tokens_per_unit});
+  }
+  const Cue* find(std::uint64_t h) const {
+    if (!filter.test(h & kFilterMask)) return nullptr;
+    auto it = cues.find(h);
+    return it == cues.end() ? nullptr : &it->second;
+  }
+
+  CueTable() {
+    // Tokens per unit are rough English averages (a word ~1.35 tokens, a sentence ~25, ...).
+    unit({"word", "words"}, 1.35f);
+    unit({"sentence", "sentences"}, 25.0f);
+    unit({"paragraph", "paragraphs", "paras"}, 100.0f);
+    unit({"line", "lines", "bullet", "bullets", "point", "points", "item", "items"}, 18.0f);
+    unit({"tip", "tips", "idea", "ideas", "example", "examples", "reason", "reasons", "way", "ways", "step", "steps",
+          "question", "questions", "fact", "facts", "thing", "things", "option", "options", "suggestion",
+          "suggestions", "benefit", "benefits", "strategies", "strategy", "activities", "places", "books",
+          "movies", "songs", "recipes", "names", "characteristics", "features", "advantages", "disadvantages"},
+         40.0f);
+    unit({"title", "titles", "headline", "headlines", "slogan", "slogans"}, 14.0f);
+    unit({"character", "characters", "letters"}, 0.3f);
+    unit({"page", "pages"}, 600.0f);
+    unit({"verse", "verses", "stanza", "stanzas"}, 45.0f);
+    unit({"haiku", "haikus", "tweet", "tweets"}, 35.0f);
+    const std::pair<std::string_view, float> numbers[] = {
+        {"a", 1},       {"one", 1},     {"single", 1},   {"two", 2},       {"couple", 2},    {"three", 3},
+        {"few", 3},     {"four", 4},    {"several", 4},  {"five", 5},      {"six", 6},       {"seven", 7},
+        {"eight", 8},   {"nine", 9},    {"ten", 10},     {"eleven", 11},   {"twelve", 12},   {"fifteen", 15},
+        {"twenty", 20}, {"thirty", 30}, {"fifty", 50},   {"hundred", 100}, {"thousand", 1000}};
+    for (auto& [w, v] : numbers) add(w, Cue{CueKind::number, 0, v});
+    slot({"brief", "briefly", "short", "concise", "concisely", "succinct", "succinctly", "quick", "quickly",
+          "tl dr", "tldr", "in a nutshell", "keep it short"},
+         kShortCue);
+    slot({"one word", "single word", "one-word", "yes or no", "true or false", "only the answer", "just the answer",
+          "answer only", "only answer", "only respond", "only output", "only return", "a number", "multiple choice",
+          "option a", "a or b"},
+         kTinyCue);
+    slot({"essay", "detailed", "comprehensive", "thorough", "thoroughly", "elaborate", "extensive", "in depth",
+          "in-depth", "in detail", "lengthy", "long", "article", "report", "guide", "tutorial", "plan", "itinerary",
+          "proposal", "outline"},
+         kLongCue);
+    slot({"step by step", "step-by-step", "explain", "explanation", "describe", "how to", "how do", "how does",
+          "how can", "why", "discuss", "compare", "difference between", "pros and cons"},
+         kStepCue);
+    slot({"list", "bullet", "bullets", "enumerate", "ideas", "tips", "examples", "suggestions", "brainstorm",
+          "ways", "top", "recommend", "recommendations"},
+         kListCue);
+    slot({"code", "function", "program", "script", "implement", "python", "javascript", "java", "sql", "html",
+          "css", "regex", "algorithm", "typescript", "bash", "rust", "golang", "c++", "react", "api", "class",
+          "method", "query", "debug"},
+         kCodeCue);
+    slot({"translate", "translation", "rewrite", "paraphrase", "rephrase", "proofread", "correct", "edit", "fix",
+          "convert", "reword", "grammar", "simplify", "spelling", "formal", "informal", "tone"},
+         kRewriteCue);
+    slot({"classify", "categorize", "categorise", "sentiment", "which of", "choose", "select", "rate", "identify",
+          "determine", "label", "detect", "is this", "is it", "does this", "true", "false"},
+         kClassifyCue);
+    slot({"story", "poem", "song", "lyrics", "letter", "email", "speech", "blog", "dialogue", "novel", "fiction",
+          "narrative", "screenplay", "cover letter", "fairy tale"},
+         kCreativeCue);
+    slot({"haiku", "tweet", "slogan", "title", "headline", "tagline", "limerick", "caption", "acronym", "pun",
+          "joke", "riddle", "name for", "names for", "hashtags", "hashtag"},
+         kShortFormCue);
+    slot({"calculate", "solve", "compute", "equation", "multiply", "divide", "how many", "how much", "math",
+          "arithmetic", "percentage", "probability"},
+         kMathCue);
+    slot({"summarize", "summarise", "summary", "summarization", "key points", "main points", "recap", "abstract",
+          "main idea"},
+         kSummarizeCue);
+  }
+};
+
+const CueTable& cue_table() {
+  static const CueTable table;
+  return table;
+}
+
+// Letters, digits, '+' ("c++") and every UTF-8 byte make words.
+struct WordBytes {
+  bool is[256] = {};
+  constexpr WordBytes() {
+    for (int c = 0; c < 256; ++c)
+      is[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80 || c == '+';
+  }
+};
+constexpr WordBytes kWordBytes;
+inline bool is_word_byte(unsigned char c) { return kWordBytes.is[c]; }
+
+std::uint32_t hashed_index(std::uint64_t h, std::uint32_t buckets) {
+  return kDenseSlots + static_cast<std::uint32_t>(h & (buckets - 1));
+}
+
+// Salts keep the n-gram kinds apart in the hashed space.
+constexpr std::uint64_t kSaltBigram = 0x2222;
+constexpr std::uint64_t kSaltHead = 0x3333;
+constexpr std::uint64_t kSaltHeadBigram = 0x4444;
+constexpr std::size_t kHeadWords = 8;
+// Long prompts are read word by word only where instructions live: the first kScanHead bytes, the
+// first kScanLast bytes of the last message and the last kScanTail bytes. Bytes in between (the
+// pasted document, the long history) only feed the byte statistics. This bounds the cost of a
+// long prompt (a 1,000-token prompt reads ~2 KB of words, not 4.4 KB).
+constexpr std::size_t kScanHead = 1024, kScanLast = 512, kScanTail = 512;
+
+struct Gap {
+  std::size_t begin, end;
+};
+
+// The byte ranges skipped by the word scan (at most two), each snapped forward to a non-word
+// byte so no word is cut.
+std::size_t gaps_of(std::string_view text, std::array<Gap, 2>& gaps) {
+  const std::size_t n = text.size();
+  if (n <= kScanHead + kScanLast + kScanTail) return 0;
+  std::array<Gap, 3> keep{};
+  std::size_t k = 0;
+  keep[k++] = {0, kScanHead};
+  // memchr first (vectorized): plain prompts, the common case, have no separator at all.
+  std::size_t last = std::string_view::npos;
+  if (std::memchr(text.data(), kMessageSeparator, n) != nullptr) last = text.rfind(kMessageSeparator);
+  if (last != std::string_view::npos && last > kScanHead && last + kScanLast < n - kScanTail)
+    keep[k++] = {last, last + kScanLast};
+  keep[k++] = {n - kScanTail, n};
+  auto snap = [&](std::size_t p) {
+    while (p < n && is_word_byte(static_cast<unsigned char>(text[p]))) ++p;
+    return p;
+  };
+  std::size_t g = 0;
+  for (std::size_t j = 0; j + 1 < k; ++j) {
+    const std::size_t begin = snap(keep[j].end), end = snap(keep[j + 1].begin);
+    if (begin < end) gaps[g++] = {begin, end};
+  }
+  return g;
+}
+
+std::uint32_t task_slot(std::string_view task) {
+  if (task.empty()) return 0;
+  static const std::pair<std::string_view, std::uint32_t> tasks[] = {
+      {"chat", kTaskChat},         {"code", kTaskCode},         {"summarize", kTaskSummarize},
+      {"translate", kTaskTranslate}, {"rewrite", kTaskRewrite}, {"classify", kTaskClassify},
+      {"extract", kTaskExtract},   {"qa", kTaskQa}};
+  for (auto& [name, slot] : tasks)
+    if (name == task) return slot;
+  return 0;
+}
+
+}  // namespace
+
+std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t buckets,
+                             std::vector<Feature>& out) {
+  const CueTable& table = cue_table();
+  std::array<float, kDenseSlots> dense{};
+  dense[kBias] = 1.0f;
+  const double log_in = (std::log1p(input_tokens) - 4.5) / 2.0;
+  dense[kLogInput] = static_cast<float>(log_in);
+
+  const std::string_view text = q.prompt;
+  const std::size_t n = text.size();
+  // Written through a raw pointer into a buffer sized for the worst case (a feature per byte):
+  // push_back's temporaries cost a store-forwarding stall per feature on a hot loop.
+  if (out.size() < n + kDenseSlots + 2 * kHeadWords) out.resize(n + kDenseSlots + 2 * kHeadWords + 256);
+  Feature* dst = out.data();
+  std::size_t count = 0;
+  // Head features of the current message (reset at every message/role boundary, so the last
+  // message's survive), kept apart and appended at the end.
+  std::array<std::uint64_t, kHeadWords> head{};
+  std::size_t head_n = 0;
+
+  std::size_t non_ascii = 0, cjk = 0, newlines = 0, list_lines = 0;
+  bool code_fence = false, question = false;
+  double count_target = 0;     // tokens implied by "N <units>", the largest one
+  double last_number = -1;     // value of the previous word if it was a number
+  bool last_article = false;   // ... and it was "a" (counts only for units that are not list items)
+  double number_before = -1;   // value of the word before that, for "3-5 sentences"
+  std::uint64_t prev = 0, prev_bi = 0;  // previous word and bigram hashes (0 = none)
+  std::size_t words = 0;
+  bool line_start = true;
+
+  std::array<Gap, 2> gaps{};
+  const std::size_t n_gaps = gaps_of(text, gaps);
+  std::size_t next_gap = 0;
+
+  std::size_t i = 0;
+  while (i < n) {
+    if (next_gap < n_gaps && i >= gaps[next_gap].begin) {
+      const Gap gap = gaps[next_gap++];
+      for (std::size_t j = std::max(i, gap.begin); j < gap.end; ++j) {
+        const unsigned char b = static_cast<unsigned char>(text[j]);
+        if (b < 0x80) {
+          newlines += b == '\n';
+          question |= b == '?';
+          code_fence |= b == '`' && j + 2 < n && text[j + 1] == '`' && text[j + 2] == '`';
+          if (b == static_cast<unsigned char>(kMessageSeparator)) head_n = 0;
+        } else {
+          ++non_ascii;
+          cjk += b >= 0xE3 && b <= 0xED;
+        }
+      }
+      i = std::max(i, gap.end);
+      prev = prev_bi = 0;
+      last_number = number_before = -1;
+      line_start = false;
+      continue;
+    }
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (!is_word_byte(c)) {
+      if (c == '\n') {
+        ++newlines;
+        line_start = true;
+      } else if (c == '?') {
+        question = true;
+      } else if (c == '`' && i + 2 < n && text[i + 1] == '`' && text[i + 2] == '`') {
+        code_fence = true;
+      } else if (c == static_cast<unsigned char>(kMessageSeparator) ||
+                 c == static_cast<unsigned char>(kRoleSeparator)) {
+        head_n = 0;
+        prev = prev_bi = 0;
+        last_number = number_before = -1;
+      } else if (line_start && (c == '-' || c == '*')) {
+        ++list_lines;
+        line_start = false;
+      } else if (c != ' ' && c != '\t' && c != '\r') {
+        line_start = false;
+      }
+      ++i;
+      continue;
+    }
+    // A word: ASCII-lowercased bytes hashed as they are read (as phrase_hash does).
+    std::size_t len = 0;
+    bool digits = true;
+    double value = 0;
+    WordHasher hasher;
+    unsigned char first = 0;
+    const bool at_line_start = line_start;
+    line_start = false;
+    while (i < n) {
+      c = static_cast<unsigned char>(text[i]);
+      if (!is_word_byte(c)) break;
+      if (c >= 0x80) {
+        ++non_ascii;
+        if (c >= 0xE3 && c <= 0xED) ++cjk;  // lead bytes of CJK and Hangul blocks
+        digits = false;
+      } else if (c >= '0' && c <= '9') {
+        if (value < 1e7) value = value * 10 + (c - '0');
+      } else {
+        digits = false;
+      }
+      if (c >= 'A' && c <= 'Z') c = static_cast<unsigned char>(c + 32);
+      if (len == 0) first = c;
+      hasher.add(c);
+      ++len;
+      ++i;
+    }
+    const std::uint64_t h = hasher.done();
+    if (at_line_start && digits && i < n && (text[i] == '.' || text[i] == ')')) ++list_lines;
+    ++words;
+    const std::uint64_t bi = prev ? bigram(prev, h) : 0;
+    const std::uint64_t tri = prev_bi && table.may_start_trigram(prev_bi) ? bigram(prev_bi, h) : 0;
+    dst[count++] = Feature{hashed_index(h, buckets), 1.0f};
+    if (bi) dst[count++] = Feature{hashed_index(bi ^ kSaltBigram, buckets), 1.0f};
+    if (head_n < kHeadWords) head[head_n++] = h;
+
+    // Cues: the word, the bigram ending here, the trigram ending here.
+    double number_here = digits ? value : -1;
+    bool article_here = false;
+    const std::uint64_t candidates[3] = {h, bi, tri};
+    for (std::uint64_t ch : candidates) {
+      if (!ch) continue;
+      const Cue* cue = table.find(ch);
+      if (!cue) continue;
+      switch (cue->kind) {
+        case CueKind::slot:
+          dense[cue->slot] = 1.0f;
+          break;
+        case CueKind::number:
+          if (ch == h) {
+            number_here = cue->value;
+            article_here = len == 1 && first == 'a';
+          }
+          break;
+        case CueKind::unit:
+          if (ch == h && last_number > 0 && !(last_article && cue->value >= 40.0f)) {
+            double count = last_number;
+            if (number_before > 0 && number_before < last_number) count = (number_before + last_number) / 2;
+            count_target = std::max(count_target, std::min(count, 5000.0) * cue->value);
+          }
+          break;
+      }
+    }
+    number_before = last_number;
+    last_number = number_here;
+    last_article = article_here;
+    prev_bi = bi;
+    prev = h;
+  }
+
+  const double bytes = std::max<double>(1.0, static_cast<double>(n));
+  dense[kNonAscii] = static_cast<float>(non_ascii / bytes);
+  dense[kCjk] = static_cast<float>(std::min(1.0, 3.0 * cjk / bytes));
+  dense[kLogLines] = static_cast<float>(std::log1p(static_cast<double>(newlines)) / 3.0);
+  dense[kPromptList] = list_lines >= 2 ? 1.0f : 0.0f;
+  dense[kQuestion] = question ? 1.0f : 0.0f;
+  dense[kCodeInPrompt] = code_fence ? 1.0f : 0.0f;
+  if (count_target > 0) {
+    dense[kCountCue] = 1.0f;
+    dense[kCountTarget] = static_cast<float>(std::log(std::max(1.0, count_target)) - std::log(300.0));
+  }
+  if (dense[kRewriteCue] > 0) dense[kRewriteLogInput] = static_cast<float>(log_in);
+  if (dense[kSummarizeCue] > 0) dense[kSummarizeLogInput] = static_cast<float>(log_in);
+  if (std::uint32_t t = task_slot(q.task)) dense[t] = 1.0f;
+
+  // Word n-grams share a unit of weight (1/sqrt(words)), so long prompts do not swamp the cues.
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(std::max<std::size_t>(words, 1))));
+  for (std::size_t k = 0; k < count; ++k) dst[k].value *= scale;
+  for (std::size_t k = 0; k < head_n; ++k) {
+    dst[count++] = Feature{hashed_index(mix(head[k], kSaltHead), buckets), 0.5f};
+    if (k > 0 && k < 3)
+      dst[count++] = Feature{hashed_index(mix(bigram(head[k - 1], head[k]), kSaltHeadBigram + k), buckets), 0.5f};
+  }
+  for (std::uint32_t s = 0; s < kDenseSlots; ++s)
+    if (dense[s] != 0.0f) dst[count++] = Feature{s, dense[s]};
+  return count;
+}
+
+std::uint64_t template_hash(std::string_view prompt, std::size_t chars) {
+  // Normalizes the first `chars` bytes of a message into the hash.
+  auto shape = [chars](std::string_view msg, std::uint64_t h) {
+    std::size_t taken = 0;
+    bool space = false;
+    for (std::size_t i = 0; i < msg.size() && taken < chars; ++i) {
+      unsigned char c = static_cast<unsigned char>(msg[i]);
+      if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+        space = taken > 0;
+        continue;
+      }
+      if (space) {
+        h = (h ^ ' ') * kFnvPrime;
+        ++taken;
+        space = false;
+      }
+      if (c >= 'A' && c <= 'Z') c = static_cast<unsigned char>(c + 32);
+      if (c >= '0' && c <= '9') c = '0';
+      h = (h ^ c) * kFnvPrime;
+      ++taken;
+    }
+    return h;
+  };
+  const std::size_t first_end = prompt.find(kMessageSeparator);
+  if (first_end == std::string_view::npos) return shape(prompt, kFnvOffset);
+  const std::size_t last_begin = prompt.rfind(kMessageSeparator) + 1;
+  std::uint64_t h = shape(prompt.substr(0, first_end), kFnvOffset);
+  h = (h ^ 0x1e) * kFnvPrime;
+  return shape(prompt.substr(last_begin), h);
+}
+
+}  // namespace tokenlane::detail

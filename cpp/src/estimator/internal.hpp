@@ -1,0 +1,110 @@
+// Shared pieces of the estimators: text scanning, prompt features, capping, the JSON codec.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tokenlane/estimator.hpp"
+
+namespace tokenlane {
+
+inline constexpr const char* kEstimatorFormat = "tokenlane.estimator";
+inline constexpr int kEstimatorVersion = 1;
+
+namespace detail {
+
+inline constexpr std::uint64_t kFnvOffset = 1469598103934665603ULL;
+inline constexpr std::uint64_t kFnvPrime = 1099511628211ULL;
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = kFnvOffset) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= kFnvPrime;
+  }
+  return h;
+}
+
+inline std::uint64_t mix(std::uint64_t a, std::uint64_t b) {
+  // splitmix64 finalizer over a combination: cheap, well spread, deterministic everywhere.
+  std::uint64_t z = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Throws Error(invalid_argument) for an empty model or max_tokens == 0.
+void validate(const EstimateQuery& q);
+// The prompt's token count: exact when given, else bytes/4 (at least 1).
+double input_tokens_of(const EstimateQuery& q);
+// Turns log-quantiles into a capped Estimate: p50 >= 1, p90 >= p50, both <= the caps.
+Estimate finalize(const EstimateQuery& q, double log_p50, double log_p90, std::string source);
+std::uint64_t cap_of(const EstimateQuery& q);
+
+// Dense feature slots of the learned model (hashed n-grams follow them).
+enum Slot : std::uint32_t {
+  kBias,
+  kLogInput,
+  kCountCue,
+  kCountTarget,
+  kShortCue,
+  kTinyCue,
+  kLongCue,
+  kStepCue,
+  kListCue,
+  kCodeCue,
+  kCodeInPrompt,
+  kRewriteCue,
+  kRewriteLogInput,
+  kClassifyCue,
+  kCreativeCue,
+  kShortFormCue,
+  kQuestion,
+  kNonAscii,
+  kCjk,
+  kLogLines,
+  kPromptList,
+  kMathCue,
+  kSummarizeCue,
+  kSummarizeLogInput,
+  kTaskChat,
+  kTaskCode,
+  kTaskSummarize,
+  kTaskTranslate,
+  kTaskRewrite,
+  kTaskClassify,
+  kTaskExtract,
+  kTaskQa,
+  kDenseSlots = 48,
+};
+
+struct Feature {
+  std::uint32_t index;
+  float value;
+};
+
+// The features of one prompt: hashed word n-grams (indices in [kDenseSlots, kDenseSlots + buckets),
+// `buckets` a power of two), then the dense slots: the first `count` (returned) entries of `out`,
+// which is only ever grown, so a warm buffer costs no allocation.
+std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t buckets,
+                             std::vector<Feature>& out);
+
+// The template shape of a prompt: lowercase, ASCII digits -> '0', whitespace runs -> one space,
+// at most `chars` normalized bytes of the first message and of the last message.
+std::uint64_t template_hash(std::string_view prompt, std::size_t chars);
+
+struct EstimatorCodec {
+  static nlohmann::json header(std::string_view kind);
+  static nlohmann::json learned_state(const LearnedEstimator& e);
+  static std::unique_ptr<LearnedEstimator> learned(const nlohmann::json& j);
+  static nlohmann::json history_state(const HistoryEstimator& e);
+  static std::unique_ptr<HistoryEstimator> history(const nlohmann::json& j);
+  static std::unique_ptr<BlendEstimator> blend(const nlohmann::json& j);
+};
+
+}  // namespace detail
+}  // namespace tokenlane

@@ -1,0 +1,1198 @@
+// The scheduler state machine. Layout (all under one mutex):
+//  - request records live in a slab (vector + free list), found by id through a hash map;
+//  - each tenant keeps its queued requests in a std::set ordered by the policy key, so a tenant's
+//    head is its best request; tenants are ordered in `tenant_order_` by a tenant key (the head's
+//    key, or the VTC counter for the fair orders), so picking the next request is O(log n) and a
+//    tenant blocked by its own limits is skipped without scanning its requests;
+//  - `index_` holds every queued request in the global key order for O(log n) queue positions;
+//  - the deferred lane is one ordered set.
+// Policy keys are static per request (aging is linear in arrival time, and slack ordering only
+// needs deadline − predicted service), so no key changes while a request waits.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "ordered_index.hpp"
+#include "tokenlane/error.hpp"
+#include "tokenlane/scheduler.hpp"
+
+namespace tokenlane {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+struct Key {
+  int cls = 0;
+  double k = 0;
+  std::uint64_t seq = 0;
+  std::uint32_t slot = 0;  // payload, not part of the order (seq is unique)
+  bool operator<(const Key& o) const {
+    if (cls != o.cls) return cls < o.cls;
+    if (k != o.k) return k < o.k;
+    return seq < o.seq;
+  }
+};
+
+struct TenantKey {
+  int cls = 0;
+  double a = 0, b = 0;
+  std::uint64_t seq = 0;
+  std::uint32_t tenant = 0;
+  bool operator<(const TenantKey& o) const {
+    if (cls != o.cls) return cls < o.cls;
+    if (a != o.a) return a < o.a;
+    if (b != o.b) return b < o.b;
+    return seq < o.seq;
+  }
+};
+
+// Tokens per minute as a bucket of capacity `per_minute` refilled continuously. The level may go
+// negative when actual usage exceeds what was charged (debt is repaid by refill).
+struct Bucket {
+  bool on = false;
+  double capacity = 0, rate = 0, level = 0, last = std::numeric_limits<double>::quiet_NaN();
+  void init(double per_minute) {
+    on = true;
+    capacity = per_minute;
+    rate = per_minute / 60.0;
+    level = capacity;
+  }
+  void refill(double now) {
+    if (!on) return;
+    if (std::isnan(last)) {
+      last = now;
+    } else if (now > last) {
+      level = std::min(capacity, level + (now - last) * rate);
+      last = now;
+    }
+  }
+  bool has(double amount) const { return !on || level >= amount; }
+  double wait_for(double amount) const { return !on || level >= amount ? 0.0 : (amount - level) / rate; }
+  void give_back(double amount) {
+    if (on) level = std::min(capacity, level + amount);
+  }
+};
+
+struct Budget {
+  Money limit;
+  BudgetWindow window = BudgetWindow::day;
+  Money spent;
+  double start = std::numeric_limits<double>::quiet_NaN();
+};
+
+struct Rec {
+  ScheduledRequest req;
+  RequestState state = RequestState::queued;
+  bool live = false;
+  bool in_queue = false;
+  bool budget_deferred = false;
+  std::uint32_t tenant = 0;
+  double submitted_at = 0, started_at = 0, pred_service = 0;
+  Key key;
+  Money reserved;
+  double tokens_charged = 0, vtc_charged = 0;
+};
+
+struct Tenant {
+  std::string name;
+  double weight = 1.0, counter = 0.0;
+  // Queued requests as a binary min-heap with lazy deletion: removed entries stay until they reach
+  // the top (Rec::in_queue and the sequence number tell live from stale). nq counts live ones.
+  std::vector<Key> heap;
+  std::size_t nq = 0;
+  std::uint32_t running = 0;
+  std::uint64_t deferred = 0;
+  Money reserved, spent_all;
+  std::optional<Budget> budget;
+  Bucket rpm, tpm;
+  bool indexed = false;
+  TenantKey tkey;
+  bool in_counters = false;
+  double counter_key = 0;
+};
+
+enum class Block { none, paused, concurrency, tenant_concurrency, rpm, tpm, budget_reserved, budget_spent };
+
+std::string fmt_s(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", s);
+  return buf;
+}
+
+}  // namespace
+
+struct Scheduler::Impl {
+  SchedulerConfig cfg;
+  mutable std::mutex mu;
+  bool paused = false;
+
+  std::vector<Rec> recs;
+  std::vector<std::uint32_t> free_slots;
+  std::unordered_map<std::string, std::uint32_t> ids;
+  std::vector<Tenant> tenants;
+  std::unordered_map<std::string, std::uint32_t> tenant_ids;
+
+  std::set<TenantKey> tenant_order;
+  std::set<std::pair<double, std::uint32_t>> active_counters;  // VTC counters of backlogged tenants
+  detail::OrderedIndex<Key> index;
+  std::set<Key> deferred;
+  std::deque<std::pair<std::uint64_t, std::uint32_t>> wait_fifo;  // (seq, slot) for max_wait
+  std::unordered_set<std::uint32_t> running;
+  std::vector<std::uint32_t> scratch;
+  bool any_budget = false;
+  // combined: every queued request by latest start time (deadline − predicted service), a min-heap
+  // with lazy deletion like the tenant heaps, to let requests about to miss their deadline go first.
+  std::vector<Key> urgent;
+  std::vector<std::string> ready_outbox;
+  std::vector<std::pair<std::string, Decision>> rejected_outbox;
+
+  Bucket rpm, tpm;
+  Money reserved_total;
+  std::uint64_t seq = 0;
+  double cost_sum = 0;
+  std::uint64_t cost_n = 0;
+  double mean_service = std::numeric_limits<double>::quiet_NaN();
+  std::unordered_map<std::string, double> tpot_by_model;
+
+  // counters
+  std::uint64_t n_submitted = 0, n_admitted = 0, n_queued = 0, n_deferred = 0, n_rejected = 0,
+                n_started = 0, n_completed = 0, n_cancelled = 0, n_shed = 0, n_dispatched = 0;
+
+  explicit Impl(SchedulerConfig c) : cfg(std::move(c)) {
+    if (cfg.rpm) rpm.init(*cfg.rpm);
+    if (cfg.tpm) tpm.init(*cfg.tpm);
+  }
+
+  bool fair_order() const { return cfg.policy == Policy::fair || cfg.policy == Policy::combined; }
+  bool uses_lane() const { return cfg.policy != Policy::fifo; }
+
+  Tenant& tenant_of(const std::string& name) {
+    auto it = tenant_ids.find(name);
+    if (it != tenant_ids.end()) return tenants[it->second];
+    const auto idx = static_cast<std::uint32_t>(tenants.size());
+    tenant_ids.emplace(name, idx);
+    tenants.emplace_back();
+    Tenant& t = tenants.back();
+    t.name = name;
+    if (cfg.tenant_rpm) t.rpm.init(*cfg.tenant_rpm);
+    if (cfg.tenant_tpm) t.tpm.init(*cfg.tenant_tpm);
+    return t;
+  }
+  std::uint32_t tenant_idx(const Tenant& t) const { return static_cast<std::uint32_t>(&t - tenants.data()); }
+
+  void roll(Budget& b, double now) {
+    const double start = budget_window_bounds(b.window, now).first;
+    if (std::isnan(b.start)) {
+      b.start = start;
+    } else if (start > b.start) {
+      b.start = start;
+      b.spent = Money();
+    }
+  }
+  std::optional<double> resets_in(const Tenant& t, double now) const {
+    if (!t.budget || t.budget->window == BudgetWindow::total) return std::nullopt;
+    return std::max(0.0, budget_window_bounds(t.budget->window, now).second - now);
+  }
+
+  double tpot(const std::string& model) const {
+    auto it = tpot_by_model.find(model);
+    return it == tpot_by_model.end() ? cfg.tpot_s : it->second;
+  }
+  double predict_service(const ScheduledRequest& r) const {
+    return cfg.ttft_s + tpot(r.model) * static_cast<double>(r.est_output_p50);
+  }
+  double effective_deadline(const Rec& r) const {
+    if (r.req.deadline_s) return *r.req.deadline_s;
+    return r.submitted_at + cfg.class_slo_s[static_cast<int>(r.req.priority)];
+  }
+  double tokens_of(const ScheduledRequest& r) const {
+    return static_cast<double>(r.input_tokens) + static_cast<double>(r.est_output_p50);
+  }
+
+  Key make_key(const Rec& r, std::uint32_t slot) const {
+    Key key;
+    key.seq = r.key.seq;
+    key.slot = slot;
+    const double t0 = r.submitted_at;
+    switch (cfg.policy) {
+      case Policy::fifo:
+      case Policy::fair:
+        key.k = t0;
+        break;
+      case Policy::cost_priority: {
+        const double ref = cost_n ? cost_sum / static_cast<double>(cost_n) : 0.0;
+        const double rel = ref > 0 ? static_cast<double>(r.req.cost_p50.pico()) / ref : 0.0;
+        key.k = t0 + cfg.cost_aging_s * rel;
+        break;
+      }
+      case Policy::deadline:
+        key.k = effective_deadline(r) - r.pred_service;
+        break;
+      case Policy::combined:
+        key.cls = static_cast<int>(r.req.priority);
+        key.k = std::min(t0 + cfg.sjf_aging * r.pred_service, effective_deadline(r) - r.pred_service);
+        break;
+    }
+    return key;
+  }
+
+  static bool heap_cmp(const Key& a, const Key& b) { return b < a; }
+  bool alive(const Key& k) const {
+    const Rec& r = recs[k.slot];
+    return r.live && r.in_queue && r.key.seq == k.seq;
+  }
+  // The best live queued request of a tenant with nq > 0 (drops stale entries from the top).
+  const Key* head_of(Tenant& t) {
+    while (!alive(t.heap.front())) {
+      std::pop_heap(t.heap.begin(), t.heap.end(), heap_cmp);
+      t.heap.pop_back();
+    }
+    return &t.heap.front();
+  }
+
+  // ---- tenant ordering -------------------------------------------------------------------------
+
+  void reindex(Tenant& t) {
+    const std::uint32_t ti = tenant_idx(t);
+    if (t.indexed) {
+      tenant_order.erase(t.tkey);
+      t.indexed = false;
+    }
+    if (t.in_counters) {
+      active_counters.erase({t.counter_key, ti});
+      t.in_counters = false;
+    }
+    if (t.nq == 0) return;
+    const Key& head = *head_of(t);
+    TenantKey k;
+    k.tenant = ti;
+    k.seq = head.seq;
+    if (fair_order()) {
+      k.cls = head.cls;
+      k.a = t.counter;
+      k.b = head.k;
+      active_counters.insert({t.counter, ti});
+      t.in_counters = true;
+      t.counter_key = t.counter;
+    } else {
+      k.cls = head.cls;
+      k.a = head.k;
+    }
+    t.tkey = k;
+    tenant_order.insert(k);
+    t.indexed = true;
+  }
+
+  // ---- queue membership --------------------------------------------------------------------------
+
+  void enqueue(std::uint32_t slot, bool lift = true) {
+    Rec& r = recs[slot];
+    Tenant& t = tenants[r.tenant];
+    r.state = RequestState::queued;
+    r.key = make_key(r, slot);
+    if (lift && t.nq == 0 && fair_order() && !active_counters.empty()) {
+      // VTC's lift: a tenant returning from idle starts at the least counter of the backlogged
+      // tenants, so idle time is not banked as credit.
+      t.counter = std::max(t.counter, active_counters.begin()->first);
+    }
+    const bool new_head = t.nq == 0 || r.key < *head_of(t);
+    r.in_queue = true;
+    t.heap.push_back(r.key);
+    std::push_heap(t.heap.begin(), t.heap.end(), heap_cmp);
+    t.nq++;
+    index.insert(r.key);
+    if (new_head) reindex(t);
+    if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
+    if (cfg.policy == Policy::combined) {
+      Key u;
+      u.k = effective_deadline(r) - r.pred_service;
+      u.seq = r.key.seq;
+      u.slot = slot;
+      urgent.push_back(u);
+      std::push_heap(urgent.begin(), urgent.end(), heap_cmp);
+      if (urgent.size() > 2 * index.size() + 64) {
+        urgent.erase(std::remove_if(urgent.begin(), urgent.end(), [&](const Key& k) { return !alive(k); }),
+                     urgent.end());
+        std::make_heap(urgent.begin(), urgent.end(), heap_cmp);
+      }
+    }
+  }
+
+  void unqueue(std::uint32_t slot) {
+    Rec& r = recs[slot];
+    Tenant& t = tenants[r.tenant];
+    const bool was_head = head_of(t)->seq == r.key.seq;
+    r.in_queue = false;
+    t.nq--;
+    if (t.nq == 0) {
+      t.heap.clear();
+    } else if (t.heap.size() > 2 * t.nq + 64) {  // many stale entries: compact
+      t.heap.erase(std::remove_if(t.heap.begin(), t.heap.end(), [&](const Key& k) { return !alive(k); }),
+                   t.heap.end());
+      std::make_heap(t.heap.begin(), t.heap.end(), heap_cmp);
+    }
+    index.erase(r.key);
+    if (was_head) reindex(t);
+  }
+
+  void to_lane(std::uint32_t slot, bool budget_deferred) {
+    Rec& r = recs[slot];
+    r.state = RequestState::deferred;
+    r.budget_deferred = budget_deferred;
+    r.key = make_key(r, slot);
+    r.key.cls = 0;
+    deferred.insert(r.key);
+    tenants[r.tenant].deferred++;
+  }
+
+  void unlane(std::uint32_t slot) {
+    Rec& r = recs[slot];
+    deferred.erase(r.key);
+    tenants[r.tenant].deferred--;
+  }
+
+  void free_rec(std::uint32_t slot) {
+    Rec& r = recs[slot];
+    ids.erase(r.req.id);
+    r.live = false;
+    r.in_queue = false;
+    r.state = RequestState::queued;
+    r.req = ScheduledRequest();
+    free_slots.push_back(slot);
+  }
+
+  // ---- limits ----------------------------------------------------------------------------------
+
+  void refill(Tenant& t, double now) {
+    rpm.refill(now);
+    tpm.refill(now);
+    t.rpm.refill(now);
+    t.tpm.refill(now);
+    if (t.budget) roll(*t.budget, now);
+  }
+
+  // Why `r` cannot start now (Block::none if it can). `lane` applies the deferred lane's budget
+  // headroom; `ignore_pause` is for admin dispatch.
+  Block blocked(const Rec& r, Tenant& t, double now, bool lane, bool ignore_pause) {
+    refill(t, now);
+    if (paused && !ignore_pause) return Block::paused;
+    if (cfg.max_concurrency && running.size() >= *cfg.max_concurrency) return Block::concurrency;
+    if (cfg.tenant_max_concurrency && t.running >= *cfg.tenant_max_concurrency) return Block::tenant_concurrency;
+    if (!rpm.has(1.0) || !t.rpm.has(1.0)) return Block::rpm;
+    const double tokens = tokens_of(r.req);
+    if (!tpm.has(tokens) || !t.tpm.has(tokens)) return Block::tpm;
+    if (t.budget) {
+      const Budget& b = *t.budget;
+      const Money p90 = r.req.cost_p90;
+      if (b.spent.pico() > b.limit.pico() - p90.pico()) return Block::budget_spent;
+      Money cap = b.limit;
+      if (lane && r.req.priority == Priority::batch) {
+        cap = Money::from_pico(static_cast<std::int64_t>(
+            std::floor(static_cast<double>(b.limit.pico()) * cfg.budget_defer_fraction)));
+      }
+      if (b.spent.pico() + t.reserved.pico() > cap.pico() - p90.pico()) return Block::budget_reserved;
+    }
+    return Block::none;
+  }
+
+  double rate_wait(const Rec& r, const Tenant& t) const {
+    const double tokens = tokens_of(r.req);
+    return std::max({rpm.wait_for(1.0), t.rpm.wait_for(1.0), tpm.wait_for(tokens), t.tpm.wait_for(tokens)});
+  }
+
+  void start(std::uint32_t slot, double now) {
+    Rec& r = recs[slot];
+    Tenant& t = tenants[r.tenant];
+    if (r.in_queue) unqueue(slot);
+    else if (r.state == RequestState::deferred) unlane(slot);
+    r.state = RequestState::running;
+    r.started_at = now;
+    const double tokens = tokens_of(r.req);
+    rpm.level -= rpm.on ? 1.0 : 0.0;
+    t.rpm.level -= t.rpm.on ? 1.0 : 0.0;
+    if (tpm.on) tpm.level -= tokens;
+    if (t.tpm.on) t.tpm.level -= tokens;
+    r.tokens_charged = tokens;
+    r.reserved = r.req.cost_p90;
+    t.reserved += r.reserved;
+    reserved_total += r.reserved;
+    r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.req.input_tokens) +
+                     cfg.vtc_output_weight * static_cast<double>(r.req.est_output_p50)) /
+                    t.weight;
+    t.counter += r.vtc_charged;
+    if (fair_order() && t.nq != 0) reindex(t);
+    t.running++;
+    running.insert(slot);
+    n_started++;
+  }
+
+  // Releases what a running request holds; `actual` is set on completion.
+  void finish(std::uint32_t slot, double now, const Money* actual, std::uint64_t in_tok, std::uint64_t out_tok) {
+    Rec& r = recs[slot];
+    Tenant& t = tenants[r.tenant];
+    refill(t, now);
+    t.reserved -= r.reserved;
+    reserved_total -= r.reserved;
+    double vtc_correction = -r.vtc_charged;
+    double token_correction = r.tokens_charged;
+    if (actual) {
+      if (t.budget) t.budget->spent += *actual;
+      t.spent_all += *actual;
+      const double used = static_cast<double>(in_tok) + static_cast<double>(out_tok);
+      token_correction = r.tokens_charged - used;
+      vtc_correction = (cfg.vtc_input_weight * static_cast<double>(in_tok) +
+                        cfg.vtc_output_weight * static_cast<double>(out_tok)) / t.weight - r.vtc_charged;
+      learn(r, now, out_tok);
+    }
+    if (token_correction >= 0) {
+      tpm.give_back(token_correction);
+      t.tpm.give_back(token_correction);
+    } else {
+      if (tpm.on) tpm.level += token_correction;
+      if (t.tpm.on) t.tpm.level += token_correction;
+    }
+    t.counter += vtc_correction;
+    if (fair_order() && t.nq != 0) reindex(t);
+    t.running--;
+    running.erase(slot);
+  }
+
+  void learn(const Rec& r, double now, std::uint64_t out_tok) {
+    const double dur = now - r.started_at;
+    if (!(dur >= 0) || !std::isfinite(dur)) return;
+    mean_service = std::isnan(mean_service) ? dur : 0.95 * mean_service + 0.05 * dur;
+    if (out_tok > 0) {
+      const double obs = std::max(0.0, dur - cfg.ttft_s) / static_cast<double>(out_tok);
+      auto it = tpot_by_model.find(r.req.model);
+      if (it == tpot_by_model.end()) tpot_by_model.emplace(r.req.model, 0.8 * cfg.tpot_s + 0.2 * obs);
+      else it->second = 0.9 * it->second + 0.1 * obs;
+    }
+  }
+
+  // ---- picking -----------------------------------------------------------------------------------
+
+  struct Pick {
+    std::uint32_t slot = kNone;
+    bool shed_due = false;  // dry mode: a head is due to be shed
+  };
+
+  bool expired(const Rec& r, double now) const {
+    return cfg.shed_expired && r.req.deadline_s && now > *r.req.deadline_s;
+  }
+
+  void shed(std::uint32_t slot, double now, const char* reason, std::string message,
+            std::optional<double> retry_after) {
+    Rec& r = recs[slot];
+    if (r.state == RequestState::queued) unqueue(slot);
+    else unlane(slot);
+    Decision d;
+    d.kind = DecisionKind::reject;
+    d.reason = reason;
+    d.message = std::move(message);
+    d.retry_after_s = retry_after;
+    rejected_outbox.emplace_back(r.req.id, std::move(d));
+    n_shed++;
+    n_rejected++;
+    (void)now;
+    free_rec(slot);
+  }
+
+  void shed_budget(std::uint32_t slot, double now) {
+    const Tenant& t = tenants[recs[slot].tenant];
+    auto retry = resets_in(t, now);
+    shed(slot, now, "budget_exceeded",
+         "The budget of tenant '" + t.name + "' cannot cover this request in the current window" +
+             (retry ? "; retry after the window resets in " + fmt_s(*retry) + " s." : "."),
+         retry);
+  }
+
+  // The next request to start: the best head of a tenant not blocked by its own limits, else (when
+  // no tenant is blocked only by a global limit) the best eligible request in the deferred lane.
+  // Expired and unaffordable heads were shed by shed_heads() before.
+  Pick pick(double now, bool dry) {
+    Pick p;
+    if (paused) return p;
+    if (cfg.max_concurrency && running.size() >= *cfg.max_concurrency) return p;
+    rpm.refill(now);
+    tpm.refill(now);
+    if (!rpm.has(1.0)) return p;
+    if (cfg.policy == Policy::combined) {
+      // A request whose latest start time is within urgency_s goes first, across classes and
+      // tenants, if it can still make its deadline; hopeless ones leave this heap (they keep their
+      // place in the normal order).
+      while (!urgent.empty() && (!alive(urgent.front()) || urgent.front().k < now)) {
+        std::pop_heap(urgent.begin(), urgent.end(), heap_cmp);
+        urgent.pop_back();
+      }
+      if (!urgent.empty() && urgent.front().k - now <= cfg.urgency_s) {
+        const std::uint32_t slot = urgent.front().slot;
+        Rec& r = recs[slot];
+        Tenant& t = tenants[r.tenant];
+        const Block b = blocked(r, t, now, false, false);
+        if (b == Block::none) return Pick{slot, false};
+        if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;
+      }
+    }
+    for (const TenantKey& tk : tenant_order) {
+      Tenant& t = tenants[tk.tenant];
+      const std::uint32_t slot = head_of(t)->slot;
+      Rec& r = recs[slot];
+      const Block b = blocked(r, t, now, false, false);
+      if (b == Block::none) return Pick{slot, false};
+      if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;  // global: keep the order
+    }
+  lane:
+    for (auto it = deferred.begin(); it != deferred.end(); ++it) {
+      const std::uint32_t slot = it->slot;
+      Rec& r = recs[slot];
+      Tenant& t = tenants[r.tenant];
+      const Block b = blocked(r, t, now, true, false);
+      if (b == Block::none) return Pick{slot, false};
+      if (b == Block::budget_spent && t.budget->window == BudgetWindow::total) {
+        // A total budget never resets: waiting would be forever.
+        if (dry) return Pick{kNone, true};
+        shed_budget(slot, now);
+        goto lane;
+      }
+      if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;
+    }
+    return p;
+  }
+
+  // Sheds queue heads that can no longer succeed: deadline passed (when shed_expired) or budget
+  // spent beyond what the request needs in this window. Runs even when no slot is free, so callers
+  // learn at once.
+  void shed_heads(double now) {
+    if (tenant_order.empty() || (!cfg.shed_expired && !any_budget)) return;
+    std::vector<std::uint32_t>& ts = scratch;
+    ts.clear();
+    for (const TenantKey& tk : tenant_order) ts.push_back(tk.tenant);
+    for (std::uint32_t ti : ts) {
+      Tenant& t = tenants[ti];
+      if (t.budget) roll(*t.budget, now);
+      while (t.nq != 0) {
+        const std::uint32_t slot = head_of(t)->slot;
+        const Rec& r = recs[slot];
+        if (expired(r, now)) {
+          shed(slot, now, "deadline", "The request's deadline passed while it waited in the queue.", std::nullopt);
+        } else if (t.budget && t.budget->spent.pico() > t.budget->limit.pico() - r.req.cost_p90.pico()) {
+          shed_budget(slot, now);
+        } else {
+          break;
+        }
+      }
+    }
+  }
+  void shed_waiting(double now) {
+    if (!cfg.max_wait_s) return;
+    while (!wait_fifo.empty()) {
+      const auto [s, slot] = wait_fifo.front();
+      const Rec& r = recs[slot];
+      if (!r.live || r.key.seq != s || r.state != RequestState::queued) {
+        wait_fifo.pop_front();
+        continue;
+      }
+      if (now - r.submitted_at <= *cfg.max_wait_s) break;
+      wait_fifo.pop_front();
+      const double retry = estimate_wait(0);
+      shed(slot, now, "max_wait",
+           "The request waited longer than the maximum queue wait of " + fmt_s(*cfg.max_wait_s) +
+               " s; the service is saturated, retry later.",
+           retry);
+    }
+  }
+
+  // Estimated seconds until `ahead + 1` requests have started, from the mean observed service time.
+  double estimate_wait(std::uint64_t ahead) const {
+    const double service = std::isnan(mean_service) ? cfg.ttft_s + cfg.tpot_s * 256 : mean_service;
+    double slots = cfg.max_concurrency ? static_cast<double>(*cfg.max_concurrency)
+                                       : std::max<double>(1.0, static_cast<double>(running.size()));
+    slots = std::max(1.0, slots);
+    return (static_cast<double>(ahead) + 1.0) / slots * service;
+  }
+
+  Decision reject_now(const char* reason, std::string message, std::optional<double> retry) {
+    Decision d;
+    d.kind = DecisionKind::reject;
+    d.reason = reason;
+    d.message = std::move(message);
+    d.retry_after_s = retry;
+    n_rejected++;
+    return d;
+  }
+
+  Decision blocked_reject(Block b, const Rec& r, const Tenant& t, double now) {
+    switch (b) {
+      case Block::rpm:
+        return reject_now("rate_limit_rpm", "The requests-per-minute limit is reached; retry after the bucket refills.",
+                          rate_wait(r, t));
+      case Block::tpm:
+        return reject_now("rate_limit_tpm", "The tokens-per-minute limit is reached; retry after the bucket refills.",
+                          rate_wait(r, t));
+      case Block::budget_reserved:
+        return reject_now("budget_exceeded",
+                          "Requests in flight have reserved the rest of tenant '" + t.name +
+                              "''s budget; retry when they finish.",
+                          estimate_wait(0));
+      case Block::budget_spent:
+        return reject_now("budget_exceeded", "The budget of tenant '" + t.name + "' is spent.", resets_in(t, now));
+      case Block::paused:
+        return reject_now("paused", "The scheduler is paused by an administrator and does not queue.", std::nullopt);
+      default:
+        return reject_now("concurrency", "Too many requests are in flight; retry when one finishes.",
+                          estimate_wait(0));
+    }
+  }
+
+  std::uint32_t new_slot() {
+    if (!free_slots.empty()) {
+      const std::uint32_t s = free_slots.back();
+      free_slots.pop_back();
+      return s;
+    }
+    recs.emplace_back();
+    return static_cast<std::uint32_t>(recs.size() - 1);
+  }
+
+  Decision submit(const ScheduledRequest& req, double now) {
+    // One hash lookup both checks the id and claims it; rejections below release it.
+    auto [id_it, fresh] = ids.try_emplace(req.id, kNone);
+    if (!fresh) throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
+    struct Unclaim {
+      Impl* m;
+      decltype(id_it) it;
+      ~Unclaim() {
+        if (m) m->ids.erase(it);
+      }
+    } unclaim{this, id_it};
+    n_submitted++;
+    Tenant& t = tenant_of(req.tenant);
+    refill(t, now);
+    const double tokens = tokens_of(req);
+    if ((tpm.on && tokens > tpm.capacity) || (t.tpm.on && tokens > t.tpm.capacity)) {
+      return reject_now("too_large",
+                        "The request's " + std::to_string(static_cast<std::uint64_t>(tokens)) +
+                            " estimated tokens exceed the tokens-per-minute limit; it can never run. Shorten it.",
+                        std::nullopt);
+    }
+    const bool batch_lane = uses_lane() && req.priority == Priority::batch;
+    bool budget_defer = false;
+    if (t.budget) {
+      const Budget& b = *t.budget;
+      if (req.cost_p90 > b.limit) {
+        return reject_now("too_large", "The request's projected cost exceeds tenant '" + t.name + "''s whole budget.",
+                          std::nullopt);
+      }
+      if (b.spent.pico() > b.limit.pico() - req.cost_p90.pico()) {
+        if (!batch_lane || b.window == BudgetWindow::total) {
+          auto retry = resets_in(t, now);
+          return reject_now("budget_exceeded",
+                            "The budget of tenant '" + t.name + "' is spent" +
+                                (retry ? "; retry after the window resets in " + fmt_s(*retry) + " s." : "."),
+                            retry);
+        }
+        budget_defer = true;
+      }
+    }
+    const std::uint32_t slot = new_slot();
+    Rec& r = recs[slot];
+    r.req = req;
+    r.live = true;
+    r.in_queue = false;
+    r.state = RequestState::queued;  // not yet in any structure (in_queue false)
+    r.budget_deferred = false;
+    r.tenant = tenant_idx(t);
+    r.submitted_at = now;
+    r.pred_service = predict_service(req);
+    r.key = Key{};
+    r.key.seq = ++seq;
+    r.reserved = Money();
+    id_it->second = slot;
+    unclaim.m = nullptr;  // free_rec releases the id from here on
+    cost_sum += static_cast<double>(req.cost_p50.pico());
+    cost_n++;
+
+    Decision d;
+    if (budget_defer) {
+      to_lane(slot, true);
+      n_deferred++;
+      d.kind = DecisionKind::defer;
+      d.reason = "budget_deferred";
+      d.retry_after_s = resets_in(t, now);
+      d.message = "Tenant '" + t.name + "''s budget is spent for this window; the batch request waits in the "
+                  "deferred lane until the window resets.";
+      return d;
+    }
+    const Block b = blocked(r, t, now, batch_lane, false);
+    if (b == Block::none && pick(now, true).slot == kNone) {
+      start(slot, now);
+      n_admitted++;
+      d.kind = DecisionKind::admit;
+      d.reason = "ok";
+      d.message = "Admitted: the request runs now.";
+      d.reserved = r.reserved;
+      return d;
+    }
+    if (batch_lane) {
+      to_lane(slot, false);
+      n_deferred++;
+      d.kind = DecisionKind::defer;
+      d.reason = "deferred";
+      d.message = "Batch request deferred: it runs when capacity and budget are free.";
+      return d;
+    }
+    if (cfg.max_queue && index.size() >= *cfg.max_queue) {
+      Decision rej = *cfg.max_queue == 0 && b != Block::none
+                         ? blocked_reject(b, r, t, now)
+                         : reject_now("queue_full", "The queue is full; retry later.", estimate_wait(0));
+      free_rec(slot);
+      return rej;
+    }
+    if ((b == Block::rpm || b == Block::tpm) && cfg.max_wait_s && rate_wait(r, t) > *cfg.max_wait_s) {
+      Decision rej = blocked_reject(b, r, t, now);
+      free_rec(slot);
+      return rej;
+    }
+    enqueue(slot);
+    n_queued++;
+    const std::uint64_t pos = index.rank(r.key);
+    d.kind = DecisionKind::queue;
+    d.reason = "queued";
+    d.position = pos;
+    d.eta_s = std::max(estimate_wait(pos), rate_wait(r, t));
+    switch (b) {
+      case Block::paused: d.message = "Queued: the scheduler is paused by an administrator."; break;
+      case Block::rpm: d.message = "Queued: waiting for the requests-per-minute limit."; break;
+      case Block::tpm: d.message = "Queued: waiting for the tokens-per-minute limit."; break;
+      case Block::budget_reserved: d.message = "Queued: in-flight requests hold the rest of the budget."; break;
+      default: d.message = "Queued behind " + std::to_string(pos) + " request(s).";
+    }
+    return d;
+  }
+
+  std::vector<std::string> pop_ready(double now) {
+    shed_waiting(now);
+    shed_heads(now);
+    std::vector<std::string> out;
+    for (auto& id : ready_outbox) {  // dispatched by an admin, unless already ended
+      const std::uint32_t slot = live_slot(id);
+      if (slot != kNone && recs[slot].state == RequestState::running) out.push_back(std::move(id));
+    }
+    ready_outbox.clear();
+    for (;;) {
+      const Pick p = pick(now, false);
+      if (p.slot == kNone) break;
+      start(p.slot, now);
+      out.push_back(recs[p.slot].req.id);
+    }
+    return out;
+  }
+
+  std::optional<double> next_wakeup(double now) {
+    if (!rejected_outbox.empty() || !ready_outbox.empty()) return now;
+    shed_waiting(now);
+    shed_heads(now);
+    if (!rejected_outbox.empty()) return now;
+    const Pick p = pick(now, true);
+    if (p.slot != kNone || p.shed_due) return now;
+    double best = kInf;
+    if (cfg.max_wait_s) {
+      for (const auto& [s, slot] : wait_fifo) {
+        const Rec& r = recs[slot];
+        if (!r.live || r.key.seq != s || r.state != RequestState::queued) continue;
+        best = std::min(best, r.submitted_at + *cfg.max_wait_s);
+        break;
+      }
+    }
+    // Only rate limits, deadlines and budget windows make time alone change anything.
+    const bool timed = rpm.on || tpm.on || cfg.tenant_rpm || cfg.tenant_tpm || cfg.shed_expired || any_budget;
+    if (!paused && timed) {
+      auto consider = [&](const Rec& r, const Tenant& t, bool lane) {
+        if (cfg.shed_expired && r.req.deadline_s) best = std::min(best, std::nextafter(*r.req.deadline_s, kInf));
+        const double w = rate_wait(r, t);
+        if (w > 0) best = std::min(best, now + w);
+        if (t.budget && (lane || r.budget_deferred)) {
+          const auto reset = resets_in(t, now);
+          if (reset) best = std::min(best, now + *reset);
+        }
+      };
+      for (const TenantKey& tk : tenant_order) {
+        Tenant& t = tenants[tk.tenant];
+        consider(recs[head_of(t)->slot], t, false);
+      }
+      // The lane: its first request stands for the global rate limits; tenants with waiting lane
+      // requests and a budget wake at their window reset.
+      if (!deferred.empty()) {
+        const Rec& first = recs[deferred.begin()->slot];
+        const double w = rate_wait(first, tenants[first.tenant]);
+        if (w > 0) best = std::min(best, now + w);
+        for (const Tenant& t : tenants) {
+          if (t.deferred == 0) continue;
+          if (t.budget)
+            if (const auto reset = resets_in(t, now)) best = std::min(best, now + *reset);
+          // Tenant buckets: by the time they are full again, any lane request of theirs fits.
+          if (t.rpm.on && t.rpm.level < t.rpm.capacity) best = std::min(best, now + t.rpm.wait_for(t.rpm.capacity));
+          if (t.tpm.on && t.tpm.level < t.tpm.capacity) best = std::min(best, now + t.tpm.wait_for(t.tpm.capacity));
+        }
+      }
+    }
+    if (best == kInf) return std::nullopt;
+    return std::max(best, now);
+  }
+
+  std::uint32_t live_slot(const std::string& id) const {
+    auto it = ids.find(id);
+    return it == ids.end() ? kNone : it->second;
+  }
+};
+
+// ---- public wrappers ---------------------------------------------------------------------------
+
+namespace {
+void check_time(double now) {
+  if (!std::isfinite(now)) throw Error(ErrorCode::invalid_argument, "now must be a finite number of seconds");
+}
+}  // namespace
+
+Scheduler::Scheduler(SchedulerConfig config) {
+  auto positive = [](const std::optional<double>& v, const char* name) {
+    if (v && !(*v > 0 && std::isfinite(*v)))
+      throw Error(ErrorCode::invalid_argument, std::string(name) + " must be a positive number");
+  };
+  positive(config.tpm, "tpm");
+  positive(config.rpm, "rpm");
+  positive(config.tenant_tpm, "tenant_tpm");
+  positive(config.tenant_rpm, "tenant_rpm");
+  if (config.max_wait_s && !(*config.max_wait_s >= 0 && std::isfinite(*config.max_wait_s)))
+    throw Error(ErrorCode::invalid_argument, "max_wait_s must be a non-negative number");
+  if ((config.max_concurrency && *config.max_concurrency == 0) ||
+      (config.tenant_max_concurrency && *config.tenant_max_concurrency == 0))
+    throw Error(ErrorCode::invalid_argument, "concurrency limits must be at least 1");
+  if (!(config.budget_defer_fraction > 0 && config.budget_defer_fraction <= 1))
+    throw Error(ErrorCode::invalid_argument, "budget_defer_fraction must be in (0, 1]");
+  if (!(config.ttft_s >= 0 && config.tpot_s >= 0 && config.sjf_aging >= 0 && config.cost_aging_s >= 0 &&
+        config.urgency_s >= 0))
+    throw Error(ErrorCode::invalid_argument, "service-time priors and aging factors must be non-negative");
+  impl_ = std::make_unique<Impl>(std::move(config));
+}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::set_budget(const std::string& tenant, Money limit, BudgetWindow window) {
+  if (limit.pico() < 0) throw Error(ErrorCode::invalid_argument, "a budget limit cannot be negative");
+  std::lock_guard lock(impl_->mu);
+  Tenant& t = impl_->tenant_of(tenant);
+  impl_->any_budget = true;
+  if (!t.budget) t.budget.emplace();
+  if (t.budget->window != window) t.budget->start = std::numeric_limits<double>::quiet_NaN();
+  t.budget->limit = limit;
+  t.budget->window = window;
+}
+
+void Scheduler::clear_budget(const std::string& tenant) {
+  std::lock_guard lock(impl_->mu);
+  impl_->tenant_of(tenant).budget.reset();
+}
+
+void Scheduler::set_spent(const std::string& tenant, Money spent, double now) {
+  check_time(now);
+  if (spent.pico() < 0) throw Error(ErrorCode::invalid_argument, "spent cannot be negative");
+  std::lock_guard lock(impl_->mu);
+  Tenant& t = impl_->tenant_of(tenant);
+  if (!t.budget) throw Error(ErrorCode::invalid_argument, "tenant '" + tenant + "' has no budget; call set_budget first");
+  impl_->roll(*t.budget, now);
+  t.budget->spent = spent;
+}
+
+void Scheduler::set_weight(const std::string& tenant, double weight) {
+  if (!(weight > 0 && std::isfinite(weight))) throw Error(ErrorCode::invalid_argument, "weight must be positive");
+  std::lock_guard lock(impl_->mu);
+  impl_->tenant_of(tenant).weight = weight;
+}
+
+Decision Scheduler::submit(const ScheduledRequest& request, double now) {
+  check_time(now);
+  if (request.id.empty()) throw Error(ErrorCode::invalid_argument, "request id must not be empty");
+  if (request.est_output_p90 < request.est_output_p50)
+    throw Error(ErrorCode::invalid_argument, "est_output_p90 must be >= est_output_p50");
+  if (request.cost_p50.pico() < 0 || request.cost_p90.pico() < 0 || request.cost_max.pico() < 0)
+    throw Error(ErrorCode::invalid_argument, "projected costs cannot be negative");
+  if (request.cost_p90 < request.cost_p50) throw Error(ErrorCode::invalid_argument, "cost_p90 must be >= cost_p50");
+  if (request.deadline_s && !std::isfinite(*request.deadline_s))
+    throw Error(ErrorCode::invalid_argument, "deadline_s must be finite");
+  std::lock_guard lock(impl_->mu);
+  return impl_->submit(request, now);
+}
+
+std::vector<std::string> Scheduler::pop_ready(double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  return impl_->pop_ready(now);
+}
+
+std::vector<std::pair<std::string, Decision>> Scheduler::pop_rejected(double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  impl_->shed_waiting(now);
+  impl_->shed_heads(now);
+  std::vector<std::pair<std::string, Decision>> out = std::move(impl_->rejected_outbox);
+  impl_->rejected_outbox.clear();
+  return out;
+}
+
+bool Scheduler::complete(const std::string& id, double now, Money actual_cost, std::uint64_t input_tokens,
+                         std::uint64_t output_tokens) {
+  check_time(now);
+  if (actual_cost.pico() < 0) throw Error(ErrorCode::invalid_argument, "actual cost cannot be negative");
+  std::lock_guard lock(impl_->mu);
+  const std::uint32_t slot = impl_->live_slot(id);
+  if (slot == kNone || impl_->recs[slot].state != RequestState::running) return false;
+  impl_->finish(slot, now, &actual_cost, input_tokens, output_tokens);
+  impl_->n_completed++;
+  impl_->free_rec(slot);
+  return true;
+}
+
+bool Scheduler::cancel(const std::string& id, double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  const std::uint32_t slot = m.live_slot(id);
+  if (slot == kNone) return false;
+  Rec& r = m.recs[slot];
+  if (r.state == RequestState::running) m.finish(slot, now, nullptr, 0, 0);
+  else if (r.state == RequestState::queued) m.unqueue(slot);
+  else m.unlane(slot);
+  m.n_cancelled++;
+  m.free_rec(slot);
+  return true;
+}
+
+std::optional<double> Scheduler::next_wakeup(double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  return impl_->next_wakeup(now);
+}
+
+std::optional<RequestState> Scheduler::status(const std::string& id) const {
+  std::lock_guard lock(impl_->mu);
+  const std::uint32_t slot = impl_->live_slot(id);
+  if (slot == kNone) return std::nullopt;
+  return impl_->recs[slot].state;
+}
+
+BudgetUsage Scheduler::usage(const std::string& tenant, double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Tenant& t = impl_->tenant_of(tenant);
+  BudgetUsage u;
+  u.reserved = t.reserved;
+  if (t.budget) {
+    impl_->roll(*t.budget, now);
+    u.spent = t.budget->spent;
+    u.limit = t.budget->limit;
+    u.window = t.budget->window;
+    if (t.budget->window != BudgetWindow::total) u.resets_at = budget_window_bounds(t.budget->window, now).second;
+  } else {
+    u.spent = t.spent_all;
+  }
+  return u;
+}
+
+RateLimitStatus Scheduler::rate_limits(const std::string& tenant, double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  Tenant& t = m.tenant_of(tenant);
+  m.refill(t, now);
+  RateLimitStatus st;
+  auto fill = [](const Bucket& g, const Bucket& own, std::optional<double>& limit, std::optional<double>& remaining,
+                 std::optional<double>& reset) {
+    const Bucket* b = nullptr;
+    if (g.on && own.on) b = own.level <= g.level ? &own : &g;
+    else if (g.on) b = &g;
+    else if (own.on) b = &own;
+    if (!b) return;
+    limit = b->capacity;
+    remaining = std::max(0.0, std::floor(b->level));
+    reset = (b->capacity - b->level) / b->rate;
+  };
+  fill(m.rpm, t.rpm, st.limit_requests, st.remaining_requests, st.reset_requests_s);
+  fill(m.tpm, t.tpm, st.limit_tokens, st.remaining_tokens, st.reset_tokens_s);
+  return st;
+}
+
+SchedulerSnapshot Scheduler::snapshot(double now, std::size_t max_items) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  SchedulerSnapshot s;
+  auto entry = [&](std::uint32_t slot, std::uint64_t pos) {
+    const Rec& r = m.recs[slot];
+    SnapshotEntry e;
+    e.id = r.req.id;
+    e.tenant = r.req.tenant;
+    e.model = r.req.model;
+    e.priority = r.req.priority;
+    e.state = r.state;
+    e.position = pos;
+    e.wait_s = now - (r.state == RequestState::running ? r.started_at : r.submitted_at);
+    e.cost_p50 = r.req.cost_p50;
+    e.cost_p90 = r.req.cost_p90;
+    e.reserved = r.reserved;
+    e.deadline_s = r.req.deadline_s;
+    e.input_tokens = r.req.input_tokens;
+    e.est_output_p50 = r.req.est_output_p50;
+    return e;
+  };
+  std::uint64_t pos = 0;
+  for (const Key& k : m.index) {
+    if (pos >= max_items) break;
+    s.queue.push_back(entry(k.slot, pos++));
+  }
+  pos = 0;
+  for (const Key& k : m.deferred) {
+    if (pos >= max_items) break;
+    s.deferred.push_back(entry(k.slot, pos++));
+  }
+  std::vector<std::uint32_t> run(m.running.begin(), m.running.end());
+  std::sort(run.begin(), run.end(), [&](std::uint32_t a, std::uint32_t b) {
+    const Rec& x = m.recs[a];
+    const Rec& y = m.recs[b];
+    return x.started_at != y.started_at ? x.started_at < y.started_at : x.key.seq < y.key.seq;
+  });
+  pos = 0;
+  for (std::uint32_t slot : run) {
+    if (pos >= max_items) break;
+    s.running.push_back(entry(slot, pos++));
+  }
+  for (const Tenant& t : m.tenants) {
+    if (t.nq == 0 && t.deferred == 0 && t.running == 0 && t.reserved.pico() == 0) continue;
+    TenantSnapshot ts;
+    ts.tenant = t.name;
+    ts.queued = t.nq;
+    ts.deferred = t.deferred;
+    ts.running = t.running;
+    ts.reserved = t.reserved;
+    ts.vtc_counter = t.counter;
+    ts.weight = t.weight;
+    s.tenants.push_back(std::move(ts));
+  }
+  std::sort(s.tenants.begin(), s.tenants.end(),
+            [](const TenantSnapshot& a, const TenantSnapshot& b) { return a.tenant < b.tenant; });
+  s.counters = {{"submitted", m.n_submitted}, {"admitted", m.n_admitted},   {"queued", m.n_queued},
+                {"deferred", m.n_deferred},   {"rejected", m.n_rejected},   {"started", m.n_started},
+                {"completed", m.n_completed}, {"cancelled", m.n_cancelled}, {"shed", m.n_shed},
+                {"dispatched", m.n_dispatched}, {"queue_length", m.index.size()},
+                {"deferred_length", m.deferred.size()}, {"running", m.running.size()}};
+  s.reserved_total = m.reserved_total;
+  s.policy = m.cfg.policy;
+  s.paused = m.paused;
+  return s;
+}
+
+void Scheduler::pause() {
+  std::lock_guard lock(impl_->mu);
+  impl_->paused = true;
+}
+
+void Scheduler::resume() {
+  std::lock_guard lock(impl_->mu);
+  impl_->paused = false;
+}
+
+bool Scheduler::paused() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->paused;
+}
+
+void Scheduler::set_policy(Policy policy) {
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  if (m.cfg.policy == policy) return;
+  // Re-key every waiting request under the new order. Batch requests stay in the deferred lane even
+  // when switching to fifo (they were promised a later run, not a queue position).
+  std::vector<std::uint32_t> queued;
+  for (const Key& k : m.index) queued.push_back(k.slot);
+  std::vector<std::uint32_t> lane;
+  for (const Key& k : m.deferred) lane.push_back(k.slot);
+  for (std::uint32_t slot : queued) m.unqueue(slot);
+  for (std::uint32_t slot : lane) m.unlane(slot);
+  m.cfg.policy = policy;
+  m.wait_fifo.clear();
+  m.urgent.clear();
+  for (Tenant& t : m.tenants) m.reindex(t);
+  std::sort(queued.begin(), queued.end(), [&](std::uint32_t a, std::uint32_t b) { return m.recs[a].key.seq < m.recs[b].key.seq; });
+  for (std::uint32_t slot : queued) m.enqueue(slot, false);
+  for (std::uint32_t slot : lane) m.to_lane(slot, m.recs[slot].budget_deferred);
+}
+
+Policy Scheduler::policy() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->cfg.policy;
+}
+
+bool Scheduler::dispatch(const std::string& id, double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  const std::uint32_t slot = m.live_slot(id);
+  if (slot == kNone || m.recs[slot].state == RequestState::running) return false;
+  Rec& r = m.recs[slot];
+  if (m.blocked(r, m.tenants[r.tenant], now, false, true) != Block::none) return false;
+  m.start(slot, now);
+  m.n_dispatched++;
+  m.ready_outbox.push_back(r.req.id);
+  return true;
+}
+
+bool Scheduler::reject(const std::string& id, double now, const std::string& reason) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  const std::uint32_t slot = m.live_slot(id);
+  if (slot == kNone || m.recs[slot].state == RequestState::running) return false;
+  m.shed(slot, now, reason.empty() ? "admin" : reason.c_str(), "The request was rejected by an administrator.",
+         std::nullopt);
+  m.n_shed--;  // an admin decision, not load shedding
+  return true;
+}
+
+bool Scheduler::defer(const std::string& id, double now) {
+  check_time(now);
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  const std::uint32_t slot = m.live_slot(id);
+  if (slot == kNone) return false;
+  Rec& r = m.recs[slot];
+  if (r.state == RequestState::deferred) return true;
+  if (r.state != RequestState::queued) return false;
+  m.unqueue(slot);
+  m.to_lane(slot, false);
+  m.n_deferred++;
+  return true;
+}
+
+std::size_t Scheduler::queued_count() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->index.size();
+}
+
+std::size_t Scheduler::deferred_count() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->deferred.size();
+}
+
+std::size_t Scheduler::running_count() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->running.size();
+}
+
+}  // namespace tokenlane

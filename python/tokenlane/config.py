@@ -1,0 +1,165 @@
+"""Settings of the middleware: keyword arguments, ``TOKENLANE_*`` environment variables, a TOML file.
+
+Precedence: keyword arguments, then the environment, then the file (``config=`` or
+``TOKENLANE_CONFIG``; its ``[tokenlane]`` table, or the top level), then the defaults below. Every
+value is validated at start-up; a bad one raises :class:`ConfigError` naming where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+POLICIES = ("default", "fifo", "cost_priority", "deadline", "fair")
+WINDOWS = ("hour", "day", "month", "total")
+PRIORITIES = ("interactive", "standard", "batch")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the setting, its source and what is expected."""
+
+
+@dataclass
+class Settings:
+    db: str = "tokenlane.db"                    # SQLite path or sqlite:/// URL
+    policy: str = "default"
+    budget_usd: Decimal | None = None           # default budget of every tenant
+    budget_window: str = "day"
+    tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
+    max_concurrency: int | None = None
+    tenant_max_concurrency: int | None = None
+    tpm: int | None = None
+    rpm: int | None = None
+    tenant_tpm: int | None = None
+    tenant_rpm: int | None = None
+    max_queue: int | None = 10_000
+    max_wait_s: float | None = 120.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_input_tokens: int | None = None         # per-request prompt cap (413 above it)
+    pricing: str | None = None                  # a LiteLLM price file or tokenlane config
+    default_priority: str = "standard"
+    tenant_priorities: dict[str, str] = field(default_factory=dict)
+    trust_user_field: bool = True               # the body's `user` names the tenant
+    require_api_key: bool = False               # refuse requests without a key the ledger knows
+    redact_prompts: bool = True                 # keep prompts out of logs and the ledger
+    metrics: bool = True                        # serve GET /metrics
+    route_prefix: str = "/tokenlane"
+
+
+_INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
+        "max_queue", "max_body_bytes", "max_input_tokens"}
+_FLOAT = {"max_wait_s"}
+_MONEY = {"budget_usd"}
+_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics"}
+_MAPS = {"tenant_budgets_usd", "tenant_priorities"}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    where = f"{name} (from {source})"
+    if value is None:
+        return None
+    if name in _INT:
+        try:
+            number = int(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number <= 0 or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+        return number
+    if name in _FLOAT:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a positive number of seconds, got {value!r}") from None
+        if not number > 0:
+            raise ConfigError(f"{where}: expected a positive number of seconds, got {value!r}")
+        return number
+    if name in _MONEY:
+        return _money(where, value)
+    if name in _BOOL:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if name == "tenant_budgets_usd":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of tenant = USD amount")
+        return {str(k): _money(f"{where}[{k}]", v) for k, v in value.items()}
+    if name == "tenant_priorities":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of tenant = priority")
+        return {str(k): _choice(f"{where}[{k}]", v, PRIORITIES) for k, v in value.items()}
+    if name == "policy":
+        return _choice(where, value, POLICIES)
+    if name == "budget_window":
+        return _choice(where, value, WINDOWS)
+    if name == "default_priority":
+        return _choice(where, value, PRIORITIES)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _money(where: str, value: Any) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{where}: expected an amount in USD such as 5 or 0.25, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{where}: expected an amount in USD >= 0, got {value!r}")
+    return amount
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None,
+                  **kwargs: Any) -> Settings:
+    """Builds validated :class:`Settings` from keyword arguments, the environment and a TOML file."""
+    env = os.environ if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise ConfigError(f"unknown tokenlane setting(s): {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(names))}")
+    values: dict[str, Any] = {}
+    path = config or env.get("TOKENLANE_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+        table = data.get("tokenlane", data)
+        bad = set(table) - names
+        if bad:
+            raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(sorted(bad))}")
+        for name, value in table.items():
+            values[name] = _coerce(name, value, f"config file {path}")
+    for name in names - _MAPS:
+        raw = env.get(f"TOKENLANE_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, f"environment variable TOKENLANE_{name.upper()}")
+    for name, value in kwargs.items():
+        values[name] = _coerce(name, value, "keyword argument") if value is not None else None
+    return Settings(**values)
+
+
+__all__ = ["ConfigError", "POLICIES", "PRIORITIES", "Settings", "WINDOWS", "load_settings"]

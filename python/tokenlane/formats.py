@@ -1,0 +1,473 @@
+"""Request and response formats of LLM APIs: what a request asks for, and what a response used.
+
+Requests (``parse_request``): OpenAI Chat Completions, Completions, Responses and Embeddings, and
+Anthropic Messages, recognised by route; any other route is described by an extractor hook that
+returns an :class:`LLMRequest`. Responses (``read_json_response`` and :class:`StreamReader` for SSE):
+the provider's ``usage`` when it sends one, and the generated text, so that a response without usage
+can still be counted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import count_chat_tokens, count_tokens_approx
+from .encoding import encoding_for_model, get_encoding
+
+OPENAI_CHAT = "openai.chat"
+OPENAI_COMPLETIONS = "openai.completions"
+OPENAI_RESPONSES = "openai.responses"
+OPENAI_EMBEDDINGS = "openai.embeddings"
+ANTHROPIC_MESSAGES = "anthropic.messages"
+CUSTOM = "custom"
+
+# Route suffix → API. Matched on the path's end so "/v1/chat/completions", "/openai/chat/completions"
+# and "/chat/completions" all work.
+ROUTE_APIS: dict[str, str] = {
+    "/chat/completions": OPENAI_CHAT,
+    "/completions": OPENAI_COMPLETIONS,
+    "/responses": OPENAI_RESPONSES,
+    "/embeddings": OPENAI_EMBEDDINGS,
+    "/messages": ANTHROPIC_MESSAGES,
+}
+
+# OpenAI's legacy Completions API generates 16 tokens when max_tokens is absent.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+class MalformedRequest(ValueError):
+    """The body is not a valid request of its API; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class LLMRequest:
+    """What one LLM call asks for, independent of the API shape.
+
+    ``messages`` (chat shapes) or ``prompt`` (text shapes) hold the input; ``n`` is how many
+    completions the call asks for (output is billed for each). ``tenant``, ``priority`` and
+    ``deadline_ms`` may be filled by an extractor; the middleware fills them otherwise.
+    """
+
+    api: str
+    model: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[Any] | None = None
+    system: str | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    stream: bool = False
+    user: str | None = None
+    tools: list[Any] | None = None
+    tenant: str | None = None
+    priority: str | None = None
+    deadline_ms: float | None = None
+    generates: bool = True  # False for embeddings: nothing to estimate
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The whole input as plain text (for estimators and approximate counting)."""
+        parts: list[str] = []
+        if self.system:
+            parts.append(self.system)
+        for message in self.messages or ():
+            parts.append(content_text(message.get("content")))
+        if isinstance(self.prompt, str):
+            parts.append(self.prompt)
+        elif isinstance(self.prompt, list):
+            parts.extend(p for p in self.prompt if isinstance(p, str))
+        return "\n".join(p for p in parts if p)
+
+    def estimator_input(self) -> str | list[dict[str, Any]]:
+        """What estimators take: the chat messages when there are any, else the text."""
+        if self.messages and not self.system:
+            return self.messages
+        return self.text()
+
+
+def content_text(content: Any) -> str:
+    """Text of a message ``content``: a string, or a list of parts (OpenAI and Anthropic shapes)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+                elif part.get("type") in ("tool_result", "tool_use"):
+                    inner = part.get("content", part.get("input"))
+                    out.append(inner if isinstance(inner, str) else json.dumps(inner, ensure_ascii=False))
+        return "\n".join(out)
+    return str(content)
+
+
+def api_for_path(path: str) -> str | None:
+    """The API a path speaks by default (``None``: not an LLM route)."""
+    path = path.rstrip("/")
+    for suffix, api in ROUTE_APIS.items():
+        if path.endswith(suffix):
+            # "/completions" must not swallow "/chat/completions"
+            if suffix == "/completions" and path.endswith("/chat/completions"):
+                continue
+            return api
+    return None
+
+
+def _int_field(body: Mapping[str, Any], name: str, minimum: int = 0) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MalformedRequest(f"'{name}' must be an integer >= {minimum}, got {value!r}", name)
+    return value
+
+
+def _str_field(body: Mapping[str, Any], name: str, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise MalformedRequest(f"'{name}' is required", name)
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise MalformedRequest(f"'{name}' must be a non-empty string, got {value!r}", name)
+    return value
+
+
+def _messages_field(body: Mapping[str, Any], name: str = "messages") -> list[dict[str, Any]]:
+    messages = body.get(name)
+    if not isinstance(messages, list) or not messages:
+        raise MalformedRequest(f"'{name}' must be a non-empty array of messages", name)
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise MalformedRequest(f"'{name}[{i}]' must be an object with a string 'role'", f"{name}[{i}]")
+    return list(messages)
+
+
+def parse_request(api: str, body: Any) -> LLMRequest:
+    """Reads an LLM request body of the given API. Raises :class:`MalformedRequest`."""
+    if not isinstance(body, Mapping):
+        raise MalformedRequest("the request body must be a JSON object")
+    model = _str_field(body, "model", required=True)
+    assert model is not None
+    stream = bool(body.get("stream", False))
+    n = _int_field(body, "n", minimum=1) or 1
+    if api == OPENAI_CHAT:
+        max_tokens = _int_field(body, "max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = _int_field(body, "max_tokens")
+        return LLMRequest(api, model, messages=_messages_field(body), max_tokens=max_tokens, n=n,
+                          stream=stream, user=_str_field(body, "user"), tools=body.get("tools"),
+                          extra={"functions": body.get("functions")})
+    if api == OPENAI_COMPLETIONS:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, (str, list)):
+            raise MalformedRequest("'prompt' must be a string or an array", "prompt")
+        max_tokens = _int_field(body, "max_tokens")
+        return LLMRequest(api, model, prompt=prompt,
+                          max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+                          n=n, stream=stream, user=_str_field(body, "user"))
+    if api == OPENAI_RESPONSES:
+        items = body.get("input")
+        messages: list[dict[str, Any]] | None = None
+        prompt: str | None = None
+        if isinstance(items, str):
+            prompt = items
+        elif isinstance(items, list):
+            messages = [
+                {"role": it.get("role", "user"), "content": it.get("content", it.get("output", ""))}
+                for it in items if isinstance(it, Mapping)
+            ]
+        else:
+            raise MalformedRequest("'input' must be a string or an array of input items", "input")
+        return LLMRequest(api, model, messages=messages, prompt=prompt,
+                          system=_str_field(body, "instructions"),
+                          max_tokens=_int_field(body, "max_output_tokens"), stream=stream,
+                          user=_str_field(body, "user"), tools=body.get("tools"))
+    if api == OPENAI_EMBEDDINGS:
+        inputs = body.get("input")
+        if not isinstance(inputs, (str, list)) or inputs == []:
+            raise MalformedRequest("'input' must be a string or a non-empty array", "input")
+        return LLMRequest(api, model, prompt=inputs, max_tokens=0, user=_str_field(body, "user"),
+                          generates=False)
+    if api == ANTHROPIC_MESSAGES:
+        max_tokens = _int_field(body, "max_tokens", minimum=1)
+        if max_tokens is None:
+            raise MalformedRequest("'max_tokens' is required by the Messages API", "max_tokens")
+        system = body.get("system")
+        if system is not None and not isinstance(system, (str, list)):
+            raise MalformedRequest("'system' must be a string or an array of text blocks", "system")
+        metadata = body.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+        return LLMRequest(api, model, messages=_messages_field(body), system=content_text(system) or None,
+                          max_tokens=max_tokens, stream=stream,
+                          user=user if isinstance(user, str) else None, tools=body.get("tools"))
+    raise MalformedRequest(f"unsupported API {api!r}")
+
+
+@dataclass(frozen=True)
+class InputCount:
+    tokens: int
+    exact: bool
+
+
+def _has_exact_encoding(model: str) -> bool:
+    try:
+        encoding_for_model(model)
+    except KeyError:
+        return False
+    return True
+
+
+def count_input_tokens(req: LLMRequest) -> InputCount:
+    """Prompt tokens of a request: exact for OpenAI models, calibrated approximation otherwise."""
+    if _has_exact_encoding(req.model) and req.api in (OPENAI_CHAT, OPENAI_COMPLETIONS,
+                                                       OPENAI_EMBEDDINGS, OPENAI_RESPONSES, CUSTOM):
+        enc = encoding_for_model(req.model)
+        if req.messages is not None:
+            messages = req.messages
+            if req.system:
+                messages = [{"role": "system", "content": req.system}, *messages]
+            tools = req.tools if req.api == OPENAI_CHAT else None
+            return InputCount(count_chat_tokens(_plain_messages(messages), req.model, tools=tools,
+                                                functions=req.extra.get("functions")), True)
+        prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt or ""]
+        total = 0
+        for p in prompts:
+            if isinstance(p, str):
+                total += enc.count(p, disallowed_special=())
+            elif isinstance(p, list):  # an array of token ids
+                total += len(p)
+            else:
+                raise MalformedRequest("prompt/input arrays must hold strings or token-id arrays", "prompt")
+        return InputCount(total, True)
+    text = req.text()
+    try:
+        return InputCount(count_tokens_approx(text, req.model).tokens, False)
+    except KeyError:  # no approximate family either: o200k_base as a generic modern vocabulary
+        return InputCount(get_encoding("o200k_base").count(text, disallowed_special=()), False)
+
+
+def _plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with Responses-API item content flattened to what chat counting understands."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list) and any(
+            isinstance(p, Mapping) and p.get("type") in ("input_text", "output_text") for p in content
+        ):
+            m = {**m, "content": content_text(content)}
+        out.append(dict(m))
+    return out
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ResponseUsage:
+    """What a response reports: the provider's raw ``usage`` object (``None`` if it sent none) and
+    the generated text (used to count output exactly when there is no usage)."""
+
+    usage: dict[str, Any] | None = None
+    text_parts: list[str] = field(default_factory=list)
+    model: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+def _collect_text(obj: Mapping[str, Any], out: list[str]) -> None:
+    """Generated text of a non-streamed response of any supported shape."""
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, Mapping):
+            continue
+        message = choice.get("message")
+        if isinstance(message, Mapping):
+            out.append(content_text(message.get("content")))
+            for call in message.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
+                    out.append(fn["arguments"])
+        elif isinstance(choice.get("text"), str):
+            out.append(choice["text"])
+    if obj.get("type") == "message" and isinstance(obj.get("content"), list):  # Anthropic
+        out.append(content_text(obj["content"]))
+    for item in obj.get("output") or ():  # Responses API
+        if isinstance(item, Mapping):
+            out.append(content_text(item.get("content")))
+
+
+def read_json_response(body: bytes) -> ResponseUsage:
+    """Usage and text of a JSON response body (anything unparsable reads as no usage, no text)."""
+    result = ResponseUsage()
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return result
+    if isinstance(obj, Mapping):
+        usage = obj.get("usage")
+        if isinstance(usage, Mapping):
+            result.usage = dict(usage)
+        if isinstance(obj.get("model"), str):
+            result.model = obj["model"]
+        _collect_text(obj, result.text_parts)
+    return result
+
+
+class StreamReader:
+    """Incremental reader of an SSE response (OpenAI chunks, Anthropic events, Responses events).
+
+    ``feed`` takes the body bytes as they pass and returns the bytes to forward: all of them, except
+    (when ``drop_usage_only_chunks``) the usage-only chunk that tokenlane itself asked the upstream
+    for with ``stream_options.include_usage``, which the client did not ask for.
+    """
+
+    def __init__(self, drop_usage_only_chunks: bool = False) -> None:
+        self.result = ResponseUsage()
+        self._drop = drop_usage_only_chunks
+        self._buffer = b""
+        self._anthropic: dict[str, Any] = {}
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buffer += chunk
+        forward = bytearray()
+        while True:
+            end, sep_len = _event_end(self._buffer)
+            if end < 0:
+                break
+            event = self._buffer[: end + sep_len]
+            self._buffer = self._buffer[end + sep_len:]
+            if not self._read_event(event[:end]):
+                forward += event
+        if not self._drop:
+            return chunk  # pass-through untouched; parsing only observes
+        return bytes(forward)
+
+    def close(self) -> bytes:
+        """End of stream: what is left in the buffer (an incomplete event) is forwarded as is."""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip():
+            self._read_event(rest)
+        if self._anthropic:
+            self.result.usage = dict(self._anthropic)
+        return rest if self._drop else b""
+
+    def _read_event(self, raw: bytes) -> bool:
+        """Parses one event; returns True when it must be dropped."""
+        data_lines = []
+        for line in raw.decode("utf-8", "replace").splitlines():
+            if line.startswith("data:"):
+                data_lines.append(line[5:].lstrip(" "))
+        if not data_lines:
+            return False
+        data = "\n".join(data_lines)
+        if data.strip() == "[DONE]":
+            return False
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(obj, Mapping):
+            return False
+        if isinstance(obj.get("model"), str) and not self.result.model:
+            self.result.model = obj["model"]
+        kind = obj.get("type")
+        if kind == "message_start":  # Anthropic: input side of usage
+            usage = (obj.get("message") or {}).get("usage")
+            if isinstance(usage, Mapping):
+                self._anthropic.update(usage)
+            return False
+        if kind == "message_delta":  # Anthropic: cumulative output tokens
+            usage = obj.get("usage")
+            if isinstance(usage, Mapping):
+                self._anthropic.update({k: v for k, v in usage.items() if v is not None})
+            return False
+        if kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            text = delta.get("text", delta.get("partial_json"))
+            if isinstance(text, str):
+                self.result.text_parts.append(text)
+            return False
+        if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
+            self.result.text_parts.append(obj["delta"])
+            return False
+        if kind == "response.completed":
+            usage = (obj.get("response") or {}).get("usage")
+            if isinstance(usage, Mapping):
+                self.result.usage = dict(usage)
+            return False
+        # OpenAI chat / completions chunk
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, Mapping):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, Mapping):
+                if isinstance(delta.get("content"), str):
+                    self.result.text_parts.append(delta["content"])
+                for call in delta.get("tool_calls") or ():
+                    fn = call.get("function") if isinstance(call, Mapping) else None
+                    if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
+                        self.result.text_parts.append(fn["arguments"])
+            elif isinstance(choice.get("text"), str):
+                self.result.text_parts.append(choice["text"])
+        usage = obj.get("usage")
+        if isinstance(usage, Mapping):
+            self.result.usage = dict(usage)
+            return self._drop and not obj.get("choices")
+        return False
+
+
+def _event_end(buffer: bytes) -> tuple[int, int]:
+    """Position and length of the first event separator (blank line) in ``buffer``, or (-1, 0)."""
+    best, length = -1, 0
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        i = buffer.find(sep)
+        if i >= 0 and (best < 0 or i < best):
+            best, length = i, len(sep)
+    return best, length
+
+
+def count_output_tokens(text: str, model: str) -> int:
+    """Output tokens of generated text: exact for OpenAI models, approximate otherwise."""
+    if not text:
+        return 0
+    if _has_exact_encoding(model):
+        return encoding_for_model(model).count(text, disallowed_special=())
+    try:
+        return count_tokens_approx(text, model).tokens
+    except KeyError:
+        return get_encoding("o200k_base").count(text, disallowed_special=())
+
+
+__all__ = [
+    "ANTHROPIC_MESSAGES",
+    "CUSTOM",
+    "InputCount",
+    "LLMRequest",
+    "MalformedRequest",
+    "OPENAI_CHAT",
+    "OPENAI_COMPLETIONS",
+    "OPENAI_EMBEDDINGS",
+    "OPENAI_RESPONSES",
+    "ResponseUsage",
+    "StreamReader",
+    "api_for_path",
+    "content_text",
+    "count_input_tokens",
+    "count_output_tokens",
+    "parse_request",
+    "read_json_response",
+]

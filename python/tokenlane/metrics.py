@@ -1,0 +1,42 @@
+"""Prometheus metrics of one tokenlane runtime (its own registry, served at ``GET /metrics``).
+
+Label names follow the OpenTelemetry GenAI conventions where one applies, with dots written as
+underscores as Prometheus requires: ``gen_ai_request_model``, ``gen_ai_token_type``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MODEL = "gen_ai_request_model"
+
+# OTel's gen_ai.client.token.usage buckets: powers of 4 from 1 to 67,108,864.
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("tokenlane_requests", "LLM requests by scheduling decision and reason",
+                                ["decision", "reason", MODEL], registry=r)
+        self.tokens = Counter("tokenlane_tokens", "Tokens used, by type (input includes cached)",
+                              ["gen_ai_token_type", MODEL], registry=r)
+        self.token_usage = Histogram("gen_ai_client_token_usage", "Tokens per request (OTel GenAI)",
+                                     ["gen_ai_token_type", MODEL], buckets=TOKEN_BUCKETS, registry=r)
+        self.cost = Counter("tokenlane_cost_usd", "Actual cost in USD", [MODEL], registry=r)
+        self.queue_length = Gauge("tokenlane_queue_length", "Requests waiting in the queue", registry=r)
+        self.queue_wait = Histogram("tokenlane_queue_wait_seconds", "Time from arrival to admission",
+                                    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+                                    registry=r)
+        self.estimate_error = Histogram(
+            "tokenlane_estimator_log2_error", "log2(actual output tokens / estimated p50)", [MODEL],
+            buckets=(-4, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4), registry=r)
+        self.p90_covered = Counter("tokenlane_estimator_p90_covered", "Requests whose actual output <= p90",
+                                   [MODEL], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
