@@ -64,24 +64,12 @@ def seed_admin(tl: Any, settings: Settings) -> None:
     )
 
 
-def tokenlane_runtime() -> tuple[Any, Any]:
-    """(Tokenlane, TokenlaneMiddleware): contracts.md names them at the package's top level; until
-    the package exports them there, from their modules."""
-    try:
-        from tokenlane import Tokenlane, TokenlaneMiddleware
-    except ImportError:
-        from tokenlane.asgi import TokenlaneMiddleware
-        from tokenlane.runtime import Tokenlane
-    return Tokenlane, TokenlaneMiddleware
-
-
 def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     """The tokenlane runtime on the app's database, with the limits, default budget and policy an
     admin saved on /config (they are construction-time settings of the scheduler), and the
     per-user request limits checked before anything is scheduled."""
-    from tokenlane import Ledger
+    from tokenlane import Ledger, Tokenlane
 
-    Tokenlane, _ = tokenlane_runtime()
     ledger = Ledger(settings.db_path)
     user_limits.load(ledger)
     identify = identify_hook(user_limits)
@@ -180,7 +168,7 @@ def create_app(
     # own that lacks Starlette's "app" key; routes read app.state through it.
     app.add_middleware(_WithApp, owner=app)
     if middleware is None:
-        _, middleware = tokenlane_runtime()
+        from tokenlane import TokenlaneMiddleware as middleware
     # Outermost: every request, /v1/chat/completions and the form's background jobs alike, is counted,
     # priced and scheduled before the route runs.
     app.add_middleware(middleware, runtime=runtime)

@@ -4,7 +4,6 @@ Test modules import the fixtures from here (no conftest.py: tests/python's would
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -22,9 +21,6 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "e2e-admin-password"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
-# TEMPORARY, until the runtime (tokenlane.runtime / tokenlane.asgi) is on this branch: the app runs on
-# stand-ins (tests/python/app_fakes.py) and the middleware's own checks are skipped.
-RUNTIME = importlib.util.find_spec("tokenlane.runtime") is not None
 
 
 def free_port() -> int:
@@ -49,10 +45,6 @@ def server(tmp_path_factory):
         PYTHONUNBUFFERED="1",
     )
     cmd = [sys.executable, "-m", "uvicorn", "examples.app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    if not RUNTIME:
-        cmd = [sys.executable, "-c", "import sys, uvicorn; sys.path.insert(0, 'tests/python'); from app_fakes import fake_app; "
-               "from examples.app.settings import Settings; "
-               f"uvicorn.run(fake_app(Settings.from_env()), host='127.0.0.1', port={port})"]
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_support import ADMIN_EMAIL, ADMIN_PASSWORD, DESKTOP, PHONE, RUNTIME, browser, server, shots  # noqa: F401 (fixtures)
+from browser_support import ADMIN_EMAIL, ADMIN_PASSWORD, DESKTOP, PHONE, browser, server, shots  # noqa: F401 (fixtures)
 
 USER_EMAIL = "ada@example.com"
 USER_PASSWORD = "ada-lovelace-1815"
@@ -134,8 +134,6 @@ def test_admin_processes_the_queue_by_hand(user, admin, shots):
 
 def test_the_openai_sdk_works_with_the_users_key(server, user):
     """The official OpenAI SDK, pointed at the app, with a key created on /keys: JSON and streaming."""
-    if not RUNTIME:
-        pytest.skip("needs the tokenlane middleware (tokenlane.asgi), not on this branch yet")
     from openai import OpenAI
 
     client = OpenAI(base_url=server + "/v1", api_key=state["key"], max_retries=0)

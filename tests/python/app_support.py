@@ -3,7 +3,6 @@ and fills forms the way a browser does (session cookie + the page's CSRF token).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -14,15 +13,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
+from tokenlane.providers import SimulatedProvider  # noqa: E402
 
 from examples.app.main import create_app  # noqa: E402
 from examples.app.settings import Settings  # noqa: E402
 
 ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "correct horse battery"
-# The runtime and middleware (tokenlane.runtime / tokenlane.asgi, issue 5) are not on this branch yet:
-# until they are, the tests run the app on stand-ins with the contract's shapes (app_fakes.py).
-REAL_RUNTIME = importlib.util.find_spec("tokenlane.runtime") is not None
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
@@ -31,13 +28,8 @@ def make_app(tmp_path: Path, **overrides: Any) -> Any:
         db_path=str(tmp_path / "app.db"), secret_key="test-secret", admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD, **overrides,
     )
-    if REAL_RUNTIME:
-        from tokenlane.providers import SimulatedProvider
-
-        return create_app(settings, provider=SimulatedProvider(time_scale=0))
-    from app_fakes import fake_app  # until the runtime lands on this branch
-
-    return fake_app(settings)
+    # The real runtime, ledger and middleware; the simulated model answers at once.
+    return create_app(settings, provider=SimulatedProvider(time_scale=0))
 
 
 class Client:
