@@ -237,10 +237,15 @@ async def run_admitted(rt: Tokenlane, p: Priced, scope: Scope, body: bytes, send
         if not finished:
             # The app failed, was cancelled or never finished its response: reconcile now, on this
             # thread, so that not even a cancelled task can lose the ledger row or a reservation.
+            complete = False
             if reader is not None:
                 reader.close()
                 outcome.usage, outcome.text = reader.result.usage, reader.result.text
-            if outcome.error is None:
+                # A client that hangs up after the stream's end marker got the whole answer.
+                complete = reader.complete
+            if complete:
+                outcome.error = None
+            elif outcome.error is None:
                 outcome.error = "response not completed"
             finished.update(rt.finish(p, outcome))
 

@@ -34,6 +34,7 @@ class Settings:
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
     budget_window: str = "day"
+    budget_reserve: str = "p90"                 # what admission reserves: "p90" cost, or "max" (hard cap)
     tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
     max_concurrency: int | None = None
     tenant_max_concurrency: int | None = None
@@ -106,6 +107,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return _choice(where, value, POLICIES)
     if name == "budget_window":
         return _choice(where, value, WINDOWS)
+    if name == "budget_reserve":
+        return _choice(where, value, ("p90", "max"))
     if name == "default_priority":
         return _choice(where, value, PRIORITIES)
     if not isinstance(value, str) or not value:

@@ -337,6 +337,7 @@ class StreamReader:
 
     def __init__(self, drop_usage_only_chunks: bool = False) -> None:
         self.result = ResponseUsage()
+        self.complete = False  # the stream's own end marker was seen ([DONE], message_stop, ...)
         self._drop = drop_usage_only_chunks
         self._buffer = b""
         self._anthropic: dict[str, Any] = {}
@@ -375,6 +376,7 @@ class StreamReader:
             return False
         data = "\n".join(data_lines)
         if data.strip() == "[DONE]":
+            self.complete = True
             return False
         try:
             obj = json.loads(data)
@@ -385,6 +387,8 @@ class StreamReader:
         if isinstance(obj.get("model"), str) and not self.result.model:
             self.result.model = obj["model"]
         kind = obj.get("type")
+        if kind in ("message_stop", "response.completed"):
+            self.complete = True
         if kind == "message_start":  # Anthropic: input side of usage
             usage = (obj.get("message") or {}).get("usage")
             if isinstance(usage, Mapping):

@@ -373,8 +373,11 @@ class SimulatedProvider:
         finish = "stop"
         if isinstance(limit, int) and limit > 0 and tokens > limit:
             tokens, finish = limit, "length"
-        text = " ".join(rng.choice(_WORDS) for _ in range(tokens))
-        return "[simulated] " + text if tokens > 3 else text, tokens, finish
+        words = " ".join(rng.choice(_WORDS) for _ in range(tokens))
+        # Exactly `tokens` tokens of the model's vocabulary, so max_tokens holds as it would upstream.
+        encoding = _encoding_for(str(body.get("model", "")))
+        ids = encoding.encode_ordinary(("[simulated] " if tokens > 8 else "") + words)[:tokens]
+        return encoding.decode(ids), tokens, finish
 
     def _usage(self, body: Mapping[str, Any], text: str) -> dict[str, int]:
         from .formats import OPENAI_CHAT, count_input_tokens, parse_request
@@ -425,6 +428,15 @@ class SimulatedProvider:
         report_usage(str(body.get("model", "")), usage)
         if (body.get("stream_options") or {}).get("include_usage"):
             yield {**base, "choices": [], "usage": usage}
+
+
+def _encoding_for(model: str) -> Any:
+    from .encoding import encoding_for_model, get_encoding
+
+    try:
+        return encoding_for_model(model)
+    except KeyError:
+        return get_encoding("o200k_base")
 
 
 def provider_from_env() -> OpenAICompatibleProvider | SimulatedProvider:

@@ -70,6 +70,7 @@ class RequestError(Exception):
 # Scheduler reasons → how the refusal looks over HTTP (status, OpenAI error type, code).
 _REFUSALS: dict[str, tuple[int, str, str]] = {
     "budget_exceeded": (429, "insufficient_quota", "insufficient_quota"),
+    "exceeds_budget": (429, "insufficient_quota", "insufficient_quota"),
     "rate_limit_rpm": (429, "rate_limit_exceeded", "rate_limit_exceeded"),
     "rate_limit_tpm": (429, "rate_limit_exceeded", "rate_limit_exceeded"),
     "concurrency": (429, "rate_limit_exceeded", "rate_limit_exceeded"),
@@ -355,10 +356,11 @@ class Tokenlane:
         p.admitted_at = self.clock()
         if self.metrics:
             self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
-        if has_budget and p.cost_p90 > 0:
+        amount = p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
+        if has_budget and amount > 0:
             # The scheduler's budget is this process's view; the ledger's conditional update is the
             # guard all processes share.
-            ok = await asyncio.to_thread(self.ledger.reserve, p.identity.tenant, p.cost_p90, p.admitted_at)
+            ok = await asyncio.to_thread(self.ledger.reserve, p.identity.tenant, amount, p.admitted_at)
             if not ok:
                 self.scheduler.cancel(p.id, self.clock())
                 self._wake()
@@ -367,10 +369,10 @@ class Tokenlane:
                 raise RequestError(
                     429, f"budget of tenant {p.identity.tenant!r} is used up for this {usage.get('window')} "
                     f"(spent {usd_text(usage['spent_pico_usd'])} USD, reserved {usd_text(usage['reserved_pico_usd'])} "
-                    f"USD); this request may cost up to {usd_text(p.cost_p90)} USD",
+                    f"USD); this request may cost up to {usd_text(amount)} USD",
                     type="insufficient_quota", code="insufficient_quota",
                     retry_after_s=None if resets is None else max(1.0, resets - p.admitted_at))
-            p.reserved_ledger = p.cost_p90
+            p.reserved_ledger = amount
         return decision
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
@@ -467,16 +469,17 @@ class Tokenlane:
         actual = cost.total_pico_usd
         self.scheduler.complete(p.id, now, actual, cost.input_tokens, cost.output_tokens)
         self._wake()
-        if p.reserved_ledger:
-            self.ledger.settle(p.identity.tenant, p.reserved_ledger, actual, now)
-            p.reserved_ledger = 0
+        # Settled even without a budget, so every tenant's spend is on the ledger.
+        reserved = p.reserved_ledger or p.cost_p90
+        self.ledger.settle(p.identity.tenant, p.reserved_ledger, actual, now)
+        p.reserved_ledger = 0
         succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400
         fields = dict(
             status="succeeded" if succeeded else "failed", finished_at=now,
             input_tokens=cost.input_tokens, output_tokens=cost.output_tokens,
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
-            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=p.cost_p90)
+            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved)
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
         self.ledger.update_request(p.id, **fields)

@@ -258,16 +258,21 @@ def simulate(
     slo_rules.update(slo or {})
 
     if "tenant" in df.columns:
-        tenant_codes, tenant_names = pd.factorize(df["tenant"].astype(str), sort=True)
-        tenant_names = [str(t) for t in tenant_names]
+        tenant_codes, uniques = pd.factorize(df["tenant"], sort=True)
+        if (tenant_codes < 0).any():
+            raise _core.InvalidArgumentError("trace column tenant has missing values")
+        tenant_names = [str(t) for t in uniques]
+        if len(set(tenant_names)) != len(tenant_names):  # e.g. 1 and "1": merge by name
+            tenant_codes, uniques = pd.factorize(df["tenant"].astype(str), sort=True)
+            tenant_names = [str(t) for t in uniques]
     else:
         tenant_codes, tenant_names = np.zeros(n, dtype=np.int64), ["default"]
     if "priority" in df.columns:
-        prio = df["priority"].fillna("standard").astype(str)
-        bad = sorted(set(prio) - set(PRIORITIES))
+        prio = df["priority"].fillna("standard")
+        bad = sorted(str(v) for v in set(pd.unique(prio)) - set(PRIORITIES))
         if bad:
             raise _core.InvalidArgumentError(f"unknown priority value(s) {bad}; expected {PRIORITIES}")
-        prio_codes = prio.map({p: i for i, p in enumerate(PRIORITIES)}).to_numpy(dtype=np.uint8)
+        prio_codes = pd.Categorical(prio, categories=list(PRIORITIES)).codes.astype(np.uint8)
     else:
         prio_codes = np.ones(n, dtype=np.uint8)
 
@@ -327,9 +332,13 @@ def simulate(
 
         worker = threading.Thread(target=run, name="tokenlane-simulate")
         worker.start()
+        last = -1
         while worker.is_alive():
             worker.join(0.1)
-            progress(int(handle.done), n)
+            done = min(int(handle.done), n - 1)  # n is reported once, after the replay
+            if done != last:
+                progress(done, n)
+                last = done
         progress(n, n)
         if "error" in box:
             raise box["error"]

@@ -380,7 +380,7 @@ TEST_CASE("budgets: reserve p90, charge actual, release the rest", "[scheduler][
   }
   SECTION("a request costing more than the whole budget is too large") {
     auto d = s.submit(req("big", 10, 6000), now + 5);
-    CHECK(d.reason == "too_large");
+    CHECK(d.reason == "exceeds_budget");
   }
 }
 

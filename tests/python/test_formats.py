@@ -157,3 +157,11 @@ def test_stream_reader_anthropic_events():
     assert reader.result.usage == {"input_tokens": 12, "cache_read_input_tokens": 30, "output_tokens": 7}
     cost = tokenlane.Pricing.default().cost_of_usage("claude-sonnet-4-5", reader.result.usage)
     assert (cost.input_tokens, cost.cached_input_tokens, cost.output_tokens) == (42, 30, 7)
+
+
+def test_stream_reader_sees_the_end_marker():
+    reader = StreamReader()
+    reader.feed(_sse({"choices": [{"delta": {"content": "x"}}]})[:-len(b"data: [DONE]\n\n")])
+    assert not reader.complete
+    reader.feed(b"data: [DONE]\n\n")
+    assert reader.complete

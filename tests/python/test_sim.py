@@ -81,6 +81,14 @@ def test_fair_policy_improves_fairness_with_a_heavy_tenant():
     assert fair["max_service_gap_tokens"] < fifo["max_service_gap_tokens"]
 
 
+def test_progress_callback_ends_with_total_once():
+    seen = []
+    tokenlane.simulate(trace(n=500), max_concurrency=4, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (500, 500)
+    assert seen.count((500, 500)) == 1
+    assert all(total == 500 and 0 <= done <= 500 for done, total in seen)
+
+
 def test_estimates_from_trace_column_and_arrays():
     t = trace(n=200)
     t["est_output_tokens"] = t["output_tokens"]

@@ -687,7 +687,7 @@ struct Scheduler::Impl {
     if (t.budget) {
       const Budget& b = *t.budget;
       if (req.cost_p90 > b.limit) {
-        return reject_now("too_large", "The request's projected cost exceeds tenant '" + t.name + "''s whole budget.",
+        return reject_now("exceeds_budget", "The request's projected cost exceeds tenant '" + t.name + "''s whole budget.",
                           std::nullopt);
       }
       if (b.spent.pico() > b.limit.pico() - req.cost_p90.pico()) {
