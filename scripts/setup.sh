@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 ${TOKENLANE_EXTRA_APT:-})
+# chromium: Debian's browser, driven by Playwright in the example app's browser tests (tests/e2e).
+APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium ${TOKENLANE_EXTRA_APT:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

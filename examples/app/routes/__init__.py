@@ -1,0 +1,1 @@
+"""Routes, one module per screen (auth, user, config, admin, reports) plus the JSON/OpenAI API."""
