@@ -20,7 +20,7 @@ from .formats import LLMRequest
 from .ledger import Ledger
 from .pricing import Cost, Pricing
 from .providers import report_usage
-from .runtime import Tokenlane
+from .runtime import Identity, RequestError, Tokenlane
 from .scheduler import Decision, Scheduler
 from .sim import SimulationResult, load_trace, simulate
 
@@ -35,11 +35,13 @@ __all__ = [
     "Estimator",
     "HeuristicEstimator",
     "HistoryEstimator",
+    "Identity",
     "InvalidArgumentError",
     "LLMRequest",
     "LearnedEstimator",
     "Ledger",
     "Pricing",
+    "RequestError",
     "Scheduler",
     "SimulationResult",
     "StorageError",
