@@ -110,12 +110,10 @@ async def handle_llm_request(rt: Tokenlane, scope: Scope, receive: Receive, send
         await _send_error(send, exc)
         return
 
-    row: list[asyncio.Future[Any]] = []
-
     def decided(decision: Any) -> None:
+        # Written by the ledger's one writer thread, in order: before any later update of the row.
         status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
-        row.append(asyncio.ensure_future(
-            asyncio.to_thread(rt.ledger.insert_request, rt.ledger_row(priced, status, decision))))
+        rt.write(rt.ledger.insert_request, rt.ledger_row(priced, status, decision))
         if on_decision:
             on_decision(_decision_dict(decision))
 
@@ -123,16 +121,13 @@ async def handle_llm_request(rt: Tokenlane, scope: Scope, receive: Receive, send
     try:
         decision = await rt.admit(priced, disconnected, decided)
     except RequestError as exc:
-        if row:
-            await row[0]
-            await asyncio.to_thread(rt.ledger.update_request, priced.id,
-                                    status="cancelled" if exc.status == 499 else "rejected",
-                                    reason=exc.code, finished_at=rt.clock(), error=exc.message)
+        await rt.write(rt.ledger.update_request, priced.id,
+                       status="cancelled" if exc.status == 499 else "rejected",
+                       reason=exc.code, finished_at=rt.clock(), error=exc.message)
         await _send_error(send, exc, priced)
         if disconnected:
             disconnected.cancel()
         return
-    await row[0]
     if decision.kind == "defer":
         deferred = job or Job(id=priced.id, scope=scope, body=body)
         deferred.priced, deferred.status = priced, "deferred"
@@ -163,7 +158,9 @@ async def run_admitted(rt: Tokenlane, p: Priced, scope: Scope, body: bytes, send
 
     async def finish() -> dict[str, Any]:
         if not finished:
-            finished.update(await asyncio.to_thread(rt.finish, p, outcome))
+            fields, written = rt.finish(p, outcome)
+            finished.update(fields)
+            await asyncio.wrap_future(written)  # the row is on disk before the response completes
         return finished
 
     async def inner_receive() -> dict[str, Any]:
@@ -235,8 +232,9 @@ async def run_admitted(rt: Tokenlane, p: Priced, scope: Scope, body: bytes, send
         if disconnected is not None:
             disconnected.cancel()
         if not finished:
-            # The app failed, was cancelled or never finished its response: reconcile now, on this
-            # thread, so that not even a cancelled task can lose the ledger row or a reservation.
+            # The app failed, was cancelled or never finished its response: reconcile now and wait
+            # for it (after this row's insert, on the ledger thread) even if this task was cancelled,
+            # so that nothing can lose the ledger row or a reservation.
             complete = False
             if reader is not None:
                 reader.close()
@@ -247,7 +245,9 @@ async def run_admitted(rt: Tokenlane, p: Priced, scope: Scope, body: bytes, send
                 outcome.error = None
             elif outcome.error is None:
                 outcome.error = "response not completed"
-            finished.update(rt.finish(p, outcome))
+            fields, written = rt.finish(p, outcome)
+            finished.update(fields)
+            written.result()
 
 
 def _ask_for_stream_usage(request: LLMRequest, body: bytes) -> tuple[bytes, bool]:
@@ -317,7 +317,10 @@ async def _parse(rt: Tokenlane, scope: Scope, body: bytes) -> LLMRequest:
             return request
         api = api_for_path(scope["path"])
         assert api is not None
-        return parse_request(api, data)
+        request = parse_request(api, data)
+        if api == OPENAI_CHAT:
+            request.extra["raw_body"] = body.decode("utf-8")
+        return request
     except MalformedRequest as exc:
         raise RequestError(400, str(exc), param=exc.param) from None
 

@@ -235,6 +235,9 @@ def count_input_tokens(req: LLMRequest) -> InputCount:
     if _has_exact_encoding(req.model) and req.api in (OPENAI_CHAT, OPENAI_COMPLETIONS,
                                                        OPENAI_EMBEDDINGS, OPENAI_RESPONSES, CUSTOM):
         enc = encoding_for_model(req.model)
+        raw = req.extra.get("raw_body")
+        if req.api == OPENAI_CHAT and isinstance(raw, str):  # the body as sent: no re-serialising
+            return InputCount(enc._core.count_chat(raw, req.model), True)
         if req.messages is not None:
             messages = req.messages
             if req.system:

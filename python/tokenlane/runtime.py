@@ -23,6 +23,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -202,6 +203,14 @@ class Tokenlane:
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # One thread does every ledger call of this process, in submission order, off the event loop
+        # (the ledger serialises on its connection anyway; order keeps a row's insert before its update).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenlane-ledger")
+
+    def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._writer, lambda: fn(*args, **kwargs))
 
     # --- identity and tenants -------------------------------------------------------------------
 
@@ -311,8 +320,13 @@ class Tokenlane:
             p50 = p90 = max_output = 0
             source = "none"
 
+        # The price tier depends on the prompt only, so cost is linear in output tokens: two exact
+        # lookups price every output count.
+        base = self.pricing.cost(request.model, input_tokens=counted.tokens).total_pico_usd
+        per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1).total_pico_usd - base
+
         def price(out: int) -> int:
-            return self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=out).total_pico_usd
+            return base + out * per_output
 
         return Priced(
             id=request_id or f"req_{uuid.uuid4().hex}", route=route, request=request, identity=identity,
@@ -328,7 +342,7 @@ class Tokenlane:
         RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves)."""
         has_budget = self._tenants.get(p.identity.tenant)
         if has_budget is None:
-            has_budget = await asyncio.to_thread(self._setup_tenant, p.identity.tenant, p.arrival)
+            has_budget = await self.write(self._setup_tenant, p.identity.tenant, p.arrival)
         decision = self.scheduler.submit(p.scheduler_request(), self.clock())
         self._count_decision(p, decision)
         if on_decision:
@@ -360,11 +374,11 @@ class Tokenlane:
         if has_budget and amount > 0:
             # The scheduler's budget is this process's view; the ledger's conditional update is the
             # guard all processes share.
-            ok = await asyncio.to_thread(self.ledger.reserve, p.identity.tenant, amount, p.admitted_at)
+            ok = await self.write(self.ledger.reserve, p.identity.tenant, amount, p.admitted_at)
             if not ok:
                 self.scheduler.cancel(p.id, self.clock())
                 self._wake()
-                usage = await asyncio.to_thread(self.ledger.usage, p.identity.tenant, p.admitted_at)
+                usage = await self.write(self.ledger.usage, p.identity.tenant, p.admitted_at)
                 resets = usage.get("resets_at")
                 raise RequestError(
                     429, f"budget of tenant {p.identity.tenant!r} is used up for this {usage.get('window')} "
@@ -435,8 +449,8 @@ class Tokenlane:
             else:
                 job.status = "rejected"
                 job.decision = _decision_dict(rejection)
-                self._spawn(asyncio.to_thread(self.ledger.update_request, job.id, status="rejected",
-                                              reason=rejection.reason, finished_at=self.clock()))
+                self.write(self.ledger.update_request, job.id, status="rejected",
+                           reason=rejection.reason, finished_at=self.clock())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -445,9 +459,10 @@ class Tokenlane:
 
     # --- step 3: reconcile ----------------------------------------------------------------------
 
-    def finish(self, p: Priced, outcome: Outcome) -> dict[str, Any]:
-        """Charges the actual cost, releases the rest, records, learns (blocking: call in a thread).
-        Returns the ledger fields written."""
+    def finish(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
+        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
+        the ledger writes go to the ledger thread; wait for the returned future before the response
+        completes. Returns the fields of the ledger row and that future."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -469,20 +484,17 @@ class Tokenlane:
         actual = cost.total_pico_usd
         self.scheduler.complete(p.id, now, actual, cost.input_tokens, cost.output_tokens)
         self._wake()
-        # Settled even without a budget, so every tenant's spend is on the ledger.
-        reserved = p.reserved_ledger or p.cost_p90
-        self.ledger.settle(p.identity.tenant, p.reserved_ledger, actual, now)
-        p.reserved_ledger = 0
+        reserved_ledger, p.reserved_ledger = p.reserved_ledger, 0
         succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400
         fields = dict(
             status="succeeded" if succeeded else "failed", finished_at=now,
             input_tokens=cost.input_tokens, output_tokens=cost.output_tokens,
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
-            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved)
+            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        self.ledger.update_request(p.id, **fields)
+        written = self._writer.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now, dict(fields))
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
@@ -506,17 +518,14 @@ class Tokenlane:
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
-        return fields
+        return fields, written
 
-    def release(self, p: Priced, status: str, error: str | None = None) -> None:
-        """Nothing ran (cancelled before the call, or failed to start): release everything."""
-        now = self.clock()
-        self.scheduler.cancel(p.id, now)
-        self._wake()
-        if p.reserved_ledger:
-            self.ledger.release(p.identity.tenant, p.reserved_ledger, now)
-            p.reserved_ledger = 0
-        self.ledger.update_request(p.id, status=status, finished_at=now, error=error, cost_pico_usd=0)
+    def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
+                fields: dict[str, Any]) -> None:
+        """The ledger side of finish (ledger thread). Settled even without a budget, so every
+        tenant's spend is on the ledger."""
+        self.ledger.settle(tenant, reserved, actual, now)
+        self.ledger.update_request(request_id, **fields)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         return {
@@ -643,8 +652,8 @@ class Tokenlane:
             self._resolve(rid, decision)
         if request_id in self._jobs or request_id in self._waiters:
             self._resolve(request_id, _AdminRejection(reason))
-        await asyncio.to_thread(self.ledger.update_request, request_id, status="rejected", reason=reason,
-                                finished_at=self.clock())
+        await self.write(self.ledger.update_request, request_id, status="rejected", reason=reason,
+                         finished_at=self.clock())
         return True
 
     def pause(self) -> None:
