@@ -34,7 +34,7 @@ class Settings:
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
     budget_window: str = "day"
-    budget_reserve: str = "p90"                 # what admission reserves: "p90" cost, or "max" (hard cap)
+    budget_reserve: str = "max"                 # what the ledger reserves: "max" (a hard cap) or the "p90" cost
     tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
     max_concurrency: int | None = None
     tenant_max_concurrency: int | None = None
