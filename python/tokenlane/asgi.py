@@ -384,10 +384,13 @@ def _tokenlane_headers(rt: Tokenlane, p: Priced) -> list[tuple[bytes, bytes]]:
         (b"x-tokenlane-estimated-cost", usd_text(p.cost_p50).encode()),
         (b"x-tokenlane-queue-ms", f"{p.queue_ms:.3f}".encode()),
     ]
+    st = rt.settings
+    if not (st.tpm or st.rpm or st.tenant_tpm or st.tenant_rpm):
+        return out  # no rate limits: nothing to report, and no need to ask the scheduler
     limits = rt.scheduler.rate_limits(p.identity.tenant, rt.clock())
     for unit in ("requests", "tokens"):
         if limits.get(f"limit_{unit}") is not None:
-            out.append((f"x-ratelimit-limit-{unit}".encode(), str(limits[f"limit_{unit}"]).encode()))
+            out.append((f"x-ratelimit-limit-{unit}".encode(), str(int(limits[f"limit_{unit}"])).encode()))
             out.append((f"x-ratelimit-remaining-{unit}".encode(), str(max(0, int(limits[f"remaining_{unit}"]))).encode()))
             out.append((f"x-ratelimit-reset-{unit}".encode(), f"{max(0.0, limits[f'reset_{unit}_s']):.3f}s".encode()))
     return out

@@ -293,3 +293,13 @@ def test_official_openai_sdk_normal_streamed_and_refused(server):
     assert info.value.code == "insufficient_quota"
     statuses = sorted(r["status"] for r in rows(rt))
     assert statuses == ["rejected", "succeeded", "succeeded"]
+
+
+def test_rate_limit_headers_follow_openai_names(tmp_path):
+    rt = Tokenlane(db=str(tmp_path / "l.db"), rpm=100, tpm=100_000)
+    with TestClient(build_app(rt)) as client:
+        r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.headers["x-ratelimit-limit-requests"] == "100"
+    assert int(r.headers["x-ratelimit-remaining-requests"]) == 99
+    assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
