@@ -102,8 +102,11 @@ async def handle_llm_request(rt: Tokenlane, scope: Scope, receive: Receive, send
         body = await _read_body(receive, headers, rt.settings.max_body_bytes)
         request = await _parse(rt, scope, body)
         identity = await _identify(rt, scope, headers, request)
-        priced = rt.prepare(request, identity, scope["path"], headers, rt.clock(),
-                            request_id=job.id if job else None)
+        try:
+            priced = rt.prepare(request, identity, scope["path"], headers, rt.clock(),
+                                request_id=job.id if job else None)
+        except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
+            raise RequestError(400, f"malformed request: {exc}") from None
     except RequestError as exc:
         if on_decision:
             on_decision({"decision": "reject", "reason": exc.code or "invalid_request", "message": exc.message})
@@ -366,9 +369,7 @@ async def _identify(rt: Tokenlane, scope: Scope, headers: Mapping[str, str], req
         return Identity(tenant=request.tenant)
     if rt.settings.trust_user_field and request.user:
         return Identity(tenant=request.user)
-    if key:
-        return Identity(tenant="key:" + hashlib.sha256(key.encode()).hexdigest()[:16])
-    return Identity(tenant="anonymous")
+    return Identity(tenant=_tenant_without_record(key))
 
 
 async def _wait_disconnect(receive: Receive) -> dict[str, Any]:
@@ -422,7 +423,7 @@ async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
         asked = (query.get("tenant") or [None])[0]
         own = record["tenant"] if record else None
         if asked is None:
-            asked = own or _tenant_without_key(headers)
+            asked = own or _tenant_without_record(_api_key(headers))
         elif rt.settings.require_api_key and asked != own and (record or {}).get("role") != "admin":
             await _send_error(send, RequestError(403, f"this key may not see tenant {asked!r}",
                                                  type="permission_error", code="forbidden"))
@@ -441,8 +442,8 @@ async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
     await _send_error(send, RequestError(404, f"no tokenlane route {sub!r}", code="not_found"))
 
 
-def _tenant_without_key(headers: Mapping[str, str]) -> str:
-    key = _api_key(headers)
+def _tenant_without_record(key: str | None) -> str:
+    """The tenant of a caller the ledger does not know: a hash of its key, else "anonymous"."""
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
 
 

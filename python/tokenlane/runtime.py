@@ -79,13 +79,13 @@ _REFUSALS: dict[str, tuple[int, str, str]] = {
     "max_wait": (429, "rate_limit_exceeded", "queue_timeout"),
     "deadline": (429, "rate_limit_exceeded", "deadline_unreachable"),
     "too_large": (413, "invalid_request_error", "request_too_large"),
+    "admin": (409, "request_rejected", "admin"),
+    "cancelled": (499, "request_cancelled", "cancelled"),
 }
 
 
 def refusal(decision: Any) -> RequestError:
     status, type_, code = _REFUSALS.get(decision.reason, (429, "rate_limit_exceeded", decision.reason))
-    if decision.reason in ("cancelled", "admin"):
-        status, type_, code = 409 if decision.reason == "admin" else 499, "request_rejected", decision.reason
     return RequestError(status, decision.message, type=type_, code=code, retry_after_s=decision.retry_after_s)
 
 
@@ -314,7 +314,7 @@ class Tokenlane:
         if request.generates:
             est = self.estimator.estimate(request.estimator_input(), request.model, max_tokens=max_output,
                                           context={"route": route, "tenant": identity.tenant},
-                                          input_tokens=counted.tokens)
+                                          input_tokens=counted.tokens, model_max_output=model_max)
             p50, p90, source = est.p50 * request.n, est.p90 * request.n, est.source
         else:
             p50 = p90 = max_output = 0
@@ -349,10 +349,13 @@ class Tokenlane:
             on_decision(decision)
         if decision.kind == "reject":
             raise refusal(decision)
+        if decision.kind in ("queue", "defer"):
+            self._ensure_dispatcher()  # it starts them when the scheduler lets them run
         if decision.kind == "defer":
             return decision
         if decision.kind == "queue":
-            future = self._wait_for(p.id)
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[p.id] = future
             waiters: set[asyncio.Future[Any]] = {future}
             if disconnected is not None:
                 waiters.add(disconnected)
@@ -392,13 +395,6 @@ class Tokenlane:
     def _count_decision(self, p: Priced, decision: Any) -> None:
         if self.metrics:
             self.metrics.requests.labels(decision.kind, decision.reason, p.request.model).inc()
-
-    def _wait_for(self, request_id: str) -> asyncio.Future[Any]:
-        self._ensure_dispatcher()
-        future = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = future
-        self._wake()
-        return future
 
     def _ensure_dispatcher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -639,7 +635,8 @@ class Tokenlane:
         """Runs a queued or deferred request now (admin, manual mode)."""
         if not self.scheduler.dispatch(request_id, self.clock()):
             return False
-        self._resolve(request_id, None)
+        for ready in self.scheduler.pop_ready(self.clock()):  # the dispatched one among them
+            self._resolve(ready, None)
         return True
 
     async def reject(self, request_id: str, reason: str = "admin") -> bool:
@@ -648,12 +645,8 @@ class Tokenlane:
         if status not in ("queued", "deferred"):
             return False
         self.scheduler.reject(request_id, self.clock(), reason)
-        for rid, decision in self.scheduler.pop_rejected(self.clock()):
-            self._resolve(rid, decision)
-        if request_id in self._jobs or request_id in self._waiters:
-            self._resolve(request_id, _AdminRejection(reason))
-        await self.write(self.ledger.update_request, request_id, status="rejected", reason=reason,
-                         finished_at=self.clock())
+        for rejected, decision in self.scheduler.pop_rejected(self.clock()):  # the ledger row follows
+            self._resolve(rejected, decision)
         return True
 
     def pause(self) -> None:
@@ -666,14 +659,6 @@ class Tokenlane:
     def set_policy(self, name: str) -> None:
         self.scheduler.set_policy(name)
         self._wake()
-
-
-@dataclass
-class _AdminRejection:
-    reason: str
-    kind: str = "reject"
-    message: str = "an administrator rejected this request"
-    retry_after_s: float | None = None
 
 
 def _decision_dict(decision: Any) -> dict[str, Any]:

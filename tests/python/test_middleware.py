@@ -101,6 +101,9 @@ def test_handler_that_calls_the_model_is_charged_what_it_reported(runtime):
         (json.dumps({**CHAT, "model": "no-such-model-9"}).encode(), {}, 400, "model_not_found"),
         (json.dumps(CHAT).encode(), {"x-tokenlane-priority": "urgent"}, 400, None),
         (json.dumps(CHAT).encode(), {"x-tokenlane-deadline-ms": "-5"}, 400, None),
+        (json.dumps({**CHAT, "messages": [{"role": "user", "content": 5}]}).encode(), {}, 400, None),
+        (json.dumps({**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}).encode(),
+         {}, 400, None),
     ],
 )
 def test_bad_requests_get_openai_shaped_4xx(runtime, content, headers, status, code):
