@@ -116,6 +116,13 @@ void register_ledger(py::module_& m) {
       .def_property_readonly("schema_version", [](const Ledger& l) { return unlocked([&] { return l.schema_version(); }); })
       .def_property_readonly_static("latest_schema_version",
                                     [](const py::object&) { return Ledger::latest_schema_version(); })
+      .def_static("migrations",
+                  [] {
+                    py::list out;
+                    for (const Ledger::Migration& m : Ledger::migrations())
+                      out.append(py::make_tuple(m.version, m.description, m.sql));
+                    return out;
+                  })
       // users
       .def("create_user",
            [](Ledger& l, const std::string& email, const Opt& password_hash, const std::string& role, const Opt& name,

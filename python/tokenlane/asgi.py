@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from ._core import StorageError
 from .formats import (
     OPENAI_CHAT,
     OPENAI_COMPLETIONS,
@@ -41,6 +42,7 @@ from .runtime import (
     RequestError,
     Tokenlane,
     _decision_dict,
+    ledger_unavailable,
     usd_text,
 )
 
@@ -341,7 +343,10 @@ async def _key_record(rt: Tokenlane, key: str | None) -> dict[str, Any] | None:
     cached = rt.cached_api_key(key)
     if cached is not None:
         return cached[0]
-    return await asyncio.to_thread(rt.api_key_record, key)
+    try:
+        return await asyncio.to_thread(rt.api_key_record, key)
+    except StorageError as exc:
+        raise ledger_unavailable(exc) from None
 
 
 async def _identify(rt: Tokenlane, scope: Scope, headers: Mapping[str, str], request: LLMRequest) -> Identity:
@@ -385,6 +390,8 @@ def _tokenlane_headers(rt: Tokenlane, p: Priced) -> list[tuple[bytes, bytes]]:
         (b"x-tokenlane-estimated-cost", usd_text(p.cost_p50).encode()),
         (b"x-tokenlane-queue-ms", f"{p.queue_ms:.3f}".encode()),
     ]
+    if p.state_mode == "local":  # Redis unreachable: this replica enforced 1/N of each limit itself
+        out.append((b"x-tokenlane-state", b"local"))
     st = rt.settings
     if not (st.tpm or st.rpm or st.tenant_tpm or st.tenant_rpm):
         return out  # no rate limits: nothing to report, and no need to ask the scheduler

@@ -30,7 +30,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class Settings:
-    db: str = "tokenlane.db"                    # SQLite path or sqlite:/// URL
+    db: str = "tokenlane.db"                    # SQLite path, sqlite:/// or postgresql:// URL
+    state: str | None = None                    # redis:// URL: state shared by replicas (None: this process)
+    state_failure: str = "closed"               # Redis unreachable: "closed" (503) or "local" (1/N of each limit)
+    state_replicas: int = 1                     # N, for state_failure="local"
+    state_lease_s: float = 15.0                 # slots and reservations of a dead replica return after this
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
     budget_window: str = "day"
@@ -56,9 +60,9 @@ class Settings:
     route_prefix: str = "/tokenlane"
 
 
-_INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
+_INT = {"state_replicas", "max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
         "max_queue", "max_body_bytes", "max_input_tokens"}
-_FLOAT = {"max_wait_s"}
+_FLOAT = {"max_wait_s", "state_lease_s"}
 _MONEY = {"budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics"}
 _MAPS = {"tenant_budgets_usd", "tenant_priorities"}
@@ -107,6 +111,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return _choice(where, value, POLICIES)
     if name == "budget_window":
         return _choice(where, value, WINDOWS)
+    if name == "state_failure":
+        return _choice(where, value, ("closed", "local"))
+    if name == "state" and not str(value).startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{where}: expected a redis://host:port/db URL, got {value!r}")
     if name == "budget_reserve":
         return _choice(where, value, ("p90", "max"))
     if name == "default_priority":

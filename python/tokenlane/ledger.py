@@ -8,6 +8,8 @@
         ...
         led.settle("ada@example.com", p90_cost, actual_cost, now)
 
+``Ledger("postgresql://user@host/db")`` gives the same ledger on PostgreSQL (several replicas).
+
 Every method blocks on the database (without holding the GIL) and is thread-safe; from async
 code call them through a thread (``await asyncio.to_thread(led.reserve, ...)``). Several processes
 may open the same file: budget reservations are atomic across them. Rows come back as plain dicts.
@@ -38,8 +40,8 @@ def _sqlite_path(url: str | os.PathLike[str]) -> str:
         return url
     if scheme.lower() != "sqlite":
         raise InvalidArgumentError(
-            f"ledger URL scheme {scheme!r} is not supported yet: tokenlane's ledger is SQLite "
-            "(pass a file path or sqlite:///path/to/file.db)"
+            f"ledger URL scheme {scheme!r} is not supported: pass a file path, sqlite:///path/to/file.db "
+            "or postgresql://user@host/database"
         )
     # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db, sqlite:// for memory.
     if rest in ("", "/", "/:memory:"):
@@ -64,6 +66,22 @@ def _seconds(t: float | _dt.datetime | None) -> float | None:
     raise InvalidArgumentError(f"expected Unix seconds or an aware datetime, got {type(t).__name__}")
 
 
+def budget_window(period: str, now: float) -> tuple[int, int | None]:
+    """(start, end) in Unix seconds of the UTC hour / day / month around `now`; (0, None) for "total".
+    The same bounds the core's ledger uses; the PostgreSQL ledger and Redis state use them too."""
+    if period == "hour":
+        start = int(now // 3600 * 3600)
+        return start, start + 3600
+    if period == "day":
+        start = int(now // 86400 * 86400)
+        return start, start + 86400
+    if period == "month":
+        t = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        nxt = (t + _dt.timedelta(days=32)).replace(day=1)
+        return int(t.timestamp()), int(nxt.timestamp())
+    return 0, None
+
+
 def _now(now: float | None) -> float:
     return time.time() if now is None else float(now)
 
@@ -73,8 +91,22 @@ class _Closed:
         raise StorageError("this Ledger is closed")
 
 
+def is_postgres_url(url: object) -> bool:
+    return isinstance(url, str) and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
 class Ledger:
-    """The durable record of a tokenlane deployment (see the module docstring)."""
+    """The durable record of a tokenlane deployment (see the module docstring).
+
+    ``Ledger("postgresql://...")`` opens the same ledger on PostgreSQL instead
+    (:class:`tokenlane.pgledger.PostgresLedger`: same methods, for several replicas)."""
+
+    def __new__(cls, url: str | os.PathLike[str] = "tokenlane.db", **kwargs: Any) -> Any:
+        if is_postgres_url(url):
+            from .pgledger import PostgresLedger
+
+            return PostgresLedger(str(url), **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, url: str | os.PathLike[str] = "tokenlane.db", *, busy_timeout_ms: int = 10_000) -> None:
         self._led = _core.Ledger(_sqlite_path(url), busy_timeout_ms)

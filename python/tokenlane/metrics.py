@@ -38,5 +38,11 @@ class Metrics:
         self.p90_covered = Counter("tokenlane_estimator_p90_covered", "Requests whose actual output <= p90",
                                    [MODEL], registry=r)
 
+        self.state_unavailable = Counter(
+            "tokenlane_state_unavailable", "Calls to the shared state (Redis) that failed, by state_failure mode",
+            ["mode"], registry=r)
+        self.state_degraded = Gauge("tokenlane_state_degraded",
+                                    "1 while the shared state (Redis) is unreachable", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

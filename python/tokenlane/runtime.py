@@ -31,6 +31,7 @@ from typing import Any
 from .config import PRIORITIES, Settings, load_settings
 from .estimators import Estimator
 from .formats import LLMRequest, count_input_tokens, count_output_tokens
+from ._core import StorageError
 from .ledger import Ledger
 from .metrics import Metrics
 from .pricing import PICO_PER_USD, Pricing
@@ -84,6 +85,12 @@ _REFUSALS: dict[str, tuple[int, str, str]] = {
 }
 
 
+def ledger_unavailable(exc: Exception) -> RequestError:
+    """The ledger cannot answer a read the request needs (PostgreSQL down): 503, retry shortly."""
+    return RequestError(503, f"the ledger is unreachable: {exc}", type="service_unavailable",
+                        code="ledger_unavailable", retry_after_s=1.0)
+
+
 def refusal(decision: Any) -> RequestError:
     status, type_, code = _REFUSALS.get(decision.reason, (429, "rate_limit_exceeded", decision.reason))
     return RequestError(status, decision.message, type=type_, code=code, retry_after_s=decision.retry_after_s)
@@ -119,6 +126,7 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    state_mode: str | None = None  # with shared state: "shared", or "local" while Redis is unreachable
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
@@ -186,11 +194,23 @@ class Tokenlane:
         self.pricing = pricing or (Pricing.load(s.pricing) if s.pricing else Pricing.default())
         self.estimator = estimator or Estimator.default()
         self.ledger = ledger or Ledger(s.db)
-        self.scheduler = scheduler or Scheduler(
-            policy=s.policy, max_concurrency=s.max_concurrency, tenant_max_concurrency=s.tenant_max_concurrency,
-            tpm=s.tpm, rpm=s.rpm, tenant_tpm=s.tenant_tpm, tenant_rpm=s.tenant_rpm,
-            max_queue=s.max_queue, max_wait_s=s.max_wait_s)
         self.metrics = Metrics() if s.metrics else None
+        limits = dict(max_concurrency=s.max_concurrency, tenant_max_concurrency=s.tenant_max_concurrency,
+                      tpm=s.tpm, rpm=s.rpm, tenant_tpm=s.tenant_tpm, tenant_rpm=s.tenant_rpm)
+        self.shared: Any = None
+        if s.state:
+            # Limits are global: Redis holds them for every replica; this process's scheduler only
+            # orders and queues.
+            from .state.redis import Limits
+            from .state.shared import SharedAdmission
+
+            self.shared = SharedAdmission(
+                s.state, limits=Limits(s.max_concurrency, s.tenant_max_concurrency, s.rpm, s.tpm, s.tenant_rpm,
+                                       s.tenant_tpm),
+                failure=s.state_failure, replicas=s.state_replicas, lease_s=s.state_lease_s, metrics=self.metrics)
+            limits = {}
+        self.scheduler = scheduler or Scheduler(policy=s.policy, max_queue=s.max_queue, max_wait_s=s.max_wait_s,
+                                                **limits)
         self.identify = identify
         self.clock = clock
         self.app: Any = None  # the wrapped ASGI app, set by the middleware (jobs call it)
@@ -198,6 +218,7 @@ class Tokenlane:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._jobs: dict[str, Job] = {}
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
+        self._budgets: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for shared state
         self._keys: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._kick: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -239,6 +260,8 @@ class Tokenlane:
             if usd is not None:
                 self.ledger.set_budget(tenant, int(usd * PICO_PER_USD), s.budget_window)
                 budget = self.ledger.get_budget(tenant)
+        if budget is not None and budget["limit_pico_usd"] is not None:
+            self._budgets[tenant] = (budget["limit_pico_usd"], budget["window"])
         if budget is not None:
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
@@ -252,12 +275,14 @@ class Tokenlane:
             self.ledger.set_budget(tenant, None, window)
             self.scheduler.set_budget(tenant, None, window)
             self._tenants[tenant] = False
+            self._budgets.pop(tenant, None)
             return
         pico = int(Decimal(str(limit_usd)) * PICO_PER_USD)
         self.ledger.set_budget(tenant, pico, window)
         self.scheduler.set_budget(tenant, pico, window)
         self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
         self._tenants[tenant] = True
+        self._budgets[tenant] = (pico, window)
 
     def usage(self, tenant: str) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
@@ -342,7 +367,10 @@ class Tokenlane:
         RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves)."""
         has_budget = self._tenants.get(p.identity.tenant)
         if has_budget is None:
-            has_budget = await self.write(self._setup_tenant, p.identity.tenant, p.arrival)
+            try:
+                has_budget = await self.write(self._setup_tenant, p.identity.tenant, p.arrival)
+            except StorageError as exc:
+                raise ledger_unavailable(exc) from None
         decision = self.scheduler.submit(p.scheduler_request(), self.clock())
         self._count_decision(p, decision)
         if on_decision:
@@ -370,11 +398,13 @@ class Tokenlane:
             if late is not None:  # shed from the queue
                 self._count_decision(p, late)
                 raise refusal(late)
+        amount = p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
+        if self.shared is not None:
+            p.state_mode = await self._admit_shared(p, amount)
         p.admitted_at = self.clock()
         if self.metrics:
             self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
-        amount = p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
-        if has_budget and amount > 0:
+        if has_budget and amount > 0 and p.state_mode != "shared":
             # The scheduler's budget is this process's view; the ledger's conditional update is the
             # guard all processes share.
             ok = await self.write(self.ledger.reserve, p.identity.tenant, amount, p.admitted_at)
@@ -391,6 +421,59 @@ class Tokenlane:
                     retry_after_s=None if resets is None else max(1.0, resets - p.admitted_at))
             p.reserved_ledger = amount
         return decision
+
+    async def _admit_shared(self, p: Priced, amount: int) -> str:
+        """Reservation, slots and rate through the state replicas share; refusals as RequestError.
+        Returns "shared", or "local" when Redis is unreachable and state_failure="local" (then the
+        ledger reserves the budget)."""
+        from .ledger import budget_window
+        from .state.redis import BudgetHold, StateUnavailable
+
+        tenant = p.identity.tenant
+        holds = []
+        if tenant in self._budgets:
+            limit, window = self._budgets[tenant]
+            start, end = budget_window(window, p.arrival)
+            ttl = 3600 if end is None else max(60, int(end - p.arrival) + 3600)
+            holds.append(BudgetHold(tenant, limit, start, ttl, amount))
+
+        async def ledger_spent(principal: str) -> int:
+            return (await self.write(self.ledger.usage, principal, self.clock()))["spent_pico_usd"]
+
+        deadline = time.monotonic() + (self.settings.max_wait_s or 0.0)
+        try:
+            answer = await self.shared.acquire(p.id, [tenant], holds, p.input_tokens + p.est_p90,
+                                               seed=ledger_spent, deadline=deadline)
+        except StorageError as exc:  # the ledger could not seed a budget counter
+            self.scheduler.cancel(p.id, self.clock())
+            self._wake()
+            raise ledger_unavailable(exc) from None
+        except StateUnavailable:
+            self.scheduler.cancel(p.id, self.clock())
+            self._wake()
+            raise RequestError(503, "tokenlane's shared state (Redis) is unreachable and this service is "
+                               "configured to refuse rather than guess (state_failure=\"closed\"); retry shortly",
+                               type="service_unavailable", code="state_unavailable", retry_after_s=1.0,
+                               headers={"x-tokenlane-state": "unavailable"}) from None
+        if isinstance(answer, str):
+            return answer
+        reason, _level, verdict = answer
+        self.scheduler.cancel(p.id, self.clock())
+        self._wake()
+        if reason == "budget":
+            _, window = self._budgets[tenant]
+            end = budget_window(window, p.arrival)[1]
+            raise RequestError(
+                429, f"budget of tenant {tenant!r} is used up for this {window} (spent {usd_text(verdict.spent)} USD, "
+                f"reserved {usd_text(verdict.reserved)} USD over all replicas); this request may cost up to "
+                f"{usd_text(amount)} USD", type="insufficient_quota", code="insufficient_quota",
+                retry_after_s=None if end is None else max(1.0, end - p.arrival))
+        if reason == "too_large":
+            raise RequestError(413, "this request asks for more tokens than the per-minute limit allows",
+                               code="request_too_large")
+        raise RequestError(429, f"no concurrency slot or rate-limit room over all replicas within "
+                           f"{self.settings.max_wait_s} s", type="rate_limit_exceeded", code="queue_timeout",
+                           retry_after_s=1.0)
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
         if self.metrics:
@@ -479,6 +562,8 @@ class Tokenlane:
             source = "counted" if out else "none"
         actual = cost.total_pico_usd
         self.scheduler.complete(p.id, now, actual, cost.input_tokens, cost.output_tokens)
+        if p.state_mode is not None:
+            self.shared.settle(p.id, actual, cost.input_tokens + cost.output_tokens)
         self._wake()
         reserved_ledger, p.reserved_ledger = p.reserved_ledger, 0
         succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from store_support import fresh_database, services_module
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_VOCAB = REPO.parent / "shared" / "vocab"
@@ -28,3 +29,43 @@ def tiktoken_module(tmp_path_factory: pytest.TempPathFactory):
     import tiktoken
 
     return tiktoken
+
+
+# --- PostgreSQL and Redis (scripts/services.py starts private servers; scripts/test exports them) ---
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    """(PostgreSQL admin URL, Redis URL): the ones scripts/test started, else private ones."""
+    pg, redis_url = os.environ.get("TOKENLANE_TEST_PG"), os.environ.get("TOKENLANE_TEST_REDIS")
+    if pg and redis_url:
+        yield pg, redis_url
+        return
+    services = services_module()
+    if not services.available():
+        pytest.skip("PostgreSQL and Redis are not installed (scripts/setup.sh installs them)")
+    running = services.Services(tmp_path_factory.mktemp("services")).start()
+    try:
+        yield running.pg_url, running.redis_url
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def pg_url(servers) -> str:
+    return fresh_database(servers[0])
+
+
+@pytest.fixture
+def redis_url(servers) -> str:
+    """The Redis server (tests keep apart by key prefix)."""
+    return servers[1]
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where a test's ledger lives: an SQLite file, or (second pass of scripts/test, with
+    TOKENLANE_TEST_STORE=postgres) a fresh PostgreSQL database."""
+    monkeypatch.setenv("TOKENLANE_SPOOL", str(tmp_path / "spool.db"))
+    if os.environ.get("TOKENLANE_TEST_STORE") == "postgres":
+        return fresh_database(request.getfixturevalue("servers")[0])
+    return str(tmp_path / "ledger.db")

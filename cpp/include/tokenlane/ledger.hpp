@@ -103,6 +103,14 @@ class Ledger {
   // The schema version this code writes, and the one the open file has.
   static int latest_schema_version() noexcept;
   int schema_version() const;
+  // The schema as its ordered migrations, in SQLite's dialect: another engine (the PostgreSQL
+  // ledger in Python) runs the very same steps after translating the few dialect words.
+  struct Migration {
+    int version;
+    std::string description;
+    std::string sql;
+  };
+  static std::vector<Migration> migrations();
   const std::string& path() const noexcept;
 
   // ---- users. Rows: id, email, name, role, tenant, disabled, created_at, password_hash.

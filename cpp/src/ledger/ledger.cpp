@@ -253,6 +253,12 @@ int Ledger::latest_schema_version() noexcept {
   return steps.empty() ? 0 : steps.back().version;
 }
 
+std::vector<Ledger::Migration> Ledger::migrations() {
+  std::vector<Migration> out;
+  for (const ledger_detail::Migration& m : ledger_detail::migrations()) out.push_back({m.version, m.description, m.sql});
+  return out;
+}
+
 int Ledger::schema_version() const {
   return impl_->locked("schema_version", [&] { return read_schema_version(impl_->db); });
 }

@@ -1,0 +1,52 @@
+"""One replica of a scaled-out service, for the scale-out tests and benchmarks/scaleout.py:
+
+    TOKENLANE_DB=postgresql://... TOKENLANE_STATE=redis://... python -m uvicorn replica_app:app \\
+        --app-dir tests/python --port 0
+
+An OpenAI-compatible proxy route on the simulated provider behind TokenlaneMiddleware, configured
+only by TOKENLANE_* environment variables. With REPLICA_TRACK_URL (a Redis URL) set, the route
+counts the upstream calls in flight over all replicas and keeps the highest count seen, so a test
+can check the global concurrency limit with a measure of its own (not tokenlane's bookkeeping).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tokenlane import TokenlaneMiddleware
+from tokenlane.providers import SimulatedProvider
+
+provider = SimulatedProvider(time_scale=float(os.environ.get("REPLICA_TIME_SCALE", "0.02")))
+app = FastAPI()
+_track = None
+if os.environ.get("REPLICA_TRACK_URL"):
+    import redis.asyncio as aioredis
+
+    _track = aioredis.from_url(os.environ["REPLICA_TRACK_URL"])
+    _enter = _track.register_script(
+        "local n = redis.call('INCR', KEYS[1]) "
+        "if n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end return n")
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Any:
+    body = await request.json()
+    if _track is None:
+        return JSONResponse(await provider.chat(body))
+    await _enter(keys=["replica:inflight", "replica:max_inflight"])
+    try:
+        return JSONResponse(await provider.chat(body))
+    finally:
+        await _track.decr("replica:inflight")
+
+
+@app.get("/health")
+async def health() -> dict[str, Any]:
+    return {"status": "ok", "pid": os.getpid()}
+
+
+app.add_middleware(TokenlaneMiddleware)
