@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .estimators import Estimator
-from .records import load_records
+from .records import Records, load_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,3 +127,6 @@ def plot_predictions(
     )
     ax.legend(loc="upper left")
     return ax
+
+
+__all__ = ["Records", "evaluate", "load_records", "plot_predictions", "replay", "summarize"]
