@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _core
 from ._core import InvalidArgumentError, StorageError
+from .windows import unix_seconds as _seconds
 
 __all__ = ["Ledger"]
 
@@ -52,34 +53,6 @@ def _sqlite_path(url: str | os.PathLike[str]) -> str:
     if not path:
         raise InvalidArgumentError(f"SQLite URL {url!r} names no file")
     return path
-
-
-def _seconds(t: float | _dt.datetime | None) -> float | None:
-    if t is None:
-        return None
-    if isinstance(t, (int, float)) and not isinstance(t, bool):
-        return float(t)
-    if isinstance(t, _dt.datetime):
-        if t.tzinfo is None:
-            raise InvalidArgumentError("naive datetime: give it a timezone (e.g. datetime.timezone.utc)")
-        return t.timestamp()
-    raise InvalidArgumentError(f"expected Unix seconds or an aware datetime, got {type(t).__name__}")
-
-
-def budget_window(period: str, now: float) -> tuple[int, int | None]:
-    """(start, end) in Unix seconds of the UTC hour / day / month around `now`; (0, None) for "total".
-    The same bounds the core's ledger uses; the PostgreSQL ledger and Redis state use them too."""
-    if period == "hour":
-        start = int(now // 3600 * 3600)
-        return start, start + 3600
-    if period == "day":
-        start = int(now // 86400 * 86400)
-        return start, start + 86400
-    if period == "month":
-        t = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        nxt = (t + _dt.timedelta(days=32)).replace(day=1)
-        return int(t.timestamp()), int(nxt.timestamp())
-    return 0, None
 
 
 def _now(now: float | None) -> float:

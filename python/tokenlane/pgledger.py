@@ -32,7 +32,7 @@ from typing import Any
 
 from ._core import InvalidArgumentError, StorageError
 from ._core import Ledger as _CoreLedger
-from .ledger import _seconds, budget_window
+from .windows import budget_window, unix_seconds as _seconds
 
 log = logging.getLogger("tokenlane")
 

@@ -236,7 +236,7 @@ class RedisState:
         # connections (pipelined by Redis) instead of opening hundreds at once.
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=32, timeout=30,
                                                         socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
         self._renew = self._redis.register_script(_RENEW)

@@ -1,0 +1,93 @@
+"""Stage: shared limits, with ``state="redis://..."``. After the local scheduler lets a request
+run, it takes the request's budget reservation, concurrency slots and rate-limit room from the
+state every replica shares (:mod:`tokenlane.state`), all at once; it waits there (bounded by
+``max_wait_s``) while slots or rate are short, and refuses over budget. Reconcile settles it.
+Without ``state`` the runtime does not build this stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._core import StorageError
+from ..config import Settings
+from ..errors import RequestError, ledger_unavailable
+from ..ledger import Ledger
+from ..metrics import Metrics
+from ..pricing import usd_text
+from ..state.redis import BudgetHold, Limits, StateUnavailable
+from ..state.shared import SharedAdmission
+from ..windows import budget_window
+from .base import LedgerThread, Priced
+from .budget import Budget
+
+
+class SharedLimits:
+    def __init__(self, settings: Settings, ledger: Ledger, thread: LedgerThread, budget: Budget,
+                 metrics: Metrics | None, clock: Callable[[], float]) -> None:
+        s = settings
+        self.settings = settings
+        self.ledger = ledger
+        self.thread = thread
+        self.budget = budget
+        self.clock = clock
+        self.admission = SharedAdmission(
+            s.state or "", limits=Limits(concurrency=s.max_concurrency, principal_concurrency=s.tenant_max_concurrency,
+                                         rpm=s.rpm, tpm=s.tpm, principal_rpm=s.tenant_rpm, principal_tpm=s.tenant_tpm),
+            failure=s.state_failure, replicas=s.state_replicas, lease_s=s.state_lease_s, metrics=metrics)
+
+    async def __call__(self, p: Priced, amount: int) -> str:
+        """Returns "shared", or "local" when Redis is unreachable and state_failure="local" (the
+        ledger then reserves the budget). Raises RequestError when refused."""
+        tenant = p.identity.tenant
+        holds = []
+        limit = self.budget.limit_of(tenant)
+        if limit is not None:
+            pico, window = limit
+            start, end = budget_window(window, p.arrival)
+            ttl = 3600 if end is None else max(60, int(end - p.arrival) + 3600)
+            holds.append(BudgetHold(tenant, pico, start, ttl, amount))
+
+        async def ledger_spent(principal: str) -> int:
+            return (await self.thread.write(self.ledger.usage, principal, self.clock()))["spent_pico_usd"]
+
+        deadline = time.monotonic() + (self.settings.max_wait_s or 0.0)
+        try:
+            answer = await self.admission.acquire(p.id, [tenant], holds, p.input_tokens + p.est_p90,
+                                                  seed=ledger_spent, deadline=deadline)
+        except StorageError as exc:  # the ledger could not seed a budget counter
+            raise ledger_unavailable(exc) from None
+        except StateUnavailable:
+            raise RequestError(503, "tokenlane's shared state (Redis) is unreachable and this service is "
+                               "configured to refuse rather than guess (state_failure=\"closed\"); retry shortly",
+                               type="service_unavailable", code="state_unavailable", retry_after_s=1.0,
+                               headers={"x-tokenlane-state": "unavailable"}) from None
+        if isinstance(answer, str):
+            return answer
+        reason, _level, verdict = answer
+        if reason == "budget":
+            assert limit is not None
+            end = budget_window(limit[1], p.arrival)[1]
+            raise RequestError(
+                429, f"budget of tenant {tenant!r} is used up for this {limit[1]} (spent {usd_text(verdict.spent)} "
+                f"USD, reserved {usd_text(verdict.reserved)} USD over all replicas); this request may cost up to "
+                f"{usd_text(amount)} USD", type="insufficient_quota", code="insufficient_quota",
+                retry_after_s=None if end is None else max(1.0, end - p.arrival))
+        if reason == "too_large":
+            raise RequestError(413, "this request asks for more tokens than the per-minute limit allows",
+                               code="request_too_large")
+        raise RequestError(429, f"no concurrency slot or rate-limit room over all replicas within "
+                           f"{self.settings.max_wait_s} s", type="rate_limit_exceeded", code="queue_timeout",
+                           retry_after_s=1.0)
+
+    def settle(self, p: Priced, actual_pico_usd: int, tokens: int) -> None:
+        """Charges the actual cost at every level and gives the lease back (in the background)."""
+        self.admission.settle(p.id, actual_pico_usd, tokens)
+
+    def headers(self, p: Priced) -> list[tuple[bytes, bytes]]:
+        # Redis unreachable: this replica enforced 1/N of each limit itself, and says so.
+        return [(b"x-tokenlane-state", b"local")] if p.state_mode == "local" else []
+
+
+__all__ = ["SharedLimits"]
