@@ -69,3 +69,24 @@ def ledger_url(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pyte
     if os.environ.get("TOKENLANE_TEST_STORE") == "postgres":
         return fresh_database(request.getfixturevalue("servers")[0])
     return str(tmp_path / "ledger.db")
+
+
+@pytest.fixture
+def redis_db(servers) -> str:
+    """A Redis database of this test alone on the shared server (1..15, emptied first)."""
+    import redis
+
+    base = servers[1].rsplit("/", 1)[0]
+    n = redis.Redis.from_url(base + "/0").incr("tokenlane-tests:next-db") % 15 + 1
+    url = f"{base}/{n}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def store(ledger_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Where a test's Tokenlane keeps its state: the ledger, and in scripts/test's second pass
+    (TOKENLANE_TEST_STORE=postgres) the shared state on Redis too."""
+    if os.environ.get("TOKENLANE_TEST_STORE") == "postgres":
+        return {"db": ledger_url, "state": request.getfixturevalue("redis_db")}
+    return {"db": ledger_url}

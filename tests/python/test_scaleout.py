@@ -98,17 +98,6 @@ def wait_until(check: Any, timeout_s: float) -> Any:
 
 
 @pytest.fixture
-def redis_db(servers) -> Any:
-    """A Redis database of its own on the shared server (1..15), emptied, and the tracking one."""
-    base = servers[1].rsplit("/", 1)[0]
-    client = redis.Redis.from_url(base + "/0")
-    n = client.incr("tokenlane-tests:next-db") % 15 + 1
-    url = f"{base}/{n}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
-@pytest.fixture
 def own_servers(tmp_path: Path) -> Any:
     """PostgreSQL and Redis of this test only: it stops them."""
     services = services_module()
@@ -130,7 +119,8 @@ def test_900_concurrent_requests_over_3_replicas_hold_every_limit(servers, pg_ur
         replicas.stop()
     assert not load.errors
     statuses = [a["status"] for a in load.answers]
-    assert set(statuses) <= {200, 429} and statuses.count(200) >= 5 and statuses.count(429) >= 100
+    assert set(statuses) <= {200, 429}, {a["body"]["error"]["message"] for a in load.answers if a["status"] not in (200, 429)}
+    assert statuses.count(200) >= 5 and statuses.count(429) >= 100
     for a in load.answers:
         if a["status"] == 200:
             assert "x-tokenlane-cost" in a["headers"]

@@ -45,6 +45,7 @@ class Priced:
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
     state_mode: str | None = None  # with shared state: "shared", or "local" while Redis is unreachable
+    rate_limits: dict[str, float] | None = None  # x-ratelimit values the shared state gave (else the scheduler's)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {

@@ -66,7 +66,7 @@ class Schedule:
                 raise refusal(late)
         if self.shared is not None:
             try:
-                p.state_mode = await self.shared(p, self.budget.amount(p))
+                await self.shared(p, self.budget.amount(p))
             except RequestError:
                 self.cancel(p.id)
                 raise

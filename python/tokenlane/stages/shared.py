@@ -37,9 +37,9 @@ class SharedLimits:
                                          rpm=s.rpm, tpm=s.tpm, principal_rpm=s.tenant_rpm, principal_tpm=s.tenant_tpm),
             failure=s.state_failure, replicas=s.state_replicas, lease_s=s.state_lease_s, metrics=metrics)
 
-    async def __call__(self, p: Priced, amount: int) -> str:
-        """Returns "shared", or "local" when Redis is unreachable and state_failure="local" (the
-        ledger then reserves the budget). Raises RequestError when refused."""
+    async def __call__(self, p: Priced, amount: int) -> None:
+        """Sets ``p.state_mode``: "shared", or "local" when Redis is unreachable and
+        state_failure="local" (the ledger then reserves the budget). Raises RequestError when refused."""
         tenant = p.identity.tenant
         holds = []
         limit = self.budget.limit_of(tenant)
@@ -54,8 +54,8 @@ class SharedLimits:
 
         deadline = time.monotonic() + (self.settings.max_wait_s or 0.0)
         try:
-            answer = await self.admission.acquire(p.id, [tenant], holds, p.input_tokens + p.est_p90,
-                                                  seed=ledger_spent, deadline=deadline)
+            verdict = await self.admission.acquire(p.id, [tenant], holds, p.input_tokens + p.est_p90,
+                                                   seed=ledger_spent, deadline=deadline)
         except StorageError as exc:  # the ledger could not seed a budget counter
             raise ledger_unavailable(exc) from None
         except StateUnavailable:
@@ -63,10 +63,10 @@ class SharedLimits:
                                "configured to refuse rather than guess (state_failure=\"closed\"); retry shortly",
                                type="service_unavailable", code="state_unavailable", retry_after_s=1.0,
                                headers={"x-tokenlane-state": "unavailable"}) from None
-        if isinstance(answer, str):
-            return answer
-        reason, _level, verdict = answer
-        if reason == "budget":
+        if verdict.ok:
+            p.state_mode, p.rate_limits = verdict.mode, verdict.rate or None
+            return
+        if verdict.reason == "budget":
             assert limit is not None
             end = budget_window(limit[1], p.arrival)[1]
             raise RequestError(
@@ -74,7 +74,7 @@ class SharedLimits:
                 f"USD, reserved {usd_text(verdict.reserved)} USD over all replicas); this request may cost up to "
                 f"{usd_text(amount)} USD", type="insufficient_quota", code="insufficient_quota",
                 retry_after_s=None if end is None else max(1.0, end - p.arrival))
-        if reason == "too_large":
+        if verdict.reason == "too_large":
             raise RequestError(413, "this request asks for more tokens than the per-minute limit allows",
                                code="request_too_large")
         raise RequestError(429, f"no concurrency slot or rate-limit room over all replicas within "
@@ -84,10 +84,6 @@ class SharedLimits:
     def settle(self, p: Priced, actual_pico_usd: int, tokens: int) -> None:
         """Charges the actual cost at every level and gives the lease back (in the background)."""
         self.admission.settle(p.id, actual_pico_usd, tokens)
-
-    def headers(self, p: Priced) -> list[tuple[bytes, bytes]]:
-        # Redis unreachable: this replica enforced 1/N of each limit itself, and says so.
-        return [(b"x-tokenlane-state", b"local")] if p.state_mode == "local" else []
 
 
 __all__ = ["SharedLimits"]

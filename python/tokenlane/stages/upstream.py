@@ -44,7 +44,7 @@ class Upstream:
         st = self.settings
         if not (st.tpm or st.rpm or st.tenant_tpm or st.tenant_rpm):
             return out  # no rate limits: nothing to report, and no need to ask the scheduler
-        limits = self.scheduler.rate_limits(p.identity.tenant, self.clock())
+        limits = p.rate_limits or self.scheduler.rate_limits(p.identity.tenant, self.clock())
         for unit in ("requests", "tokens"):
             if limits.get(f"limit_{unit}") is not None:
                 out.append((f"x-ratelimit-limit-{unit}".encode(), str(int(limits[f"limit_{unit}"])).encode()))

@@ -113,7 +113,9 @@ for i, r in ipairs(req.buckets) do
 end
 redis.call('SET', P..'lease:'..req.lease, ARGV[1])
 redis.call('ZADD', P..'leases', expiry, req.lease)
-return {'ok', tostring(expiry)}
+local answer = {'ok', tostring(expiry)}
+for i, r in ipairs(req.buckets) do answer[#answer + 1] = tostring(levels[i] - r.amount) end
+return answer
 """
 
 # ARGV[1]: {prefix, lease, charges: [{spent_key, amount, ttl_s}], buckets: [{key, limit, delta}],
@@ -203,11 +205,13 @@ class Limits:
 @dataclass
 class Verdict:
     ok: bool
-    reason: str = ""            # budget | concurrency | rate | too_large
+    reason: str = ""            # budget | concurrency | rate | too_large | timeout
     level: int = -1             # index of the level that refused (budgets, slots or buckets)
     retry_after_s: float | None = None
     spent: int = 0
     reserved: int = 0
+    mode: str = "shared"        # admitted through Redis ("shared") or this replica's share ("local")
+    rate: dict[str, float] = field(default_factory=dict)  # OpenAI x-ratelimit values after this request
 
 
 @dataclass
@@ -224,7 +228,7 @@ class RedisState:
     """See the module docstring. One per process; async methods, safe to call from the event loop."""
 
     def __init__(self, url: str, *, prefix: str = "tokenlane:", lease_s: float = 15.0, limits: Limits | None = None,
-                 timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 5.0) -> None:
         if aioredis is None:
             raise RuntimeError("state='redis://...' needs redis-py: pip install 'tokenlane[scale]'")
         self.url = url
@@ -287,7 +291,7 @@ class RedisState:
                 lease = Lease(lease_id, principals, budgets, tokens)
                 self._leases[lease_id] = lease
                 self._ensure_renewer()
-                return Verdict(True)
+                return Verdict(True, rate=_tightest(buckets, [float(_text(x)) for x in answer[2:]]))
             level = int(answer[1]) - 1
             if kind == "seed":
                 # First use of these windows (or Redis lost them): their spend comes from the ledger,
@@ -404,6 +408,18 @@ class RedisState:
             return await awaitable
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise StateUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+def _tightest(buckets: list[dict[str, Any]], levels: list[float]) -> dict[str, float]:
+    """OpenAI's x-ratelimit values from the buckets just drawn: per unit, the one with least room."""
+    out: dict[str, float] = {}
+    for bucket, level in zip(buckets, levels):
+        unit = "requests" if ":rpm:" in bucket["key"] else "tokens"
+        if f"remaining_{unit}" not in out or level < out[f"remaining_{unit}"]:
+            out[f"limit_{unit}"] = bucket["limit"]
+            out[f"remaining_{unit}"] = max(0.0, level)
+            out[f"reset_{unit}_s"] = max(0.0, bucket["limit"] - level) * 60.0 / bucket["limit"]
+    return out
 
 
 def _text(value: Any) -> str:

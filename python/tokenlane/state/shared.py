@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .redis import BudgetHold, Limits, RedisState, StateUnavailable
+from .redis import BudgetHold, Limits, RedisState, StateUnavailable, Verdict
 
 log = logging.getLogger("tokenlane")
 
@@ -99,17 +99,16 @@ class SharedAdmission:
     async def acquire(self, lease_id: str, principals: list[str], budgets: list[BudgetHold], tokens: int, *,
                       seed: Callable[[str], Awaitable[int]], deadline: float) -> Any:
         """Waits (polling with backoff) while slots or rate are short, until ``deadline``
-        (monotonic). Returns ``"shared"``, ``"local"`` (degraded: the caller reserves budgets in the
-        ledger) or a refusal ``(reason, level, verdict)``. Raises StateUnavailable in closed mode."""
+        (monotonic). Returns the Verdict: admitted with ``mode`` "shared", or "local" (degraded: the
+        caller reserves budgets in the ledger), or refused (``reason`` budget, too_large, timeout).
+        Raises StateUnavailable in closed mode."""
         delay = 0.005
         while True:
             try:
                 verdict = await self.redis.acquire(lease_id, principals, budgets, tokens, seed)
                 self._recovered()
-                if verdict.ok:
-                    return "shared"
-                if verdict.reason not in ("concurrency", "rate"):
-                    return verdict.reason, verdict.level, verdict
+                if verdict.ok or verdict.reason not in ("concurrency", "rate"):
+                    return verdict
                 wait = verdict.retry_after_s
             except StateUnavailable as exc:
                 self._failed(exc)
@@ -118,13 +117,13 @@ class SharedAdmission:
                 refused = self.local.acquire(lease_id, principals, tokens)
                 if refused is None:
                     self._local_leases.add(lease_id)
-                    return "local"
+                    return Verdict(True, mode="local")
                 if refused[0] == "too_large":
-                    return "too_large", -1, None
+                    return Verdict(False, "too_large")
                 wait = refused[1]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return "timeout", -1, None
+                return Verdict(False, "timeout")
             pause = min(remaining, max(delay, wait or 0.0)) * (0.75 + random.random() / 2)
             await asyncio.sleep(pause)
             delay = min(delay * 2, 0.25)
