@@ -29,6 +29,7 @@ from .formats import (
     MalformedRequest,
     StreamReader,
     api_for_path,
+    load_json_body,
     parse_request,
     read_json_response,
 )
@@ -99,6 +100,7 @@ async def handle_llm_request(rt: Tokenlane, scope: Scope, receive: Receive, send
     """One LLM request from body to ledger row; also the path of background jobs."""
     headers = _headers(scope)
     try:
+        _check_header_size(scope)
         body = await _read_body(receive, headers, rt.settings.max_body_bytes)
         request = await _parse(rt, scope, body)
         identity = await _identify(rt, scope, headers, request)
@@ -106,7 +108,8 @@ async def handle_llm_request(rt: Tokenlane, scope: Scope, receive: Receive, send
             priced = rt.prepare(request, identity, scope["path"], headers, rt.clock(),
                                 request_id=job.id if job else None)
         except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
-            raise RequestError(400, f"malformed request: {exc}") from None
+            where = re.match(r"chat request: (?!body )([\w.\[\]]+) ", str(exc))  # the core names the JSON path
+            raise RequestError(400, f"malformed request: {exc}", param=where and where.group(1)) from None
     except RequestError as exc:
         if on_decision:
             on_decision({"decision": "reject", "reason": exc.code or "invalid_request", "message": exc.message})
@@ -286,6 +289,17 @@ def _with_content_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]
     return out
 
 
+# Servers cap the header block themselves (h11: 16 KiB by default); this holds behind any server.
+MAX_HEADER_BYTES = 32 * 1024
+
+
+def _check_header_size(scope: Scope) -> None:
+    size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers") or ())
+    if size > MAX_HEADER_BYTES:
+        raise RequestError(431, f"request headers of {size} bytes are over the limit of {MAX_HEADER_BYTES} bytes",
+                           code="request_header_fields_too_large")
+
+
 async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -306,11 +320,11 @@ async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -
 async def _parse(rt: Tokenlane, scope: Scope, body: bytes) -> LLMRequest:
     extractor = _extractor_for(rt, scope["path"])
     try:
-        data: Any = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError) as exc:
+        data: Any = load_json_body(body) if body else None
+    except MalformedRequest as exc:
         if extractor is None:
-            raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
-        data = body
+            raise RequestError(400, str(exc), param=exc.param) from None
+        data = body  # an extractor's route may take any body; it gets the bytes
     try:
         if extractor is not None:
             result = extractor(scope, data)
