@@ -1,6 +1,7 @@
 // Chat counting on arbitrary JSON: a count or tokenlane::Error(invalid_argument), nothing else.
 #include <cstdlib>
 
+#include "fuzz_encodings.hpp"
 #include "fuzz_support.hpp"
 #include "tokenlane/chat.hpp"
 #include "tokenlane/error.hpp"

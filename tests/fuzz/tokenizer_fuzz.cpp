@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "fuzz_encodings.hpp"
 #include "fuzz_support.hpp"
 #include "tokenlane/error.hpp"
 
