@@ -27,7 +27,8 @@ struct Encoding::Impl {
   template <class Out>
   void encode_ordinary(std::string_view text, Out& out) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, out); };
+    detail::PieceCache& cache = vocab.thread_cache();
+    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, cache, out); };
     switch (spec.pretokenizer) {
       case PretokenizerKind::gpt2:
         detail::split_gpt2(s, text.size(), piece);
@@ -257,7 +258,7 @@ std::string Encoding::decode_bytes(const Rank* tokens, std::size_t n) const {
 }
 
 std::int64_t Encoding::encode_single_token(std::string_view bytes) const {
-  std::int64_t r = impl_->vocab.find(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  std::int64_t r = bytes.empty() ? -1 : impl_->vocab.find(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
   if (r >= 0) return r;
   for (const auto& [text, rank] : impl_->spec.special_tokens) {
     if (text == bytes) return rank;
