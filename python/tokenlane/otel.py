@@ -62,11 +62,9 @@ class Telemetry:
             from opentelemetry import metrics, trace
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError("tokenlane's OpenTelemetry support needs `pip install tokenlane[otel]`") from exc
-        from . import __version__
-
         self._trace = trace
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlane", __version__)
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter("tokenlane", __version__)
+        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlane")
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("tokenlane")
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}", description="Tokens used per request, by gen_ai.token.type",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
