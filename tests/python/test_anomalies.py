@@ -68,12 +68,12 @@ def test_new_heavy_principal_is_flagged_against_established_ones():
 def test_output_drift_and_rates():
     detector = Anomalies()
     found = []
-    for i in range(1200):  # one request every 5 s; the last third drifts
-        drifted = i >= 800
+    for i in range(3000):  # one request every 5 s; the last fifth drifts
+        drifted = i >= 2400
         found += detector.observe(["route:/chat"], i * 5.0, cost_usd=0.0, input_tokens=100,
                                   output_tokens=400 if drifted else 100 + i % 7, est_output_tokens=100,
                                   error=drifted and i % 2 == 0, cache_hit=not drifted and i % 4 != 0)
-    assert [a for a in found if a.at < 800 * 5.0] == []
+    assert [a for a in found if a.at < 2400 * 5.0] == []
     assert {a.detector for a in found} == {"output_drift", "error_rate", "cache_hit_rate"}
     refusals = Anomalies()
     flagged = [a for i in range(600) for a in refusals.observe(["tenant:x"], float(i), refused=i >= 400 and i % 3 == 0)]
