@@ -1,7 +1,11 @@
 """The stages of the request path, one module each; :mod:`tokenlane.runtime` strings them together.
 
+<<<<<<< HEAD
     parse → identify → price → schedule (with budget, and shared limits with state=redis://)
           → upstream → reconcile      (+ jobs)
+=======
+    parse → identify → price → schedule (with budget) → upstream → reconcile → observe   (+ jobs)
+>>>>>>> main
 
 The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
@@ -29,6 +33,7 @@ from .base import Identity, LedgerThread, Outcome, Priced
 from .budget import Budget
 from .identify import Identify
 from .jobs import Job, Jobs
+from .observe import Observe
 from .parse import Parse
 from .price import Price
 from .reconcile import Reconcile
@@ -36,5 +41,10 @@ from .schedule import Schedule
 from .shared import SharedLimits
 from .upstream import Upstream
 
+<<<<<<< HEAD
 __all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Outcome", "Parse", "Price", "Priced",
            "Reconcile", "Schedule", "SharedLimits", "Upstream"]
+=======
+__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price", "Priced",
+           "Reconcile", "Schedule", "Upstream"]
+>>>>>>> main
