@@ -84,13 +84,9 @@ class Tokenlane:
         self.identify_stage = Identify(s, self.ledger, identify)
         self.price = Price(s, self.pricing, self.estimator)
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread)
-<<<<<<< HEAD
         self.shared = SharedLimits(s, self.ledger, self.thread, self.budget, self.metrics, clock) if s.state else None
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock, self.shared)
-=======
-        self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
->>>>>>> main
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
                                    self.schedule, self.metrics, clock, self.observe)
         self.upstream = Upstream(s, self.scheduler, self.reconcile, clock)

@@ -1,11 +1,7 @@
 """The stages of the request path, one module each; :mod:`tokenlane.runtime` strings them together.
 
-<<<<<<< HEAD
     parse → identify → price → schedule (with budget, and shared limits with state=redis://)
-          → upstream → reconcile      (+ jobs)
-=======
-    parse → identify → price → schedule (with budget) → upstream → reconcile → observe   (+ jobs)
->>>>>>> main
+          → upstream → reconcile → observe   (+ jobs)
 
 The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
@@ -41,10 +37,5 @@ from .schedule import Schedule
 from .shared import SharedLimits
 from .upstream import Upstream
 
-<<<<<<< HEAD
-__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Outcome", "Parse", "Price", "Priced",
-           "Reconcile", "Schedule", "SharedLimits", "Upstream"]
-=======
 __all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price", "Priced",
-           "Reconcile", "Schedule", "Upstream"]
->>>>>>> main
+           "Reconcile", "Schedule", "SharedLimits", "Upstream"]

@@ -45,12 +45,9 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
-<<<<<<< HEAD
     state_mode: str | None = None  # with shared state: "shared", or "local" while Redis is unreachable
     rate_limits: dict[str, float] | None = None  # x-ratelimit values the shared state gave (else the scheduler's)
-=======
     tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
->>>>>>> main
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
