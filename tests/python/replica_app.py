@@ -7,6 +7,7 @@ An OpenAI-compatible proxy route on the simulated provider behind TokenlaneMiddl
 only by TOKENLANE_* environment variables. With REPLICA_TRACK_URL (a Redis URL) set, the route
 counts the upstream calls in flight over all replicas and keeps the highest count seen, so a test
 can check the global concurrency limit with a measure of its own (not tokenlane's bookkeeping).
+REPLICA_BARE=1 leaves the middleware out (the benchmark's baseline).
 """
 
 from __future__ import annotations
@@ -49,4 +50,5 @@ async def health() -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()}
 
 
-app.add_middleware(TokenlaneMiddleware)
+if not os.environ.get("REPLICA_BARE"):
+    app.add_middleware(TokenlaneMiddleware)

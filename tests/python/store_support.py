@@ -51,9 +51,15 @@ class Replicas:
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir))
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
-        self.wait_ready()
+        self.log_dir = log_dir
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until every replica answers /health (generous: a loaded 2-core machine starts slowly)."""
         import time
 
         import httpx
@@ -62,15 +68,19 @@ class Replicas:
         for i, url in enumerate(self.urls):
             while True:
                 if self.procs[i].poll() is not None:
-                    raise RuntimeError(f"replica {i} exited with {self.procs[i].returncode}")
+                    raise RuntimeError(f"replica {i} exited with {self.procs[i].returncode}: {self._log(i)}")
                 try:
                     if httpx.get(url + "/health", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"replica {i} did not start")
+                    raise RuntimeError(f"replica {i} did not start within {timeout_s} s: {self._log(i)}")
                 time.sleep(0.1)
+
+    def _log(self, i: int) -> str:
+        self.logs[i].flush()
+        return (self.log_dir / f"replica{i}.log").read_text(errors="replace")[-2000:]
 
     def kill(self, i: int) -> None:
         """kill -9: no shutdown, no settle, no lease renewal."""
