@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # chromium: Debian's browser, driven by Playwright in the example app's browser tests (tests/e2e).
-APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium ${TOKENLANE_EXTRA_APT:-})
+# redis-server: the Redis backend's tests start their own on a free port.
+APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium redis-server ${TOKENLANE_EXTRA_APT:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -23,6 +23,7 @@ from .providers import report_usage
 from .runtime import Identity, RequestError, Tokenlane
 from .scheduler import Decision, Scheduler
 from .sim import SimulationResult, load_trace, simulate
+from .trim import trim_messages
 
 __version__ = "0.1.0"
 
@@ -61,4 +62,5 @@ __all__ = [
     "plot_predictions",
     "report_usage",
     "simulate",
+    "trim_messages",
 ]

@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import PRIORITIES, Settings, load_settings
+from .errors import RequestError
 from .estimators import Estimator
 from .formats import LLMRequest, count_input_tokens, count_output_tokens
 from .ledger import Ledger
@@ -47,25 +48,6 @@ def usd_text(pico: int) -> str:
     """Plain decimal USD (no exponent), as the cost headers carry it."""
     value = Decimal(pico).scaleb(-12)
     return format(value.normalize(), "f") if pico else "0"
-
-
-class RequestError(Exception):
-    """A request tokenlane refuses: HTTP status and an OpenAI-shaped error body."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None, retry_after_s: float | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retry_after_s = retry_after_s
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 # Scheduler reasons → how the refusal looks over HTTP (status, OpenAI error type, code).

@@ -1,0 +1,1 @@
+"""The stages of the request path, one module each (see docs and design.md's "request path")."""
