@@ -215,6 +215,8 @@ class ResponseCache:
         vector = self.embedder().embed([plan.text])[0]
         plan.vector = vector
         found = self._index(plan.scope).nearest(vector)
+        if found is not None:
+            plan.similarity = found[1]  # reported on misses too: the false-hit guard's histogram
         if found is not None and found[1] >= (plan.threshold or 1.0):
             raw = self.store.get(found[0], self.clock())
             if raw is not None:
@@ -362,6 +364,16 @@ def replay_sse(entry: CachedResponse, include_usage: bool) -> bytes:
     return out + b"data: [DONE]\n\n"
 
 
+def hit_body(plan: CachePlan, request: LLMRequest, data: Any) -> tuple[bytes, str]:
+    """What a hit sends: the stored JSON, or its SSE replay when the client streams."""
+    assert plan.entry is not None
+    if request.stream:
+        options = data.get("stream_options") if isinstance(data, Mapping) else None
+        include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+        return replay_sse(plan.entry, include_usage), "text/event-stream"
+    return plan.entry.body, "application/json"
+
+
 def chat_completion_from_stream(text: str, usage: dict[str, Any] | None, model: str, now: float,
                                 finish_reason: str = "stop") -> bytes:
     """The JSON answer of a streamed chat completion (what a later JSON or SSE hit replays)."""
@@ -374,4 +386,4 @@ def chat_completion_from_stream(text: str, usage: dict[str, Any] | None, model: 
 
 
 __all__ = ["CACHE_MODES", "DEFAULT_SEMANTIC_THRESHOLD", "CachePlan", "CachedResponse", "ResponseCache",
-           "RouteCache", "chat_completion_from_stream", "replay_sse"]
+           "RouteCache", "chat_completion_from_stream", "hit_body", "replay_sse"]
