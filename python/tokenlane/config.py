@@ -61,7 +61,7 @@ class Settings:
     # response cache (docs/caching.md)
     cache: str = "off"                          # off | exact | semantic (exact first, then semantic)
     cache_ttl_s: float = 3600.0
-    semantic_threshold: float = 0.95            # cosine similarity; chosen by benchmarks/semantic_cache.py
+    semantic_threshold: float = 0.98            # cosine similarity; chosen by benchmarks/semantic_cache.py
     cache_namespace: str = "1"                  # bump to invalidate every entry (e.g. a new prompt template)
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 256 * 1024 * 1024
@@ -71,6 +71,7 @@ class Settings:
     tenant_tiers: dict[str, str] = field(default_factory=dict)
     default_tier: str | None = None
     route_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predict_prompt_cache: bool = True           # price a recently sent long prefix at the cached rate
 
     def __post_init__(self) -> None:
         for name, tier in [*self.tenant_tiers.items(), ("default_tier", self.default_tier)]:
@@ -83,7 +84,7 @@ _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm",
         "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes"}
 _FLOAT = {"max_wait_s", "cache_ttl_s"}
 _MONEY = {"budget_usd"}
-_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics"}
+_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "predict_prompt_cache"}
 _MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings"}
 
 

@@ -36,7 +36,7 @@ from ..state.cache import CacheStore
 
 CACHE_MODES = ("off", "exact", "semantic")
 # Default threshold, measured by benchmarks/semantic_cache.py (see docs/caching.md).
-DEFAULT_SEMANTIC_THRESHOLD = 0.95
+DEFAULT_SEMANTIC_THRESHOLD = 0.98
 
 # Body fields that do not change the answer (transport, attribution).
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
@@ -152,6 +152,12 @@ class ResponseCache:
         return self.default
 
     # --- before the call ------------------------------------------------------------------------
+
+    async def __call__(self, request: LLMRequest, data: Any, principal: str, path: str,
+                       headers: Mapping[str, str]) -> CachePlan:
+        """The stage's entry point: decide, then look up (a hit carries its ``entry``). After a miss
+        the runtime calls :meth:`save` on every path, whatever happened."""
+        return await self.lookup(self.plan(request, data, principal, path, headers))
 
     def plan(self, request: LLMRequest, data: Any, principal: str, path: str,
              headers: Mapping[str, str]) -> CachePlan:
@@ -364,6 +370,24 @@ def replay_sse(entry: CachedResponse, include_usage: bool) -> bytes:
     return out + b"data: [DONE]\n\n"
 
 
+def entry_for(request: LLMRequest, outcome: Any, now: float) -> CachedResponse | None:
+    """What a finished call leaves in the cache: a complete 200 answer (JSON as sent, or an OpenAI
+    chat stream turned into its JSON), else nothing. Streams with tools are not kept: the stream
+    reader keeps their text, not their tool calls."""
+    if outcome.error is not None or outcome.status != 200 or outcome.cost_pico_usd is None:
+        return None
+    body = outcome.body
+    if not body and request.stream and request.api == OPENAI_CHAT and outcome.text and not request.tools \
+            and not request.extra.get("functions"):
+        body = chat_completion_from_stream(outcome.text, outcome.usage, request.model, now)
+    if not body:
+        return None
+    usage = outcome.usage or {}
+    return CachedResponse(body, request.model, outcome.cost_pico_usd, now, outcome.usage,
+                          int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0),
+                          int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0))
+
+
 def hit_body(plan: CachePlan, request: LLMRequest, data: Any) -> tuple[bytes, str]:
     """What a hit sends: the stored JSON, or its SSE replay when the client streams."""
     assert plan.entry is not None
@@ -386,4 +410,4 @@ def chat_completion_from_stream(text: str, usage: dict[str, Any] | None, model: 
 
 
 __all__ = ["CACHE_MODES", "DEFAULT_SEMANTIC_THRESHOLD", "CachePlan", "CachedResponse", "ResponseCache",
-           "RouteCache", "chat_completion_from_stream", "hit_body", "replay_sse"]
+           "RouteCache", "chat_completion_from_stream", "entry_for", "hit_body", "replay_sse"]

@@ -8,6 +8,7 @@ route opts in (``route_settings``: ``{"trim": true}``), else refused with 413 an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,17 +50,25 @@ class TierCaps:
     """The caps of every tier; build once from the settings (``None`` when no tier is capped)."""
 
     def __init__(self, caps: Mapping[str, TierCap], tenant_tiers: Mapping[str, str] | None = None,
-                 default_tier: str | None = None) -> None:
+                 default_tier: str | None = None, trim_routes: list[str] | None = None) -> None:
         self.caps = dict(caps)
         self.tenant_tiers = dict(tenant_tiers or {})
         self.default_tier = default_tier
+        self.trim_routes = [re.compile(p) for p in trim_routes or ()]
 
     @classmethod
     def from_settings(cls, settings: Any) -> TierCaps | None:
         if not settings.tier_caps:
             return None
         return cls({name: TierCap(**cap) for name, cap in settings.tier_caps.items()},
-                   settings.tenant_tiers, settings.default_tier)
+                   settings.tenant_tiers, settings.default_tier,
+                   [p for p, o in settings.route_settings.items() if o.get("trim")])
+
+    def __call__(self, request: LLMRequest, data: Any, principal: str, path: str,
+                 headers: Mapping[str, str]) -> Capped:
+        """The stage's entry point: the request's tier, then its caps (trimming where the route opts in)."""
+        trim = any(p.search(path) for p in self.trim_routes)
+        return self.apply(self.tier(headers, principal), request, data, trim=trim)
 
     def tier(self, headers: Mapping[str, str], tenant: str) -> str | None:
         """The request's tier, taken like its priority: header, principal's default, default."""
