@@ -60,13 +60,7 @@ def trim_messages(messages: Sequence[Mapping[str, Any]], model: str, max_tokens:
         tokens = count(keep(1))
         raise TrimError(f"the system prompt and the last turn have {tokens} tokens; the budget is {max_tokens}",
                         tokens, max_tokens)
-    lo, hi = 1, len(units)  # count(keep(lo)) fits; find the largest n that does
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(keep(mid)) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = _largest(1, len(units), lambda n: count(keep(n)) <= max_tokens)
     kept = keep(lo)
     if truncate and lo < len(units):
         cut = _truncated(units[len(units) - lo - 1], lambda m: count(kept_head + [m] + kept[len(kept_head):]),
@@ -130,11 +124,17 @@ def _truncated(unit: list[dict[str, Any]], count_with: Callable[[dict[str, Any]]
 
     if count_with(cut(0)) > budget:
         return None
-    lo, hi = 0, len(text)  # characters of the head that fit
+    lo = _largest(0, len(text), lambda n: count_with(cut(n)) <= budget)  # characters of the head that fit
+    return cut(lo) if lo > 0 else None
+
+
+def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [lo, hi] with fits(n), given fits(lo) and fits monotone (exact counts
+    grow with what is kept)."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_with(cut(mid)) <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return cut(lo) if lo > 0 else None
+    return lo
