@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 import tokenlane
 from tokenlane import Tokenlane
 from tokenlane.providers import SimulatedProvider
+from tokenlane.reports import report
 
 from middleware_app import build_app
 
@@ -82,6 +83,8 @@ def test_exact_json_hit_costs_zero_and_records_the_saving(tmp_path):
     assert (day["cache_hits"], day["cache_saved_pico_usd"]) == (1, paid["cost_pico_usd"])
     assert 'tokenlane_cache_requests_total{gen_ai_request_model="gpt-4o-mini",kind="exact",outcome="hit"} 1.0' in metrics
     assert "tokenlane_cache_saved_usd_total" in metrics
+    (alice,) = [r for r in report(str(tmp_path / "ledger.db"), by="tenant") if r["tenant"] == "alice"]
+    assert (alice["cache_hits"], alice["saved_usd"]) == (1, paid["cost_pico_usd"] / 10**12)
 
 
 def test_streamed_hit_is_replayed_as_sse_with_usage(tmp_path):
