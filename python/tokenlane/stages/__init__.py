@@ -1,7 +1,7 @@
 """The stages of the request path, one module each; :mod:`tokenlane.runtime` strings them together.
 
     parse → identify → cache → caps (+ trim) → price → schedule (with budget) → upstream → reconcile
-                                                                                          (+ jobs)
+    → observe                                                                            (+ jobs)
 
 The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
@@ -31,6 +31,7 @@ from .cache import ResponseCache
 from .caps import TierCaps
 from .identify import Identify
 from .jobs import Job, Jobs
+from .observe import Observe
 from .parse import Parse
 from .price import Price
 from .prompt_cache import PromptCachePredictor
@@ -38,5 +39,5 @@ from .reconcile import Reconcile
 from .schedule import Schedule
 from .upstream import Upstream
 
-__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Outcome", "Parse", "Price", "Priced",
-           "PromptCachePredictor", "Reconcile", "ResponseCache", "Schedule", "TierCaps", "Upstream"]
+__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price",
+           "Priced", "PromptCachePredictor", "Reconcile", "ResponseCache", "Schedule", "TierCaps", "Upstream"]

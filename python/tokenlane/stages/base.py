@@ -20,6 +20,7 @@ class Identity:
     user_id: int | None = None
     key_id: int | None = None
     role: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # attribution the identify hook adds
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
     # what the cost levers did before pricing (None: that stage is off or did nothing)
     cache: str | None = None                  # x-tokenlane-cache: miss | bypass (a hit never gets priced)
     tier: str | None = None

@@ -20,7 +20,7 @@ from ..providers import UsageReports, _current_reports
 from ..scheduler import Scheduler
 from .base import Outcome, Priced
 
-ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[None]]]
+ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
 
 
 class Upstream:
