@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # chromium: Debian's browser, driven by Playwright in the example app's browser tests (tests/e2e).
 # clang-14 + libclang-rt-14-dev: libFuzzer and ThreadSanitizer builds of the core (scripts/test).
 # postgresql, redis-server: the servers scripts/services.py starts for the tests and benchmarks of
-# several replicas (PostgreSQL ledger, Redis shared state).
+# several replicas (PostgreSQL ledger, Redis shared state); the cache's Redis tests start their own.
 APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium clang-14 libclang-rt-14-dev
               postgresql redis-server
               ${TOKENLANE_EXTRA_APT:-})
