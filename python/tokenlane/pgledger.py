@@ -175,7 +175,7 @@ class PostgresLedger:
     ``tokenlane-spool.db`` in the working directory)."""
 
     def __init__(self, url: str, *, spool: str | None = None, pool_size: int = 8, timeout_s: float = 5.0,
-                 **_ignored: Any) -> None:
+                 open_timeout_s: float = 60.0, **_ignored: Any) -> None:
         if psycopg is None:
             raise StorageError("a postgresql:// ledger needs psycopg: pip install 'tokenlane[scale]'")
         self.url = url
@@ -184,7 +184,7 @@ class PostgresLedger:
                                     kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
                                     name="tokenlane-ledger")
         try:
-            self._pool.open(wait=True, timeout=timeout_s)
+            self._pool.open(wait=True, timeout=open_timeout_s)  # a replica starting on a busy host
             self._migrate()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             self._pool.close()

@@ -70,7 +70,7 @@ class Replicas:
                 if self.procs[i].poll() is not None:
                     raise RuntimeError(f"replica {i} exited with {self.procs[i].returncode}: {self._log(i)}")
                 try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    if httpx.get(url + "/health", timeout=10).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

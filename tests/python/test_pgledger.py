@@ -62,7 +62,8 @@ def test_concurrent_reservations_never_overspend(pg_url: str, tmp_path: Path) ->
 
 def test_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot open ledger"):
-        Ledger("postgresql://nobody@127.0.0.1:1/none", spool=str(tmp_path / "s.db"), timeout_s=1)
+        Ledger("postgresql://nobody@127.0.0.1:1/none", spool=str(tmp_path / "s.db"), timeout_s=1,
+               open_timeout_s=2)
 
 
 def test_outage_spools_writes_and_replays_each_once(tmp_path: Path) -> None:
