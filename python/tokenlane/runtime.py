@@ -26,6 +26,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .pricing import Pricing, usd_text
 from .scheduler import Scheduler
+from .state import LocalState, State
 from .stages import (
     Budget,
     Identify,
@@ -67,7 +68,9 @@ class Tokenlane:
         self.parse = Parse(s.max_body_bytes)
         self.identify_stage = Identify(s, self.ledger, identify)
         self.price = Price(s, self.pricing, self.estimator)
-        self.budget = Budget(s, self.ledger, self.scheduler, self.thread)
+        # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
+        self.state: State = LocalState(self.ledger, self.thread.write)
+        self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
                                    self.schedule, self.metrics, clock)
@@ -131,7 +134,7 @@ class Tokenlane:
         """Submits and waits until the request may run (see :class:`tokenlane.stages.Schedule`)."""
         return await self.schedule(p, disconnected, on_decision)
 
-    def finish(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
+    def finish(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None], asyncio.Task[None]]:
         """Charges the actual cost, releases the rest, records, learns (see :class:`tokenlane.stages.Reconcile`)."""
         return self.reconcile(p, outcome)
 

@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 29> kRequestColumns = {{
+constexpr std::array<Column, 30> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -52,6 +52,7 @@ constexpr std::array<Column, 29> kRequestColumns = {{
     {"error", Kind::text},
     {"prompt_preview", Kind::text},
     {"response_preview", Kind::text},
+    {"end_user", Kind::text},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",

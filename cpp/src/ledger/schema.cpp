@@ -106,6 +106,12 @@ CREATE TABLE config_history (
 );
 CREATE INDEX config_history_key ON config_history(key, id);
 )sql"},
+      {2, "principal hierarchy: a member's team and organisation, a request's end user", R"sql(
+ALTER TABLE users ADD COLUMN team TEXT;
+ALTER TABLE users ADD COLUMN org TEXT;
+ALTER TABLE requests ADD COLUMN end_user TEXT;
+CREATE INDEX requests_end_user ON requests(tenant, end_user);
+)sql"},
   };
   return steps;
 }

@@ -4,6 +4,7 @@ ledger row, feeds the estimator, updates the metrics and logs one line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Reconcile:
         self.schedule = schedule
         self.metrics = metrics
         self.clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -49,10 +51,10 @@ class Reconcile:
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
         }
 
-    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
-        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
-        the ledger writes go to the ledger thread; wait for the returned future before the response
-        completes. Returns the fields of the ledger row and that future."""
+    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None], asyncio.Task[None]]:
+        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop.
+        Returns the fields of the ledger row, the row's write (a future of the ledger thread) and
+        the settlement of the budgets (a task); wait for both before the response completes."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -83,8 +85,11 @@ class Reconcile:
             started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        written = self.thread.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now,
-                                     dict(fields))
+        written = self.thread.submit(self.ledger.update_request, p.id, **fields)
+        settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual,
+                                                           cost.input_tokens + cost.output_tokens, now))
+        self._settling.add(settled)  # kept until done: nothing may drop a settlement
+        settled.add_done_callback(self._settling.discard)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
@@ -108,13 +113,7 @@ class Reconcile:
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
-        return fields, written
-
-    def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
-                fields: dict[str, Any]) -> None:
-        """The ledger side of reconcile (ledger thread)."""
-        self.budget.settle(tenant, reserved, actual, now)
-        self.ledger.update_request(request_id, **fields)
+        return fields, written, settled
 
 
 __all__ = ["Reconcile"]
