@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_exponential
 
+from .anomalies import Anomaly
 from .sidecar import Sidecar
 
 log = logging.getLogger("tokenlane.alerts")
@@ -70,6 +71,7 @@ class Alert:
         }
         if self.projected_pico_usd is not None:
             body["projected_usd"] = self.projected_pico_usd / PICO_PER_USD
+        body["message"] = self.message()
         return body
 
     def message(self) -> str:
@@ -205,10 +207,6 @@ class Alerts:
         self._transport = transport
         self._known: dict[tuple[str, str, int], set[tuple[str, float]]] = {}  # fired marks seen by this process
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.thresholds) or self.forecast
-
     def check(self, principal: str, usage: Mapping[str, Any], now: float, *, level: str = "tenant",
               refused: bool = False) -> list[Alert]:
         """Claims the alerts this usage calls for and returns those this process must deliver."""
@@ -236,24 +234,34 @@ class Alerts:
                 out.append(alert)
         return out
 
-    async def deliver(self, alert: Alert) -> None:
-        """Log, hook, webhook; the webhook's outcome is recorded on the alert's mark."""
-        log.warning("tokenlane alert: %s", alert.message(), extra={"tokenlane_alert": alert.payload()})
+    @property
+    def enabled(self) -> bool:
+        """Whether budgets are watched at all (thresholds or forecast configured)."""
+        return bool(self.thresholds) or self.forecast
+
+    async def deliver(self, event: Alert | Anomaly) -> None:
+        """Log, hook, webhook; a budget alert's webhook outcome is recorded on its mark. Anomalies
+        (per process, not marked) go to the same channels."""
+        message = event.message() if isinstance(event, Alert) else event.message
+        log.warning("tokenlane %s: %s", "alert" if isinstance(event, Alert) else "anomaly", message,
+                    extra={"tokenlane_alert": event.payload()})
         if self.on_alert is not None:
             try:
-                result = self.on_alert(alert)
+                result = self.on_alert(event)
                 if inspect.isawaitable(result):
                     await result
             except Exception:  # a broken hook must not stop the other channels
-                log.exception("tokenlane on_alert hook failed for %s", alert.id)
+                log.exception("tokenlane on_alert hook failed for %s", message)
         if self.webhook:
-            status, attempts, error = await self._post(alert)
-            await asyncio.to_thread(self.marks.record_delivery, alert.id, status, attempts, error,
-                                    time.time() if status == "delivered" else None)
+            status, attempts, error = await self._post(event)
+            if isinstance(event, Alert):
+                await asyncio.to_thread(self.marks.record_delivery, event.id, status, attempts, error,
+                                        time.time() if status == "delivered" else None)
 
-    async def _post(self, alert: Alert) -> tuple[str, int, str | None]:
+    async def _post(self, event: Alert | Anomaly) -> tuple[str, int, str | None]:
         assert self.webhook is not None
-        body = json.dumps(alert.payload()).encode()
+        body = json.dumps(event.payload()).encode()
+        event_id = event.id if isinstance(event, Alert) else f"anomaly_{uuid.uuid4().hex}"
         attempts = 0
         last_error: str | None = None
 
@@ -261,7 +269,7 @@ class Alerts:
             nonlocal attempts, last_error
             attempts += 1
             headers = {"content-type": "application/json", "user-agent": "tokenlane-alerts",
-                       "x-tokenlane-alert-id": alert.id}
+                       "x-tokenlane-alert-id": event_id}
             if self.secret:
                 headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
             try:
@@ -286,7 +294,7 @@ class Alerts:
                         await once(client)
             except (RetryError, RuntimeError):
                 log.error("tokenlane alert %s: webhook delivery failed after %d attempt(s): %s",
-                          alert.id, attempts, last_error)
+                          event_id, attempts, last_error)
                 return "failed", attempts, last_error
         return "delivered", attempts, None
 

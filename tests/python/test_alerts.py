@@ -166,3 +166,17 @@ def test_a_failing_hook_does_not_stop_the_webhook(tmp_path):
         [alert] = alerts.check("acme", usage(5.0), now=10)
         asyncio.run(alerts.deliver(alert))
     assert len(receiver.posts) == 1
+
+
+def test_alert_settings_from_env_kwargs_and_their_errors():
+    from tokenlane.config import ConfigError, load_settings
+
+    s = load_settings(environ={"TOKENLANE_ALERT_WEBHOOK": "https://hooks.example/x",
+                               "TOKENLANE_ALERT_THRESHOLDS": "0.9, 0.25"})
+    assert s.alert_webhook == "https://hooks.example/x" and s.alert_thresholds == [0.25, 0.9]
+    assert load_settings(environ={}).alert_thresholds == [0.5, 0.8, 1.0]
+    assert load_settings(environ={}, alert_thresholds=[]).alert_thresholds == []
+    for bad in ({"alert_thresholds": [0.5, "x"]}, {"alert_thresholds": [0]}, {"alert_thresholds": 5},
+                {"alert_webhook": "ftp://x"}):
+        with pytest.raises(ConfigError, match="alert_"):
+            load_settings(environ={}, **bad)

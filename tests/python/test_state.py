@@ -19,8 +19,13 @@ def ledger(tmp_path):
     return Ledger(str(tmp_path / "state.db"))
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(call):
+    """Runs ``call()`` (an awaitable-returning call) on a fresh event loop."""
+
+    async def go():
+        return await call()
+
+    return asyncio.run(go())
 
 
 def test_a_hold_takes_every_budget_level_or_none(ledger):
@@ -28,17 +33,17 @@ def test_a_hold_takes_every_budget_level_or_none(ledger):
     chain = ("org:acme", "team:acme/eng", "key:k1")
     ledger.set_budget("org:acme", 1000, "day", NOW)
     ledger.set_budget("key:k1", 300, "day", NOW)
-    assert run(st.acquire(Hold("r1", chain, 200), NOW)) is None
-    denied = run(st.acquire(Hold("r2", chain, 200), NOW))  # the key has 100 left
+    assert run(lambda: st.acquire(Hold("r1", chain, 200), NOW)) is None
+    denied = run(lambda: st.acquire(Hold("r2", chain, 200), NOW))  # the key has 100 left
     assert denied is not None and denied.kind == "budget" and denied.key == "key:k1"
     # Nothing of r2 was kept at the levels above the one without room.
     assert ledger.usage("org:acme", NOW)["reserved_pico_usd"] == 200
     assert ledger.usage("team:acme/eng", NOW)["reserved_pico_usd"] == 200
-    run(st.settle(Hold("r1", chain, 200), 150, 0, NOW))
+    run(lambda: st.settle(Hold("r1", chain, 200), 150, 0, NOW))
     for level in chain:
         u = ledger.usage(level, NOW)
         assert (u["spent_pico_usd"], u["reserved_pico_usd"]) == (150, 0), level
-    run(st.release(Hold("r3", chain, 0), NOW))
+    run(lambda: st.release(Hold("r3", chain, 0), NOW))
     assert ledger.usage("org:acme", NOW)["spent_pico_usd"] == 150
 
 
@@ -77,14 +82,14 @@ def test_rates_and_slots_are_all_or_nothing_and_given_back(ledger):
     st = LocalState(ledger)
     rates = (Rate("team:t", rpm=2), Rate("key:k", tpm=1000))
     slots = (Slots("key:k", 1),)
-    assert run(st.acquire(Hold("a", rates=rates, slots=slots, tokens=400), NOW)) is None
-    busy = run(st.acquire(Hold("b", rates=rates, slots=slots, tokens=400), NOW))
+    assert run(lambda: st.acquire(Hold("a", rates=rates, slots=slots, tokens=400), NOW)) is None
+    busy = run(lambda: st.acquire(Hold("b", rates=rates, slots=slots, tokens=400), NOW))
     assert busy is not None and busy.kind == "slots"
-    run(st.settle(Hold("a", rates=rates, slots=slots, tokens=400), 0, 900, NOW))  # used 900 tokens, not 400
-    over = run(st.acquire(Hold("c", rates=rates, slots=slots, tokens=400), NOW + 1))
+    run(lambda: st.settle(Hold("a", rates=rates, slots=slots, tokens=400), 0, 900, NOW))  # used 900 tokens, not 400
+    over = run(lambda: st.acquire(Hold("c", rates=rates, slots=slots, tokens=400), NOW + 1))
     assert over is not None and over.kind == "rate" and over.key == "key:k" and over.retry_after_s > 0
     # A refused hold took nothing: the team's RPM still has one request of room.
-    assert run(st.acquire(Hold("d", rates=(Rate("team:t", rpm=2),), tokens=1), NOW + 2)) is None
-    assert run(st.acquire(Hold("e", rates=(Rate("team:t", rpm=2),), tokens=1), NOW + 3)) is not None
+    assert run(lambda: st.acquire(Hold("d", rates=(Rate("team:t", rpm=2),), tokens=1), NOW + 2)) is None
+    assert run(lambda: st.acquire(Hold("e", rates=(Rate("team:t", rpm=2),), tokens=1), NOW + 3)) is not None
     # A minute later the buckets are empty again.
-    assert run(st.acquire(Hold("f", rates=rates, slots=slots, tokens=400), NOW + 62)) is None
+    assert run(lambda: st.acquire(Hold("f", rates=rates, slots=slots, tokens=400), NOW + 62)) is None

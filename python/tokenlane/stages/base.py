@@ -20,6 +20,7 @@ class Identity:
     user_id: int | None = None
     key_id: int | None = None
     role: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # attribution the identify hook adds
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
 
     def scheduler_request(self) -> dict[str, Any]:
         return {

@@ -4,6 +4,7 @@ the guard every worker process and replica shares."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +26,10 @@ class Budget:
         self.scheduler = scheduler
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
+
+    def has_budget(self, tenant: str) -> bool:
+        """Whether this process knows the tenant to have a budget (set up on its first request)."""
+        return bool(self._tenants.get(tenant))
 
     async def ensure(self, tenant: str, now: float) -> bool:
         """Whether the tenant has a budget, setting it up on first sight."""
@@ -104,11 +109,12 @@ class Budget:
                 type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
         p.reserved_ledger = hold.amount_pico_usd
 
-    async def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> None:
-        """Charges the actual cost at every level and frees the rest. Settled even without a
-        budget (or a reservation), so every level's spend is on the ledger."""
+    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
+        """Charges the actual cost at every level and frees the rest (started at once; await the
+        result). Settled even without a budget (or a reservation), so every level's spend is on
+        the ledger."""
         hold = self.hold(p)
-        await self.state.settle(Hold(id=hold.id, budgets=hold.budgets, amount_pico_usd=reserved), actual, tokens, now)
+        return self.state.settle(Hold(id=hold.id, budgets=hold.budgets, amount_pico_usd=reserved), actual, tokens, now)
 
 
 __all__ = ["Budget"]

@@ -19,6 +19,7 @@ from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
 from .base import LedgerThread, Outcome, Priced
 from .budget import Budget
+from .observe import Observe
 from .schedule import Schedule
 
 log = logging.getLogger("tokenlane")
@@ -27,7 +28,7 @@ log = logging.getLogger("tokenlane")
 class Reconcile:
     def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator, ledger: Ledger,
                  thread: LedgerThread, budget: Budget, schedule: Schedule, metrics: Metrics | None,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], observe: Observe | None = None) -> None:
         self.settings = settings
         self.pricing = pricing
         self.estimator = estimator
@@ -38,6 +39,7 @@ class Reconcile:
         self.metrics = metrics
         self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
+        self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -51,10 +53,11 @@ class Reconcile:
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
         }
 
-    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None], asyncio.Task[None]]:
-        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop.
-        Returns the fields of the ledger row, the row's write (a future of the ledger thread) and
-        the settlement of the budgets (a task); wait for both before the response completes."""
+    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
+        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
+        the ledger writes go to the ledger thread; wait for the returned future before the response
+        completes (on one host the budgets are settled by then too). Returns the fields of the
+        ledger row and that future."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -85,11 +88,13 @@ class Reconcile:
             started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        written = self.thread.submit(self.ledger.update_request, p.id, **fields)
+        # The settlement starts now (on one host: the ledger thread, so before the row's update and
+        # the alert check below); it is kept until done, so nothing can drop it.
         settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual,
                                                            cost.input_tokens + cost.output_tokens, now))
-        self._settling.add(settled)  # kept until done: nothing may drop a settlement
+        self._settling.add(settled)
         settled.add_done_callback(self._settling.discard)
+        written = self.thread.submit(self._record, p.identity.tenant, p.id, now, dict(fields))
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
@@ -113,7 +118,14 @@ class Reconcile:
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
-        return fields, written, settled
+        if self.observe is not None:
+            self.observe.reconciled(p, fields, written)
+        return fields, written
+
+    def _record(self, tenant: str, request_id: str, now: float, fields: dict[str, Any]) -> list[Any]:
+        """The ledger side of reconcile (ledger thread); returns the budget alerts it fired."""
+        self.ledger.update_request(request_id, **fields)
+        return self.observe.settled(tenant, now) if self.observe is not None else []
 
 
 __all__ = ["Reconcile"]

@@ -20,7 +20,7 @@ from ..providers import UsageReports, _current_reports
 from ..scheduler import Scheduler
 from .base import Outcome, Priced
 
-ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[None], "asyncio.Task[None]"]]
+ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
 
 
 class Upstream:
@@ -62,11 +62,9 @@ class Upstream:
 
         async def finish() -> dict[str, Any]:
             if not finished:
-                fields, written, settled = self.reconcile(p, outcome)
+                fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
-                # The row is on disk and the budgets settled before the response completes.
-                await asyncio.wrap_future(written)
-                await settled
+                await asyncio.wrap_future(written)  # the row is on disk before the response completes
             return finished
 
         async def inner_receive() -> dict[str, Any]:
@@ -151,8 +149,7 @@ class Upstream:
                     outcome.error = None
                 elif outcome.error is None:
                     outcome.error = "response not completed"
-                # (The settlement is a task the reconcile stage keeps until it is done.)
-                fields, written, _settled = self.reconcile(p, outcome)
+                fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
                 written.result()
 

@@ -18,7 +18,7 @@ leases of the holds still running. Money is integer pico-USD, times are Unix sec
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,13 +75,14 @@ class State(ABC):
         """Takes everything the hold names, or nothing: ``None`` when taken, else why not."""
 
     @abstractmethod
-    async def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> None:
+    def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> Awaitable[None]:
         """The request ended: charge ``actual`` at every budget level, free the rest of the
-        reservation and the slots, correct the token buckets by ``actual_tokens - hold.tokens``."""
+        reservation and the slots, correct the token buckets by ``actual_tokens - hold.tokens``.
+        Starts the work before returning (a task or a future, so it runs even if nobody awaits)."""
 
     @abstractmethod
-    async def release(self, hold: Hold, now: float) -> None:
-        """The request did not run after all: free everything, charge nothing."""
+    def release(self, hold: Hold, now: float) -> Awaitable[None]:
+        """The request did not run after all: free everything, charge nothing (started at once)."""
 
     @abstractmethod
     async def renew(self, holds: Sequence[Hold], now: float) -> None:

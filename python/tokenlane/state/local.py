@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ..ledger import Ledger
@@ -23,10 +23,11 @@ MINUTE = 60.0
 
 class LocalState(State):
     def __init__(self, ledger: Ledger, run: Any = None) -> None:
-        """``run(fn, *args)`` runs a blocking ledger call off the event loop and returns an
-        awaitable (the runtime passes its ledger thread); default ``asyncio.to_thread``."""
+        """``run(fn, *args)`` starts a blocking ledger call off the event loop and returns its
+        future (the runtime passes its ledger thread, which keeps calls in order); default: the
+        loop's executor."""
         self.ledger = ledger
-        self._run = run or asyncio.to_thread
+        self._run = run or _in_thread
         # bucket → (time, tokens, requests, hold id) of the last minute; a settle's correction is an entry too
         self._events: dict[str, deque[tuple[float, int, int, str]]] = {}
         self._running: dict[str, int] = {}                       # slots key → requests running
@@ -45,15 +46,17 @@ class LocalState(State):
                               None if resets is None else max(1.0, resets - now), usage)
         return None
 
-    async def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> None:
+    def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> Awaitable[None]:
         self._give_back_local(hold, now, count_rates=False, correction=actual_tokens - hold.tokens)
-        if hold.budgets:
-            await self._run(self.ledger.settle_all, list(hold.budgets), hold.amount_pico_usd, actual_pico_usd, now)
+        if not hold.budgets:
+            return _done()
+        return self._run(self.ledger.settle_all, list(hold.budgets), hold.amount_pico_usd, actual_pico_usd, now)
 
-    async def release(self, hold: Hold, now: float) -> None:
+    def release(self, hold: Hold, now: float) -> Awaitable[None]:
         self._give_back_local(hold, now, count_rates=True)
-        if hold.budgets and hold.amount_pico_usd > 0:
-            await self._run(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now)
+        if not hold.budgets or hold.amount_pico_usd <= 0:
+            return _done()
+        return self._run(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now)
 
     async def renew(self, holds: Sequence[Hold], now: float) -> None:
         return None  # in-process holds end with the process; ledger reservations have no lease here
@@ -109,6 +112,18 @@ class LocalState(State):
         while events and events[0][0] <= now - MINUTE:
             events.popleft()
         return events
+
+
+def _in_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:
+    """Starts ``fn(*args)`` on the default executor at once (``asyncio.to_thread`` would only start
+    when awaited)."""
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 __all__ = ["LocalState"]
