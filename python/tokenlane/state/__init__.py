@@ -1,4 +1,6 @@
-"""Shared hot state behind one interface (:class:`State`): budget reservations at every level of
+"""Shared state of the request-path stages, behind one interface per stage, with a backend per URL.
+
+The request's hot state (:class:`State`): budget reservations at every level of
 a principal chain, TPM/RPM buckets and concurrency slots, taken all-or-nothing by one
 :class:`Hold` per request. :class:`LocalState` serves one host (budgets in the SQLite ledger,
 buckets and slots in-process); a Redis backend (``state="redis://…"``) serves several replicas."""
