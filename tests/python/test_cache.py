@@ -241,3 +241,21 @@ def test_provider_embeddings_endpoint_as_the_embedder(tmp_path) -> None:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+def test_cache_settings_from_env_and_validated(tmp_path) -> None:
+    from tokenlane.config import ConfigError, load_settings
+
+    assert load_settings(environ={"TOKENLANE_CACHE": "semantic", "TOKENLANE_CACHE_TTL_S": "60"}).cache == "semantic"
+    assert load_settings(environ={}).cache == "off"
+    assert ResponseCache.from_settings(load_settings(environ={}, db=str(tmp_path / "x.db"))) is None
+    for bad in ({"cache": "lru"}, {"semantic_threshold": 1.5}, {"cache_ttl_s": 0},
+                {"route_settings": {"^/v1": {"cache": "sometimes"}}}, {"route_settings": {"^/v1": {"colour": 1}}},
+                {"route_settings": {"(": {"cache": "off"}}}):
+        with pytest.raises(ConfigError):
+            load_settings(environ={}, **bad)
+    on_one_route = load_settings(environ={}, db=str(tmp_path / "y.db"), route_settings={"^/faq": {"cache": "exact"}})
+    cache = ResponseCache.from_settings(on_one_route)
+    assert cache is not None and cache.options("/faq/chat/completions").mode == "exact"
+    assert cache.options("/v1/chat/completions").mode == "off"
+    cache.close()
