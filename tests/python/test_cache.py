@@ -160,3 +160,37 @@ def test_sse_replay_is_a_well_formed_stream(include_usage: bool) -> None:
     assert all(e["object"] == "chat.completion.chunk" for e in events)
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert (events[-1]["choices"] == []) == include_usage  # usage-only chunk only when asked for
+
+
+def test_replicas_share_entries_through_redis(tmp_path) -> None:
+    from cache_support import redis_server
+    from tokenlane.state.cache import RedisCacheStore
+
+    with redis_server(tmp_path) as url:
+        one = ResponseCache(RedisCacheStore(url), mode="semantic", semantic_threshold=0.9)
+        two = ResponseCache(RedisCacheStore(url), mode="semantic", semantic_threshold=0.9)
+
+        async def run() -> tuple[str, str, str]:
+            await fill(one, chat("How can I reset my password?"), "Use the link.")
+            exact = await two.lookup(plan(two, chat("How can I reset my password?")))
+            para = await two.lookup(plan(two, chat("How do I reset my password?")))
+            other = await two.lookup(plan(two, chat("How do I reset my password?"), principal="bob"))
+            await two.save(other, None)
+            return exact.reason, para.reason, other.status
+        assert asyncio.run(run()) == ("exact", "semantic", "miss")
+        one.close()
+        two.close()
+
+
+def test_a_cache_that_is_down_bypasses_instead_of_failing() -> None:
+    from cache_support import _free_port
+    from tokenlane.state.cache import RedisCacheStore
+
+    down = ResponseCache(RedisCacheStore(f"redis://127.0.0.1:{_free_port()}/0"), mode="exact")
+
+    async def run() -> tuple[str, str]:
+        p = await down.lookup(plan(down, chat("anything")))
+        await down.save(p, answer("x"))  # nothing raised
+        return p.status, p.reason
+    assert asyncio.run(run()) == ("bypass", "cache unavailable")
+    down.close()

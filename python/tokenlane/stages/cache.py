@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -33,6 +34,8 @@ from typing import Any
 
 from ..formats import OPENAI_CHAT, OPENAI_EMBEDDINGS, LLMRequest, content_text
 from ..state.cache import CacheStore
+
+log = logging.getLogger("tokenlane")
 
 CACHE_MODES = ("off", "exact", "semantic")
 # Default threshold, measured by benchmarks/semantic_cache.py (see docs/caching.md).
@@ -199,14 +202,22 @@ class ResponseCache:
         if plan.status != "miss" or plan.key is None:
             return plan
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._find, plan)
+        try:
+            await loop.run_in_executor(self._thread, self._find, plan)
+        except Exception as exc:  # a cache that is down is a cache that misses, never a failed request
+            log.warning("tokenlane cache lookup failed, serving without the cache: %s", exc)
+            plan.status, plan.reason, plan.store = "bypass", "cache unavailable", False
+            return plan
         if plan.status == "hit":
             return plan
         leader = self._inflight.get(plan.key)
         if leader is not None:
             stored = await asyncio.shield(leader)
             if stored:
-                await loop.run_in_executor(self._thread, self._find_exact, plan)
+                try:
+                    await loop.run_in_executor(self._thread, self._find_exact, plan)
+                except Exception as exc:
+                    log.warning("tokenlane cache lookup failed, serving without the cache: %s", exc)
                 if plan.status == "hit":
                     plan.reason = "coalesced"
                     return plan
@@ -263,8 +274,11 @@ class ResponseCache:
         try:
             if entry is not None and plan.store and plan.key is not None:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._put, plan, entry)
-                stored = True
+                try:
+                    await loop.run_in_executor(self._thread, self._put, plan, entry)
+                    stored = True
+                except Exception as exc:
+                    log.warning("tokenlane cache could not store an answer: %s", exc)
         finally:
             if plan.leader is not None:
                 if self._inflight.get(plan.key or "") is plan.leader:
