@@ -1,4 +1,4 @@
-"""Example app: budget alerts show as a banner on the user's dashboard and in the admins' list."""
+"""Example app: budget alerts (a banner for the user, a list for admins) and the KPI table of /reports."""
 
 from __future__ import annotations
 
@@ -36,3 +36,24 @@ def test_budget_alert_banner_for_the_user_and_list_for_admins(tmp_path):
         listing = admin[admin.index('id="alerts"'):]
         assert listing.count("ada@example.com") == 2 and "50 %" in listing and "100 %" in listing
         assert "refused a request" in listing and "no webhook" in listing
+
+
+def test_reports_page_kpis_group_by_tag_with_the_cli_numbers(tmp_path):
+    app = make_app(tmp_path)
+    tl = app.state.tl
+    with Client(app) as c:
+        c.register("ada@example.com")
+        page = c.form("/keys", {"name": "laptop"})
+        key = re.search(r'data-testid="new-key">([^<]+)<', page.text).group(1)
+        for feature in ("search", "search", "summarise"):
+            r = c.http.post("/v1/chat/completions", json=BODY,
+                            headers={"Authorization": f"Bearer {key}", "X-Tokenlane-Tags": f"feature={feature}"})
+            assert r.status_code == 200, r.text
+        html = c.get("/reports?days=1&by=tag:feature").text
+        table = html[html.index('id="kpis"'):html.index("</section>", html.index('id="kpis"'))]
+        assert "KPIs by tag:feature" in table and "<option selected>tag:feature</option>" in html
+        rows = {r["tag:feature"]: r for r in tl.report("tag:feature", since=time.time() - 86400)}
+        assert rows["search"]["requests"] == 2 and rows["summarise"]["requests"] == 1
+        search_row = re.search(r"<tr><td>search</td>(.*?)</tr>", table).group(1)
+        assert f"{rows['search']['cost_usd']:.4g}" in search_row  # the same number as tokenlane report
+        assert c.get("/reports?by=nonsense").status_code == 200  # an unknown grouping falls back to model
