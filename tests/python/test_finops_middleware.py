@@ -46,8 +46,10 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
             wait_for(lambda: len(receiver.posts) >= 4 and all(
                 r["delivery"] != "pending" for r in rt.observe.alerts.marks.list()))
     bodies = [json.loads(body) for _, body in receiver.posts]
-    assert [b["threshold"] for b in bodies] == [0.5, 0.5, 0.8, 1.0]  # the first post failed and was retried
-    assert bodies[0]["id"] == bodies[1]["id"]
+    # Each threshold once; the first post failed and was retried (deliveries run concurrently).
+    assert sorted(b["threshold"] for b in bodies) == [0.5, 0.5, 0.8, 1.0]
+    assert bodies[0]["threshold"] == 0.5 and [b["id"] for b in bodies].count(bodies[0]["id"]) == 2
+    bodies.sort(key=lambda b: b["threshold"])
     for headers, body in receiver.posts:
         assert verify_signature("whsec", body, headers[SIGNATURE_HEADER])
     last = bodies[-1]
