@@ -33,7 +33,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .anomalies import Anomaly
-from .sidecar import Sidecar
+from .sidecar import Sidecar, where
 
 log = logging.getLogger("tokenlane.alerts")
 
@@ -143,14 +143,8 @@ class AlertMarks:
 
     def list(self, principal: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Alerts newest first, each with its payload and delivery status."""
-        where, args = [], []
-        if principal is not None:
-            where.append("principal = ?")
-            args.append(principal)
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY at DESC LIMIT ?"
+        filters, args = where(("principal = ?", principal), ("at >= ?", since))
+        sql = f"SELECT * FROM alerts{filters} ORDER BY at DESC LIMIT ?"
         with self._db.connection() as c:
             rows = c.execute(sql, (*args, limit)).fetchall()
         out = []

@@ -10,14 +10,18 @@ from app_support import Client, make_app
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi briefly"}], "max_tokens": 30}
 
 
+def ada_with_a_key(c: Client) -> str:
+    """Registers Ada (logged in afterwards) and returns a new API key of hers."""
+    c.register("ada@example.com")
+    page = c.form("/keys", {"name": "laptop"})
+    return re.search(r'data-testid="new-key">([^<]+)<', page.text).group(1)
+
+
 def test_budget_alert_banner_for_the_user_and_list_for_admins(tmp_path):
     app = make_app(tmp_path)
     tl = app.state.tl
     with Client(app) as c:
-        c.register("ada@example.com")
-        page = c.form("/keys", {"name": "laptop"})
-        key = re.search(r'data-testid="new-key">([^<]+)<', page.text).group(1)
-        auth = {"Authorization": f"Bearer {key}"}
+        auth = {"Authorization": f"Bearer {ada_with_a_key(c)}"}
         assert 'data-testid="budget-alert"' not in c.get("/dashboard").text
         first = c.http.post("/v1/chat/completions", json=BODY, headers=auth)
         assert first.status_code == 200, first.text
@@ -42,9 +46,7 @@ def test_reports_page_kpis_group_by_tag_with_the_cli_numbers(tmp_path):
     app = make_app(tmp_path)
     tl = app.state.tl
     with Client(app) as c:
-        c.register("ada@example.com")
-        page = c.form("/keys", {"name": "laptop"})
-        key = re.search(r'data-testid="new-key">([^<]+)<', page.text).group(1)
+        key = ada_with_a_key(c)
         for feature in ("search", "search", "summarise"):
             r = c.http.post("/v1/chat/completions", json=BODY,
                             headers={"Authorization": f"Bearer {key}", "X-Tokenlane-Tags": f"feature={feature}"})
