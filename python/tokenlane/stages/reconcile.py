@@ -17,6 +17,7 @@ from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
 from .base import LedgerThread, Outcome, Priced
+from .prompt_cache import prompt_cache_saving
 from .budget import Budget
 from .observe import Observe
 from .schedule import Schedule
@@ -49,6 +50,7 @@ class Reconcile:
             "est_input_tokens": p.input_tokens, "est_output_p50": p.est_p50, "est_output_p90": p.est_p90,
             "est_cost_pico_usd": p.cost_p50,
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
+            "cache": p.cache, "untrimmed_input_tokens": p.untrimmed_input_tokens,
         }
 
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
@@ -83,6 +85,9 @@ class Reconcile:
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
             started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
+        saved = prompt_cache_saving(self.pricing, model, cost) if cost.cached_input_tokens else 0
+        if saved:
+            fields["prompt_cache_saved_pico_usd"] = saved
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
         written = self.thread.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now,
@@ -101,6 +106,8 @@ class Reconcile:
             m.token_usage.labels("input", model).observe(cost.input_tokens)
             m.token_usage.labels("output", model).observe(cost.output_tokens)
             m.cost.labels(model).inc(actual / PICO_PER_USD)
+            if saved:
+                m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
             if succeeded and p.est_p50 and cost.output_tokens:
                 m.estimate_error.labels(model).observe(math.log2(cost.output_tokens / p.est_p50))
                 if cost.output_tokens <= p.est_p90:
