@@ -88,7 +88,8 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
         "cost_usd": cost,
         # cost levers (docs/caching.md): answers served from the response cache, and what the cache
         # and the provider's prompt caching saved
-        "cache_hits": row["cache_hits"], "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
+        "cache_hits": row["cache_hits"], "cache_hit_rate": row["cache_hits"] / requests if requests else None,
+        "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
         "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,
         "avg_input_tokens": row["input_tokens"] / billed if billed else None,
         "avg_output_tokens": row["output_tokens"] / billed if billed else None,
