@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text
 from .scheduler import Scheduler
+from .state import LocalState, State
 from .sidecar import Sidecar
 from .tags import TagStore
 from .stages import (
@@ -88,7 +89,9 @@ class Tokenlane:
         self.caps = TierCaps.from_settings(s)                     # None without tier caps
         self.price = Price(s, self.pricing, self.estimator,
                            PromptCachePredictor() if s.predict_prompt_cache else None)
-        self.budget = Budget(s, self.ledger, self.scheduler, self.thread)
+        # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
+        self.state: State = LocalState(self.ledger, self.thread.write)
+        self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,

@@ -94,9 +94,9 @@ class LedgerThread:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(fn, *args)
+        return self._pool.submit(fn, *args, **kwargs)
 
 
 __all__ = ["Identity", "LedgerThread", "Outcome", "Priced"]
