@@ -252,15 +252,23 @@ class Estimator:
         output_tokens: int,
         context: Mapping[str, Any] | None = None,
         input_tokens: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        finish_reason: str | None = None,
     ) -> None:
-        """Feeds back the actual output tokens of a finished request (online learning)."""
+        """Feeds back the actual output tokens of a finished request (online learning).
+
+        A response cut by its cap (``finish_reason`` "length", Anthropic's "max_tokens", or
+        ``output_tokens >= max_tokens``) is censored: its length is a lower bound of what the model
+        wanted to write, so it can raise an estimate below it but never lowers one."""
         route, tenant, task = _context(context)
         out = _count("output_tokens", output_tokens, 0)
         if out is None:
             raise _core.InvalidArgumentError("output_tokens must be an int >= 0")
+        cap = _count("max_tokens", max_tokens, 1)
         self._core.observe(
             flatten_prompt(prompt_or_messages), _model(model), out, _count("input_tokens", input_tokens, 0),
-            route, tenant, task,
+            route, tenant, task, truncated(out, cap, finish_reason),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -272,6 +280,14 @@ class Estimator:
 
     def __repr__(self) -> str:
         return f"<tokenlane {type(self).__name__} kind={self.kind}>"
+
+
+_CUT_REASONS = frozenset({"length", "max_tokens"})  # OpenAI finish_reason, Anthropic stop_reason
+
+
+def truncated(output_tokens: int, max_tokens: int | None, finish_reason: str | None = None) -> bool:
+    """Whether a response was cut by its cap, so its length is only a lower bound."""
+    return finish_reason in _CUT_REASONS or (max_tokens is not None and output_tokens >= max_tokens)
 
 
 def _model(model: Any) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .estimators import Estimator, flatten_prompt
+from .estimators import Estimator, flatten_prompt, truncated
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +44,8 @@ class Records:
     max_tokens: list[int | None] | None = None
     input_tokens: list[int | None] | None = None
     prompt_keys: list[str] = field(default_factory=list)  # the original prompt text, for grouping
+    # Cut by max_tokens (finish_reason "length", or output_tokens >= max_tokens): a lower bound.
+    truncated: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -114,6 +116,7 @@ def load_records(data: Any) -> Records:
     opt_count: dict[str, list[int | None]] = {k: [] for k in _OPTIONAL_COUNTS}
     seen_text = set()
     seen_count = set()
+    reasons: list[Any] = []
     for i, row in enumerate(_rows(data)):
         if not isinstance(row, Mapping):
             raise _core.InvalidArgumentError(f"record {i} is not a dict")
@@ -154,6 +157,7 @@ def load_records(data: Any) -> Records:
                 if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "max_tokens" else 0):
                     raise _core.InvalidArgumentError(f"record {i}: {k} must be a positive int, got {v!r}")
             opt_count[k].append(None if _missing(v) else v)
+        reasons.append(row.get("finish_reason"))
     if not r.prompts:
         raise _core.InvalidArgumentError("no records in the evaluation data")
     r.routes = opt_text["route"] if "route" in seen_text else None
@@ -161,6 +165,9 @@ def load_records(data: Any) -> Records:
     r.tasks = opt_text["task"] if "task" in seen_text else None
     r.max_tokens = opt_count["max_tokens"] if "max_tokens" in seen_count else None
     r.input_tokens = opt_count["input_tokens"] if "input_tokens" in seen_count else None
+    caps = r.max_tokens or [None] * len(r.prompts)
+    cut = [truncated(o, m, f if isinstance(f, str) else None) for o, m, f in zip(r.output_tokens, caps, reasons)]
+    r.truncated = cut if any(cut) else None
     return r
 
 
@@ -169,7 +176,8 @@ def replay(estimator: Estimator, data: Any, online: bool = False) -> pd.DataFram
 
     ``online=False`` estimates every record with the estimator as it is. ``online=True`` replays
     the records in order on a copy of the estimator, estimating each before observing it (the
-    caller's estimator is left unchanged)."""
+    caller's estimator is left unchanged); a record cut by its ``max_tokens`` (or with
+    ``finish_reason`` "length") is observed as a lower bound."""
     import pandas as pd
 
     if not isinstance(estimator, Estimator):
@@ -179,7 +187,7 @@ def replay(estimator: Estimator, data: Any, online: bool = False) -> pd.DataFram
     args = (r.max_tokens, caps, r.input_tokens, r.routes, r.tenants, r.tasks)
     if online:
         work = estimator.copy()
-        p50, p90, sources, ns = work._core.replay_batch(r.prompts, r.models, r.output_tokens, *args)
+        p50, p90, sources, ns = work._core.replay_batch(r.prompts, r.models, r.output_tokens, *args, r.truncated)
     else:
         p50, p90, sources, ns = estimator._core.estimate_batch(r.prompts, r.models, *args)
     return pd.DataFrame(
