@@ -153,7 +153,7 @@ void register_estimator(py::module_& m) {
              q.route = route;
              q.tenant = tenant;
              q.task = task;
-             py::gil_scoped_release release;
+             ReleaseGilIf release(q.prompt.size() > kKeepGilBytes);
              return to_tuple(e.estimate(q));
            })
       .def("observe",
@@ -168,7 +168,7 @@ void register_estimator(py::module_& m) {
              q.route = route;
              q.tenant = tenant;
              q.task = task;
-             py::gil_scoped_release release;
+             ReleaseGilIf release(q.prompt.size() > kKeepGilBytes);
              e.observe(q, output_tokens, truncated);
            },
            py::arg("prompt"), py::arg("model"), py::arg("output_tokens"), py::arg("input_tokens"), py::arg("route"),

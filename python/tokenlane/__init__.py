@@ -20,9 +20,12 @@ from .formats import LLMRequest
 from .ledger import Ledger
 from .pricing import Cost, Pricing
 from .providers import report_usage
-from .runtime import Identity, RequestError, Tokenlane
+from .errors import RequestError
+from .runtime import Tokenlane
+from .stages import Identity
 from .scheduler import Decision, Scheduler
 from .sim import SimulationResult, load_trace, simulate
+from .trim import trim_messages
 
 __version__ = "0.1.0"
 
@@ -61,4 +64,5 @@ __all__ = [
     "plot_predictions",
     "report_usage",
     "simulate",
+    "trim_messages",
 ]

@@ -1,0 +1,120 @@
+"""Stage: budgets. Loads (or creates from the settings) a tenant's budget once per process, keeps
+the scheduler's view of it, and reserves / settles through the shared state (:mod:`tokenlane.state`),
+the guard every worker process and replica shares."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from decimal import Decimal
+from typing import Any
+
+from ..config import Settings
+from ..errors import RequestError
+from ..ledger import Ledger
+from ..pricing import PICO_PER_USD, usd_text
+from ..scheduler import Scheduler
+from ..state import Hold, State
+from .base import LedgerThread, Priced
+
+
+class Budget:
+    def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, thread: LedgerThread,
+                 state: State) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.state = state
+        self.scheduler = scheduler
+        self.thread = thread
+        self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
+
+    def has_budget(self, tenant: str) -> bool:
+        """Whether this process knows the tenant to have a budget (set up on its first request)."""
+        return bool(self._tenants.get(tenant))
+
+    async def ensure(self, tenant: str, now: float) -> bool:
+        """Whether the tenant has a budget, setting it up on first sight."""
+        known = self._tenants.get(tenant)
+        if known is not None:
+            return known
+        return bool(await self.thread.write(self._setup_tenant, tenant, now))
+
+    def _setup_tenant(self, tenant: str, now: float) -> bool:
+        """Loads (or creates from the settings) the tenant's budget; blocking. Returns has-budget."""
+        known = self._tenants.get(tenant)
+        if known is not None:
+            return known
+        s = self.settings
+        budget = self.ledger.get_budget(tenant)
+        if budget is None:
+            usd = s.tenant_budgets_usd.get(tenant, s.budget_usd)
+            if usd is not None:
+                self.ledger.set_budget(tenant, int(usd * PICO_PER_USD), s.budget_window)
+                budget = self.ledger.get_budget(tenant)
+        if budget is not None:
+            self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
+            self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
+        self._tenants[tenant] = budget is not None
+        return budget is not None
+
+    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str, now: float) -> None:
+        """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler (blocking)."""
+        if limit_usd is None:
+            self.ledger.set_budget(tenant, None, window)
+            self.scheduler.set_budget(tenant, None, window)
+            self._tenants[tenant] = False
+            return
+        pico = int(Decimal(str(limit_usd)) * PICO_PER_USD)
+        self.ledger.set_budget(tenant, pico, window)
+        self.scheduler.set_budget(tenant, pico, window)
+        self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
+        self._tenants[tenant] = True
+
+    def usage(self, tenant: str, now: float) -> dict[str, Any]:
+        """A tenant's spend in its budget window (blocking)."""
+        u = self.ledger.usage(tenant, now)
+        limit = u.get("limit_pico_usd")
+        remaining = u.get("remaining_pico_usd")
+
+        def usd(p: int | None) -> float | None:
+            return None if p is None else p / PICO_PER_USD
+
+        return {"tenant": tenant, "spent_usd": usd(u["spent_pico_usd"]), "reserved_usd": usd(u["reserved_pico_usd"]),
+                "remaining_usd": usd(remaining), "limit_usd": usd(limit), "requests": u["requests"],
+                "window": u.get("window"), "resets_at": u.get("resets_at"),
+                "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"]}
+
+    def amount(self, p: Priced) -> int:
+        """What the ledger reserves for a request: its worst case (a hard cap) or its p90 cost."""
+        return p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
+
+    def hold(self, p: Priced) -> Hold:
+        """What the request takes from the shared state: its amount at every level it is charged to."""
+        return Hold(id=p.id, budgets=(p.identity.tenant,), amount_pico_usd=self.amount(p))
+
+    async def reserve(self, p: Priced, now: float) -> None:
+        """Reserves the request's amount at every level, all or nothing; raises a 429 naming the
+        level without room. The scheduler's budget is this process's view; the shared state
+        (the ledger's conditional update on one host) is the guard all processes share."""
+        hold = self.hold(p)
+        if hold.amount_pico_usd <= 0:
+            return
+        denied = await self.state.acquire(hold, now)
+        if denied is not None:
+            usage = denied.detail
+            raise RequestError(
+                429, f"budget of tenant {denied.key!r} is used up for this {usage.get('window')} "
+                f"(spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
+                f"{usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
+                f"{usd_text(hold.amount_pico_usd)} USD",
+                type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
+        p.reserved_ledger = hold.amount_pico_usd
+
+    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
+        """Charges the actual cost at every level and frees the rest (started at once; await the
+        result). Settled even without a budget (or a reservation), so every level's spend is on
+        the ledger."""
+        hold = self.hold(p)
+        return self.state.settle(Hold(id=hold.id, budgets=hold.budgets, amount_pico_usd=reserved), actual, tokens, now)
+
+
+__all__ = ["Budget"]
