@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Output-token estimators on real prompt/response data: rank quality, error, coverage, cost.
 
-Every estimator is run on the same records with K-fold cross-validation split BY PROMPT (a prompt's
-answers from every model fall in the same fold, so nothing is evaluated on a prompt it was trained
-on). For each fold:
+Every estimator is run on the same records with K-fold cross-validation held out BY PROMPT AND BY
+MODEL: fold k tests the prompts of the k-th prompt fold answered by the models of the k-th model
+fold, and trains only on the other prompts answered by the other models (records that mix a test
+prompt with a training model, or the reverse, are used by neither side). For each fold:
 
   cold    the estimator as trained on the other folds estimates every test record, learning nothing;
   online  a copy replays the test records in a seeded random order, estimating each before it
@@ -34,6 +35,10 @@ unless the records carry output_tokens. Nothing is downloaded; no data is stored
 
     python benchmarks/estimators.py                        # 5 folds
     python benchmarks/estimators.py --data /path/to/results --folds 3 --out /tmp/est.json
+
+Censoring: the shipped default replays each fold's test records online with a seeded share capped at
+max_tokens (--cap-share, --cap): a cut answer is observed as a lower bound ("length"), or, for
+comparison, as if it were complete; both are scored on the uncapped records.
 
 Prints a Markdown table and writes JSON to benchmarks/results/estimators.json (or --out).
 """
@@ -295,7 +300,8 @@ def report(res: dict) -> str:
     d = res["data"]
     lines = [
         f"Data: {d['records']} responses to {d['prompts']} prompts from {len(d['models'])} models "
-        f"({', '.join(d['paths'])}); {res['meta']['folds']}-fold CV split by prompt; "
+        f"({', '.join(d['paths'])}); {res['meta']['folds']}-fold CV held out by prompt and by model (fold k "
+        f"tests the k-th prompt fold on the k-th model fold, trains on the other prompts of the other models); "
         f"median output {d['median_output_tokens']} tokens.",
         "",
         "| estimator | tau cold | tau online | spearman cold / online | MAE cold / online | "
@@ -312,6 +318,20 @@ def report(res: dict) -> str:
         )
     lines.append("")
     lines.append("tau, spearman: per-model rank correlation of p50 with the actual length, averaged over models.")
+    c = res.get("censoring")
+    if c:
+        lines += [
+            "",
+            f"Censoring: blend:default online, {c['share']:.0%} of the requests capped at max_tokens={c['cap']} "
+            "(cut answers end with finish_reason \"length\"), scored on the uncapped ones:",
+            "",
+            "| cut answers observed as | n | tau | MAE | median rel err | p90 coverage |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mode, label in (("aware", "lower bounds (shipped)"), ("naive", "complete answers")):
+            m = c[mode]
+            lines.append(f"| {label} | {m['n']} | {fmt(m['tau'])} | {fmt(m['mae'], 0)} | "
+                         f"{fmt(m['median_rel_error'])} | {fmt(m['p90_coverage'])} |")
     m = res["meta"]
     lines.append(
         f"Scale: counting the same 1k-token prompt exactly (o200k_base, tokenlane) took "
