@@ -236,12 +236,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_latency(curves: dict, path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (the plots are written as PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_latency(curves: dict, path: Path) -> None:
+    plt = pyplot()
     traces = sorted({(t, rho) for t, rho, _ in curves})
     fig, axes = plt.subplots(1, len(traces), figsize=(5.2 * len(traces), 4), squeeze=False)
     for ax, (trace, rho) in zip(axes[0], traces):
@@ -330,11 +336,7 @@ def vtc_table(res: dict) -> str:
 
 
 def plot_vtc(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = ["published FCFS", "published VTC", "tokenlane fifo", "tokenlane fair", "tokenlane default"]
     clients = sorted(res["rows"]["published FCFS"]["per_client_p50_latency_s"])
     fig, ax = plt.subplots(figsize=(11, 4))
