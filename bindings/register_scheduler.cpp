@@ -48,7 +48,8 @@ void register_scheduler(py::module_& m) {
                        std::optional<double> rpm, std::optional<double> tenant_tpm, std::optional<double> tenant_rpm,
                        std::optional<std::size_t> max_queue, std::optional<double> max_wait_s, bool shed_expired,
                        double ttft_s, double tpot_s, std::tuple<double, double, double> class_slo_s,
-                       double cost_aging_s, double sjf_aging, double budget_defer_fraction, double urgency_s) {
+                       double cost_aging_s, double sjf_aging, double budget_defer_fraction, double urgency_s,
+                       double batch_max_defer_s, double tail_share) {
              SchedulerConfig c;
              c.policy = parse_policy(policy);
              c.max_concurrency = max_concurrency;
@@ -69,13 +70,16 @@ void register_scheduler(py::module_& m) {
              c.sjf_aging = sjf_aging;
              c.budget_defer_fraction = budget_defer_fraction;
              c.urgency_s = urgency_s;
+             c.batch_max_defer_s = batch_max_defer_s;
+             c.tail_share = tail_share;
              return std::make_unique<Scheduler>(std::move(c));
            }),
            py::arg("policy"), py::arg("max_concurrency"), py::arg("tenant_max_concurrency"), py::arg("tpm"),
            py::arg("rpm"), py::arg("tenant_tpm"), py::arg("tenant_rpm"), py::arg("max_queue"), py::arg("max_wait_s"),
            py::arg("shed_expired"), py::arg("ttft_s"), py::arg("tpot_s"), py::arg("class_slo_s"),
            py::arg("cost_aging_s"), py::arg("sjf_aging"), py::arg("budget_defer_fraction"),
-           py::arg("urgency_s"))
+           py::arg("urgency_s"), py::arg("batch_max_defer_s") = 600.0,
+           py::arg("tail_share") = 0.5)
       .def("set_budget",
            [](Scheduler& s, const std::string& tenant, std::int64_t limit, const std::string& window) {
              const BudgetWindow w = parse_budget_window(window);
@@ -108,17 +112,12 @@ void register_scheduler(py::module_& m) {
              r.cost_p50 = Money::from_pico(cost_p50);
              r.cost_p90 = Money::from_pico(cost_p90);
              r.cost_max = Money::from_pico(cost_max);
-             py::gil_scoped_release release;
-             return as_tuple(s.submit(r, now));
+             return as_tuple(s.submit(r, now));  // microseconds: keeps the GIL (see ReleaseGilIf)
            })
-      .def("pop_ready", &Scheduler::pop_ready, py::call_guard<py::gil_scoped_release>())
+      .def("pop_ready", &Scheduler::pop_ready)
       .def("pop_rejected",
            [](Scheduler& s, double now) {
-             std::vector<std::pair<std::string, Decision>> out;
-             {
-               py::gil_scoped_release release;
-               out = s.pop_rejected(now);
-             }
+             std::vector<std::pair<std::string, Decision>> out = s.pop_rejected(now);
              std::vector<std::pair<std::string, DecisionTuple>> v;
              v.reserve(out.size());
              for (auto& [id, d] : out) v.emplace_back(std::move(id), as_tuple(d));
@@ -126,11 +125,10 @@ void register_scheduler(py::module_& m) {
            })
       .def("complete",
            [](Scheduler& s, const std::string& id, double now, std::int64_t cost, std::uint64_t in, std::uint64_t out) {
-             py::gil_scoped_release release;
              return s.complete(id, now, Money::from_pico(cost), in, out);
            })
-      .def("cancel", &Scheduler::cancel, py::call_guard<py::gil_scoped_release>())
-      .def("next_wakeup", &Scheduler::next_wakeup, py::call_guard<py::gil_scoped_release>())
+      .def("cancel", &Scheduler::cancel)
+      .def("next_wakeup", &Scheduler::next_wakeup)
       .def("status",
            [](const Scheduler& s, const std::string& id) -> std::optional<std::string> {
              std::optional<RequestState> st;

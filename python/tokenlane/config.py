@@ -42,6 +42,7 @@ class Settings:
     state_lease_s: float = 15.0                 # slots and reservations of a dead replica return after this
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
+    end_user_budget_usd: Decimal | None = None  # default budget of every end user (inside its key's)
     budget_window: str = "day"
     budget_reserve: str = "max"                 # what the ledger reserves: "max" (a hard cap) or the "p90" cost
     tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
@@ -58,7 +59,7 @@ class Settings:
     pricing: str | None = None                  # a LiteLLM price file or tokenlane config
     default_priority: str = "standard"
     tenant_priorities: dict[str, str] = field(default_factory=dict)
-    trust_user_field: bool = True               # the body's `user` names the tenant
+    trust_user_field: bool = True               # the body's `user` names the end user (inside the payer)
     require_api_key: bool = False               # refuse requests without a key the ledger knows
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
@@ -76,6 +77,9 @@ class Settings:
     cache_namespace: str = "1"                  # bump to invalidate every entry (e.g. a new prompt template)
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 256 * 1024 * 1024
+    cache_embeddings_url: str | None = None     # an OpenAI-compatible /v1 base URL: embed there (default: WordLlama, offline)
+    cache_embeddings_model: str = "text-embedding-3-small"
+    cache_embeddings_key: str | None = None     # its API key (env TOKENLANE_CACHE_EMBEDDINGS_KEY)
     # tier caps: tier -> {"max_input_tokens": n, "max_output_tokens": m}; the tier is taken like the
     # priority: header X-Tokenlane-Tier, the tenant's default, default_tier
     tier_caps: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -94,7 +98,7 @@ class Settings:
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
         "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes", "state_replicas"}
 _FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s"}
-_MONEY = {"budget_usd"}
+_MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}
 _MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings"}

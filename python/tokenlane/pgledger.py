@@ -73,6 +73,17 @@ def window_starts(now: float) -> dict[str, int]:
 _WS = "(CASE budgets.period WHEN 'hour' THEN %(h)s WHEN 'day' THEN %(d)s WHEN 'month' THEN %(m)s ELSE 0 END)"
 _SPENT = f"(CASE WHEN {_WS} > budgets.window_start THEN 0 ELSE budgets.spent_pico_usd END)"
 
+# A conditional reservation and its audit event, one statement: both commit or neither.
+_RESERVE = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
+            f"reserved_pico_usd, updated_at) VALUES (%(t)s, NULL, 'total', 0, 0, %(a)s, %(now)s) "
+            f"ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = {_SPENT}, "
+            f"window_start = GREATEST(budgets.window_start, {_WS}), "
+            f"reserved_pico_usd = budgets.reserved_pico_usd + %(a)s, updated_at = %(now)s "
+            f"WHERE budgets.limit_pico_usd IS NULL OR {_SPENT} + budgets.reserved_pico_usd + %(a)s "
+            f"<= budgets.limit_pico_usd RETURNING 1) "
+            f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
+            f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s FROM r")
+
 _MEASURES = """COUNT(*) AS requests,
  COUNT(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
  COUNT(*) FILTER (WHERE r.status = 'failed') AS failed,
@@ -522,17 +533,60 @@ class PostgresLedger:
         _check_amount("amount_pico_usd", amount_pico_usd)
         now = time.time() if now is None else float(now)
         params = {"t": tenant, "a": amount_pico_usd, "now": now, **window_starts(now)}
-        # One statement: the conditional upsert and its audit event commit together or not at all.
-        sql = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-               f"reserved_pico_usd, updated_at) VALUES (%(t)s, NULL, 'total', 0, 0, %(a)s, %(now)s) "
-               f"ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = {_SPENT}, "
-               f"window_start = GREATEST(budgets.window_start, {_WS}), "
-               f"reserved_pico_usd = budgets.reserved_pico_usd + %(a)s, updated_at = %(now)s "
-               f"WHERE budgets.limit_pico_usd IS NULL OR {_SPENT} + budgets.reserved_pico_usd + %(a)s "
-               f"<= budgets.limit_pico_usd RETURNING 1) "
-               f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-               f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s FROM r")
-        return bool(self._read(lambda c: c.execute(sql, params).rowcount == 1))
+        return bool(self._read(lambda c: c.execute(_RESERVE, params).rowcount == 1))
+
+    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None) -> int:
+        """Reserves at every tenant (the levels of one principal chain) or at none, in one
+        transaction: -1 when all had room, else the index of the first without room."""
+        for t in tenants:
+            _check_tenant(t)
+        _check_amount("amount_pico_usd", amount_pico_usd)
+        now = time.time() if now is None else float(now)
+
+        class _NoRoom(Exception):
+            pass
+
+        def run(c: Any) -> int:
+            failed = -1
+            try:
+                with c.transaction():
+                    for i, tenant in enumerate(tenants):
+                        params = {"t": tenant, "a": amount_pico_usd, "now": now, **window_starts(now)}
+                        if c.execute(_RESERVE, params).rowcount != 1:
+                            failed = i
+                            raise _NoRoom
+            except _NoRoom:
+                pass  # rolled back: nothing reserved anywhere
+            return failed
+        return int(self._read(run))
+
+    def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
+                   now: float | None = None) -> None:
+        """settle() at every tenant, in one transaction (spooled while the database is down)."""
+        for t in tenants:
+            _check_tenant(t)
+        _check_amount("reserved_pico_usd", reserved_pico_usd)
+        _check_amount("actual_pico_usd", actual_pico_usd)
+        self._write("settle_all", {"tenants": list(tenants), "reserved": reserved_pico_usd, "actual": actual_pico_usd,
+                                   "now": time.time() if now is None else float(now)})
+
+    def _apply_settle_all(self, conn: Any, tenants: list[str], reserved: int, actual: int, now: float,
+                          replayed: bool = False) -> None:
+        for tenant in tenants:
+            self._apply_settle(conn, tenant, reserved, actual, now)
+
+    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None) -> None:
+        """release() at every tenant, in one transaction (spooled while the database is down)."""
+        for t in tenants:
+            _check_tenant(t)
+        _check_amount("reserved_pico_usd", reserved_pico_usd)
+        self._write("release_all", {"tenants": list(tenants), "reserved": reserved_pico_usd,
+                                    "now": time.time() if now is None else float(now)})
+
+    def _apply_release_all(self, conn: Any, tenants: list[str], reserved: int, now: float,
+                           replayed: bool = False) -> None:
+        for tenant in tenants:
+            self._apply_release(conn, tenant, reserved, now)
 
     def settle(self, tenant: str, reserved_pico_usd: int, actual_pico_usd: int, now: float | None = None) -> None:
         _check_tenant(tenant)

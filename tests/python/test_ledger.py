@@ -398,6 +398,18 @@ def test_processes_never_overspend(tmp_path: Path) -> None:
     assert (spent, reserved) == (charged, 0)
 
 
+def test_members_carry_team_and_org_and_requests_their_end_user(tmp_path):
+    led = Ledger(str(tmp_path / "h.db"))
+    uid = led.create_user("ann@example.com")
+    assert led.update_user(uid, team="eng", org="acme")
+    _, key = led.create_api_key(uid)
+    record = led.verify_api_key(key)
+    assert (record["team"], record["org"]) == ("eng", "acme")
+    assert [(u["team"], u["org"]) for u in led.list_users()] == [("eng", "acme")]
+    led.insert_request({"id": "r1", "status": "running", "tenant": "ann@example.com", "end_user": "u-7"})
+    assert led.get_request("r1")["end_user"] == "u-7"
+
+
 def test_cost_lever_columns_are_validated_and_summed(tmp_path):
     led = Ledger(str(tmp_path / "levers.db"))
     led.insert_request({"id": "a", "status": "succeeded", "tenant": "t", "created_at": 100.0, "cost_pico_usd": 0,

@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 33> kRequestColumns = {{
+constexpr std::array<Column, 34> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -56,6 +56,7 @@ constexpr std::array<Column, 33> kRequestColumns = {{
     {"cache_saved_pico_usd", Kind::integer},
     {"prompt_cache_saved_pico_usd", Kind::integer},
     {"untrimmed_input_tokens", Kind::integer},
+    {"end_user", Kind::text},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",

@@ -1,29 +1,42 @@
-"""Stage: budgets. Loads (or creates from the settings) a tenant's budget once per process, keeps
-the scheduler's view of it, and reserves / settles in the ledger, the guard every worker process
-shares."""
+"""Stage: budgets over the principal hierarchy. A request is charged to every level of its
+identity's chain (organisation → team → tenant → API key → end user) and admitted only if all of
+them have room: one hold reserves at every level, all or nothing, through the shared state
+(:mod:`tokenlane.state`), the guard every worker process and replica shares. Loads (or creates from
+the settings) a tenant's budget once per process and keeps the scheduler's view of it; end users
+get ``end_user_budget_usd`` (inside their key's budget, never beside it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
 
-from ..config import Settings
 from .._core import StorageError
+from ..config import Settings
 from ..errors import RequestError, ledger_unavailable
 from ..ledger import Ledger
 from ..pricing import PICO_PER_USD, usd_text
 from ..scheduler import Scheduler
-from .base import LedgerThread, Priced
+from ..state import Hold, Rate, Slots, State
+from .base import Identity, LedgerThread, Priced, end_user_principal, level_of
+
+
+LIMITS_KEY = "principal_limits"  # ledger configuration key of the per-principal limits
 
 
 class Budget:
-    def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, thread: LedgerThread) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, thread: LedgerThread,
+                 state: State) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.state = state
         self.scheduler = scheduler
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
-        self._limits: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for shared state
+        self._end_users: set[str] = set()    # end-user principals given their default budget
+        # principal → {"tpm", "rpm", "concurrency"}: limits at any level of the hierarchy
+        self._limits: dict[str, dict[str, int]] = dict(ledger.get_config(LIMITS_KEY, {}) or {})
+        self._budget_limits: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for Redis
 
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
@@ -41,7 +54,7 @@ class Budget:
 
     def limit_of(self, tenant: str) -> tuple[int, str] | None:
         """(limit pico-USD, window) of a tenant set up by :meth:`ensure`; None without a limit."""
-        return self._limits.get(tenant)
+        return self._budget_limits.get(tenant)
 
     def _setup_tenant(self, tenant: str, now: float) -> bool:
         """Loads (or creates from the settings) the tenant's budget; blocking. Returns has-budget."""
@@ -59,7 +72,7 @@ class Budget:
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
             if budget["limit_pico_usd"] is not None:
-                self._limits[tenant] = (budget["limit_pico_usd"], budget["window"])
+                self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
         self._tenants[tenant] = budget is not None
         return budget is not None
 
@@ -69,14 +82,14 @@ class Budget:
             self.ledger.set_budget(tenant, None, window)
             self.scheduler.set_budget(tenant, None, window)
             self._tenants[tenant] = False
-            self._limits.pop(tenant, None)
+            self._budget_limits.pop(tenant, None)
             return
         pico = int(Decimal(str(limit_usd)) * PICO_PER_USD)
         self.ledger.set_budget(tenant, pico, window)
         self.scheduler.set_budget(tenant, pico, window)
         self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
         self._tenants[tenant] = True
-        self._limits[tenant] = (pico, window)
+        self._budget_limits[tenant] = (pico, window)
 
     def usage(self, tenant: str, now: float) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
@@ -87,38 +100,103 @@ class Budget:
         def usd(p: int | None) -> float | None:
             return None if p is None else p / PICO_PER_USD
 
-        return {"tenant": tenant, "spent_usd": usd(u["spent_pico_usd"]), "reserved_usd": usd(u["reserved_pico_usd"]),
+        return {"tenant": tenant, "principal": tenant, "level": level_of(tenant), "spent_usd": usd(u["spent_pico_usd"]), "reserved_usd": usd(u["reserved_pico_usd"]),
                 "remaining_usd": usd(remaining), "limit_usd": usd(limit), "requests": u["requests"],
                 "window": u.get("window"), "resets_at": u.get("resets_at"),
-                "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"]}
+                "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"],
+                "limit_pico_usd": limit, "remaining_pico_usd": remaining}
 
     def amount(self, p: Priced) -> int:
         """What the ledger reserves for a request: its worst case (a hard cap) or its p90 cost."""
         return p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
 
-    async def reserve(self, p: Priced, now: float) -> None:
-        """Reserves the request's amount in the ledger; raises a 429 when the budget has no room.
-        The scheduler's budget is this process's view; the ledger's conditional update is the guard
-        all processes share."""
-        amount = self.amount(p)
-        if amount <= 0:
-            return
-        ok = await self.thread.write(self.ledger.reserve, p.identity.tenant, amount, now)
-        if not ok:
-            usage = await self.thread.write(self.ledger.usage, p.identity.tenant, now)
-            resets = usage.get("resets_at")
-            raise RequestError(
-                429, f"budget of tenant {p.identity.tenant!r} is used up for this {usage.get('window')} "
-                f"(spent {usd_text(usage['spent_pico_usd'])} USD, reserved {usd_text(usage['reserved_pico_usd'])} "
-                f"USD); this request may cost up to {usd_text(amount)} USD",
-                type="insufficient_quota", code="insufficient_quota",
-                retry_after_s=None if resets is None else max(1.0, resets - now))
-        p.reserved_ledger = amount
+    def hold(self, p: Priced) -> Hold:
+        """What the request takes from the shared state: its amount at every level it is charged to,
+        and a place in the TPM/RPM buckets and concurrency slots of every level that has limits."""
+        chain = p.identity.chain()
+        limits = [(level, self._limits[level]) for level in chain if level in self._limits]
+        return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p),
+                    rates=tuple(Rate(level, lim.get("tpm"), lim.get("rpm")) for level, lim in limits
+                                if lim.get("tpm") or lim.get("rpm")),
+                    slots=tuple(Slots(level, lim["concurrency"]) for level, lim in limits if lim.get("concurrency")),
+                    tokens=p.input_tokens + p.est_p50)
 
-    def settle(self, tenant: str, reserved: int, actual: int, now: float) -> None:
-        """Releases the reservation and charges the actual cost (blocking: the ledger thread).
-        Settled even without a budget, so every tenant's spend is on the ledger."""
-        self.ledger.settle(tenant, reserved, actual, now)
+    def set_limits(self, principal: str, *, tpm: int | None = None, rpm: int | None = None,
+                   concurrency: int | None = None) -> None:
+        """Sets (all None: removes) a principal's TPM / RPM / concurrency limits (blocking; kept in
+        the ledger's configuration, read by every process at start)."""
+        for name, value in (("tpm", tpm), ("rpm", rpm), ("concurrency", concurrency)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        limits = {k: v for k, v in (("tpm", tpm), ("rpm", rpm), ("concurrency", concurrency)) if v is not None}
+        if limits:
+            self._limits[principal] = limits
+        else:
+            self._limits.pop(principal, None)
+        self.ledger.set_config(LIMITS_KEY, self._limits)
+
+    def limits(self, principal: str) -> dict[str, int]:
+        return dict(self._limits.get(principal, {}))
+
+    async def reserve(self, p: Priced, now: float) -> None:
+        """Reserves the request's amount at every level of its chain (organisation, team, tenant,
+        key, end user), all or nothing; raises a 429 naming the first level without room. The
+        scheduler's budget is this process's view of the tenant level; the shared state (on one
+        host, one SQLite transaction) is the guard all processes share."""
+        hold = self.hold(p)
+        if hold.amount_pico_usd <= 0 and not hold.rates and not hold.slots:
+            return
+        end_user = p.identity.end_user
+        if end_user and self.settings.end_user_budget_usd is not None:
+            principal = end_user_principal(p.identity.owner, end_user)
+            if principal not in self._end_users:
+                await self.thread.write(self._setup_end_user, principal, now)
+        denied = await self.state.acquire(hold, now)
+        if denied is not None and denied.kind != "budget":
+            what = "concurrency" if denied.kind == "slots" else " / ".join(f"{v} {k}" for k, v in denied.detail.items())
+            raise RequestError(
+                429, f"{level_of(denied.key).replace('_', ' ')} {denied.key!r} is at its {what} limit",
+                type="rate_limit_exceeded", code="rate_limit_exceeded", retry_after_s=denied.retry_after_s)
+        if denied is not None:
+            usage = denied.detail
+            raise RequestError(
+                429, f"budget of {level_of(denied.key).replace('_', ' ')} {denied.key!r} is used up for this "
+                f"{usage.get('window')} (spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
+                f"{usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
+                f"{usd_text(hold.amount_pico_usd)} USD",
+                type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
+        p.reserved_ledger = hold.amount_pico_usd
+        p.hold = hold
+
+    def _setup_end_user(self, principal: str, now: float) -> None:
+        """Gives an end user the default end-user budget unless one is set (blocking)."""
+        if principal in self._end_users:
+            return
+        usd = self.settings.end_user_budget_usd
+        if usd is not None and self.ledger.get_budget(principal) is None:
+            self.ledger.set_budget(principal, int(usd * PICO_PER_USD), self.settings.budget_window, now)
+        if len(self._end_users) > 100_000:
+            self._end_users.clear()
+        self._end_users.add(principal)
+
+    def report(self, identity: Identity, now: float, end_users: int = 100) -> dict[str, Any]:
+        """The usage of every level of an identity's chain, top first, and of the end users of its
+        key (or tenant), most spent first (blocking)."""
+        levels = [self.usage(level, now) for level in identity.chain()]
+        prefix = end_user_principal(identity.owner, "")
+        users = [self.usage(b["tenant"], now) for b in self.ledger.list_budgets() if b["tenant"].startswith(prefix)]
+        for u in users:
+            u["end_user"] = u["principal"][len(prefix):]
+        users.sort(key=lambda u: -u["spent_pico_usd"])
+        return {"levels": levels, "end_users": users[:end_users]}
+
+    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
+        """Charges the actual cost at every level and frees the rest (started at once; await the
+        result). Settled even without a budget (or a reservation), so every level's spend is on
+        the ledger."""
+        held, p.hold = p.hold or Hold(id=p.id, budgets=p.identity.chain()), None
+        return self.state.settle(Hold(id=held.id, budgets=held.budgets, amount_pico_usd=reserved, rates=held.rates,
+                                      slots=held.slots, tokens=held.tokens), actual, tokens, now)
 
 
 __all__ = ["Budget"]

@@ -4,6 +4,7 @@ ledger row, feeds the estimator, updates the metrics and logs one line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -38,12 +39,14 @@ class Reconcile:
         self.schedule = schedule
         self.metrics = metrics
         self.clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
         return {
             "id": p.id, "tenant": p.identity.tenant, "user_id": p.identity.user_id, "key_id": p.identity.key_id,
+            "end_user": p.identity.end_user,
             "route": p.route, "model": p.request.model, "status": status,
             "decision": getattr(decision, "kind", None), "reason": getattr(decision, "reason", None),
             "priority": p.priority, "deadline_s": p.deadline_s, "created_at": p.arrival, "max_tokens": p.max_output,
@@ -56,7 +59,8 @@ class Reconcile:
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
         """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
         the ledger writes go to the ledger thread; wait for the returned future before the response
-        completes. Returns the fields of the ledger row and that future."""
+        completes (on one host the budgets are settled by then too). Returns the fields of the
+        ledger row and that future."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -90,13 +94,18 @@ class Reconcile:
             fields["prompt_cache_saved_pico_usd"] = saved
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        written = self.thread.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now,
-                                     dict(fields))
+        # The settlement starts now (on one host: the ledger thread, so before the row's update and
+        # the alert check below); it is kept until done, so nothing can drop it.
+        settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual,
+                                                           cost.input_tokens + cost.output_tokens, now))
+        self._settling.add(settled)
+        settled.add_done_callback(self._settling.discard)
+        written = self.thread.submit(self._record, p.identity.tenant, p.id, now, dict(fields))
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
                                    context={"route": p.route, "tenant": p.identity.tenant},
-                                   input_tokens=p.input_tokens)
+                                   input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
         if self.metrics:
             m = self.metrics
             for kind, n in (("input", cost.input_tokens), ("output", cost.output_tokens),
@@ -121,10 +130,8 @@ class Reconcile:
             self.observe.reconciled(p, fields, written)
         return fields, written
 
-    def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
-                fields: dict[str, Any]) -> list[Any]:
+    def _record(self, tenant: str, request_id: str, now: float, fields: dict[str, Any]) -> list[Any]:
         """The ledger side of reconcile (ledger thread); returns the budget alerts it fired."""
-        self.budget.settle(tenant, reserved, actual, now)
         self.ledger.update_request(request_id, **fields)
         return self.observe.settled(tenant, now) if self.observe is not None else []
 

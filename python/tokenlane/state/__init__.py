@@ -1,4 +1,14 @@
-"""Shared state of the request-path stages, behind one interface per stage, with a backend per URL:
-the response cache (:mod:`tokenlane.state.cache`), and the reservations, rate buckets, concurrency
-slots and leases replicas share (:mod:`tokenlane.state.redis`, with :mod:`tokenlane.state.shared`
-for the failure modes)."""
+"""Shared state of the request-path stages, behind one interface per stage, with a backend per URL.
+
+The request's hot state (:class:`State`): budget reservations at every level of
+a principal chain, TPM/RPM buckets and concurrency slots, taken all-or-nothing by one
+:class:`Hold` per request. :class:`LocalState` serves one host (budgets in the SQLite ledger,
+buckets and slots in-process); the Redis backend for several replicas (``state="redis://…"``) is
+:mod:`tokenlane.state.redis` (reservations, buckets, slots under leases) with
+:mod:`tokenlane.state.shared` (what happens when Redis is unreachable).
+Response-cache entries have their own store interface in :mod:`tokenlane.state.cache` (SQLite / Redis)."""
+
+from .base import DEFAULT_LEASE_S, Denied, Hold, Rate, Slots, State
+from .local import LocalState
+
+__all__ = ["DEFAULT_LEASE_S", "Denied", "Hold", "LocalState", "Rate", "Slots", "State"]
