@@ -48,9 +48,11 @@ _REQUEST_COLUMNS = (
     "deadline_s", "max_tokens", "created_at", "started_at", "finished_at", "queue_ms", "est_input_tokens",
     "est_output_p50", "est_output_p90", "est_cost_pico_usd", "reserved_pico_usd", "input_tokens",
     "output_tokens", "cached_input_tokens", "reasoning_tokens", "cost_pico_usd", "error", "prompt_preview",
-    "response_preview")
+    "response_preview", "cache", "cache_saved_pico_usd", "prompt_cache_saved_pico_usd", "untrimmed_input_tokens",
+    "end_user")
 _STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled", "deferred")
-_USER_COLUMNS = "id, email, name, role, COALESCE(tenant, email) AS tenant, disabled <> 0 AS disabled, created_at"
+_USER_COLUMNS = ("id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled <> 0 AS disabled, "
+                 "created_at")
 _BUDGET_COLUMNS = "tenant, limit_pico_usd, period AS window, window_start, spent_pico_usd, reserved_pico_usd, updated_at"
 _KEY = re.compile(r"tl-[A-Za-z0-9_-]{40}")
 _WRITES = ("insert_request", "update_request", "settle", "release")  # what the spool keeps
@@ -100,6 +102,10 @@ _MEASURES = """COUNT(*) AS requests,
  COALESCE(SUM(CASE WHEN r.est_output_p50 IS NOT NULL THEN r.output_tokens END), 0)::bigint AS output_tokens_matched,
  COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL THEN r.est_cost_pico_usd END), 0)::bigint AS est_cost_pico_usd_matched,
  COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL THEN r.cost_pico_usd END), 0)::bigint AS cost_pico_usd_matched,
+ SUM((r.cache = 'hit')::int)::bigint AS cache_hits,
+ SUM((r.cache = 'miss')::int)::bigint AS cache_misses,
+ COALESCE(SUM(r.cache_saved_pico_usd), 0)::bigint AS cache_saved_pico_usd,
+ COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0)::bigint AS prompt_cache_saved_pico_usd,
  AVG(r.queue_ms)::double precision AS avg_queue_ms,
  MAX(r.queue_ms) AS max_queue_ms"""
 
@@ -116,7 +122,7 @@ def _check_amount(what: str, value: int) -> None:
 
 _REAL_COLUMNS = {"deadline_s", "created_at", "started_at", "finished_at", "queue_ms"}
 _TEXT_COLUMNS = {"id", "tenant", "route", "model", "status", "decision", "reason", "priority", "error",
-                 "prompt_preview", "response_preview"}
+                 "prompt_preview", "response_preview", "cache", "end_user"}
 
 
 def _check_request_fields(fields: dict[str, Any]) -> None:
@@ -142,6 +148,8 @@ def _check_request_fields(fields: dict[str, Any]) -> None:
             raise InvalidArgumentError(f'request field "{name}" must be >= 0')
         if name == "status" and value not in _STATUSES:
             raise InvalidArgumentError(f'unknown request status "{value}" (one of {", ".join(_STATUSES)})')
+        if name == "cache" and value not in ("hit", "miss", "bypass"):
+            raise InvalidArgumentError(f'unknown cache outcome "{value}" (one of hit, miss, bypass)')
 
 
 class _Down(Exception):
@@ -358,7 +366,7 @@ class PostgresLedger:
         return self._read(lambda c: c.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id").fetchall())
 
     def update_user(self, user_id: int, **fields: Any) -> bool:
-        allowed = ("name", "role", "tenant", "disabled", "password_hash")
+        allowed = ("name", "role", "tenant", "team", "org", "disabled", "password_hash")
         for name, value in fields.items():
             if name not in allowed:
                 raise InvalidArgumentError(f'cannot update user field "{name}" (allowed: {", ".join(allowed)})')
@@ -397,7 +405,7 @@ class PostgresLedger:
 
         def run(c: Any) -> dict[str, Any] | None:
             row = c.execute("SELECT k.id AS key_id, k.user_id, COALESCE(u.tenant, u.email) AS tenant, k.name, u.email, "
-                            "u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id "
+                            "u.role, u.team, u.org, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id "
                             "WHERE k.secret_hash = %s AND k.revoked_at IS NULL AND u.disabled = 0", (digest,)).fetchone()
             if row is None:
                 return None

@@ -83,8 +83,9 @@ class Tokenlane:
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
         self.thread = LedgerThread()
-        # Tables beside the ledger's own (alert marks, request tags) in the same file.
-        self.sidecar = Sidecar(self.ledger.path)
+        # Tables beside the ledger's own (alert marks, request tags) in the same file; with the
+        # ledger on PostgreSQL they stay in a local SQLite file of this replica (not shared yet).
+        self.sidecar = Sidecar(self.ledger.path if isinstance(self.ledger, Ledger) else "tokenlane-sidecar.db")
         self.tags = TagStore(self.sidecar)
         # The stages, in request order.
         self.parse = Parse(s.max_body_bytes)

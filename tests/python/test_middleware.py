@@ -306,7 +306,7 @@ def test_official_openai_sdk_normal_streamed_and_refused(server):
     deadline = time.monotonic() + 5
     while sorted(r["status"] for r in rows(rt)) != ["rejected", "succeeded", "succeeded"] and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert sorted(r["status"] for r in rows(rt)) == ["rejected", "succeeded", "succeeded"]
+    assert sorted(r["status"] for r in rows(rt)) == ["rejected", "succeeded", "succeeded"], rows(rt)
 
 
 def test_rate_limit_headers_follow_openai_names(store):

@@ -73,12 +73,13 @@ class Schedule:
         p.admitted_at = self.clock()
         if self.metrics:
             self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
-        if p.state_mode != "shared":  # with Redis state the tenant's budget was reserved there
-            try:  # every level of the chain may carry a budget: reserve at all of them
-                await self.budget.reserve(p, p.admitted_at)
-            except RequestError:
-                self.cancel(p.id)
-                raise
+        try:  # every level of the chain may carry a budget: reserve at all of them
+            await self.budget.reserve(p, p.admitted_at)
+        except RequestError:
+            self.cancel(p.id)
+            if p.state_mode is not None and self.shared is not None:
+                self.shared.settle(p, 0, 0)  # give the slots back
+            raise
         return decision
 
     def cancel(self, request_id: str) -> None:

@@ -41,13 +41,11 @@ class SharedLimits:
         """Sets ``p.state_mode``: "shared", or "local" when Redis is unreachable and
         state_failure="local" (the ledger then reserves the budget). Raises RequestError when refused."""
         tenant = p.identity.tenant
-        holds = []
-        limit = self.budget.limit_of(tenant)
-        if limit is not None:
-            pico, window = limit
-            start, end = budget_window(window, p.arrival)
-            ttl = 3600 if end is None else max(60, int(end - p.arrival) + 3600)
-            holds.append(BudgetHold(tenant, pico, start, ttl, amount))
+        # Budgets at every level of the principal chain are reserved by the budget stage in the
+        # ledger (PostgreSQL: one transaction over the levels, global and atomic); Redis holds
+        # the slots and buckets. (RedisState can hold the budgets too: BudgetHold.)
+        holds: list[BudgetHold] = []
+        limit = None
 
         async def ledger_spent(principal: str) -> int:
             return (await self.thread.write(self.ledger.usage, principal, self.clock()))["spent_pico_usd"]
