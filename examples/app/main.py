@@ -8,6 +8,7 @@ the routers (one per screen) and the error pages. Run from the repository root:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -81,6 +82,11 @@ def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
         kwargs["policy"] = settings.policy
     if settings.max_concurrency:
         kwargs["max_concurrency"] = settings.max_concurrency
+    if settings.local_model:
+        from tokenlane import Pricing
+        from tokenlane.local_model import PRICING
+
+        kwargs["pricing"] = Pricing.default().with_overrides(PRICING)
     kwargs.update(state.runtime_kwargs(ledger))
     runtime = Tokenlane(ledger=ledger, identify=identify, **kwargs)
     identify.runtime = runtime
@@ -97,16 +103,29 @@ def create_app(
         runtime = build_runtime(settings, user_limits)
     else:
         user_limits.load(runtime.ledger)
-    if provider is None:
+    local_server: Any = None
+    if provider is None and not settings.local_model:
         from tokenlane.providers import provider_from_env
 
         provider = provider_from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal local_server
         seed_admin(runtime, settings)
         state.apply_saved_settings(runtime)
-        yield
+        if app.state.provider is None:  # the local model: started with the app, stopped with it
+            from tokenlane.local_model import LocalModelServer
+
+            local_server = await asyncio.to_thread(LocalModelServer.start)
+            app.state.provider = local_server.provider()
+            log.info("local model SmolLM2-135M-Instruct served by llama.cpp at %s", local_server.base_url)
+        try:
+            yield
+        finally:
+            if local_server is not None:
+                await app.state.provider.aclose()
+                await asyncio.to_thread(local_server.stop)
 
     app = FastAPI(title="tokenlane", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings

@@ -54,6 +54,13 @@ class Settings:
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
     route_prefix: str = "/tokenlane"
+    # Routing (docs/routing.md): rules that pick the served model, groups such as "auto", a learned
+    # difficulty model (JSON from DifficultyModel.to_dict), several upstreams and fallback chains.
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    model_groups: dict[str, list[str]] = field(default_factory=dict)
+    difficulty_model: str | None = None
+    upstreams: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)
 
 
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
@@ -61,7 +68,7 @@ _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm",
 _FLOAT = {"max_wait_s"}
 _MONEY = {"budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics"}
-_MAPS = {"tenant_budgets_usd", "tenant_priorities"}
+_MAPS = {"tenant_budgets_usd", "tenant_priorities", "routes", "model_groups", "upstreams", "fallbacks"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -103,6 +110,26 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = priority")
         return {str(k): _choice(f"{where}[{k}]", v, PRIORITIES) for k, v in value.items()}
+    if name == "routes":
+        from .routing import RoutingError, parse_rule
+
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of rules ([[routes]] tables)")
+        try:
+            for i, rule in enumerate(value):
+                parse_rule(rule, i)
+        except RoutingError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return [dict(rule) for rule in value]
+    if name == "upstreams":
+        if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
+            raise ConfigError(f"{where}: expected a list of upstream tables ([[upstreams]])")
+        return [dict(u) for u in value]
+    if name in ("model_groups", "fallbacks"):
+        if not isinstance(value, dict) or not all(
+                isinstance(v, list) and v and all(isinstance(m, str) and m for m in v) for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of name = [model, ...]")
+        return {str(k): list(v) for k, v in value.items()}
     if name == "policy":
         return _choice(where, value, POLICIES)
     if name == "budget_window":
