@@ -60,7 +60,7 @@ def refusal_message(tenant: str, which: str, limit: Any, retry_after: float) -> 
 
 def identify_hook(limits: UserLimits) -> Any:
     """The runtime's identify hook: the API key's user, after their own request limits."""
-    from tokenlane.runtime import Identity, RequestError
+    from tokenlane import Identity, RequestError
 
     async def identify(scope: dict[str, Any], request: Any) -> Any:
         if scope.get("tokenlane.identity") is not None:

@@ -20,7 +20,9 @@ from .formats import LLMRequest
 from .ledger import Ledger
 from .pricing import Cost, Pricing
 from .providers import report_usage
-from .runtime import Identity, RequestError, Tokenlane
+from .errors import RequestError
+from .runtime import Tokenlane
+from .stages import Identity
 from .scheduler import Decision, Scheduler
 from .sim import SimulationResult, load_trace, simulate
 

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from . import _core
 from .pricing import Pricing
-
-Prompt = Union[str, Sequence[Mapping[str, Any]]]
+from .records import Prompt, flatten_prompt, load_records
 
 _CONTEXT_KEYS = ("route", "tenant", "task")
-_MESSAGE_SEPARATOR = "\x1e"  # kMessageSeparator in cpp/include/tokenlane/estimator.hpp
-_ROLE_SEPARATOR = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -39,55 +36,6 @@ class Estimate:
     p90: int
     quantile: float
     source: str
-
-
-def _part_text(part: Any, where: str) -> str:
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, Mapping):
-        raise _core.InvalidArgumentError(f"{where}: a content part must be a str or a dict, got {type(part).__name__}")
-    kind = part.get("type", "text")
-    if kind in ("text", "input_text", "output_text"):
-        text = part.get("text", "")
-        if not isinstance(text, str):
-            raise _core.InvalidArgumentError(f"{where}: a text part's 'text' must be a str")
-        return text
-    if kind == "tool_result":  # Anthropic: content is a str or a list of parts
-        return _content_text(part.get("content"), where)
-    if kind == "tool_use":  # Anthropic: the call's input is part of the prompt
-        return str(part.get("input", ""))
-    return ""  # images, audio, files: their text length is unknown here
-
-
-def _content_text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "\n".join(t for t in (_part_text(p, f"{where}[{i}]") for i, p in enumerate(content)) if t)
-    raise _core.InvalidArgumentError(f"{where}: content must be a str or a list of parts, got {type(content).__name__}")
-
-
-def flatten_prompt(prompt: Prompt) -> str:
-    """The text the estimators read: a str as is; chat messages (OpenAI or Anthropic shape, content
-    a str or a list of parts) as ``role\\x1fcontent`` joined by ``\\x1e``, so the core can tell the
-    first and last message apart. Raises InvalidArgumentError for anything else."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
-        raise _core.InvalidArgumentError(
-            f"prompt must be a str or a list of chat messages, got {type(prompt).__name__}"
-        )
-    parts = []
-    for i, msg in enumerate(prompt):
-        if not isinstance(msg, Mapping):
-            raise _core.InvalidArgumentError(f"messages[{i}] must be a dict with 'role' and 'content'")
-        role = msg.get("role", "")
-        if not isinstance(role, str):
-            raise _core.InvalidArgumentError(f"messages[{i}]['role'] must be a str")
-        parts.append(role + _ROLE_SEPARATOR + _content_text(msg.get("content"), f"messages[{i}]['content']"))
-    return _MESSAGE_SEPARATOR.join(parts)
 
 
 def _context(context: Mapping[str, Any] | None) -> tuple[str, str, str]:
@@ -305,8 +253,6 @@ class LearnedEstimator(Estimator):
         """Trains on ``data`` (a DataFrame with columns prompt, model, output_tokens and optional
         route, tenant, task, input_tokens; a list of such dicts; or a JSON/JSONL path, see
         ``tokenlane.evaluate``). Deterministic for a given seed. Returns self."""
-        from .evaluation import load_records
-
         _fit(self._core, load_records(data), epochs, seed)
         return self
 

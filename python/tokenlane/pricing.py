@@ -28,6 +28,11 @@ _MONEY_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", 
 _COUNT_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
+def usd_text(pico: int) -> str:
+    """Plain decimal USD (no exponent), as the cost headers carry it."""
+    return format(Decimal(pico).scaleb(-12).normalize(), "f") if pico else "0"
+
+
 def _usd(pico: int) -> Decimal:
     return Decimal(pico).scaleb(-12).normalize() if pico else Decimal(0)
 

@@ -1,0 +1,92 @@
+"""What the stages share: who a request is charged to (:class:`Identity`), the request once
+counted and priced (:class:`Priced`), what happened downstream (:class:`Outcome`), and the one
+thread that makes this process's ledger calls (:class:`LedgerThread`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..formats import LLMRequest
+from ..providers import UsageReports
+
+
+@dataclass
+class Identity:
+    tenant: str
+    user_id: int | None = None
+    key_id: int | None = None
+    role: str | None = None
+
+
+@dataclass
+class Priced:
+    """One request, counted, estimated and priced, as the scheduler sees it."""
+
+    id: str
+    route: str
+    request: LLMRequest
+    identity: Identity
+    input_tokens: int
+    input_exact: bool
+    est_p50: int
+    est_p90: int
+    est_source: str
+    max_output: int
+    cost_p50: int
+    cost_p90: int
+    cost_max: int
+    priority: str
+    deadline_s: float | None
+    arrival: float
+    admitted_at: float | None = None
+    reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+
+    def scheduler_request(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "tenant": self.identity.tenant,
+            "user": str(self.identity.user_id) if self.identity.user_id is not None else None,
+            "priority": self.priority, "deadline_s": self.deadline_s, "model": self.request.model,
+            "input_tokens": self.input_tokens, "est_output_p50": self.est_p50, "est_output_p90": self.est_p90,
+            "max_tokens": self.max_output, "cost_p50_pico_usd": self.cost_p50,
+            "cost_p90_pico_usd": self.cost_p90, "cost_max_pico_usd": self.cost_max,
+        }
+
+    @property
+    def queue_ms(self) -> float:
+        return 0.0 if self.admitted_at is None else (self.admitted_at - self.arrival) * 1000.0
+
+
+@dataclass
+class Outcome:
+    """What happened downstream, as far as the middleware saw it."""
+
+    status: int | None = None          # HTTP status the app answered with (None: nothing sent)
+    usage: dict[str, Any] | None = None  # the response's own usage object
+    text: str = ""                     # generated text seen in the response
+    reports: UsageReports = field(default_factory=UsageReports)
+    error: str | None = None
+    started_output: bool = False       # any response body went out
+
+
+class LedgerThread:
+    """One thread does every ledger call of this process, in submission order, off the event loop
+    (the ledger serialises on its connection anyway; order keeps a row's insert before its update)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenlane-ledger")
+
+    def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Like :meth:`write`, from any thread; returns a concurrent Future."""
+        return self._pool.submit(fn, *args)
+
+
+__all__ = ["Identity", "LedgerThread", "Outcome", "Priced"]

@@ -1,0 +1,86 @@
+"""Stage: count the prompt, estimate the output, price p50 / p90 / worst case (CPU only, fast)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+
+from ..config import PRIORITIES, Settings
+from ..errors import RequestError
+from ..estimators import Estimator
+from ..formats import LLMRequest, count_input_tokens
+from ..pricing import Pricing
+from .base import Identity, Priced
+
+# Worst-case output when neither the request nor the price table bounds it.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+
+
+class Price:
+    def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator) -> None:
+        self.settings = settings
+        self.pricing = pricing
+        self.estimator = estimator
+
+    def __call__(self, request: LLMRequest, identity: Identity, route: str, headers: Mapping[str, str],
+                 now: float, request_id: str | None = None) -> Priced:
+        """Counts, estimates and prices a parsed request. Raises RequestError."""
+        s = self.settings
+        priority = headers.get("x-tokenlane-priority") or request.priority or \
+            s.tenant_priorities.get(identity.tenant, s.default_priority)
+        if priority not in PRIORITIES:
+            raise RequestError(400, f"X-Tokenlane-Priority must be one of {', '.join(PRIORITIES)}, got {priority!r}",
+                               param="X-Tokenlane-Priority")
+        deadline_ms = headers.get("x-tokenlane-deadline-ms", request.deadline_ms)
+        deadline_s = None
+        if deadline_ms is not None:
+            try:
+                deadline_ms = float(deadline_ms)
+            except ValueError:
+                deadline_ms = -1.0
+            if not (deadline_ms > 0 and math.isfinite(deadline_ms)):
+                raise RequestError(400, "X-Tokenlane-Deadline-Ms must be a positive number of milliseconds",
+                                   param="X-Tokenlane-Deadline-Ms")
+            deadline_s = now + deadline_ms / 1000.0
+        known = request.model in self.pricing
+        if not known and not self.pricing.has_fallback:
+            raise RequestError(400, f"tokenlane has no price for model {request.model!r}: add it to a pricing "
+                               "config (tokenlane.Pricing.load, the `pricing` setting) or configure a fallback "
+                               "price", code="model_not_found", param="model")
+        counted = count_input_tokens(request)
+        max_input = self.pricing.max_input_tokens(request.model) if known else None
+        cap = s.max_input_tokens
+        if cap is not None and counted.tokens > cap:
+            raise RequestError(413, f"the prompt has {counted.tokens} tokens; this service accepts at most {cap}",
+                               code="request_too_large", param="messages")
+        if max_input is not None and counted.exact and counted.tokens > max_input:
+            raise RequestError(413, f"the prompt has {counted.tokens} tokens; {request.model} accepts at most "
+                               f"{max_input}", code="context_length_exceeded", param="messages")
+        model_max = (self.pricing.max_output_tokens(request.model) if known else None) or DEFAULT_MAX_OUTPUT_TOKENS
+        max_output = min(request.max_tokens, model_max) if request.max_tokens else model_max
+        if request.generates:
+            est = self.estimator.estimate(request.estimator_input(), request.model, max_tokens=max_output,
+                                          context={"route": route, "tenant": identity.tenant},
+                                          input_tokens=counted.tokens, model_max_output=model_max)
+            p50, p90, source = est.p50 * request.n, est.p90 * request.n, est.source
+        else:
+            p50 = p90 = max_output = 0
+            source = "none"
+
+        # The price tier depends on the prompt only, so cost is linear in output tokens: two exact
+        # lookups price every output count.
+        base = self.pricing.cost(request.model, input_tokens=counted.tokens).total_pico_usd
+        per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1).total_pico_usd - base
+
+        def price(out: int) -> int:
+            return base + out * per_output
+
+        return Priced(
+            id=request_id or f"req_{uuid.uuid4().hex}", route=route, request=request, identity=identity,
+            input_tokens=counted.tokens, input_exact=counted.exact, est_p50=p50, est_p90=p90, est_source=source,
+            max_output=max_output * request.n, cost_p50=price(p50), cost_p90=price(p90),
+            cost_max=price(max_output * request.n), priority=priority, deadline_s=deadline_s, arrival=now)
+
+
+__all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "Price"]

@@ -1,0 +1,120 @@
+"""Stage: reconcile. Charges the actual cost (from the handler's reported calls, the response's
+usage, or by counting the generated text), releases the rest of the reservation, writes the
+ledger row, feeds the estimator, updates the metrics and logs one line."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ..config import Settings
+from ..estimators import Estimator
+from ..formats import count_output_tokens
+from ..ledger import Ledger
+from ..metrics import Metrics
+from ..pricing import PICO_PER_USD, Pricing, usd_text
+from .base import LedgerThread, Outcome, Priced
+from .budget import Budget
+from .schedule import Schedule
+
+log = logging.getLogger("tokenlane")
+
+
+class Reconcile:
+    def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator, ledger: Ledger,
+                 thread: LedgerThread, budget: Budget, schedule: Schedule, metrics: Metrics | None,
+                 clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.pricing = pricing
+        self.estimator = estimator
+        self.ledger = ledger
+        self.thread = thread
+        self.budget = budget
+        self.schedule = schedule
+        self.metrics = metrics
+        self.clock = clock
+
+    def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
+        """The ledger row of a request as the scheduler decided it (before it runs)."""
+        return {
+            "id": p.id, "tenant": p.identity.tenant, "user_id": p.identity.user_id, "key_id": p.identity.key_id,
+            "route": p.route, "model": p.request.model, "status": status,
+            "decision": getattr(decision, "kind", None), "reason": getattr(decision, "reason", None),
+            "priority": p.priority, "deadline_s": p.deadline_s, "created_at": p.arrival, "max_tokens": p.max_output,
+            "est_input_tokens": p.input_tokens, "est_output_p50": p.est_p50, "est_output_p90": p.est_p90,
+            "est_cost_pico_usd": p.cost_p50,
+            "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
+        }
+
+    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
+        """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
+        the ledger writes go to the ledger thread; wait for the returned future before the response
+        completes. Returns the fields of the ledger row and that future."""
+        now = self.clock()
+        model = p.request.model
+        cost = None
+        if outcome.reports.calls:  # the handler reported its upstream calls: they are the truth
+            for call_model, usage in outcome.reports.calls:
+                c = self.pricing.cost_of_usage(call_model or model, usage)
+                cost = c if cost is None else cost + c
+            source = "reported"
+        elif outcome.usage is not None:
+            cost = self.pricing.cost_of_usage(model, outcome.usage)
+            source = "response"
+        if cost is None:
+            # No usage anywhere: count what was generated. A call that produced output was billed
+            # for its prompt too, so a stream cut short is never priced at zero.
+            out = count_output_tokens(outcome.text, model) if outcome.text else 0
+            billed_input = p.input_tokens if (outcome.started_output and (outcome.status or 500) < 400) or out else 0
+            cost = self.pricing.cost(model, input_tokens=billed_input, output_tokens=out)
+            source = "counted" if out else "none"
+        actual = cost.total_pico_usd
+        self.schedule.complete(p, now, actual, cost.input_tokens, cost.output_tokens)
+        reserved_ledger, p.reserved_ledger = p.reserved_ledger, 0
+        succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400
+        fields = dict(
+            status="succeeded" if succeeded else "failed", finished_at=now,
+            input_tokens=cost.input_tokens, output_tokens=cost.output_tokens,
+            cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
+            cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
+            started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
+        if not self.settings.redact_prompts and outcome.text:
+            fields["response_preview"] = outcome.text[:2000]
+        written = self.thread.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now,
+                                     dict(fields))
+        fields["usage_source"] = source
+        if succeeded and p.request.generates and source != "none":
+            self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
+                                   context={"route": p.route, "tenant": p.identity.tenant},
+                                   input_tokens=p.input_tokens)
+        if self.metrics:
+            m = self.metrics
+            for kind, n in (("input", cost.input_tokens), ("output", cost.output_tokens),
+                            ("cache_read", cost.cached_input_tokens), ("reasoning", cost.reasoning_tokens)):
+                if n:
+                    m.tokens.labels(kind, model).inc(n)
+            m.token_usage.labels("input", model).observe(cost.input_tokens)
+            m.token_usage.labels("output", model).observe(cost.output_tokens)
+            m.cost.labels(model).inc(actual / PICO_PER_USD)
+            if succeeded and p.est_p50 and cost.output_tokens:
+                m.estimate_error.labels(model).observe(math.log2(cost.output_tokens / p.est_p50))
+                if cost.output_tokens <= p.est_p90:
+                    m.p90_covered.labels(model).inc()
+        log.info("tokenlane request done", extra={"tokenlane": {
+            "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
+            "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
+            "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
+            **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
+        return fields, written
+
+    def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
+                fields: dict[str, Any]) -> None:
+        """The ledger side of reconcile (ledger thread)."""
+        self.budget.settle(tenant, reserved, actual, now)
+        self.ledger.update_request(request_id, **fields)
+
+
+__all__ = ["Reconcile"]
