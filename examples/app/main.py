@@ -104,7 +104,9 @@ def create_app(
     else:
         user_limits.load(runtime.ledger)
     local_server: Any = None
-    if provider is None and not settings.local_model:
+    if provider is None and runtime.upstreams is not None:
+        provider = runtime.upstreams  # the `upstreams` / `fallbacks` of TOKENLANE_CONFIG
+    elif provider is None and not settings.local_model:
         from tokenlane.providers import provider_from_env
 
         provider = provider_from_env()

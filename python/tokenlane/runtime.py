@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
@@ -26,6 +27,10 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .pricing import Pricing, usd_text
 from .scheduler import Scheduler
+from .batch import BatchLane
+from .upstreams import Upstreams
+from .stages.batch import Batch
+from .stages.route import Route, build_router
 from .stages import (
     Budget,
     Identify,
@@ -72,10 +77,37 @@ class Tokenlane:
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
                                    self.schedule, self.metrics, clock)
         self.upstream = Upstream(s, self.scheduler, self.reconcile, clock)
+        self.batch: Batch | None = None  # the batch lane: see use_batch_lane
+        # The `upstreams` and `fallbacks` settings as one provider for the app's handlers to call
+        # (tokenlane.upstreams); None when no upstream is configured.
+        self.upstreams = Upstreams.from_config(s.upstreams, s.fallbacks, pricing=self.pricing) if s.upstreams else None
+        router = build_router(s)  # routing is off without rules or groups: no stage at all
+        self.route = Route(router, self.price, self.budget.ensure, self.scheduler) if router else None
         self.jobs = Jobs(self.ledger, self.thread, self.scheduler, s.route_prefix, clock)
         self.schedule.on_unclaimed = self.jobs.resolve
         self.jobs.run_request = self.handle
         self.jobs.run_admitted = self.upstream
+
+    def set_routing(self, routes: list[dict[str, Any]], model_groups: dict[str, list[str]] | None = None) -> None:
+        """Replaces the routing rules and model groups (validated first: RoutingError names a bad
+        rule); requests already routed keep their model. An empty config switches routing off."""
+        settings = load_settings(routes=routes, model_groups=model_groups or {},
+                                 difficulty_model=self.settings.difficulty_model, environ={})
+        router = build_router(settings)
+        self.settings.routes, self.settings.model_groups = settings.routes, settings.model_groups
+        self.route = Route(router, self.price, self.budget.ensure, self.scheduler) if router else None
+
+    def use_batch_lane(self, provider: Any, **options: Any) -> None:
+        """Sends chat requests with priority ``batch`` through ``provider``'s batch API (OpenAI's
+        ``/v1/files`` + ``/v1/batches``; any object with ``upload_file``, ``create_batch``,
+        ``retrieve_batch``, ``file_content``), or, for a provider without one, runs them when the
+        scheduler has free slots. ``options`` go to :class:`tokenlane.batch.BatchLane`."""
+        options.setdefault("idle", lambda: self.scheduler.snapshot(self.clock(), 0).get("queued", 0) == 0)
+        decided = SimpleNamespace(kind="defer", reason="batch_lane")
+        self.batch = Batch(BatchLane(provider, **options), self.budget.reserve, self.reconcile,
+                           lambda p: self.write(self.ledger.insert_request,
+                                                self.reconcile.ledger_row(p, "deferred", decided)),
+                           self.jobs, self.clock)
 
     # --- wiring the middleware sets ----------------------------------------------------------------
 
@@ -146,9 +178,16 @@ class Tokenlane:
             body = await self.parse.read_body(receive, headers)
             request = await self.parse.parse(scope, body)
             identity = await self.identify_stage(scope, headers, request)
+            choice = None
+            if self.route is not None:
+                requested = request.model
+                request, body, choice = await self.route(request, body, identity, scope["path"], headers, self.clock())
             try:
                 priced = self.price(request, identity, scope["path"], headers, self.clock(),
                                     request_id=job.id if job else None)
+                if choice is not None:
+                    priced.route_rule = choice.rule
+                    priced.requested_model = requested if choice.model != requested else None
             except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
                 raise RequestError(400, f"malformed request: {exc}") from None
         except RequestError as exc:
@@ -163,6 +202,15 @@ class Tokenlane:
             self.write(self.ledger.insert_request, self.reconcile.ledger_row(priced, status, decision))
             if on_decision:
                 on_decision(decision_dict(decision))
+
+        if self.batch is not None and self.batch.applies(priced):
+            try:
+                await self.batch(priced, scope, body, send, job, self.upstream.headers(priced), on_decision)
+            except RequestError as exc:
+                if on_decision:
+                    on_decision({"decision": "reject", "reason": exc.code or "rejected", "message": exc.message})
+                await send_error(send, exc, [(b"x-tokenlane-request-id", priced.id.encode())])
+            return
 
         disconnected = None if job else asyncio.ensure_future(wait_disconnect(receive))
         try:

@@ -23,6 +23,7 @@ the chain.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import os
@@ -173,6 +174,14 @@ class Upstream:
     kind: str
     provider: Any
     models: tuple[str, ...] = ("*",)        # model names or shell patterns this upstream serves
+    max_concurrency: int | None = None      # calls in flight at once; more wait for a slot
+    _slots: asyncio.Semaphore | None = None
+
+    def slots(self) -> asyncio.Semaphore | None:
+        # Made on first use, inside the event loop that will wait on it.
+        if self.max_concurrency and self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        return self._slots
 
     def serves(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -212,7 +221,8 @@ class Upstreams:
             kind = u.get("kind", "openai")
             where = f"upstreams[{i}] ({name})"
             unknown = set(u) - {"name", "kind", "base_url", "api_key_env", "models", "timeout_s", "max_retries",
-                                "breaker_threshold", "breaker_cooldown_s", "send_max_tokens", "time_scale"}
+                                "breaker_threshold", "breaker_cooldown_s", "send_max_tokens", "time_scale",
+                                "max_concurrency"}
             if unknown:
                 raise UpstreamConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
             if kind not in KINDS:
@@ -238,7 +248,10 @@ class Upstreams:
                     raise UpstreamConfigError(f"{where}: base_url is required (an OpenAI-compatible .../v1)")
                 provider = OpenAICompatibleProvider(u["base_url"], key, timeout_s=timeout, retry=retry, breaker=breaker,
                                                     send_max_tokens=bool(u.get("send_max_tokens", False)))
-            built.append(Upstream(name, kind, provider, tuple(models)))
+            limit = u.get("max_concurrency")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise UpstreamConfigError(f"{where}: max_concurrency must be a whole number >= 1")
+            built.append(Upstream(name, kind, provider, tuple(models), limit))
         for model, chain in (fallbacks or {}).items():
             if not isinstance(chain, (list, tuple)) or not all(isinstance(m, str) and m for m in chain):
                 raise UpstreamConfigError(f"fallbacks.{model} must be a list of model names")
@@ -275,11 +288,15 @@ class Upstreams:
                 continue
             call = {**body, "model": model}
             started = time.monotonic()
+            slots = upstream.slots()
+            if slots is not None:
+                await slots.acquire()
             try:
                 if stream:
                     gen = upstream.provider.stream_chat(call)
                     first = await gen.__anext__()  # the upstream answered: commit to it
-                    result: Any = (gen, first)
+                    result: Any = (gen, first, slots)
+                    slots = None  # the stream holds its slot until it ends
                 else:
                     result = await upstream.provider.chat(call)
             except ProviderError as exc:
@@ -293,6 +310,9 @@ class Upstreams:
             except StopAsyncIteration:
                 attempts.append({"model": model, "upstream": upstream.name, "outcome": "empty stream"})
                 continue
+            finally:
+                if slots is not None:
+                    slots.release()
             attempts.append({"model": model, "upstream": upstream.name, "outcome": "ok",
                              "ms": round((time.monotonic() - started) * 1e3, 1)})
             self._note(attempts, requested, model)
@@ -315,10 +335,15 @@ class Upstreams:
         return await self._walk(body, stream=False)
 
     async def stream_chat(self, body: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        gen, first = await self._walk(body, stream=True)
-        yield first
-        async for chunk in gen:
-            yield chunk
+        gen, first, slots = await self._walk(body, stream=True)
+        try:
+            yield first
+            async for chunk in gen:
+                yield chunk
+        finally:
+            await gen.aclose()
+            if slots is not None:
+                slots.release()
 
     async def aclose(self) -> None:
         for u in self.upstreams:

@@ -209,3 +209,22 @@ def test_to_anthropic_shapes():
                         "stop": "END", "max_completion_tokens": 9})
     assert out == {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9,
                    "stop_sequences": ["END"]}
+
+
+def test_an_upstream_limits_its_calls_in_flight(two_upstreams):
+    config, primary, _ = two_upstreams
+    config[0]["max_concurrency"] = 1
+    primary.delay_s = 0.2
+    ups = Upstreams.from_config(config)
+
+    async def go():
+        try:
+            started = asyncio.get_running_loop().time()
+            await asyncio.gather(*(call(ups, CHAT) for _ in range(3)))
+            return asyncio.get_running_loop().time() - started
+        finally:
+            await ups.aclose()
+
+    elapsed = asyncio.run(go())
+    # one at a time: three 0.2 s calls cannot overlap (an ordering fact, not a speed claim)
+    assert elapsed >= 0.6 and len(primary.log) == 3

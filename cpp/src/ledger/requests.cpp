@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 29> kRequestColumns = {{
+constexpr std::array<Column, 35> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -52,6 +52,12 @@ constexpr std::array<Column, 29> kRequestColumns = {{
     {"error", Kind::text},
     {"prompt_preview", Kind::text},
     {"response_preview", Kind::text},
+    {"requested_model", Kind::text},
+    {"route_rule", Kind::text},
+    {"attempts", Kind::integer},
+    {"fallbacks", Kind::integer},
+    {"batch", Kind::integer},
+    {"unrouted_cost_pico_usd", Kind::integer},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",
@@ -315,6 +321,14 @@ std::vector<LedgerRow> Ledger::report_by_day(const ReportFilter& filter) const {
 std::vector<LedgerRow> Ledger::report_by_model(const ReportFilter& filter) const {
   return run_report(*impl_, "report_by_model", "r.model AS model", "",
                     " GROUP BY r.model ORDER BY cost_pico_usd DESC, requests DESC, model", filter);
+}
+
+std::vector<LedgerRow> Ledger::report_by_route(const ReportFilter& filter) const {
+  // Savings: what the same usage would have cost at the requested model and list price, less the cost.
+  return run_report(*impl_, "report_by_route",
+                    "r.route_rule AS route_rule, COALESCE(r.batch, 0) AS batch,"
+                    " COALESCE(SUM(r.unrouted_cost_pico_usd - r.cost_pico_usd), 0) AS saved_pico_usd",
+                    "", " GROUP BY r.route_rule, COALESCE(r.batch, 0) ORDER BY requests DESC, route_rule", filter);
 }
 
 std::vector<LedgerRow> Ledger::report_by_user(const ReportFilter& filter) const {

@@ -43,6 +43,7 @@ async def _page(request: Request, user: dict[str, Any], error: str | None = None
         limit_labels=state.LIMIT_LABELS, in_force={f: getattr(getattr(tl, "settings", None), f, None) for f in state.LIMIT_FIELDS},
         budget=budget, windows=state.WINDOWS, policy=tl.scheduler.policy, policies=state.POLICIES,
         history=history, editable=user.get("role") == "admin", error=error,
+        routing_json=state.routing_json(await blocking(state.get_cfg, led, state.K_ROUTING)),
     )
 
 
@@ -94,6 +95,10 @@ async def config_save(request: Request, user: dict[str, Any] = Depends(require_a
             overrides.setdefault("models", {}).setdefault(tl.pricing.resolve(model), {}).update(patch)
             state.apply_pricing(tl, overrides)  # raises on a price the table refuses, before anything is saved
             await blocking(state.set_cfg, led, state.K_PRICING, overrides, actor)
+        elif section == "routing":
+            value = state.parse_routing(str(form.get("routing", "")))
+            tl.set_routing(value["routes"], value["model_groups"])  # refuses a bad rule before it is saved
+            await blocking(state.set_cfg, led, state.K_ROUTING, value, actor)
         else:
             raise ValueError("Unknown settings section.")
     except ValueError as e:

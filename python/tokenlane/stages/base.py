@@ -44,6 +44,9 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    requested_model: str | None = None  # set when routing served another model than the one asked for
+    route_rule: str | None = None       # the routing rule that chose the served model
+    batch: bool = False                 # sent through the provider's batch API (priced at the batch rate)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {

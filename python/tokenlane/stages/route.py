@@ -1,0 +1,80 @@
+"""Stage: route. Picks the served model before the request is priced (docs/routing.md): the
+``routes`` rules, the ``model_groups`` (``"model": "auto"``), a learned difficulty score. The body's
+``model`` becomes the served model on its way to the app; the requested model and the rule that
+chose stay on the request's record for the ledger and the ``x-tokenlane-model`` header.
+
+Switched off (no rules, no groups) the runtime does not build it. It computes only what the rules
+look at: the prompt text for task/difficulty rules, a price estimate at the requested model for
+token/cost/deadline rules, the budget state for budget-pressure rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import RequestError
+from ..formats import LLMRequest
+from ..pricing import PICO_PER_USD
+from ..routing import DifficultyModel, RouteChoice, RouteFacts, Router, RoutingError
+from ..scheduler import Scheduler
+from .base import Identity, Priced
+
+PriceFn = Callable[..., Priced]
+
+
+def build_router(settings: Settings) -> Router | None:
+    """The router the settings describe, or None when routing is off."""
+    if not (settings.routes or settings.model_groups):
+        return None
+    difficulty = None
+    if settings.difficulty_model:
+        try:
+            difficulty = DifficultyModel.from_dict(json.loads(Path(settings.difficulty_model).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise RoutingError(f"difficulty_model {settings.difficulty_model}: {exc}") from None
+    return Router.from_config(settings.routes, settings.model_groups, difficulty)
+
+
+class Route:
+    def __init__(self, router: Router, price: PriceFn, budget_ensure: Callable[..., Any], scheduler: Scheduler) -> None:
+        self.router = router
+        self.price = price
+        self.budget_ensure = budget_ensure  # async (tenant, now) -> has a budget
+        self.scheduler = scheduler
+
+    async def __call__(self, request: LLMRequest, body: bytes, identity: Identity, path: str,
+                       headers: Mapping[str, str], now: float) -> tuple[LLMRequest, bytes, RouteChoice]:
+        router = self.router
+        requested = request.model
+        facts: dict[str, Any] = {
+            "requested": requested, "route": path, "tier": getattr(identity, "tier", None),
+            "tags": frozenset(t.strip() for t in headers.get("x-tokenlane-tags", "").split(",") if t.strip())}
+        if router.needs_text:
+            facts["text"] = request.text()
+        if router.needs_estimate:
+            base = dataclasses.replace(request, model=router.default_model(requested))
+            p = self.price(base, identity, path, headers, now)
+            facts.update(input_tokens=p.input_tokens, output_tokens=p.est_p50, cost_usd=p.cost_p50 / PICO_PER_USD,
+                         deadline_s=None if p.deadline_s is None else p.deadline_s - now)
+        if router.needs_budget and await self.budget_ensure(identity.tenant, now):
+            u = self.scheduler.usage(identity.tenant, now)
+            if u.get("limit_pico_usd"):
+                left = u["limit_pico_usd"] - u["spent_pico_usd"] - u["reserved_pico_usd"]
+                facts["budget_remaining"] = max(0.0, left / u["limit_pico_usd"])
+        choice = router.choose(RouteFacts(**facts))
+        if choice.model == requested:
+            return request, body, choice
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RequestError(400, "the body is not JSON, so its model cannot be routed") from None
+        data["model"] = choice.model
+        return dataclasses.replace(request, model=choice.model), json.dumps(data).encode(), choice
+
+
+__all__ = ["Route", "build_router"]
