@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import json
+import os
+import re
+import sqlite3
 import sys
 import time
 
@@ -122,6 +127,58 @@ def _prices(args: argparse.Namespace) -> int:
           f"{len(old_models - new_models)} missing, {len(changed)} with different prices")
     for model, diffs in changed[: args.show]:
         print(f"  {model}: " + "; ".join(diffs) + " (USD per million tokens)")
+
+
+def _period(text: str | None, now: float) -> float | None:
+    """``7d``, ``12h``, ``30m`` ago, or a date/time (``2026-12-01``, ``2026-12-01T08:00``, UTC)."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip())
+    if match:
+        return now - float(match.group(1)) * {"m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"period {text!r}: expected e.g. 7d, 12h, 30m or a date such as 2026-12-01") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .reports import COLUMNS, report, summary
+
+    db = args.db or load_settings(args.config).db
+    path = db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
+    if not os.path.exists(path):
+        raise ValueError(f"no ledger at {path} (pass --db or set TOKENLANE_DB)")
+    now = time.time()
+    since, until = _period(args.since, now), _period(args.until, now)
+    rows = report(path, args.by, since=since, until=until, tenant=args.tenant)
+    if args.format == "json":
+        print(json.dumps({"by": args.by, "since": since, "until": until, "rows": rows,
+                          "summary": summary(path, since=since, until=until, tenant=args.tenant)}, indent=2))
+        return 0
+    if args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=[args.by] + [k for k, _ in COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    header = [args.by] + [title for _, title in COLUMNS]
+    table = [[_cell(r[args.by])] + [_cell(r[k]) for k, _ in COLUMNS] for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for line in table:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
     return 0
 
 
@@ -163,10 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     prices.add_argument("--against", help="compare with this file instead of the table in use")
     prices.add_argument("--show", type=int, default=20, help="list at most this many changed prices")
     prices.set_defaults(run=_prices)
+    rep = sub.add_parser("report", help="spend and KPIs from the ledger, grouped by day, model, route, tenant, "
+                         "user, status or tag:<key>")
+    rep.add_argument("--db", help="ledger file (default: the db setting, TOKENLANE_DB or tokenlane.db)")
+    rep.add_argument("--config", help="tokenlane TOML config naming the ledger")
+    rep.add_argument("--by", default="day", help="grouping: day, model, route, tenant, user, status or tag:<key>")
+    rep.add_argument("--since", default="30d", help="start: 7d, 12h, 30m ago or a UTC date/time (default 30d)")
+    rep.add_argument("--until", help="end (exclusive), same forms as --since")
+    rep.add_argument("--tenant", help="only this tenant's requests")
+    rep.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rep.set_defaults(run=_report)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (OSError, ValueError, KeyError, ModuleNotFoundError) as exc:
+    except (OSError, ValueError, KeyError, ModuleNotFoundError, sqlite3.Error) as exc:
         print(f"tokenlane: error: {exc}", file=sys.stderr)
         return 2
 

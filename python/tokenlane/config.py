@@ -7,6 +7,7 @@ value is validated at start-up; a bad one raises :class:`ConfigError` naming whe
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -53,6 +54,12 @@ class Settings:
     require_api_key: bool = False               # refuse requests without a key the ledger knows
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
+    alert_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])  # budget fractions; [] = off
+    alert_forecast: bool = True                 # also alert when the burn rate will exhaust a budget early
+    alert_webhook: str | None = None            # POST each alert here (JSON, HMAC-signed with the secret)
+    alert_webhook_secret: str | None = None
+    anomalies: bool = False                     # spend / tokens / rate anomaly detectors after reconcile
+    otel: bool = False                          # OpenTelemetry spans and GenAI metrics (tokenlane[otel])
     route_prefix: str = "/tokenlane"
     # Routing (docs/routing.md): rules that pick the served model, groups such as "auto", a learned
     # difficulty model (JSON from DifficultyModel.to_dict), several upstreams and fallback chains.
@@ -67,7 +74,7 @@ _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm",
         "max_queue", "max_body_bytes", "max_input_tokens"}
 _FLOAT = {"max_wait_s"}
 _MONEY = {"budget_usd"}
-_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics"}
+_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel"}
 _MAPS = {"tenant_budgets_usd", "tenant_priorities", "routes", "model_groups", "upstreams", "fallbacks"}
 
 
@@ -130,6 +137,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 isinstance(v, list) and v and all(isinstance(m, str) and m for m in v) for v in value.values()):
             raise ConfigError(f"{where}: expected a table of name = [model, ...]")
         return {str(k): list(v) for k, v in value.items()}
+    if name == "alert_thresholds":
+        return _fractions(where, value)
+    if name == "alert_webhook" and not str(value).startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")
     if name == "policy":
         return _choice(where, value, POLICIES)
     if name == "budget_window":
@@ -151,6 +162,23 @@ def _money(where: str, value: Any) -> Decimal:
     if not amount.is_finite() or amount < 0:
         raise ConfigError(f"{where}: expected an amount in USD >= 0, got {value!r}")
     return amount
+
+
+def _fractions(where: str, value: Any) -> list[float]:
+    """Budget fractions: a list, or a comma-separated string (the environment); 0.8 = 80 %."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of budget fractions such as [0.5, 0.8, 1.0], got {value!r}")
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(item, bool) or not 0 < number <= 10:
+            raise ConfigError(f"{where}: expected fractions of the budget between 0 and 10 (0.8 = 80 %), got {item!r}")
+        out.append(number)
+    return sorted(set(out))
 
 
 def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:

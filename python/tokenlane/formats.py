@@ -51,8 +51,8 @@ class LLMRequest:
     """What one LLM call asks for, independent of the API shape.
 
     ``messages`` (chat shapes) or ``prompt`` (text shapes) hold the input; ``n`` is how many
-    completions the call asks for (output is billed for each). ``tenant``, ``priority`` and
-    ``deadline_ms`` may be filled by an extractor; the middleware fills them otherwise.
+    completions the call asks for (output is billed for each). ``tenant``, ``priority``,
+    ``deadline_ms`` and ``tags`` may be filled by an extractor; the middleware fills them otherwise.
     """
 
     api: str
@@ -69,6 +69,7 @@ class LLMRequest:
     priority: str | None = None
     deadline_ms: float | None = None
     generates: bool = True  # False for embeddings: nothing to estimate
+    tags: dict[str, str] = field(default_factory=dict)  # cost attribution (an extractor may set them)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:

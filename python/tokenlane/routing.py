@@ -167,7 +167,7 @@ class Rule:
     models: tuple[str, ...] = ()            # requested models/groups this rule applies to (empty: any)
     tiers: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()            # path prefixes
-    tags: tuple[str, ...] = ()              # any of them
+    tags: tuple[str, ...] = ()              # any of them: a tag's key, or "key=value"
     tasks: tuple[str, ...] = ()
     min_input_tokens: int | None = None
     max_input_tokens: int | None = None

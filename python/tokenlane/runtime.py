@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
+from . import reports
+from .alerts import AlertMarks, Alerts
+from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
 from .errors import RequestError, decision_dict
@@ -25,12 +28,15 @@ from .estimators import Estimator
 from .formats import LLMRequest
 from .ledger import Ledger
 from .metrics import Metrics
+from .otel import Telemetry
 from .pricing import Pricing, usd_text
 from .scheduler import Scheduler
 from .batch import BatchLane
-from .upstreams import Upstreams
+from .sidecar import Sidecar
 from .stages.batch import Batch
 from .stages.route import Route, build_router
+from .tags import TagStore
+from .upstreams import Upstreams
 from .stages import (
     Budget,
     Identify,
@@ -38,6 +44,7 @@ from .stages import (
     Job,
     Jobs,
     LedgerThread,
+    Observe,
     Outcome,
     Parse,
     Price,
@@ -55,7 +62,8 @@ class Tokenlane:
                  scheduler: Scheduler | None = None, estimator: Estimator | None = None,
                  pricing: Pricing | None = None,
                  identify: Callable[[Mapping[str, Any], LLMRequest], Identity | str | None] | None = None,
-                 clock: Callable[[], float] = time.time, **settings: Any) -> None:
+                 on_alert: Callable[[Any], Any] | None = None, tracer_provider: Any = None,
+                 meter_provider: Any = None, clock: Callable[[], float] = time.time, **settings: Any) -> None:
         self.settings: Settings = load_settings(config, **settings)
         s = self.settings
         self.pricing = pricing or (Pricing.load(s.pricing) if s.pricing else Pricing.default())
@@ -68,14 +76,18 @@ class Tokenlane:
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
         self.thread = LedgerThread()
+        # Tables beside the ledger's own (alert marks, request tags) in the same file.
+        self.sidecar = Sidecar(self.ledger.path)
+        self.tags = TagStore(self.sidecar)
         # The stages, in request order.
         self.parse = Parse(s.max_body_bytes)
         self.identify_stage = Identify(s, self.ledger, identify)
         self.price = Price(s, self.pricing, self.estimator)
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread)
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock)
+        self.observe = self._observe(on_alert, tracer_provider, meter_provider)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
-                                   self.schedule, self.metrics, clock)
+                                   self.schedule, self.metrics, clock, self.observe)
         self.upstream = Upstream(s, self.scheduler, self.reconcile, clock)
         self.batch: Batch | None = None  # the batch lane: see use_batch_lane
         # The `upstreams` and `fallbacks` settings as one provider for the app's handlers to call
@@ -108,6 +120,19 @@ class Tokenlane:
                            lambda p: self.write(self.ledger.insert_request,
                                                 self.reconcile.ledger_row(p, "deferred", decided)),
                            self.jobs, self.clock)
+    def _observe(self, on_alert: Any, tracer_provider: Any, meter_provider: Any) -> Observe | None:
+        """The after-reconcile stage with only what is configured; ``None`` when all is off."""
+        s = self.settings
+        alerts = None
+        if s.alert_thresholds or s.alert_forecast or s.anomalies:
+            alerts = Alerts(AlertMarks(self.sidecar), thresholds=s.alert_thresholds, forecast=s.alert_forecast,
+                            webhook=s.alert_webhook, secret=s.alert_webhook_secret, on_alert=on_alert)
+        anomalies = Anomalies() if s.anomalies else None
+        telemetry = Telemetry(tracer_provider, meter_provider) if s.otel or tracer_provider or meter_provider else None
+        if alerts is None and anomalies is None and telemetry is None:
+            return None
+        return Observe(self.ledger, self.thread, self.budget.has_budget, self.clock, alerts=alerts,
+                       anomalies=anomalies, telemetry=telemetry)
 
     # --- wiring the middleware sets ----------------------------------------------------------------
 
@@ -151,6 +176,18 @@ class Tokenlane:
         """A tenant's spend in its budget window (blocking)."""
         return self.budget.usage(tenant, self.clock())
 
+    def alerts(self, principal: str | None = None, since: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Budget alerts fired (all processes), newest first, with their payload and webhook delivery
+        status; empty when alerts are off (blocking)."""
+        alerts = self.observe.alerts if self.observe is not None else None
+        return alerts.marks.list(principal, since, limit) if alerts is not None else []
+
+    def report(self, by: str = "day", *, since: float | None = None, until: float | None = None,
+               tenant: str | None = None) -> list[dict[str, Any]]:
+        """Spend and KPIs grouped by day, model, route, tenant, user, status or ``tag:<key>``
+        (:func:`tokenlane.reports.report`; the numbers ``tokenlane report`` prints; blocking)."""
+        return reports.report(self.sidecar, by, since=since, until=until, tenant=tenant)
+
     # --- the request path ---------------------------------------------------------------------------
 
     def prepare(self, request: LLMRequest, identity: Identity, route: str, headers: Mapping[str, str],
@@ -163,7 +200,7 @@ class Tokenlane:
         """Submits and waits until the request may run (see :class:`tokenlane.stages.Schedule`)."""
         return await self.schedule(p, disconnected, on_decision)
 
-    def finish(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
+    def finish(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
         """Charges the actual cost, releases the rest, records, learns (see :class:`tokenlane.stages.Reconcile`)."""
         return self.reconcile(p, outcome)
 
@@ -200,6 +237,8 @@ class Tokenlane:
             # Written by the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
             self.write(self.ledger.insert_request, self.reconcile.ledger_row(priced, status, decision))
+            if priced.tags:
+                self.write(self.tags.record, priced.id, priced.tags)
             if on_decision:
                 on_decision(decision_dict(decision))
 
@@ -219,6 +258,9 @@ class Tokenlane:
             await self.write(self.ledger.update_request, priced.id,
                              status="cancelled" if exc.status == 499 else "rejected",
                              reason=exc.code, finished_at=self.clock(), error=exc.message)
+            if self.observe is not None and exc.status != 499:
+                # insufficient_quota: the budget refused (the scheduler's view or the ledger's reservation).
+                self.observe.refused(priced, budget=exc.code == "insufficient_quota")
             await send_error(send, exc, [(b"x-tokenlane-request-id", priced.id.encode()),
                                          (b"x-tokenlane-estimated-cost", usd_text(priced.cost_p50).encode())])
             if disconnected:

@@ -59,7 +59,9 @@ async def admin_home(request: Request) -> Response:
     tl = request.app.state.tl
     info = await overview(tl)
     recent = await blocking(tl.ledger.list_requests, limit=10)
-    return render(request, "admin.html", title="Admin", info=info, recent=recent, policies=state.POLICIES, statuses=STATUSES)
+    alerts = await blocking(tl.alerts, None, None, 20)
+    return render(request, "admin.html", title="Admin", info=info, recent=recent, alerts=alerts,
+                  policies=state.POLICIES, statuses=STATUSES)
 
 
 @router.post("/dispatch", dependencies=[Depends(require_csrf)])

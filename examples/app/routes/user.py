@@ -28,13 +28,15 @@ async def dashboard(request: Request, user: dict[str, Any] = Depends(require_use
     usage = await blocking(led.usage, tenant, now)
     recent = await blocking(led.list_requests, tenant=tenant, limit=8)
     days = await blocking(led.report_by_day, since=now - 30 * 86400, tenant=tenant)
+    # The banner: the latest budget alert of the current window, if any.
+    alerts = await blocking(request.app.state.tl.alerts, tenant, usage.get("window_start"), 1)
     totals = {"input_tokens": 0, "output_tokens": 0, "cost_pico_usd": 0, "requests": 0}
     for row in days:
         for k in totals:
             totals[k] += int(row.get(k) or 0)
     return render(
         request, "dashboard.html", title="Dashboard",
-        counts=counts, usage=usage, recent=recent, totals=totals,
+        counts=counts, usage=usage, recent=recent, totals=totals, alert=alerts[0] if alerts else None,
     )
 
 

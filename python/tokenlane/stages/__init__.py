@@ -1,6 +1,6 @@
 """The stages of the request path, one module each; :mod:`tokenlane.runtime` strings them together.
 
-    parse → identify → price → schedule (with budget) → upstream → reconcile      (+ jobs)
+    parse → identify → price → schedule (with budget) → upstream → reconcile → observe   (+ jobs)
 
 The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
@@ -28,11 +28,12 @@ from .base import Identity, LedgerThread, Outcome, Priced
 from .budget import Budget
 from .identify import Identify
 from .jobs import Job, Jobs
+from .observe import Observe
 from .parse import Parse
 from .price import Price
 from .reconcile import Reconcile
 from .schedule import Schedule
 from .upstream import Upstream
 
-__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Outcome", "Parse", "Price", "Priced",
+__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price", "Priced",
            "Reconcile", "Schedule", "Upstream"]

@@ -20,6 +20,7 @@ class Identity:
     user_id: int | None = None
     key_id: int | None = None
     role: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # attribution the identify hook adds
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Priced:
     requested_model: str | None = None  # set when routing served another model than the one asked for
     route_rule: str | None = None       # the routing rule that chose the served model
     batch: bool = False                 # sent through the provider's batch API (priced at the batch rate)
+    tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
 
     def scheduler_request(self) -> dict[str, Any]:
         return {

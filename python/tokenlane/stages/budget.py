@@ -23,6 +23,10 @@ class Budget:
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
 
+    def has_budget(self, tenant: str) -> bool:
+        """Whether this process knows the tenant to have a budget (set up on its first request)."""
+        return bool(self._tenants.get(tenant))
+
     async def ensure(self, tenant: str, now: float) -> bool:
         """Whether the tenant has a budget, setting it up on first sight."""
         known = self._tenants.get(tenant)

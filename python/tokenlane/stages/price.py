@@ -11,6 +11,7 @@ from ..errors import RequestError
 from ..estimators import Estimator
 from ..formats import LLMRequest, count_input_tokens
 from ..pricing import Pricing
+from ..tags import HEADER, TagError, merge_tags, parse_tags
 from .base import Identity, Priced
 
 # Worst-case output when neither the request nor the price table bounds it.
@@ -43,6 +44,7 @@ class Price:
                 raise RequestError(400, "X-Tokenlane-Deadline-Ms must be a positive number of milliseconds",
                                    param="X-Tokenlane-Deadline-Ms")
             deadline_s = now + deadline_ms / 1000.0
+        tags = merge_tags(self.tags_of(headers), request.tags, identity.tags)
         known = request.model in self.pricing
         if not known and not self.pricing.has_fallback:
             raise RequestError(400, f"tokenlane has no price for model {request.model!r}: add it to a pricing "
@@ -80,7 +82,19 @@ class Price:
             id=request_id or f"req_{uuid.uuid4().hex}", route=route, request=request, identity=identity,
             input_tokens=counted.tokens, input_exact=counted.exact, est_p50=p50, est_p90=p90, est_source=source,
             max_output=max_output * request.n, cost_p50=price(p50), cost_p90=price(p90),
-            cost_max=price(max_output * request.n), priority=priority, deadline_s=deadline_s, arrival=now)
+            cost_max=price(max_output * request.n), priority=priority, deadline_s=deadline_s, arrival=now,
+            tags=tags)
+
+    @staticmethod
+    def tags_of(headers: Mapping[str, str]) -> dict[str, str] | None:
+        """The X-Tokenlane-Tags header's tags; RequestError (400) when malformed."""
+        raw = headers.get(HEADER)
+        if not raw:
+            return None
+        try:
+            return parse_tags(raw)
+        except TagError as exc:
+            raise RequestError(400, str(exc), param="X-Tokenlane-Tags") from None
 
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "Price"]

@@ -18,6 +18,7 @@ from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
 from .base import LedgerThread, Outcome, Priced
 from .budget import Budget
+from .observe import Observe
 from .schedule import Schedule
 
 log = logging.getLogger("tokenlane")
@@ -35,7 +36,7 @@ def fallbacks(attempts: list[dict[str, Any]]) -> int:
 class Reconcile:
     def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator, ledger: Ledger,
                  thread: LedgerThread, budget: Budget, schedule: Schedule, metrics: Metrics | None,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], observe: Observe | None = None) -> None:
         self.settings = settings
         self.pricing = pricing
         self.estimator = estimator
@@ -45,6 +46,7 @@ class Reconcile:
         self.schedule = schedule
         self.metrics = metrics
         self.clock = clock
+        self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -59,7 +61,7 @@ class Reconcile:
             "requested_model": p.requested_model, "route_rule": p.route_rule, "batch": int(p.batch),
         }
 
-    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[None]]:
+    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
         """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
         the ledger writes go to the ledger thread; wait for the returned future before the response
         completes. Returns the fields of the ledger row and that future."""
@@ -133,13 +135,16 @@ class Reconcile:
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
+        if self.observe is not None:
+            self.observe.reconciled(p, fields, written)
         return fields, written
 
     def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
-                fields: dict[str, Any]) -> None:
-        """The ledger side of reconcile (ledger thread)."""
+                fields: dict[str, Any]) -> list[Any]:
+        """The ledger side of reconcile (ledger thread); returns the budget alerts it fired."""
         self.budget.settle(tenant, reserved, actual, now)
         self.ledger.update_request(request_id, **fields)
+        return self.observe.settled(tenant, now) if self.observe is not None else []
 
 
 __all__ = ["Reconcile"]

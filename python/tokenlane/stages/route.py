@@ -22,7 +22,9 @@ from ..formats import LLMRequest
 from ..pricing import PICO_PER_USD
 from ..routing import DifficultyModel, RouteChoice, RouteFacts, Router, RoutingError
 from ..scheduler import Scheduler
+from ..tags import merge_tags
 from .base import Identity, Priced
+from .price import Price
 
 PriceFn = Callable[..., Priced]
 
@@ -51,9 +53,11 @@ class Route:
                        headers: Mapping[str, str], now: float) -> tuple[LLMRequest, bytes, RouteChoice]:
         router = self.router
         requested = request.model
+        # A rule's `tags` match a tag's key or its "key=value" (X-Tokenlane-Tags, extractor, identify hook).
+        tags = merge_tags(Price.tags_of(headers), request.tags, getattr(identity, "tags", None))
         facts: dict[str, Any] = {
             "requested": requested, "route": path, "tier": getattr(identity, "tier", None),
-            "tags": frozenset(t.strip() for t in headers.get("x-tokenlane-tags", "").split(",") if t.strip())}
+            "tags": frozenset([*tags, *(f"{k}={v}" for k, v in tags.items())])}
         if router.needs_text:
             facts["text"] = request.text()
         if router.needs_estimate:

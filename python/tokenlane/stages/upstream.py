@@ -21,7 +21,7 @@ from ..scheduler import Scheduler
 from .base import Outcome, Priced
 from .reconcile import fallbacks
 
-ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[None]]]
+ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
 
 
 class Upstream:

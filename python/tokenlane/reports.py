@@ -1,0 +1,178 @@
+"""Spend reports and KPIs over the ledger: one function behind ``tokenlane report``, the example
+app's reports page and ``Tokenlane.report``, so every surface shows the same numbers.
+
+    rows = report("tokenlane.db", by="tag:feature", since=time.time() - 7 * 86400)
+    kpis = summary("tokenlane.db", since=...)
+
+Groupings: ``day``, ``model``, ``route``, ``tenant`` (the paying principal), ``user``, ``status``
+and ``tag:<key>`` (requests without that tag form the ``(none)`` group).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .sidecar import Sidecar
+
+PICO_PER_USD = 10**12
+GROUPS = ("day", "model", "route", "tenant", "user", "status")
+NONE = "(none)"
+
+_GROUP_SQL = {
+    "day": "date(r.created_at, 'unixepoch')",
+    "model": "r.model",
+    "route": "r.route",
+    "tenant": "r.tenant",
+    "user": "r.user_id",
+    "status": "r.status",
+}
+
+# Sums per group; the *_matched pairs cover the same rows, so their ratio is an honest error.
+_MEASURES = """
+  COUNT(*) AS requests,
+  SUM(r.status = 'succeeded') AS succeeded,
+  SUM(r.status = 'failed') AS failed,
+  SUM(r.status = 'rejected') AS refused,
+  SUM(r.input_tokens IS NOT NULL) AS billed,
+  COALESCE(SUM(r.input_tokens), 0) AS input_tokens,
+  COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
+  COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
+  COALESCE(SUM(r.cost_pico_usd), 0) AS cost_pico_usd,
+  COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.est_cost_pico_usd END), 0)
+    AS est_cost_matched,
+  COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.cost_pico_usd END), 0)
+    AS cost_matched
+"""
+
+
+class ReportError(ValueError):
+    """A grouping or period the report cannot use."""
+
+
+def _group(by: str) -> tuple[str, str, list[Any]]:
+    """(SQL expression, join, join parameters) for a grouping."""
+    if by in _GROUP_SQL:
+        return _GROUP_SQL[by], "", []
+    if by.startswith("tag:") and re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", by[4:]):
+        return "t.value", " LEFT JOIN request_tags t ON t.request_id = r.id AND t.key = ?", [by[4:]]
+    raise ReportError(f"unknown grouping {by!r}: use one of {', '.join(GROUPS)} or tag:<key>")
+
+
+def _where(since: float | None, until: float | None, tenant: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if since is not None:
+        clauses.append("r.created_at >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("r.created_at < ?")
+        args.append(until)
+    if tenant is not None:
+        clauses.append("r.tenant = ?")
+        args.append(tenant)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _p95(db: Sidecar, value: str, group: str, join: str, join_args: list[Any], where: str,
+         args: list[Any]) -> dict[Any, float]:
+    """Nearest-rank p95 of a per-request value in each group (SQL window functions)."""
+    cond = f"({value}) IS NOT NULL"
+    where = where + (" AND " if where else " WHERE ") + cond
+    sql = (f"SELECT g, MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN v END) AS p95 FROM ("
+           f" SELECT {group} AS g, {value} AS v, ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY {value}) AS rn,"
+           f" COUNT(*) OVER (PARTITION BY {group}) AS n FROM requests r{join}{where}) GROUP BY g")
+    with db.connection() as c:
+        return {row["g"]: row["p95"] for row in c.execute(sql, [*join_args, *args])}
+
+
+def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
+    requests, billed = row["requests"], row["billed"] or 0
+    cost = row["cost_pico_usd"] / PICO_PER_USD
+    est, actual = row["est_cost_matched"], row["cost_matched"]
+    return {
+        "requests": requests, "succeeded": row["succeeded"], "failed": row["failed"], "refused": row["refused"],
+        "cost_usd": cost,
+        "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,
+        "avg_input_tokens": row["input_tokens"] / billed if billed else None,
+        "avg_output_tokens": row["output_tokens"] / billed if billed else None,
+        "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
+        "cached_input_share": row["cached_input_tokens"] / row["input_tokens"] if row["input_tokens"] else None,
+        "share_of_requests": requests / total_requests if total_requests else None,
+        "refusal_rate": row["refused"] / requests if requests else None,
+        # Actual over estimated cost of the same succeeded requests, minus one: +0.1 = 10 % above the estimate.
+        "estimate_error": actual / est - 1 if est else None,
+    }
+
+
+def report(db: Sidecar | str, by: str = "day", *, since: float | None = None, until: float | None = None,
+           tenant: str | None = None) -> list[dict[str, Any]]:
+    """One row per group with the KPIs (cost per 1,000 requests, average tokens, p95 latency and
+    queue time, refusal rate, estimate error, share of requests), most expensive first (by day:
+    in date order)."""
+    sidecar = Sidecar(db) if isinstance(db, str) else db
+    group, join, join_args = _group(by)
+    where, args = _where(since, until, tenant)
+    sql = f"SELECT {group} AS g, {_MEASURES} FROM requests r{join}{where} GROUP BY g"
+    with sidecar.connection() as c:
+        rows = [dict(row) for row in c.execute(sql, [*join_args, *args])]
+    latency = _p95(sidecar, "(r.finished_at - r.created_at) * 1000.0", group, join, join_args,
+                   where + (" AND " if where else " WHERE ") + "r.status = 'succeeded'", args)
+    queue = _p95(sidecar, "r.queue_ms", group, join, join_args, where, args)
+    total = sum(r["requests"] for r in rows)
+    out = []
+    for row in rows:
+        key = row["g"]
+        out.append({by: NONE if key is None else key, **_kpis(row, total),
+                    "p95_latency_ms": latency.get(key), "p95_queue_ms": queue.get(key)})
+    if by == "day":
+        out.sort(key=lambda r: str(r["day"]))
+    else:
+        out.sort(key=lambda r: (-r["cost_usd"], -r["requests"], str(r[by])))
+    if isinstance(db, str):
+        sidecar.close()
+    return out
+
+
+def summary(db: Sidecar | str, *, since: float | None = None, until: float | None = None,
+            tenant: str | None = None) -> dict[str, Any]:
+    """The KPIs over the whole period, refusals by reason and spend against each budget."""
+    sidecar = Sidecar(db) if isinstance(db, str) else db
+    where, args = _where(since, until, tenant)
+    with sidecar.connection() as c:
+        row = dict(c.execute(f"SELECT 1 AS g, {_MEASURES} FROM requests r{where}", args).fetchone())
+        reasons = {r["reason"] or "unknown": r["n"] for r in c.execute(
+            f"SELECT r.reason AS reason, COUNT(*) AS n FROM requests r{where}"
+            f"{' AND' if where else ' WHERE'} r.status = 'rejected' GROUP BY r.reason ORDER BY n DESC", args)}
+        budget_sql = "SELECT tenant, limit_pico_usd, period, window_start, spent_pico_usd FROM budgets"
+        budgets = [dict(b) for b in c.execute(budget_sql + (" WHERE tenant = ?" if tenant else ""),
+                                              [tenant] if tenant else [])]
+    row["requests"] = row["requests"] or 0
+    for k in ("succeeded", "failed", "refused", "billed"):
+        row[k] = row[k] or 0
+    latency = _p95(sidecar, "(r.finished_at - r.created_at) * 1000.0", "1", "", [],
+                   where + (" AND " if where else " WHERE ") + "r.status = 'succeeded'", args)
+    queue = _p95(sidecar, "r.queue_ms", "1", "", [], where, args)
+    if isinstance(db, str):
+        sidecar.close()
+    kpis = _kpis(row, row["requests"])
+    kpis.pop("share_of_requests")
+    kpis["p95_latency_ms"], kpis["p95_queue_ms"] = latency.get(1), queue.get(1)
+    kpis["refusals_by_reason"] = reasons
+    kpis["budgets"] = [{
+        "principal": b["tenant"], "level": "tenant", "window": b["period"], "window_start": b["window_start"],
+        "spent_usd": b["spent_pico_usd"] / PICO_PER_USD,
+        "limit_usd": None if b["limit_pico_usd"] is None else b["limit_pico_usd"] / PICO_PER_USD,
+        "spent_fraction": (b["spent_pico_usd"] / b["limit_pico_usd"]) if b["limit_pico_usd"] else None,
+    } for b in budgets]
+    return kpis
+
+
+COLUMNS: Sequence[tuple[str, str]] = (
+    ("requests", "requests"), ("cost_usd", "cost USD"), ("cost_per_1k_requests_usd", "USD/1k req"),
+    ("avg_input_tokens", "avg in"), ("avg_output_tokens", "avg out"), ("share_of_requests", "share"),
+    ("refusal_rate", "refused"), ("p95_latency_ms", "p95 ms"), ("p95_queue_ms", "p95 queue ms"),
+    ("estimate_error", "est. error"),
+)
+
+__all__ = ["COLUMNS", "GROUPS", "ReportError", "report", "summary"]

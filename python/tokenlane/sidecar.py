@@ -1,0 +1,72 @@
+"""Tables tokenlane's Python layer keeps beside the ledger's own, in the same SQLite file.
+
+Alert marks and request tags are written rarely or in bulk and read by reports; they do not need
+the C++ ledger, only the same file (so every worker process and ``tokenlane report`` see them).
+One connection per process, guarded by a lock: callers are the ledger thread and worker threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+  id             TEXT PRIMARY KEY,
+  principal      TEXT NOT NULL,
+  level          TEXT NOT NULL,           -- tenant today; org | team | key | user with the hierarchy
+  kind           TEXT NOT NULL,           -- threshold | forecast
+  threshold      REAL NOT NULL,           -- fraction of the limit (forecast: 1.0)
+  period         TEXT NOT NULL,           -- the budget window: hour | day | month | total
+  window_start   INTEGER NOT NULL,        -- Unix seconds; with the rest: fires once per window
+  spent_pico_usd INTEGER NOT NULL,
+  limit_pico_usd INTEGER NOT NULL,
+  reason         TEXT NOT NULL,           -- spend | refused | forecast
+  at             REAL NOT NULL,
+  payload        TEXT NOT NULL,           -- the JSON every channel received
+  delivery       TEXT NOT NULL,           -- none (no webhook) | pending | delivered | failed
+  attempts       INTEGER NOT NULL DEFAULT 0,
+  last_error     TEXT,
+  delivered_at   REAL,
+  UNIQUE (principal, level, kind, threshold, window_start)
+);
+CREATE INDEX IF NOT EXISTS alerts_at ON alerts(at);
+CREATE INDEX IF NOT EXISTS alerts_principal_at ON alerts(principal, at);
+
+CREATE TABLE IF NOT EXISTS request_tags (
+  request_id TEXT NOT NULL,
+  key        TEXT NOT NULL,
+  value      TEXT NOT NULL,
+  PRIMARY KEY (request_id, key)
+);
+CREATE INDEX IF NOT EXISTS request_tags_key_value ON request_tags(key, value);
+"""
+
+
+class Sidecar:
+    """The extra tables in the ledger's SQLite file (``":memory:"``: a private in-memory database)."""
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False,
+                                     isolation_level=None)  # autocommit; explicit BEGIN where needed
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            if path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+__all__ = ["Sidecar"]
