@@ -238,12 +238,6 @@ void register_ledger(py::module_& m) {
              ReportFilter f = report_filter(tenant, user_id, since, until);
              return unlocked([&] { return l.report_by_model(f); }, to_list);
            })
-      .def("report_by_route",
-           [](const Ledger& l, Opt tenant, std::optional<std::int64_t> user_id, std::optional<double> since,
-              std::optional<double> until) {
-             ReportFilter f = report_filter(tenant, user_id, since, until);
-             return unlocked([&] { return l.report_by_route(f); }, to_list);
-           })
       .def("report_by_user",
            [](const Ledger& l, Opt tenant, std::optional<std::int64_t> user_id, std::optional<double> since,
               std::optional<double> until) {

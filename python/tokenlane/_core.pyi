@@ -207,9 +207,6 @@ class Ledger:
     def report_by_model(
         self, tenant: str | None, user_id: int | None, since: float | None, until: float | None
     ) -> list[_Row]: ...
-    def report_by_route(
-        self, tenant: str | None, user_id: int | None, since: float | None, until: float | None
-    ) -> list[_Row]: ...
     def report_by_user(
         self, tenant: str | None, user_id: int | None, since: float | None, until: float | None
     ) -> list[_Row]: ...

@@ -282,18 +282,6 @@ class Ledger:
         """One row per model, most expensive first."""
         return self._led.report_by_model(tenant, user_id, _seconds(since), _seconds(until))
 
-    def report_by_route(
-        self,
-        since: float | _dt.datetime | None = None,
-        tenant: str | None = None,
-        until: float | _dt.datetime | None = None,
-        *,
-        user_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """One row per routing rule ("route_rule", None: no rule) and lane ("batch" 0/1): requests,
-        cost, and "saved_pico_usd" against the requested model at list price."""
-        return self._led.report_by_route(tenant, user_id, _seconds(since), _seconds(until))
-
     def report_by_user(
         self,
         since: float | _dt.datetime | None = None,

@@ -4,8 +4,9 @@ app's reports page and ``Tokenlane.report``, so every surface shows the same num
     rows = report("tokenlane.db", by="tag:feature", since=time.time() - 7 * 86400)
     kpis = summary("tokenlane.db", since=...)
 
-Groupings: ``day``, ``model``, ``route``, ``tenant`` (the paying principal), ``user``, ``status``
-and ``tag:<key>`` (requests without that tag form the ``(none)`` group).
+Groupings: ``day``, ``model``, ``route``, ``tenant`` (the paying principal), ``user``, ``status``,
+``rule`` (the routing rule that chose the served model), ``lane`` (``live`` or ``batch``) and
+``tag:<key>`` (requests without that tag form the ``(none)`` group).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from .sidecar import Sidecar
 
 PICO_PER_USD = 10**12
-GROUPS = ("day", "model", "route", "tenant", "user", "status")
+GROUPS = ("day", "model", "route", "tenant", "user", "status", "rule", "lane")
 NONE = "(none)"
 
 _GROUP_SQL = {
@@ -27,6 +28,8 @@ _GROUP_SQL = {
     "tenant": "r.tenant",
     "user": "r.user_id",
     "status": "r.status",
+    "rule": "r.route_rule",
+    "lane": "CASE WHEN r.batch = 1 THEN 'batch' ELSE 'live' END",
 }
 
 # Sums per group; the *_matched pairs cover the same rows, so their ratio is an honest error.
@@ -40,6 +43,7 @@ _MEASURES = """
   COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
   COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
   COALESCE(SUM(r.cost_pico_usd), 0) AS cost_pico_usd,
+  COALESCE(SUM(r.unrouted_cost_pico_usd - r.cost_pico_usd), 0) AS saved_pico_usd,
   COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.est_cost_pico_usd END), 0)
     AS est_cost_matched,
   COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.cost_pico_usd END), 0)
@@ -93,6 +97,8 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
     return {
         "requests": requests, "succeeded": row["succeeded"], "failed": row["failed"], "refused": row["refused"],
         "cost_usd": cost,
+        # Routing and the batch lane: the same usage at the requested model and list price, less the cost.
+        "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
         "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,
         "avg_input_tokens": row["input_tokens"] / billed if billed else None,
         "avg_output_tokens": row["output_tokens"] / billed if billed else None,
@@ -172,7 +178,7 @@ COLUMNS: Sequence[tuple[str, str]] = (
     ("requests", "requests"), ("cost_usd", "cost USD"), ("cost_per_1k_requests_usd", "USD/1k req"),
     ("avg_input_tokens", "avg in"), ("avg_output_tokens", "avg out"), ("share_of_requests", "share"),
     ("refusal_rate", "refused"), ("p95_latency_ms", "p95 ms"), ("p95_queue_ms", "p95 queue ms"),
-    ("estimate_error", "est. error"),
+    ("estimate_error", "est. error"), ("saved_usd", "saved USD"),
 )
 
 __all__ = ["COLUMNS", "GROUPS", "ReportError", "report", "summary"]

@@ -131,10 +131,10 @@ def test_rules_route_by_task_cost_and_budget_pressure(tmp_path, upstreams):
         assert second.headers["x-tokenlane-model"] == "gpt-4o-mini"
         assert second.headers["x-tokenlane-route-rule"] == "budget-pressure"
     assert all(e["model"] != "gpt-4o-mini" for e in primary.log)
-    by_rule = {r["route_rule"]: r for r in rt.ledger.report_by_route()}
+    by_rule = {r["rule"]: r for r in rt.report("rule")}
     assert {k: by_rule[k]["requests"] for k in ("code", "expensive", "budget-pressure")} == \
         {"code": 1, "expensive": 1, "budget-pressure": 1}
-    assert by_rule["expensive"]["saved_pico_usd"] > 0  # gpt-4o-mini instead of gpt-4o
+    assert by_rule["expensive"]["saved_usd"] > 0  # gpt-4o-mini instead of gpt-4o
 
 
 def test_fallback_on_429_and_a_cut_stream_are_accounted(tmp_path, upstreams):
@@ -201,6 +201,7 @@ def test_batch_lane_round_trip_at_the_batch_price(tmp_path):
             assert r["cost_pico_usd"] == pricing.cost_of_usage("gpt-4o-mini", usage, batch=True).total_pico_usd
             assert r["cost_pico_usd"] * 2 == pricing.cost_of_usage("gpt-4o-mini", usage).total_pico_usd
             assert len(rt.batch.lane.batches) == 1
-            lanes = {r["batch"]: r for r in rt.ledger.report_by_route()}
-            assert lanes[1]["requests"] == 1 and lanes[0]["requests"] == 1
-            assert lanes[1]["saved_pico_usd"] == lanes[1]["cost_pico_usd"] == r["cost_pico_usd"]  # 50 % off
+            lanes = {r["lane"]: r for r in rt.report("lane")}
+            assert lanes["batch"]["requests"] == 1 and lanes["live"]["requests"] == 1
+            saved = Decimal(r["cost_pico_usd"]) / 10**12  # 50 % off: the saving equals the cost
+            assert Decimal(str(lanes["batch"]["saved_usd"])) == Decimal(str(lanes["batch"]["cost_usd"])) == saved

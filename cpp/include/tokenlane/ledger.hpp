@@ -183,9 +183,6 @@ class Ledger {
   std::vector<LedgerRow> report_by_day(const ReportFilter& filter) const;
   std::vector<LedgerRow> report_by_model(const ReportFilter& filter) const;
   std::vector<LedgerRow> report_by_user(const ReportFilter& filter) const;
-  // One row per (route_rule, batch): the requests each routing rule (NULL: none) and the batch lane
-  // served, their cost and `saved_pico_usd` (unrouted_cost_pico_usd - cost_pico_usd).
-  std::vector<LedgerRow> report_by_route(const ReportFilter& filter) const;
   // Count per status; every known status is present (0 when none).
   std::vector<std::pair<std::string, std::int64_t>> status_counts(const ReportFilter& filter) const;
 

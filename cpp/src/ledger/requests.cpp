@@ -323,14 +323,6 @@ std::vector<LedgerRow> Ledger::report_by_model(const ReportFilter& filter) const
                     " GROUP BY r.model ORDER BY cost_pico_usd DESC, requests DESC, model", filter);
 }
 
-std::vector<LedgerRow> Ledger::report_by_route(const ReportFilter& filter) const {
-  // Savings: what the same usage would have cost at the requested model and list price, less the cost.
-  return run_report(*impl_, "report_by_route",
-                    "r.route_rule AS route_rule, COALESCE(r.batch, 0) AS batch,"
-                    " COALESCE(SUM(r.unrouted_cost_pico_usd - r.cost_pico_usd), 0) AS saved_pico_usd",
-                    "", " GROUP BY r.route_rule, COALESCE(r.batch, 0) ORDER BY requests DESC, route_rule", filter);
-}
-
 std::vector<LedgerRow> Ledger::report_by_user(const ReportFilter& filter) const {
   return run_report(*impl_, "report_by_user", "r.user_id AS user_id, u.email AS email, r.tenant AS tenant",
                     " LEFT JOIN users u ON u.id = r.user_id", " GROUP BY r.user_id, r.tenant "
