@@ -2,6 +2,9 @@
 // this file converts arguments, releases the GIL around the work, and builds result lists.
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "bindings.hpp"
 #include "tokenlane/approx.hpp"
 #include "tokenlane/chat.hpp"
@@ -13,34 +16,92 @@ namespace {
 // pybind11 holders cannot be shared_ptr<const T>; every bound method is const all the same.
 using EncodingPtr = std::shared_ptr<Encoding>;
 
-py::list to_list(const std::vector<Rank>& ids) {
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
+// Token ids as Python ints. Ids repeat (a text of 1 MB has ~250k tokens but a few thousand distinct
+// ids), so each id's int object is made once per process and shared: building the list is then a
+// reference-count increment per token instead of an allocation.
+class IntCache {
+ public:
+  PyObject* get(Rank id) {
+    if (id >= ints_.size()) {
+      if (id >= kLimit) return PyLong_FromUnsignedLong(id);
+      ints_.resize(std::size_t{id} + 1, nullptr);
+    }
+    PyObject*& o = ints_[id];
+    if (o == nullptr && (o = PyLong_FromUnsignedLong(id)) == nullptr) return nullptr;
+    Py_INCREF(o);
+    return o;
+  }
+
+ private:
+  static constexpr Rank kLimit = 1u << 20;
+  std::vector<PyObject*> ints_;  // owned references, kept for the life of the process
+};
+
+py::list to_list(const Rank* ids, std::size_t n) {
+  static IntCache* ints = new IntCache;  // never destroyed: the interpreter may be gone at exit
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(n));
   if (list == nullptr) throw py::error_already_set();
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), PyLong_FromUnsignedLong(ids[i]));
+  for (std::size_t i = 0; i < n; ++i) {
+    PyObject* o = ints->get(ids[i]);
+    if (o == nullptr) {
+      Py_DECREF(list);
+      throw py::error_already_set();
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), o);
   }
   return py::reinterpret_steal<py::list>(list);
 }
+py::list to_list(const std::vector<Rank>& ids) { return to_list(ids.data(), ids.size()); }
 
-bool is_all(const py::handle& arg) { return py::isinstance<py::str>(arg) && arg.cast<std::string>() == "all"; }
-
-// tiktoken's allowed_special: "all" or a collection of special-token strings.
-SpecialSet allowed_set(const Encoding& enc, const py::handle& allowed) {
-  if (is_all(allowed)) return enc.special_token_strings();
-  SpecialSet out;
-  for (const py::handle& s : allowed) out.push_back(s.cast<std::string>());
-  return out;
+bool is_all(const py::handle& arg) {
+  if (!PyUnicode_Check(arg.ptr())) return false;
+  Py_ssize_t n = 0;
+  const char* s = PyUnicode_AsUTF8AndSize(arg.ptr(), &n);
+  return s != nullptr && n == 3 && std::memcmp(s, "all", 3) == 0;
 }
 
-// tiktoken's disallowed_special: "all" means every special not allowed.
-SpecialSet disallowed_set(const Encoding& enc, const py::handle& disallowed, const SpecialSet& allowed) {
-  if (!is_all(disallowed)) return allowed_set(enc, disallowed);
-  if (allowed.empty()) return enc.special_token_strings();
-  SpecialSet out;
-  for (const std::string& s : enc.special_token_strings()) {
-    if (std::find(allowed.begin(), allowed.end(), s) == allowed.end()) out.push_back(s);
+// tiktoken's special-token arguments, resolved once per call. The common cases ("all", or nothing)
+// point at the encoding's own set instead of copying it.
+struct SpecialPolicy {
+  const SpecialSet* allowed;
+  const SpecialSet* disallowed;
+
+  SpecialPolicy(const Encoding& enc, const py::handle& allowed_arg, const py::handle& disallowed_arg) {
+    allowed = resolve(enc, allowed_arg, allowed_own_);
+    if (!is_all(disallowed_arg)) {
+      disallowed = resolve(enc, disallowed_arg, disallowed_own_);
+    } else if (allowed->empty()) {
+      disallowed = &enc.special_token_strings();  // "all": every special not allowed
+    } else {
+      for (const std::string& s : enc.special_token_strings()) {
+        if (std::find(allowed->begin(), allowed->end(), s) == allowed->end()) disallowed_own_.push_back(s);
+      }
+      disallowed = &disallowed_own_;
+    }
   }
-  return out;
+  SpecialPolicy(const SpecialPolicy&) = delete;
+
+  // Raises (as tiktoken) if a text holds a disallowed special token. Call without the GIL.
+  void check(const Encoding& enc, std::string_view utf8) const {
+    if (!disallowed->empty()) enc.check_disallowed_special(utf8, *disallowed);
+  }
+
+ private:
+  static const SpecialSet* resolve(const Encoding& enc, const py::handle& arg, SpecialSet& own) {
+    if (is_all(arg)) return &enc.special_token_strings();
+    for (const py::handle& s : arg) own.push_back(s.cast<std::string>());
+    return &own;
+  }
+  SpecialSet allowed_own_, disallowed_own_;
+};
+
+const char* pretokenizer_name(PretokenizerKind k) {
+  switch (k) {
+    case PretokenizerKind::gpt2: return "gpt2";
+    case PretokenizerKind::cl100k: return "cl100k";
+    case PretokenizerKind::o200k: return "o200k";
+  }
+  return "?";
 }
 
 struct Texts {
@@ -55,19 +116,6 @@ Texts texts_of(const py::sequence& seq) {
   for (std::size_t i = 0; i < seq.size(); ++i) t.views.push_back(utf8_of(seq[i], t.holders[i]));
   return t;
 }
-
-// tiktoken's special-token arguments, resolved once per call.
-struct SpecialPolicy {
-  SpecialSet allowed, disallowed;
-
-  SpecialPolicy(const Encoding& enc, const py::handle& allowed_arg, const py::handle& disallowed_arg)
-      : allowed(allowed_set(enc, allowed_arg)), disallowed(disallowed_set(enc, disallowed_arg, allowed)) {}
-
-  // Raises (as tiktoken) if a text holds a disallowed special token. Call without the GIL.
-  void check(const Encoding& enc, std::string_view utf8) const {
-    if (!disallowed.empty()) enc.check_disallowed_special(utf8, disallowed);
-  }
-};
 
 }  // namespace
 
@@ -106,7 +154,7 @@ void register_tokenizer(py::module_& m) {
         {
           py::gil_scoped_release release;
           policy.check(e, utf8);
-          ids = e.encode(utf8, policy.allowed);
+          ids = e.encode(utf8, *policy.allowed);
         }
         return to_list(ids);
       }, py::arg("text"), py::arg("allowed_special"), py::arg("disallowed_special"))
@@ -127,7 +175,7 @@ void register_tokenizer(py::module_& m) {
         std::string_view utf8 = utf8_of(text, holder);
         py::gil_scoped_release release;
         policy.check(e, utf8);
-        return e.count(utf8, policy.allowed);
+        return e.count(utf8, *policy.allowed);
       })
       .def("encode_batch", [](const Encoding& e, const py::sequence& texts, const py::handle& allowed_arg,
                               const py::handle& disallowed_arg, unsigned num_threads) {
@@ -137,7 +185,7 @@ void register_tokenizer(py::module_& m) {
         {
           py::gil_scoped_release release;
           for (std::string_view v : t.views) policy.check(e, v);
-          ids = e.encode_batch(t.views, policy.allowed, num_threads);
+          ids = e.encode_batch(t.views, *policy.allowed, num_threads);
         }
         py::list out(ids.size());
         for (std::size_t i = 0; i < ids.size(); ++i) out[i] = to_list(ids[i]);
@@ -149,7 +197,7 @@ void register_tokenizer(py::module_& m) {
         Texts t = texts_of(texts);
         py::gil_scoped_release release;
         for (std::string_view v : t.views) policy.check(e, v);
-        return e.count_batch(t.views, policy.allowed, num_threads);
+        return e.count_batch(t.views, *policy.allowed, num_threads);
       })
       .def("decode_bytes", [](const Encoding& e, const std::vector<Rank>& ids) {
         std::string bytes;
@@ -159,7 +207,28 @@ void register_tokenizer(py::module_& m) {
         }
         return py::bytes(bytes);
       })
-      .def("token_bytes", [](const Encoding& e, Rank id) { return py::bytes(std::string(e.token_bytes(id))); })
+      .def("token_bytes", [](const Encoding& e, Rank id) {
+        try {
+          std::string_view b = e.token_bytes(id);
+          return py::bytes(b.data(), b.size());
+        } catch (const Error& err) {
+          throw py::key_error(err.what());  // tiktoken's decode_single_token_bytes raises KeyError
+        }
+      })
+      .def("tokens_bytes", [](const Encoding& e, const std::vector<Rank>& ids) {
+        py::list out(ids.size());
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          std::string_view b = e.token_bytes(ids[i]);
+          out[i] = py::bytes(b.data(), b.size());
+        }
+        return out;
+      })
+      .def_property_readonly("pretokenizer", [](const Encoding& e) { return pretokenizer_name(e.pretokenizer()); })
+      .def("ordinary_tokens", [](const Encoding& e) {
+        py::dict d;
+        for (const auto& [b, r] : e.ordinary_tokens()) d[py::bytes(b.data(), b.size())] = r;
+        return d;
+      })
       .def("encode_single_token", [](const Encoding& e, const py::bytes& b) {
         return e.encode_single_token(std::string_view(b));
       })
@@ -168,6 +237,21 @@ void register_tokenizer(py::module_& m) {
         return count_chat_tokens(e, request_json, model);
       });
 
+  m.def("encoding_from_tokens", [](const std::string& name, const std::string& pretokenizer,
+                                   const py::dict& mergeable_ranks, const py::dict& special_tokens,
+                                   std::size_t n_vocab) {
+    EncodingSpec spec{name, PretokenizerKind::gpt2, "", "", {}, n_vocab};
+    if (pretokenizer == "cl100k") spec.pretokenizer = PretokenizerKind::cl100k;
+    else if (pretokenizer == "o200k") spec.pretokenizer = PretokenizerKind::o200k;
+    else if (pretokenizer != "gpt2") throw py::value_error("unknown pre-tokenizer " + pretokenizer);
+    for (const auto& [text, rank] : special_tokens) spec.special_tokens.emplace_back(text.cast<std::string>(), rank.cast<Rank>());
+    std::vector<std::pair<std::string, Rank>> tokens;
+    tokens.reserve(mergeable_ranks.size());
+    for (const auto& [bytes, rank] : mergeable_ranks) tokens.emplace_back(bytes.cast<std::string>(), rank.cast<Rank>());
+    py::gil_scoped_release release;
+    return std::const_pointer_cast<Encoding>(Encoding::from_tokens(std::move(spec), std::move(tokens)));
+  }, py::arg("name"), py::arg("pretokenizer"), py::arg("mergeable_ranks"), py::arg("special_tokens"),
+     py::arg("n_vocab"));
   m.def("encoding_names", &encoding_names);
   m.def("encoding_rank_file", [](const std::string& name) { return encoding_spec(name).rank_file; });
   m.def("encoding_sha256", [](const std::string& name) { return encoding_spec(name).expected_sha256; });

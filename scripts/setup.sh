@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # chromium: Debian's browser, driven by Playwright in the example app's browser tests (tests/e2e).
-APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium ${TOKENLANE_EXTRA_APT:-})
+# clang-14 + libclang-rt-14-dev: libFuzzer and ThreadSanitizer builds of the core (scripts/test).
+APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium clang-14 libclang-rt-14-dev
+              ${TOKENLANE_EXTRA_APT:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

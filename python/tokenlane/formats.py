@@ -10,6 +10,9 @@ can still be counted exactly.
 from __future__ import annotations
 
 import json
+import re
+from array import array
+from itertools import accumulate
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,54 @@ class MalformedRequest(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on what a client controls in a request body (docs/limits.md has the table).
+
+    They keep hostile bodies from costing memory, stack or time (and from overflowing the cost
+    arithmetic: ``n`` × ``max_tokens`` × price stays far below 2**63 pico-USD); none is close to what
+    a real request needs. The body size limit is the middleware's ``max_body_bytes`` setting.
+    """
+
+    json_depth: int = 64            # nesting of arrays and objects in the body
+    messages: int = 4096            # messages / input items
+    content_parts: int = 1024       # parts of one message's content
+    tools: int = 128                # tools or functions (OpenAI's own limit)
+    prompts: int = 2048             # items of an array prompt / embeddings input (OpenAI's limit)
+    n: int = 128                    # completions per request (OpenAI's limit)
+    max_tokens: int = 16_777_216    # any output-token cap (models accept far less)
+    model_chars: int = 256
+    user_chars: int = 200           # the ledger's limit on a tenant name, which `user` may become
+    name_chars: int = 256           # a message's role and name
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # JSON strings, which may hold brackets
+# Opening brackets to +1, closing ones to -1 (as signed bytes); every other byte is deleted.
+_BRACKETS = bytes(1 if b in b"[{" else 255 if b in b"]}" else 0 for b in range(256))
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _json_depth(body: bytes) -> int:
+    """Deepest nesting of arrays/objects in a JSON text, in C-speed passes (no recursion)."""
+    steps = array("b", _STRINGS.sub(b"", body).translate(_BRACKETS, _NOT_BRACKETS))
+    return max(accumulate(steps), default=0)
+
+
+def load_json_body(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> Any:
+    """Parses a request body, refusing (with :class:`MalformedRequest`) invalid JSON and nesting
+    deeper than ``limits.json_depth``, before the parser's recursion could fail on it."""
+    if body.count(b"[") + body.count(b"{") > limits.json_depth and _json_depth(body) > limits.json_depth:
+        raise MalformedRequest(f"the JSON body nests arrays/objects deeper than {limits.json_depth} levels")
+    try:
+        return json.loads(body)
+    except RecursionError:  # unreachable after the depth check; kept so no body can ever be a 500
+        raise MalformedRequest("the JSON body nests too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 @dataclass
@@ -126,59 +177,111 @@ def api_for_path(path: str) -> str | None:
     return None
 
 
-def _int_field(body: Mapping[str, Any], name: str, minimum: int = 0) -> int | None:
+def _int_field(body: Mapping[str, Any], name: str, minimum: int = 0, maximum: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MalformedRequest(f"'{name}' must be an integer >= {minimum}, got {value!r}", name)
+        raise MalformedRequest(f"'{name}' must be an integer >= {minimum}, got {_shown(value)}", name)
+    if maximum is not None and value > maximum:
+        raise MalformedRequest(f"'{name}' must be at most {maximum}, got {value}", name)
     return value
 
 
-def _str_field(body: Mapping[str, Any], name: str, required: bool = False) -> str | None:
+def _str_field(body: Mapping[str, Any], name: str, required: bool = False,
+               max_chars: int | None = 256) -> str | None:
     value = body.get(name)
     if value is None:
         if required:
             raise MalformedRequest(f"'{name}' is required", name)
         return None
     if not isinstance(value, str) or (required and not value):
-        raise MalformedRequest(f"'{name}' must be a non-empty string, got {value!r}", name)
+        raise MalformedRequest(f"'{name}' must be a non-empty string, got {_shown(value)}", name)
+    if max_chars is not None and len(value) > max_chars:
+        raise MalformedRequest(f"'{name}' must be at most {max_chars} characters, got {len(value)}", name)
     return value
 
 
-def _messages_field(body: Mapping[str, Any], name: str = "messages") -> list[dict[str, Any]]:
+def _bool_field(body: Mapping[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is not None and not isinstance(value, bool):
+        raise MalformedRequest(f"'{name}' must be true or false, got {_shown(value)}", name)
+    return bool(value)
+
+
+def _array_field(body: Mapping[str, Any], name: str, max_items: int) -> list[Any] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise MalformedRequest(f"'{name}' must be an array", name)
+    if len(value) > max_items:
+        raise MalformedRequest(f"'{name}' may hold at most {max_items} items, got {len(value)}", name)
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a hostile body must not come back at full size."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _messages_field(body: Mapping[str, Any], limits: RequestLimits, name: str = "messages") -> list[dict[str, Any]]:
     messages = body.get(name)
     if not isinstance(messages, list) or not messages:
         raise MalformedRequest(f"'{name}' must be a non-empty array of messages", name)
+    if len(messages) > limits.messages:
+        raise MalformedRequest(f"'{name}' may hold at most {limits.messages} messages, got {len(messages)}", name)
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
             raise MalformedRequest(f"'{name}[{i}]' must be an object with a string 'role'", f"{name}[{i}]")
+        _check_message(m, f"{name}[{i}]", limits)
     return list(messages)
 
 
-def parse_request(api: str, body: Any) -> LLMRequest:
+def _check_message(m: Mapping[str, Any], where: str, limits: RequestLimits) -> None:
+    for key in ("role", "name"):
+        value = m.get(key)
+        if isinstance(value, str) and len(value) > limits.name_chars:
+            raise MalformedRequest(f"'{where}.{key}' must be at most {limits.name_chars} characters", f"{where}.{key}")
+    content = m.get("content")
+    if isinstance(content, list) and len(content) > limits.content_parts:
+        raise MalformedRequest(f"'{where}.content' may hold at most {limits.content_parts} parts, got {len(content)}",
+                               f"{where}.content")
+
+
+def parse_request(api: str, body: Any, limits: RequestLimits = DEFAULT_LIMITS) -> LLMRequest:
     """Reads an LLM request body of the given API. Raises :class:`MalformedRequest`."""
     if not isinstance(body, Mapping):
         raise MalformedRequest("the request body must be a JSON object")
-    model = _str_field(body, "model", required=True)
+    model = _str_field(body, "model", required=True, max_chars=limits.model_chars)
     assert model is not None
-    stream = bool(body.get("stream", False))
-    n = _int_field(body, "n", minimum=1) or 1
+    stream = _bool_field(body, "stream")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], Mapping):
+        raise MalformedRequest("'stream_options' must be an object", "stream_options")
+    n = _int_field(body, "n", minimum=1, maximum=limits.n) or 1
+    user = _str_field(body, "user", max_chars=limits.user_chars)
+    tools = _array_field(body, "tools", limits.tools)
+
+    def max_tokens_of(name: str, minimum: int = 0) -> int | None:
+        return _int_field(body, name, minimum=minimum, maximum=limits.max_tokens)
+
     if api == OPENAI_CHAT:
-        max_tokens = _int_field(body, "max_completion_tokens")
+        max_tokens = max_tokens_of("max_completion_tokens")
         if max_tokens is None:
-            max_tokens = _int_field(body, "max_tokens")
-        return LLMRequest(api, model, messages=_messages_field(body), max_tokens=max_tokens, n=n,
-                          stream=stream, user=_str_field(body, "user"), tools=body.get("tools"),
-                          extra={"functions": body.get("functions")})
+            max_tokens = max_tokens_of("max_tokens")
+        return LLMRequest(api, model, messages=_messages_field(body, limits), max_tokens=max_tokens, n=n,
+                          stream=stream, user=user, tools=tools,
+                          extra={"functions": _array_field(body, "functions", limits.tools)})
     if api == OPENAI_COMPLETIONS:
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)):
             raise MalformedRequest("'prompt' must be a string or an array", "prompt")
-        max_tokens = _int_field(body, "max_tokens")
+        _array_field(body, "prompt", limits.prompts)
+        max_tokens = max_tokens_of("max_tokens")
         return LLMRequest(api, model, prompt=prompt,
                           max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
-                          n=n, stream=stream, user=_str_field(body, "user"))
+                          n=n, stream=stream, user=user)
     if api == OPENAI_RESPONSES:
         items = body.get("input")
         messages: list[dict[str, Any]] | None = None
@@ -186,34 +289,41 @@ def parse_request(api: str, body: Any) -> LLMRequest:
         if isinstance(items, str):
             prompt = items
         elif isinstance(items, list):
+            _array_field(body, "input", limits.messages)
             messages = [
                 {"role": it.get("role", "user"), "content": it.get("content", it.get("output", ""))}
                 for it in items if isinstance(it, Mapping)
             ]
+            for i, m in enumerate(messages):
+                _check_message(m, f"input[{i}]", limits)
         else:
             raise MalformedRequest("'input' must be a string or an array of input items", "input")
         return LLMRequest(api, model, messages=messages, prompt=prompt,
-                          system=_str_field(body, "instructions"),
-                          max_tokens=_int_field(body, "max_output_tokens"), stream=stream,
-                          user=_str_field(body, "user"), tools=body.get("tools"))
+                          system=_str_field(body, "instructions", max_chars=None),
+                          max_tokens=max_tokens_of("max_output_tokens"), stream=stream, user=user, tools=tools)
     if api == OPENAI_EMBEDDINGS:
         inputs = body.get("input")
         if not isinstance(inputs, (str, list)) or inputs == []:
             raise MalformedRequest("'input' must be a string or a non-empty array", "input")
-        return LLMRequest(api, model, prompt=inputs, max_tokens=0, user=_str_field(body, "user"),
-                          generates=False)
+        _array_field(body, "input", limits.prompts)
+        return LLMRequest(api, model, prompt=inputs, max_tokens=0, user=user, generates=False)
     if api == ANTHROPIC_MESSAGES:
-        max_tokens = _int_field(body, "max_tokens", minimum=1)
+        max_tokens = max_tokens_of("max_tokens", minimum=1)
         if max_tokens is None:
             raise MalformedRequest("'max_tokens' is required by the Messages API", "max_tokens")
         system = body.get("system")
         if system is not None and not isinstance(system, (str, list)):
             raise MalformedRequest("'system' must be a string or an array of text blocks", "system")
+        if isinstance(system, list):
+            _array_field(body, "system", limits.content_parts)
         metadata = body.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, Mapping) else None
-        return LLMRequest(api, model, messages=_messages_field(body), system=content_text(system) or None,
+        if isinstance(user, str) and len(user) > limits.user_chars:
+            raise MalformedRequest(f"'metadata.user_id' must be at most {limits.user_chars} characters",
+                                   "metadata.user_id")
+        return LLMRequest(api, model, messages=_messages_field(body, limits), system=content_text(system) or None,
                           max_tokens=max_tokens, stream=stream,
-                          user=user if isinstance(user, str) else None, tools=body.get("tools"))
+                          user=user if isinstance(user, str) else None, tools=tools)
     raise MalformedRequest(f"unsupported API {api!r}")
 
 
@@ -293,15 +403,25 @@ class ResponseUsage:
         return "".join(self.text_parts)
 
 
+def _object(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: responses are read, never trusted."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _array(value: Any) -> list[Any]:
+    """``value`` if it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def _collect_text(obj: Mapping[str, Any], out: list[str]) -> None:
     """Generated text of a non-streamed response of any supported shape."""
-    for choice in obj.get("choices") or ():
+    for choice in _array(obj.get("choices")):
         if not isinstance(choice, Mapping):
             continue
         message = choice.get("message")
         if isinstance(message, Mapping):
             out.append(content_text(message.get("content")))
-            for call in message.get("tool_calls") or ():
+            for call in _array(message.get("tool_calls")):
                 fn = call.get("function") if isinstance(call, Mapping) else None
                 if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
                     out.append(fn["arguments"])
@@ -309,7 +429,7 @@ def _collect_text(obj: Mapping[str, Any], out: list[str]) -> None:
             out.append(choice["text"])
     if obj.get("type") == "message" and isinstance(obj.get("content"), list):  # Anthropic
         out.append(content_text(obj["content"]))
-    for item in obj.get("output") or ():  # Responses API
+    for item in _array(obj.get("output")):  # Responses API
         if isinstance(item, Mapping):
             out.append(content_text(item.get("content")))
 
@@ -394,7 +514,7 @@ class StreamReader:
         if kind in ("message_stop", "response.completed"):
             self.complete = True
         if kind == "message_start":  # Anthropic: input side of usage
-            usage = (obj.get("message") or {}).get("usage")
+            usage = _object(obj.get("message")).get("usage")
             if isinstance(usage, Mapping):
                 self._anthropic.update(usage)
             return False
@@ -404,7 +524,7 @@ class StreamReader:
                 self._anthropic.update({k: v for k, v in usage.items() if v is not None})
             return False
         if kind == "content_block_delta":
-            delta = obj.get("delta") or {}
+            delta = _object(obj.get("delta"))
             text = delta.get("text", delta.get("partial_json"))
             if isinstance(text, str):
                 self.result.text_parts.append(text)
@@ -413,19 +533,19 @@ class StreamReader:
             self.result.text_parts.append(obj["delta"])
             return False
         if kind == "response.completed":
-            usage = (obj.get("response") or {}).get("usage")
+            usage = _object(obj.get("response")).get("usage")
             if isinstance(usage, Mapping):
                 self.result.usage = dict(usage)
             return False
         # OpenAI chat / completions chunk
-        for choice in obj.get("choices") or ():
+        for choice in _array(obj.get("choices")):
             if not isinstance(choice, Mapping):
                 continue
             delta = choice.get("delta")
             if isinstance(delta, Mapping):
                 if isinstance(delta.get("content"), str):
                     self.result.text_parts.append(delta["content"])
-                for call in delta.get("tool_calls") or ():
+                for call in _array(delta.get("tool_calls")):
                     fn = call.get("function") if isinstance(call, Mapping) else None
                     if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
                         self.result.text_parts.append(fn["arguments"])
@@ -470,12 +590,15 @@ __all__ = [
     "OPENAI_COMPLETIONS",
     "OPENAI_EMBEDDINGS",
     "OPENAI_RESPONSES",
+    "DEFAULT_LIMITS",
+    "RequestLimits",
     "ResponseUsage",
     "StreamReader",
     "api_for_path",
     "content_text",
     "count_input_tokens",
     "count_output_tokens",
+    "load_json_body",
     "parse_request",
     "read_json_response",
 ]

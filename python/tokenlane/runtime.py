@@ -11,6 +11,7 @@ status URL.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -226,7 +227,8 @@ class Tokenlane:
                     priced.route_rule = choice.rule
                     priced.requested_model = requested if choice.model != requested else None
             except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
-                raise RequestError(400, f"malformed request: {exc}") from None
+                where = re.match(r"chat request: (?!body )([\w.\[\]]+) ", str(exc))  # the core names the path
+                raise RequestError(400, f"malformed request: {exc}", param=where and where.group(1)) from None
         except RequestError as exc:
             if on_decision:
                 on_decision({"decision": "reject", "reason": exc.code or "invalid_request", "message": exc.message})

@@ -84,6 +84,10 @@ TEST_CASE("bad input gives a clear error") {
                     Catch::Contains("unknown estimator kind"));
   CHECK_THROWS_WITH(Estimator::from_json(R"({"format": "tokenlane.estimator", "version": 1, "kind": "history"})"),
                     Catch::Contains("malformed history"));
+  // Found by tests/fuzz/estimator_state_fuzz: a non-string format or kind escaped as nlohmann's type_error.
+  CHECK_THROWS_WITH(Estimator::from_json(R"({"format": 1, "kind": "heuristic"})"), Catch::Contains("not a tokenlane"));
+  CHECK_THROWS_WITH(Estimator::from_json(R"({"format": "tokenlane.estimator", "version": 1, "kind": []})"),
+                    Catch::Contains("unknown estimator kind"));
   CHECK_THROWS_AS(Estimator::load("/nonexistent/dir/state.json"), Error);
 }
 

@@ -52,6 +52,11 @@ class Encoding {
                                                                   std::string_view contents);
   // Reads the file at `path`, then as above. Throws Error(vocab_missing) if it cannot be read.
   static std::shared_ptr<const Encoding> from_rank_file(EncodingSpec spec, const std::string& path);
+  // Builds an encoding from (token bytes, rank) pairs, such as tiktoken's `mergeable_ranks`, to
+  // extend or customise one (no hash to check). Throws Error(vocab_corrupt) on duplicate ranks or
+  // bytes, a missing single byte, or ranks of 2^18 and above.
+  static std::shared_ptr<const Encoding> from_tokens(EncodingSpec spec,
+                                                     std::vector<std::pair<std::string, Rank>> tokens);
 
   ~Encoding();
   Encoding(const Encoding&) = delete;
@@ -60,6 +65,9 @@ class Encoding {
   const std::string& name() const noexcept;
   std::size_t n_vocab() const noexcept;
   const std::vector<std::pair<std::string, Rank>>& special_tokens() const noexcept;
+  PretokenizerKind pretokenizer() const noexcept;
+  // Every ordinary (mergeable) token with its rank, in rank order.
+  std::vector<std::pair<std::string_view, Rank>> ordinary_tokens() const;
 
   // Encodes text, treating special-token strings as ordinary text.
   std::vector<Rank> encode_ordinary(std::string_view utf8) const;
@@ -106,7 +114,7 @@ class Encoding {
   std::unique_ptr<Impl> impl_;
 };
 
-// The built-in encodings: r50k_base, p50k_base, p50k_edit, cl100k_base, o200k_base, o200k_harmony.
+// The built-in encodings: gpt2 (r50k_base's ranks under tiktoken's other name), r50k_base, p50k_base, p50k_edit, cl100k_base, o200k_base, o200k_harmony.
 std::vector<std::string> encoding_names();
 // The spec of a built-in encoding. Throws Error(not_found) naming the known encodings.
 const EncodingSpec& encoding_spec(std::string_view name);

@@ -98,7 +98,12 @@ std::unique_ptr<Estimator> Estimator::from_json(std::string_view json_text) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorCode::invalid_argument, std::string("estimator state is not valid JSON: ") + e.what());
   }
-  if (!j.is_object() || j.value("format", "") != kEstimatorFormat)
+  // value() would throw nlohmann's type_error for a non-string: read strings only as strings.
+  const auto text_of = [&j](const char* key) {
+    const auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (!j.is_object() || text_of("format") != kEstimatorFormat)
     throw Error(ErrorCode::invalid_argument,
                 "not a tokenlane estimator file (expected \"format\": \"tokenlane.estimator\")");
   if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kEstimatorVersion)
@@ -106,7 +111,7 @@ std::unique_ptr<Estimator> Estimator::from_json(std::string_view json_text) {
                 "unsupported estimator format version " + (j.contains("version") ? j["version"].dump() : "(none)") +
                     "; this tokenlane reads version " + std::to_string(kEstimatorVersion) +
                     " (re-save it with the tokenlane that wrote it, or retrain)");
-  const std::string kind = j.value("kind", "");
+  const std::string kind = text_of("kind");
   try {
     if (kind == "heuristic") return std::make_unique<HeuristicEstimator>();
     if (kind == "learned") return detail::EstimatorCodec::learned(j);

@@ -188,7 +188,9 @@ void apply_config_entry(ModelPrice& m, const json& entry, const std::string& whe
           invalid(at + " needs a whole-number above_tokens");
         }
         LongContextTier& tier = tier_at(m, *token_limit(t["above_tokens"]));
-        for (const auto& [tk, tv] : t.items()) {
+        for (const auto& item : t.items()) {
+          const std::string& tk = item.key();  // named, not a structured binding: clang < 16 cannot capture those
+          const json& tv = item.value();
           if (tk == "above_tokens") continue;
           auto f = std::find_if(kFields.begin(), kFields.end(), [&](const PriceField& pf) { return tk == pf.per_mtok; });
           if (f == kFields.end()) invalid(at + ": unknown key '" + tk + "'");

@@ -663,8 +663,9 @@ struct Scheduler::Impl {
 
   Decision submit(const ScheduledRequest& req, double now) {
     // One hash lookup both checks the id and claims it; rejections below release it.
-    auto [id_it, fresh] = ids.try_emplace(req.id, kNone);
-    if (!fresh) throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
+    const auto claimed = ids.try_emplace(req.id, kNone);  // not a structured binding: clang 14 cannot name one in a local class
+    const auto id_it = claimed.first;
+    if (!claimed.second) throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
     struct Unclaim {
       Impl* m;
       decltype(id_it) it;

@@ -38,6 +38,24 @@ bool base64_decode(std::string_view in, std::string& out) {
   return true;
 }
 
+// Leftmost smallest of a[0, n), n >= 1. Four independent minima keep the loop free of a
+// dependency chain (and let the compiler vectorize it); the index is found in a second pass.
+std::size_t argmin(const Rank* a, std::size_t n) {
+  Rank m0 = a[0], m1 = a[0], m2 = a[0], m3 = a[0];
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    m0 = std::min(m0, a[i]);
+    m1 = std::min(m1, a[i + 1]);
+    m2 = std::min(m2, a[i + 2]);
+    m3 = std::min(m3, a[i + 3]);
+  }
+  for (; i < n; ++i) m0 = std::min(m0, a[i]);
+  const Rank m = std::min(std::min(m0, m1), std::min(m2, m3));
+  std::size_t k = 0;
+  while (a[k] != m) ++k;
+  return k;
+}
+
 [[noreturn]] void corrupt(const std::string& name, std::size_t line, const std::string& what) {
   throw Error(ErrorCode::vocab_corrupt,
               "rank file for " + name + ", line " + std::to_string(line) + ": " + what);
@@ -47,11 +65,8 @@ bool base64_decode(std::string_view in, std::string& out) {
 
 Vocabulary Vocabulary::parse(const std::string& name, std::string_view contents,
                              const std::vector<std::pair<std::string, Rank>>& specials) {
-  static std::atomic<std::uint64_t> next_id{1};
   Vocabulary v;
-  v.id_ = next_id.fetch_add(1);
   std::size_t line_no = 0;
-  std::size_t ordinary = 0;
   while (!contents.empty()) {
     ++line_no;
     std::size_t eol = contents.find('\n');
@@ -67,6 +82,7 @@ Vocabulary Vocabulary::parse(const std::string& name, std::string_view contents,
       if (c < '0' || c > '9') corrupt(name, line_no, "bad rank");
       rank = rank * 10 + static_cast<std::uint64_t>(c - '0');
     }
+    if (rank >= kMaxRanks) corrupt(name, line_no, "rank above " + std::to_string(kMaxRanks - 1));
     std::size_t off = v.arena_.size();
     if (!base64_decode(line.substr(0, sp), v.arena_) || v.arena_.size() == off) {
       corrupt(name, line_no, "bad base64 token");
@@ -74,40 +90,136 @@ Vocabulary Vocabulary::parse(const std::string& name, std::string_view contents,
     if (rank >= v.spans_.size()) v.spans_.resize(rank + 1);
     if (v.spans_[rank].off != kAbsent) corrupt(name, line_no, "duplicate rank");
     v.spans_[rank] = {static_cast<std::uint32_t>(off), static_cast<std::uint32_t>(v.arena_.size() - off)};
-    ++ordinary;
   }
+  v.build_tables(name);
+  v.add_specials(specials);
+  return v;
+}
 
-  // Hash table at load factor <= 0.5.
+Vocabulary Vocabulary::from_tokens(const std::string& name, std::vector<std::pair<std::string, Rank>> tokens,
+                                   const std::vector<std::pair<std::string, Rank>>& specials) {
+  Vocabulary v;
+  for (const auto& [bytes, rank] : tokens) {
+    if (rank >= kMaxRanks) corrupt(name, 0, "rank " + std::to_string(rank) + " is above " + std::to_string(kMaxRanks - 1));
+    if (bytes.empty()) corrupt(name, rank, "empty token");
+    if (rank >= v.spans_.size()) v.spans_.resize(rank + 1);
+    if (v.spans_[rank].off != kAbsent) corrupt(name, rank, "duplicate rank");
+    v.spans_[rank] = {static_cast<std::uint32_t>(v.arena_.size()), static_cast<std::uint32_t>(bytes.size())};
+    v.arena_.append(bytes);
+  }
+  v.build_tables(name);
+  v.add_specials(specials);
+  return v;
+}
+
+void Vocabulary::add_specials(const std::vector<std::pair<std::string, Rank>>& specials) {
+  for (const auto& [text, rank] : specials) {
+    if (rank >= spans_.size()) spans_.resize(rank + 1);
+    std::size_t off = arena_.size();
+    arena_.append(text);
+    spans_[rank] = {static_cast<std::uint32_t>(off), static_cast<std::uint32_t>(text.size())};
+  }
+}
+
+void Vocabulary::build_tables(const std::string& name) {
+  static std::atomic<std::uint64_t> next_id{1};
+  id_ = next_id.fetch_add(1);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(arena_.data());
+
+  // Tokens by bytes, at load factor <= 0.5.
+  std::size_t ordinary = 0;
+  for (const Span& t : spans_) ordinary += t.off != kAbsent;
   std::size_t cap = 1;
   int bits = 0;
   while (cap < 2 * ordinary + 2) cap <<= 1, ++bits;
-  v.slots_.assign(cap, 0);
-  v.mask_ = cap - 1;
-  v.shift_ = 64 - bits;
-  for (Rank r = 0; r < v.spans_.size(); ++r) {
-    const Span& t = v.spans_[r];
+  slots_.assign(cap, Slot{});
+  mask_ = cap - 1;
+  shift_ = 64 - bits;
+  for (Rank r = 0; r < spans_.size(); ++r) {
+    const Span& t = spans_[r];
     if (t.off == kAbsent) continue;
-    const auto* p = reinterpret_cast<const unsigned char*>(v.arena_.data() + t.off);
-    if (v.find(p, t.len) >= 0) corrupt(name, r, "the same bytes appear under two ranks");
-    std::uint64_t h = hash(p, t.len);
-    std::size_t i = h >> v.shift_;
-    while (v.slots_[i] != 0) i = (i + 1) & v.mask_;
-    v.slots_[i] = (std::uint64_t{static_cast<std::uint32_t>(h)} << 32) | (std::uint64_t{r} + 1);
+    const unsigned char* p = bytes + t.off;
+    if (find_rank(p, t.len) != kNoRank) corrupt(name, r, "the same bytes appear under two ranks");
+    std::uint64_t head = head_bytes(p, t.len);
+    std::size_t i = hash_bytes(p, t.len, head) >> shift_;
+    while (slots_[i].len != 0) i = (i + 1) & mask_;
+    slots_[i] = {head, r, t.len};
   }
   for (int b = 0; b < 256; ++b) {
     unsigned char c = static_cast<unsigned char>(b);
-    std::int64_t r = v.find(&c, 1);
-    if (r < 0) corrupt(name, 0, "byte " + std::to_string(b) + " has no rank");
-    v.byte_rank_[b] = static_cast<Rank>(r);
+    Rank r = find_rank(&c, 1);
+    if (r == kNoRank) corrupt(name, 0, "byte " + std::to_string(b) + " has no rank");
+    byte_rank_[b] = r;
   }
 
-  for (const auto& [text, rank] : specials) {
-    if (rank >= v.spans_.size()) v.spans_.resize(rank + 1);
-    std::size_t off = v.arena_.size();
-    v.arena_.append(text);
-    v.spans_[rank] = {static_cast<std::uint32_t>(off), static_cast<std::uint32_t>(text.size())};
+  // Every split of every token into two tokens: the merges BPE can ever ask about.
+  std::vector<std::uint64_t> found;
+  for (Rank r = 0; r < spans_.size(); ++r) {
+    const Span& t = spans_[r];
+    if (t.off == kAbsent) continue;
+    const unsigned char* p = bytes + t.off;
+    for (std::uint32_t k = 1; k < t.len; ++k) {
+      Rank a = find_rank(p, k);
+      if (a == kNoRank) continue;
+      Rank b = find_rank(p + k, t.len - k);
+      if (b == kNoRank) continue;
+      found.push_back((std::uint64_t{1} << 63) | (std::uint64_t{a} << 40) | (std::uint64_t{b} << 20) | r);
+    }
   }
-  return v;
+  cap = 1;
+  bits = 0;
+  while (cap < 2 * found.size() + 2) cap <<= 1, ++bits;
+  pairs_.assign(cap, 0);
+  pair_mask_ = cap - 1;
+  pair_shift_ = 64 - bits;
+  for (std::uint64_t e : found) {
+    std::uint64_t key = e >> 20;
+    std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> pair_shift_;
+    while (pairs_[i] != 0) i = (i + 1) & pair_mask_;
+    pairs_[i] = e;
+  }
+  byte_pair_.resize(65536);
+  for (int a = 0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) byte_pair_[(a << 8) | b] = pair_rank(byte_rank_[a], byte_rank_[b]);
+  }
+}
+
+PieceCache& Vocabulary::thread_cache() const {
+  // A few vocabularies per thread (an app may count with o200k and cl100k in turn); the oldest goes.
+  struct Caches {
+    std::uint64_t id[4] = {};
+    std::unique_ptr<PieceCache> cache[4];
+    unsigned next = 0;
+  };
+  thread_local Caches caches;
+  for (int k = 0; k < 4; ++k) {
+    if (caches.id[k] == id_) return *caches.cache[k];
+  }
+  unsigned k = caches.next++ % 4;
+  caches.id[k] = id_;
+  caches.cache[k] = std::make_unique<PieceCache>();
+  return *caches.cache[k];
+}
+
+std::size_t Vocabulary::merge_short(const unsigned char* p, std::size_t n, Rank* tok) const {
+  // Part i has token tok[i]; pair[i] is the rank of parts i and i+1 merged (kNoRank: not a token).
+  Rank pair[PieceCache::kMaxBytes];
+  std::size_t m = n;
+  for (std::size_t i = 0; i < n; ++i) tok[i] = byte_rank_[p[i]];
+  for (std::size_t i = 0; i + 1 < n; ++i) pair[i] = byte_pair_[(p[i] << 8) | p[i + 1]];
+  pair[n - 1] = kNoRank;
+  while (m > 1) {
+    std::size_t best = argmin(pair, m - 1);
+    if (pair[best] == kNoRank) break;
+    tok[best] = pair[best];
+    --m;
+    std::memmove(tok + best + 1, tok + best + 2, (m - best - 1) * sizeof tok[0]);
+    std::memmove(pair + best + 1, pair + best + 2, (m - best - 1) * sizeof pair[0]);
+    if (best + 1 < m) pair[best] = pair_rank(tok[best], tok[best + 1]);
+    else pair[best] = kNoRank;
+    if (best > 0) pair[best - 1] = pair_rank(tok[best - 1], tok[best]);
+  }
+  return m;
 }
 
 namespace {
@@ -117,12 +229,8 @@ namespace {
 // merge is found in O(1) instead of a heap's O(log n) cache misses. Reused per thread.
 class MergeQueue {
  public:
-  static constexpr std::size_t kMaxRanks = std::size_t{1} << 18;  // three 64-way bitmap levels
 
   void reset(std::size_t n_ranks) {
-    if (n_ranks > kMaxRanks) {
-      throw Error(ErrorCode::invalid_argument, "vocabularies above 262144 ranks are not supported");
-    }
     if (buckets_.size() < n_ranks) {
       buckets_.resize(n_ranks);
       l0_.assign((n_ranks + 63) / 64, 0);
@@ -202,26 +310,9 @@ std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) 
   for (std::size_t i = 0; i < n; ++i) {
     node[i] = {static_cast<std::uint32_t>(i + 1), static_cast<std::uint32_t>(i - 1), byte_rank_[p[i]], kNoRank};
   }
-  // Long pieces repeat the same token pairs (runs of one character, indentation, digit runs), so pair
-  // lookups are memoised by (left token, right token) in a small direct-mapped table.
-  std::size_t memo_size = 64;
-  while (memo_size < n && memo_size < 4096) memo_size <<= 1;
-  std::vector<std::uint64_t> memo_key(memo_size, ~std::uint64_t{0});
-  std::vector<Rank> memo_rank(memo_size);
   auto update = [&](std::uint32_t i) {
     Node& a = node[i];
-    if (a.next >= n) {
-      a.pair = kNoRank;
-      return;
-    }
-    const Node& b = node[a.next];
-    std::uint64_t key = (std::uint64_t{a.tok} << 32) | b.tok;
-    std::size_t slot = static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> 40) & (memo_size - 1);
-    if (memo_key[slot] != key) {
-      memo_key[slot] = key;
-      memo_rank[slot] = find_rank(p + i, (b.next < n ? b.next : n) - i);
-    }
-    a.pair = memo_rank[slot];
+    a.pair = a.next < n ? pair_rank(a.tok, node[a.next].tok) : kNoRank;
     if (a.pair != kNoRank) queue.push(a.pair, i);
   };
   for (std::uint32_t i = 0; i + 1 < n; ++i) update(i);

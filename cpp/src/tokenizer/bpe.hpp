@@ -1,13 +1,17 @@
 // Internal: the vocabulary (token bytes <-> rank) and byte-pair merging of one pre-tokenized piece.
 //
 // Merging follows tiktoken's rule exactly: repeatedly merge the adjacent pair whose concatenated
-// bytes have the lowest rank, leftmost first, until no pair is in the vocabulary. Short pieces use a
-// flat array (fast for the usual 2-20 bytes); long pieces use a linked list and a bucket queue
-// over ranks, so each merge costs O(1) and time stays linear in the piece length.
+// bytes have the lowest rank, leftmost first, until no pair is in the vocabulary. Because merged
+// parts are always tokens, "the rank of the concatenated bytes" is looked up by the pair of token
+// ids in a table built at load time (every split of every token into two tokens), which costs one
+// probe and no byte comparison. Short pieces use flat arrays (fast for the usual 2-100 bytes); long
+// pieces use a linked list and a bucket queue over ranks, so each merge costs O(1) and time stays
+// linear in the piece length. Multi-token pieces are remembered per thread (PieceCache).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -18,30 +22,154 @@
 namespace tokenlane::detail {
 
 inline constexpr Rank kNoRank = 0xFFFFFFFFu;
+// Ordinary ranks must be below this: the merge queue's bitmap has three 64-way levels, and the pair
+// table packs three ranks into one word.
+inline constexpr std::size_t kMaxRanks = std::size_t{1} << 18;
+
+inline std::uint64_t load64(const unsigned char* p) {
+  std::uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+inline std::uint32_t load32(const unsigned char* p) {
+  std::uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// The first min(n, 8) bytes at p as a little-endian integer (zero above), reading only p[0, n).
+// Overlapping loads write the same byte to the same place, so OR-ing them is exact.
+inline std::uint64_t head_bytes(const unsigned char* p, std::size_t n) {
+  if (n >= 8) return load64(p);
+  if (n >= 4) return load32(p) | (std::uint64_t{load32(p + n - 4)} << (8 * (n - 4)));
+  if (n == 0) return 0;
+  return p[0] | (std::uint64_t{p[n >> 1]} << (8 * (n >> 1))) | (std::uint64_t{p[n - 1]} << (8 * (n - 1)));
+}
+
+// Bytes [8, n) of a and b are equal (n > 8).
+inline bool equal_after_head(const unsigned char* a, const unsigned char* b, std::size_t n) {
+  for (std::size_t i = 8; i + 8 < n; i += 8) {
+    if (load64(a + i) != load64(b + i)) return false;
+  }
+  return load64(a + n - 8) == load64(b + n - 8);
+}
+
+inline std::uint64_t mix64(std::uint64_t h) {
+  h ^= h >> 32;
+  h *= 0xd6e8feb86659fd93ull;
+  h ^= h >> 32;
+  return h;
+}
+
+// Hash of a byte string given its head_bytes.
+inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t head) {
+  std::uint64_t h = (head ^ (n * 0x9E3779B97F4A7C15ull)) * 0xbf58476d1ce4e5b9ull;
+  if (n > 8) {
+    for (std::size_t i = 8; i + 8 < n; i += 8) h = (h ^ (h >> 29) ^ load64(p + i)) * 0x94d049bb133111ebull;
+    h = (h ^ (h >> 29) ^ load64(p + n - 8)) * 0x94d049bb133111ebull;
+  }
+  return mix64(h);
+}
+
+// Per-thread memory of the tokens of recent pieces (one token or many). Real text repeats a small
+// set of pieces, and this table stays in the CPU caches where the whole vocabulary (megabytes)
+// cannot. Open addressing; it grows with use up to kMaxSlots, then everything is dropped at once
+// (no per-entry eviction, so lookups never thrash on one bucket, and frequent pieces come back
+// right after a wipe).
+class PieceCache {
+ public:
+  static constexpr std::size_t kMaxBytes = 128;
+
+  // The tokens cached for the piece, or nullptr; `count` receives how many.
+  const Rank* find(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h,
+                   std::uint32_t& count) const {
+    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.hash == h && s.head == head && s.len == n) {
+        const Rank* extra = arena_.data() + s.off;
+        if (n > 8 && !equal_after_head(reinterpret_cast<const unsigned char*>(extra + (s.count > 1 ? s.count : 0)), p, n)) {
+          continue;
+        }
+        count = s.count;
+        return s.count == 1 ? &s.token : extra;
+      }
+      if (s.len == 0) return nullptr;
+    }
+  }
+
+  void insert(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h, const Rank* tokens,
+              std::uint32_t count) {
+    const std::size_t words = (count > 1 ? count : 0) + (n > 8 ? (n + 3) / 4 : 0);
+    if (2 * (entries_ + 1) > slots_.size()) grow();
+    if (arena_.size() + words > kArenaWords) clear();
+    std::size_t i = h & mask_;
+    while (slots_[i].len != 0) i = (i + 1) & mask_;
+    Slot& s = slots_[i];
+    s = {h, head, static_cast<std::uint32_t>(arena_.size()), tokens[0], static_cast<std::uint16_t>(n),
+         static_cast<std::uint16_t>(count)};
+    if (count > 1) arena_.insert(arena_.end(), tokens, tokens + count);
+    if (n > 8) {
+      const std::size_t off = arena_.size();
+      arena_.resize(off + (n + 3) / 4);
+      std::memcpy(arena_.data() + off, p, n);
+    }
+    ++entries_;
+  }
+
+  PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1) {}
+
+ private:
+  static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
+  static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 4 MiB of slots at most
+  static constexpr std::size_t kArenaWords = std::size_t{1} << 20;   // 4 MiB of tokens and bytes
+  struct Slot {
+    std::uint64_t hash = 0;
+    std::uint64_t head = 0;    // head_bytes of the piece
+    std::uint32_t off = 0;     // in arena_: the tokens if more than one, then bytes 8.. if longer than 8
+    Rank token = 0;            // the first token
+    std::uint16_t len = 0;     // 0: empty
+    std::uint16_t count = 0;
+  };
+  void grow() {
+    if (slots_.size() >= kMaxSlots) return clear();
+    std::vector<Slot> old(slots_.size() * 2);
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.len == 0) continue;
+      std::size_t i = s.hash & mask_;
+      while (slots_[i].len != 0) i = (i + 1) & mask_;
+      slots_[i] = s;
+    }
+  }
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), Slot{});
+    arena_.clear();
+    entries_ = 0;
+  }
+  std::vector<Slot> slots_;
+  std::size_t mask_;
+  std::vector<Rank> arena_;
+  std::size_t entries_ = 0;
+};
 
 class Vocabulary {
  public:
   // Parses a .tiktoken file; `specials` are added for decoding only (never produced by merges).
   static Vocabulary parse(const std::string& name, std::string_view contents,
                           const std::vector<std::pair<std::string, Rank>>& specials);
+  // The same from (bytes, rank) pairs, e.g. tiktoken's `mergeable_ranks` dict.
+  static Vocabulary from_tokens(const std::string& name, std::vector<std::pair<std::string, Rank>> tokens,
+                                const std::vector<std::pair<std::string, Rank>>& specials);
 
-  // The rank of exactly these bytes (ordinary tokens only), or -1.
-  std::int64_t find(const unsigned char* p, std::size_t n) const { return find(p, n, hash(p, n)); }
-  std::int64_t find(const unsigned char* p, std::size_t n, std::uint64_t h) const {
-    std::uint32_t tag = static_cast<std::uint32_t>(h);
-    for (std::size_t i = h >> shift_;; i = (i + 1) & mask_) {
-      std::uint64_t slot = slots_[i];
-      if (slot == 0) return -1;
-      if (static_cast<std::uint32_t>(slot >> 32) == tag) {
-        Rank r = static_cast<Rank>(slot) - 1;
-        const Span& t = spans_[r];
-        if (t.len == n && std::memcmp(arena_.data() + t.off, p, n) == 0) return r;
-      }
-    }
-  }
+  // The rank of exactly these bytes (ordinary tokens only), or kNoRank.
   Rank find_rank(const unsigned char* p, std::size_t n) const {
-    std::int64_t r = find(p, n);
-    return r < 0 ? kNoRank : static_cast<Rank>(r);
+    std::uint64_t head = head_bytes(p, n);
+    return find(p, n, head, hash_bytes(p, n, head));
+  }
+  std::int64_t find(const unsigned char* p, std::size_t n) const {
+    Rank r = find_rank(p, n);
+    return r == kNoRank ? -1 : static_cast<std::int64_t>(r);
   }
 
   // Bytes of a token (ordinary or special); a null view if the id is unknown.
@@ -49,115 +177,94 @@ class Vocabulary {
     if (r >= spans_.size() || spans_[r].off == kAbsent) return {};
     return {arena_.data() + spans_[r].off, spans_[r].len};
   }
+  // How many ids below the largest are in use (ordinary + special).
+  std::size_t size() const { return spans_.size(); }
+
+  // This thread's piece cache for this vocabulary; fetch once per call, not per piece.
+  PieceCache& thread_cache() const;
 
   // Appends the tokens of one piece to `out` (anything with push(Rank)).
   template <class Out>
-  void encode_piece(const unsigned char* p, std::size_t n, Out& out) const {
+  void encode_piece(const unsigned char* p, std::size_t n, PieceCache& cache, Out& out) const {
     if (n == 1) return out.push(byte_rank_[p[0]]);
-    std::uint64_t h = hash(p, n);
-    std::int64_t whole = find(p, n, h);
-    if (whole >= 0) return out.push(static_cast<Rank>(whole));
-    if (n > kShortPiece) {
+    const std::uint64_t head = head_bytes(p, n);
+    const std::uint64_t h = hash_bytes(p, n, head);
+    if (n > PieceCache::kMaxBytes) {
+      Rank whole = find(p, n, head, h);
+      if (whole != kNoRank) return out.push(whole);
       for (Rank r : merge_long(p, n)) out.push(r);
       return;
     }
-    if (n > PieceCache::kMaxBytes) return merge_short(p, n, out);
-    // Pieces that are not one token repeat a lot in real text ("tokenizer", " McDonald"), so their
-    // merge results are remembered per thread.
-    thread_local PieceCache cache;
-    PieceCache::Entry& e = cache.slots[h & (PieceCache::kSlots - 1)];
-    if (e.vocab_id != id_ || e.hash != h || e.len != n || std::memcmp(e.bytes, p, n) != 0) {
-      e.n_tokens = 0;
-      merge_short(p, n, e);  // a piece of n bytes has at most n tokens: e.tokens cannot overflow
-      e.vocab_id = id_;
-      e.hash = h;
-      e.len = static_cast<std::uint8_t>(n);
-      std::memcpy(e.bytes, p, n);
+    std::uint32_t count = 0;
+    if (const Rank* tokens = cache.find(p, n, head, h, count)) {
+      for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
+      return;
     }
-    for (std::size_t i = 0; i < e.n_tokens; ++i) out.push(e.tokens[i]);
+    Rank tokens[PieceCache::kMaxBytes];
+    tokens[0] = find(p, n, head, h);
+    if (tokens[0] != kNoRank) {
+      count = 1;  // tiktoken's shortcut: a piece that is one token is not merged
+    } else {
+      count = static_cast<std::uint32_t>(merge_short(p, n, tokens));
+    }
+    cache.insert(p, n, head, h, tokens, count);
+    for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
   }
 
  private:
-  struct PieceCache {
-    static constexpr std::size_t kMaxBytes = 24;
-    static constexpr std::size_t kSlots = 4096;
-    struct Entry {
-      std::uint64_t vocab_id = 0;  // 0: empty
-      std::uint64_t hash = 0;
-      std::uint8_t len = 0;
-      std::uint8_t n_tokens = 0;
-      unsigned char bytes[kMaxBytes];
-      Rank tokens[kMaxBytes];
-      void push(Rank r) { tokens[n_tokens++] = r; }
-    };
-    Entry slots[kSlots];
-  };
-
-  static constexpr std::size_t kShortPiece = 128;
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
   struct Span {
     std::uint32_t off = kAbsent;
     std::uint32_t len = 0;
   };
+  // One ordinary token in the byte-string table: its first 8 bytes inline, so that most lookups
+  // touch one cache line and compare one word.
+  struct Slot {
+    std::uint64_t head = 0;
+    Rank rank = 0;
+    std::uint32_t len = 0;  // 0: empty
+  };
 
-  static std::uint64_t hash(const unsigned char* p, std::size_t n) {
-    std::uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
-    while (n >= 8) {
-      std::uint64_t w;
-      std::memcpy(&w, p, 8);
-      h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
-      h ^= h >> 31;
-      p += 8;
-      n -= 8;
+  Rank find(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h) const {
+    for (std::size_t i = h >> shift_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.len == n && s.head == head) {
+        if (n <= 8) return s.rank;
+        const auto* t = reinterpret_cast<const unsigned char*>(arena_.data()) + spans_[s.rank].off;
+        if (equal_after_head(t, p, n)) return s.rank;
+      } else if (s.len == 0) {
+        return kNoRank;
+      }
     }
-    if (n > 0) {
-      std::uint64_t w = 0;
-      std::memcpy(&w, p, n);
-      h = (h ^ w) * 0x94d049bb133111ebull;
-    }
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ull;
-    return h ^ (h >> 32);
   }
 
-  template <class Out>
-  void merge_short(const unsigned char* p, std::size_t n, Out& out) const {
-    // Part i is bytes [pos[i], pos[i+1]) with rank tok[i]; pair[i] is the rank of parts i and i+1.
-    std::uint32_t pos[kShortPiece + 1];
-    Rank tok[kShortPiece];
-    Rank pair[kShortPiece];
-    std::size_t m = n;
-    for (std::size_t i = 0; i <= n; ++i) pos[i] = static_cast<std::uint32_t>(i);
-    for (std::size_t i = 0; i < n; ++i) tok[i] = byte_rank_[p[i]];
-    for (std::size_t i = 0; i + 1 < n; ++i) pair[i] = find_rank(p + i, 2);
-    while (m > 1) {
-      std::size_t best = 0;
-      for (std::size_t i = 1; i + 1 < m; ++i) {
-        if (pair[i] < pair[best]) best = i;
-      }
-      if (pair[best] == kNoRank) break;
-      tok[best] = pair[best];
-      std::memmove(pos + best + 1, pos + best + 2, (m - best - 1) * sizeof pos[0]);
-      std::memmove(tok + best + 1, tok + best + 2, (m - best - 2) * sizeof tok[0]);
-      if (best + 3 <= m) {
-        std::memmove(pair + best + 1, pair + best + 2, (m - best - 3) * sizeof pair[0]);
-      }
-      --m;
-      if (best + 1 < m) pair[best] = find_rank(p + pos[best], pos[best + 2] - pos[best]);
-      if (best > 0) pair[best - 1] = find_rank(p + pos[best - 1], pos[best + 1] - pos[best - 1]);
+  // The rank of the concatenation of tokens a and b, or kNoRank.
+  Rank pair_rank(Rank a, Rank b) const {
+    const std::uint64_t key = (std::uint64_t{1} << 43) | (std::uint64_t{a} << 20) | b;
+    for (std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> pair_shift_;; i = (i + 1) & pair_mask_) {
+      const std::uint64_t s = pairs_[i];
+      if ((s >> 20) == key) return static_cast<Rank>(s & 0xFFFFF);
+      if (s == 0) return kNoRank;
     }
-    for (std::size_t i = 0; i < m; ++i) out.push(tok[i]);
   }
 
+  // Merges a piece of 3..kMaxBytes bytes into `tokens`; returns how many.
+  std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens) const;
   std::vector<Rank> merge_long(const unsigned char* p, std::size_t n) const;
+  void build_tables(const std::string& name);
+  void add_specials(const std::vector<std::pair<std::string, Rank>>& specials);
 
   std::string arena_;         // the bytes of every token, concatenated
   std::vector<Span> spans_;   // per rank: where its bytes are in arena_
-  std::vector<std::uint64_t> slots_;  // open addressing: (hash tag << 32) | (rank + 1); 0 = empty
+  std::vector<Slot> slots_;   // ordinary tokens by bytes, open addressing
   std::size_t mask_ = 0;
   int shift_ = 64;
+  std::vector<std::uint64_t> pairs_;  // (1 << 63 | a << 40 | b << 20 | rank of a+b); 0 = empty
+  std::size_t pair_mask_ = 0;
+  int pair_shift_ = 64;
+  std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
   Rank byte_rank_[256] = {};
-  std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece cache
+  std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
 };
 
 }  // namespace tokenlane::detail

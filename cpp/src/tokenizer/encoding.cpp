@@ -27,7 +27,8 @@ struct Encoding::Impl {
   template <class Out>
   void encode_ordinary(std::string_view text, Out& out) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, out); };
+    detail::PieceCache& cache = vocab.thread_cache();
+    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, cache, out); };
     switch (spec.pretokenizer) {
       case PretokenizerKind::gpt2:
         detail::split_gpt2(s, text.size(), piece);
@@ -80,6 +81,7 @@ struct Encoding::Impl {
   }
 
   void check_specials(const SpecialSet& allowed) const {
+    if (&allowed == &special_strings) return;
     for (const std::string& s : allowed) special_rank(s);
   }
 };
@@ -148,6 +150,16 @@ std::shared_ptr<const Encoding> Encoding::from_rank_file_contents(EncodingSpec s
   return std::shared_ptr<const Encoding>(new Encoding(std::move(impl)));
 }
 
+std::shared_ptr<const Encoding> Encoding::from_tokens(EncodingSpec spec,
+                                                     std::vector<std::pair<std::string, Rank>> tokens) {
+  auto impl = std::make_unique<Impl>();
+  impl->vocab = Vocabulary::from_tokens(spec.name, std::move(tokens), spec.special_tokens);
+  impl->spec = std::move(spec);
+  for (const auto& st : impl->spec.special_tokens) impl->special_strings.push_back(st.first);
+  impl->all_specials = detail::SpecialMatcher(impl->special_strings);
+  return std::shared_ptr<const Encoding>(new Encoding(std::move(impl)));
+}
+
 std::shared_ptr<const Encoding> Encoding::from_rank_file(EncodingSpec spec, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -166,6 +178,20 @@ const std::string& Encoding::name() const noexcept { return impl_->spec.name; }
 std::size_t Encoding::n_vocab() const noexcept { return impl_->spec.n_vocab; }
 const std::vector<std::pair<std::string, Rank>>& Encoding::special_tokens() const noexcept {
   return impl_->spec.special_tokens;
+}
+
+PretokenizerKind Encoding::pretokenizer() const noexcept { return impl_->spec.pretokenizer; }
+
+std::vector<std::pair<std::string_view, Rank>> Encoding::ordinary_tokens() const {
+  std::vector<std::pair<std::string_view, Rank>> out;
+  const detail::Vocabulary& v = impl_->vocab;
+  for (Rank r = 0; r < v.size(); ++r) {
+    std::string_view b = v.token_bytes(r);
+    if (b.data() != nullptr && v.find_rank(reinterpret_cast<const unsigned char*>(b.data()), b.size()) == r) {
+      out.emplace_back(b, r);
+    }
+  }
+  return out;
 }
 
 std::vector<Rank> Encoding::encode_ordinary(std::string_view utf8) const {
@@ -257,7 +283,7 @@ std::string Encoding::decode_bytes(const Rank* tokens, std::size_t n) const {
 }
 
 std::int64_t Encoding::encode_single_token(std::string_view bytes) const {
-  std::int64_t r = impl_->vocab.find(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  std::int64_t r = bytes.empty() ? -1 : impl_->vocab.find(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
   if (r >= 0) return r;
   for (const auto& [text, rank] : impl_->spec.special_tokens) {
     if (text == bytes) return rank;

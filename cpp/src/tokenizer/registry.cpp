@@ -34,6 +34,8 @@ std::vector<std::pair<std::string, Rank>> harmony_specials() {
 
 const std::vector<EncodingSpec>& specs() {
   static const std::vector<EncodingSpec> all = {
+      // tiktoken's "gpt2" reads GPT-2's original vocab.bpe/encoder.json: the same ranks as r50k_base.
+      {"gpt2", PretokenizerKind::gpt2, "r50k_base.tiktoken", kR50kSha, {{kEndOfText, 50256}}, 50257},
       {"r50k_base", PretokenizerKind::gpt2, "r50k_base.tiktoken", kR50kSha, {{kEndOfText, 50256}}, 50257},
       {"p50k_base", PretokenizerKind::gpt2, "p50k_base.tiktoken", kP50kSha, {{kEndOfText, 50256}}, 50281},
       {"p50k_edit", PretokenizerKind::gpt2, "p50k_base.tiktoken", kP50kSha,
@@ -123,8 +125,7 @@ std::string encoding_name_for_model(std::string_view model) {
       {"text-search-curie-doc-001", "r50k_base"}, {"text-search-babbage-doc-001", "r50k_base"},
       {"text-search-ada-doc-001", "r50k_base"}, {"code-search-babbage-code-001", "r50k_base"},
       {"code-search-ada-code-001", "r50k_base"},
-      // tiktoken's "gpt2" encoding has exactly r50k_base's ranks and pattern.
-      {"gpt2", "r50k_base"}, {"gpt-2", "r50k_base"},
+      {"gpt2", "gpt2"}, {"gpt-2", "gpt2"},
   };
   static const std::vector<std::pair<std::string, std::string>> prefixes = {
       {"o1-", "o200k_base"}, {"o3-", "o200k_base"}, {"o4-mini-", "o200k_base"},

@@ -4,16 +4,18 @@ route's extractor)."""
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Union
 
 from ..asgi_io import Receive, Scope
 from ..errors import RequestError
-from ..formats import OPENAI_CHAT, LLMRequest, MalformedRequest, api_for_path, parse_request
+from ..formats import OPENAI_CHAT, LLMRequest, MalformedRequest, api_for_path, load_json_body, parse_request
 
 Extractor = Callable[[Scope, Any], Union[LLMRequest, Awaitable[LLMRequest]]]
+
+# Servers cap the header block themselves (h11: 16 KiB by default); this holds behind any server.
+MAX_HEADER_BYTES = 32 * 1024
 
 
 class Parse:
@@ -35,6 +37,10 @@ class Parse:
         return api_for_path(path) is not None or self.extractor_for(path) is not None
 
     async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if header_bytes > MAX_HEADER_BYTES:
+            raise RequestError(431, f"request headers of {header_bytes} bytes are over the limit of "
+                               f"{MAX_HEADER_BYTES} bytes", code="request_header_fields_too_large")
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -54,11 +60,11 @@ class Parse:
     async def parse(self, scope: Scope, body: bytes) -> LLMRequest:
         extractor = self.extractor_for(scope["path"])
         try:
-            data: Any = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError) as exc:
+            data: Any = load_json_body(body) if body else None
+        except MalformedRequest as exc:
             if extractor is None:
-                raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
-            data = body
+                raise RequestError(400, str(exc), param=exc.param) from None
+            data = body  # an extractor's route may take any body: it gets the bytes
         try:
             if extractor is not None:
                 result = extractor(scope, data)
