@@ -209,7 +209,7 @@ def test_reports_render_svg_charts_and_export_csv(app):
             wait_done(c, submit(c, f"=HYPERLINK(\"http://x\") question {i}"))
         page = c.get("/reports").text
         svgs = re.findall(r"<svg class=\"chart\".*?</svg>", page, flags=re.S)
-        assert len(svgs) == 7  # clients do not get the per-user distribution
+        assert len(svgs) == 8  # clients do not get the per-user distribution; routing has one
         for svg in svgs:
             ET.fromstring(svg)  # well-formed
         assert "<rect" in page and "gpt-4o-mini" in page
