@@ -31,7 +31,7 @@ EXTRAS=${TOKENLANE_EXTRAS:-dev,local}
 cmake_args=${CMAKE_ARGS:-}
 if [[ ",$EXTRAS," == *",local,"* ]] && ! python -c "import llama_cpp" 2>/dev/null; then
   # llama-cpp-python ships as source only: a portable build (not -march=native), through ccache.
-  # About 11 minutes on 2 idle cores the first time on a machine; pip's wheel cache makes it seconds after.
+  # About 9 CPU-minutes the first time on a machine (README); pip's wheel cache makes it seconds after.
   echo "setup: building llama-cpp-python (the local model's server; first time on this machine only)"
   cmake_args="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $cmake_args"
   if command -v ccache >/dev/null 2>&1; then

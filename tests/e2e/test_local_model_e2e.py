@@ -30,9 +30,9 @@ def test_a_real_answer_streams_into_the_request_page(browser, local_app):
     page.click("button[type=submit]")
     page.wait_for_url("**/dashboard")
     page.goto("/requests")
-    assert page.locator("select[name=model] option").all_inner_texts() == ["smollm2"]
+    assert page.locator("select#model option").all_inner_texts() == ["smollm2"]
     page.fill("textarea[name=prompt]", "Write a short story about a lighthouse keeper and a storm.")
-    page.fill("input[name=max_tokens]", "200")
+    page.fill("input[name=max_tokens]", "80")
     page.click("form[action='/requests'] button[type=submit]")
     page.wait_for_url(re.compile(r".*/requests/req_\w+$"))
 
@@ -51,7 +51,9 @@ def test_a_real_answer_streams_into_the_request_page(browser, local_app):
     assert len(seen) >= 2, f"the answer did not stream in: {seen!r}"
     assert all(final.startswith(partial.rstrip()[:20]) for partial in seen)
     assert len(final.split()) >= 10 and "[simulated]" not in final
-    # real token counts, counted by tokenlane from the stream (llama.cpp sends no usage in streams)
+    # real token counts, counted by tokenlane from the streamed text (llama.cpp sends no usage in
+    # streams; SmolLM2 has no exact tokenizer in tokenlane, so the calibrated approximation counts
+    # the 80 tokens the model was allowed, within its error)
     out_tokens = int(page.inner_text("[data-field=output_tokens]").replace(",", ""))
-    assert 10 <= out_tokens <= 200
+    assert 10 <= out_tokens <= 100
     ctx.close()
