@@ -50,13 +50,15 @@ class Route:
         self.scheduler = scheduler
 
     async def __call__(self, request: LLMRequest, body: bytes, identity: Identity, path: str,
-                       headers: Mapping[str, str], now: float) -> tuple[LLMRequest, bytes, RouteChoice]:
+                       headers: Mapping[str, str], now: float,
+                       tier: str | None = None) -> tuple[LLMRequest, bytes, RouteChoice]:
+        """``tier``: the principal's tier as the caps stage resolved it (None without tier caps)."""
         router = self.router
         requested = request.model
         # A rule's `tags` match a tag's key or its "key=value" (X-Tokenlane-Tags, extractor, identify hook).
         tags = merge_tags(Price.tags_of(headers), request.tags, getattr(identity, "tags", None))
         facts: dict[str, Any] = {
-            "requested": requested, "route": path, "tier": getattr(identity, "tier", None),
+            "requested": requested, "route": path, "tier": tier,
             "tags": frozenset([*tags, *(f"{k}={v}" for k, v in tags.items())])}
         if router.needs_text:
             facts["text"] = request.text()
