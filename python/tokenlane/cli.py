@@ -127,6 +127,7 @@ def _prices(args: argparse.Namespace) -> int:
           f"{len(old_models - new_models)} missing, {len(changed)} with different prices")
     for model, diffs in changed[: args.show]:
         print(f"  {model}: " + "; ".join(diffs) + " (USD per million tokens)")
+    return 0
 
 
 def _period(text: str | None, now: float) -> float | None:
