@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from . import reports
-from .alerts import AlertMarks, Alerts
+from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
@@ -138,7 +138,9 @@ class Tokenlane:
         s = self.settings
         alerts = None
         if s.alert_thresholds or s.alert_forecast or s.anomalies:
-            alerts = Alerts(AlertMarks(self.sidecar), thresholds=s.alert_thresholds, forecast=s.alert_forecast,
+            # Marks in the ledger file; in Redis too when replicas share a redis:// state.
+            marks = open_alert_marks(self.sidecar, getattr(s, "state", None))
+            alerts = Alerts(marks, thresholds=s.alert_thresholds, forecast=s.alert_forecast,
                             webhook=s.alert_webhook, secret=s.alert_webhook_secret, on_alert=on_alert)
         anomalies = Anomalies() if s.anomalies else None
         telemetry = Telemetry(tracer_provider, meter_provider) if s.otel or tracer_provider or meter_provider else None
@@ -184,6 +186,11 @@ class Tokenlane:
     def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str = "day") -> None:
         """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler."""
         self.budget.set_budget(tenant, limit_usd, window, self.clock())
+
+    def principal_report(self, principal: str) -> dict[str, Any]:
+        """A principal's usage with its end users (blocking; see ``GET /tokenlane/usage``)."""
+        now = self.clock()
+        return {**self.budget.usage(principal, now), **self.budget.report(Identity(tenant=principal), now)}
 
     def usage(self, tenant: str) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
@@ -232,7 +239,8 @@ class Tokenlane:
             if self.cache is not None or self.caps is not None:
                 data = _json_or_none(body)
                 if self.cache is not None:
-                    plan = await self.cache(request, data, identity.tenant, scope["path"], headers)
+                    # Cached answers stay within the most specific principal (the end user, if any).
+                    plan = await self.cache(request, data, identity.chain()[-1], scope["path"], headers)
                     self._count_cache(plan, request.model)
                     if plan.status == "hit":
                         await self._serve_hit(plan, request, data, identity, scope, send, job, on_decision)
@@ -347,6 +355,7 @@ class Tokenlane:
         saved = plan.entry.cost_pico_usd
         body, content_type = hit_body(plan, request, data)
         row = {"id": request_id, "tenant": identity.tenant, "user_id": identity.user_id, "key_id": identity.key_id,
+               "end_user": identity.end_user,
                "route": scope["path"], "model": request.model, "status": "succeeded", "decision": "cache",
                "reason": plan.reason, "created_at": now, "started_at": now, "finished_at": now, "queue_ms": 0.0,
                "input_tokens": 0, "output_tokens": 0, "cost_pico_usd": 0, "est_cost_pico_usd": 0,

@@ -39,7 +39,7 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
         with TestClient(build_app(rt)) as client:
             first = client.post("/v1/chat/completions", json={**CHAT, "user": "bob"})
             cost = float(first.headers["x-tokenlane-cost"])
-            rt.set_budget("bob", cost * 3.2, "day")  # spent: 31 %
+            rt.set_budget("anonymous", cost * 3.2, "day")  # the payer (bob is its end user): spent 31 %
             statuses = [client.post("/v1/chat/completions", json={**CHAT, "user": "bob"}).status_code
                         for _ in range(4)]  # 62 % (0.5 fires), 94 % (0.8 fires), then refused (1.0 fires)
             assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429]
@@ -56,10 +56,10 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
     for headers, body in receiver.posts:
         assert verify_signature("whsec", body, headers[SIGNATURE_HEADER])
     last = by_threshold[1.0]
-    assert last["principal"] == "bob" and last["reason"] == "refused" and last["window"] == "day"
+    assert last["principal"] == "anonymous" and last["reason"] == "refused" and last["window"] == "day"
     assert last["limit_usd"] == pytest.approx(cost * 3.2) and last["spent_usd"] < last["limit_usd"]
     assert by_threshold[0.8]["spent_usd"] >= 0.8 * by_threshold[0.8]["limit_usd"]
-    marks = {m["threshold"]: m for m in rt.observe.alerts.marks.list(principal="bob")}
+    marks = {m["threshold"]: m for m in rt.observe.alerts.marks.list(principal="anonymous")}
     assert set(marks) == {0.5, 0.8, 1.0}
     assert (marks[0.5]["delivery"], marks[0.5]["attempts"]) == ("delivered", 2)
     assert marks[1.0]["delivery"] == "delivered"
@@ -122,3 +122,21 @@ def test_otel_spans_and_metrics_through_the_middleware(tmp_path):
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "tokenlane.cost"} <= names
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def test_report_route_gives_the_callers_own_kpis(tmp_path):
+    rt = Tokenlane(db=str(tmp_path / "route.db"))
+    with TestClient(build_app(rt)) as client:
+        for user, feature in (("ann", "search"), ("ann", "chat"), ("ben", "search")):
+            r = client.post("/v1/chat/completions", json=CHAT,
+                            headers={"X-Tokenlane-Tags": f"feature={feature}", "Authorization": f"Bearer sk-{user}"})
+            assert r.status_code == 200, r.text
+        mine = client.get("/tokenlane/report?by=tag:feature&since=1h", headers={"Authorization": "Bearer sk-ann"})
+        bad = client.get("/tokenlane/report?by=colour", headers={"Authorization": "Bearer sk-ann"})
+        late = client.get("/tokenlane/report?since=yesterday")
+    assert mine.status_code == 200, mine.text
+    doc = mine.json()
+    assert {r["tag:feature"] for r in doc["rows"]} == {"search", "chat"}  # ann's own requests only
+    assert doc["summary"]["requests"] == 2 and doc["tenant"].startswith("key:")
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "by")
+    assert (late.status_code, late.json()["error"]["param"]) == (400, "since")
