@@ -107,7 +107,7 @@ class Tokenlane:
         # (tokenlane.upstreams); None when no upstream is configured.
         self.upstreams = Upstreams.from_config(s.upstreams, s.fallbacks, pricing=self.pricing) if s.upstreams else None
         router = build_router(s)  # routing is off without rules or groups: no stage at all
-        self.route = Route(router, self.price, self.budget.ensure, self.scheduler) if router else None
+        self.route = Route(router, self.price, self.budget) if router else None
         self.jobs = Jobs(self.ledger, self.thread, self.scheduler, s.route_prefix, clock)
         self.schedule.on_unclaimed = self.jobs.resolve
         self.jobs.run_request = self.handle
@@ -120,7 +120,7 @@ class Tokenlane:
                                  difficulty_model=self.settings.difficulty_model, environ={})
         router = build_router(settings)
         self.settings.routes, self.settings.model_groups = settings.routes, settings.model_groups
-        self.route = Route(router, self.price, self.budget.ensure, self.scheduler) if router else None
+        self.route = Route(router, self.price, self.budget) if router else None
 
     def use_batch_lane(self, provider: Any, **options: Any) -> None:
         """Sends chat requests with priority ``batch`` through ``provider``'s batch API (OpenAI's

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from loopback import serve
 from tokenlane import Pricing, Tokenlane, TokenlaneMiddleware
 from tokenlane.providers import OpenAICompatibleProvider, ProviderError, SimulatedProvider
+from tokenlane.stages.identify import tenant_without_record
 from tokenlane.upstream_server import Faults, upstream_app
 from tokenlane.upstreams import Upstreams
 
@@ -99,8 +100,7 @@ ROUTES = [
 
 def test_rules_route_by_task_cost_and_budget_pressure(tmp_path, upstreams):
     config, primary, backup = upstreams
-    rt = Tokenlane(db=str(tmp_path / "l.db"), routes=ROUTES, model_groups={"auto": ["gpt-4o", "gpt-4o-mini"]},
-                   tenant_budgets_usd={"tight": "0.001"})
+    rt = Tokenlane(db=str(tmp_path / "l.db"), routes=ROUTES, model_groups={"auto": ["gpt-4o", "gpt-4o-mini"]})
     with serve(proxy_app(rt, config, {})) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0)
         # task: "auto" with a coding prompt goes to the code rule's model
@@ -123,11 +123,11 @@ def test_rules_route_by_task_cost_and_budget_pressure(tmp_path, upstreams):
         assert Decimal(raw.headers["x-tokenlane-cost"]) < Decimal("0.01")
         # budget pressure: the first request of a tight budget gets its model; once 10 % is spent,
         # the tenant is downgraded instead of refused
-        first = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, max_tokens=20,
-                                                                 user="tight")
+        tight = openai.OpenAI(base_url=base + "/v1", api_key="sk-tight", max_retries=0)
+        rt.set_budget(tenant_without_record("sk-tight"), "0.001")
+        first = tight.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, max_tokens=20)
         assert first.headers["x-tokenlane-model"] == "gpt-4o"
-        second = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, max_tokens=20,
-                                                                  user="tight")
+        second = tight.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, max_tokens=20)
         assert second.headers["x-tokenlane-model"] == "gpt-4o-mini"
         assert second.headers["x-tokenlane-route-rule"] == "budget-pressure"
     assert all(e["model"] != "gpt-4o-mini" for e in primary.log)

@@ -21,7 +21,6 @@ from ..errors import RequestError
 from ..formats import LLMRequest
 from ..pricing import PICO_PER_USD
 from ..routing import DifficultyModel, RouteChoice, RouteFacts, Router, RoutingError
-from ..scheduler import Scheduler
 from ..tags import merge_tags
 from .base import Identity, Priced
 from .price import Price
@@ -43,11 +42,10 @@ def build_router(settings: Settings) -> Router | None:
 
 
 class Route:
-    def __init__(self, router: Router, price: PriceFn, budget_ensure: Callable[..., Any], scheduler: Scheduler) -> None:
+    def __init__(self, router: Router, price: PriceFn, budget: Any) -> None:
         self.router = router
         self.price = price
-        self.budget_ensure = budget_ensure  # async (tenant, now) -> has a budget
-        self.scheduler = scheduler
+        self.budget = budget  # the budget stage: ensure (async), usage (blocking: on its ledger thread)
 
     async def __call__(self, request: LLMRequest, body: bytes, identity: Identity, path: str,
                        headers: Mapping[str, str], now: float,
@@ -67,11 +65,8 @@ class Route:
             p = self.price(base, identity, path, headers, now)
             facts.update(input_tokens=p.input_tokens, output_tokens=p.est_p50, cost_usd=p.cost_p50 / PICO_PER_USD,
                          deadline_s=None if p.deadline_s is None else p.deadline_s - now)
-        if router.needs_budget and await self.budget_ensure(identity.tenant, now):
-            u = self.scheduler.usage(identity.tenant, now)
-            if u.get("limit_pico_usd"):
-                left = u["limit_pico_usd"] - u["spent_pico_usd"] - u["reserved_pico_usd"]
-                facts["budget_remaining"] = max(0.0, left / u["limit_pico_usd"])
+        if router.needs_budget:
+            facts["budget_remaining"] = await self.budget_left(identity, now)
         choice = router.choose(RouteFacts(**facts))
         if choice.model == requested:
             return request, body, choice
@@ -81,6 +76,23 @@ class Route:
             raise RequestError(400, "the body is not JSON, so its model cannot be routed") from None
         data["model"] = choice.model
         return dataclasses.replace(request, model=choice.model), json.dumps(data).encode(), choice
+
+    async def budget_left(self, identity: Identity, now: float) -> float | None:
+        """The share still free of the tightest budget in the request's chain (organisation, team,
+        tenant, key, end user), from the shared ledger, read off the event loop; None without one."""
+        await self.budget.ensure(identity.tenant, now)
+
+        def shares() -> list[float]:
+            out = []
+            for level in identity.chain():
+                u = self.budget.usage(level, now)
+                limit = u.get("limit_pico_usd")
+                if limit:
+                    out.append(max(0.0, (limit - u["spent_pico_usd"] - u["reserved_pico_usd"]) / limit))
+            return out
+
+        found = await self.budget.thread.write(shares)
+        return min(found) if found else None
 
 
 __all__ = ["Route", "build_router"]
