@@ -90,6 +90,7 @@ class Priced:
     requested_model: str | None = None  # set when routing served another model than the one asked for
     route_rule: str | None = None       # the routing rule that chose the served model
     batch: bool = False                 # sent through the provider's batch API (priced at the batch rate)
+    hold: Any = None          # what the budget stage took from the shared state (a tokenlane.state.Hold)
     tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
     # what the cost levers did before pricing (None: that stage is off or did nothing)
     cache: str | None = None                  # x-tokenlane-cache: miss | bypass (a hit never gets priced)
