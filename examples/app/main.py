@@ -73,7 +73,8 @@ def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     ledger = Ledger(settings.db_path)
     user_limits.load(ledger)
     identify = identify_hook(user_limits)
-    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True}
+    # /metrics (tenants, spend) is for operators: only an admin's API key reads it.
+    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True, "metrics_access": "admin"}
     if "TOKENLANE_REDACT_PROMPTS" not in os.environ:
         # The app shows users their own prompts and responses, so the ledger keeps a preview of both.
         kwargs["redact_prompts"] = False
