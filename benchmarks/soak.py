@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request  # module level: FastAPI resolves the route's annotations here
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "soak.json"
 MIX = {"json": 0.35, "stream": 0.25, "repeat": 0.15, "refused": 0.1, "invalid": 0.05, "disconnect": 0.1}
@@ -53,7 +55,7 @@ TOPICS = ["tides", "compilers", "bread", "volcanoes", "chess", "rivers", "owls",
 def build_app(db: str) -> Any:
     """The app under test: an OpenAI-compatible route on the simulated provider, the middleware in
     front, and /soak/lag reporting the event loop's lateness since the last read."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
     from tokenlane import Tokenlane, TokenlaneMiddleware
@@ -255,6 +257,7 @@ def run(minutes: float, rate: float, interval: float, seed: int = 1) -> dict[str
         print("| t (s) | RSS (MB) | fds | ledger (KB) | loop lag max (ms) | requests | p50 (ms) | p99 (ms) | unexpected |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         samples = asyncio.run(drive(port, server.pid, db, minutes * 60, rate, interval, seed))
+        time.sleep(5)  # let abandoned streams notice their client is gone before the server stops
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
+from tokenlane.providers import ProviderError
 
 from . import state
 from .routes import admin, api, auth, config, reports, user
@@ -147,6 +148,14 @@ def create_app(
             request, "error.html", status_code=exc.status_code,
             title=titles.get(exc.status_code, "Something went wrong"), message=str(exc.detail),
         )
+
+    @app.exception_handler(ProviderError)
+    async def upstream_failed(request: Request, exc: ProviderError) -> Response:
+        status, body, headers = exc.response()  # the upstream's failure, OpenAI-shaped (502/503/429 ...)
+        if wants_json(request):
+            return JSONResponse(body, status_code=status, headers=headers)
+        return render(request, "error.html", status_code=status, title="The model is unavailable",
+                      message=body["error"]["message"])
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:
