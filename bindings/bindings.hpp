@@ -3,6 +3,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <string_view>
 
 namespace tokenlane::bindings {
@@ -16,6 +17,24 @@ void register_estimator(py::module_& m);
 void register_ledger(py::module_& m);
 void register_scheduler(py::module_& m);
 void register_sim(py::module_& m);
+
+// Releases the GIL only for work that may take long. Releasing it is a hand-off, not a free
+// action: if another Python thread wants the GIL (the ledger writer, a worker), it takes it, and the
+// caller waits until that thread lets go, up to the interpreter's 5 ms switch interval. That wait,
+// not the C++ work, was the middleware's tail latency. So per-request calls that take microseconds
+// (scheduler submit/complete, estimates, counting a prompt) keep the GIL; big texts, batches and
+// I/O release it.
+class ReleaseGilIf {
+ public:
+  explicit ReleaseGilIf(bool release) {
+    if (release) release_.emplace();
+  }
+
+ private:
+  std::optional<py::gil_scoped_release> release_;
+};
+// Texts up to this size are counted without releasing the GIL (tens of µs of work).
+inline constexpr std::size_t kKeepGilBytes = std::size_t{1} << 14;
 
 // A Python str as UTF-8, kept alive by `holder` (valid while the GIL is released). Lone surrogates
 // are replaced by U+FFFD as tiktoken does, so no str ever raises here.

@@ -153,7 +153,7 @@ void register_estimator(py::module_& m) {
              q.route = route;
              q.tenant = tenant;
              q.task = task;
-             py::gil_scoped_release release;
+             ReleaseGilIf release(q.prompt.size() > kKeepGilBytes);
              return to_tuple(e.estimate(q));
            })
       .def("observe",
@@ -167,7 +167,7 @@ void register_estimator(py::module_& m) {
              q.route = route;
              q.tenant = tenant;
              q.task = task;
-             py::gil_scoped_release release;
+             ReleaseGilIf release(q.prompt.size() > kKeepGilBytes);
              e.observe(q, output_tokens);
            })
       // Batch calls: (p50s, p90s, sources, nanoseconds spent in each estimate).

@@ -205,6 +205,17 @@ void register_ledger(py::module_& m) {
            [](Ledger& l, const std::string& tenant, std::int64_t reserved, double now) {
              unlocked([&] { l.release(tenant, reserved, now); });
            })
+      .def("reserve_all",
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now) {
+             return unlocked([&] { return l.reserve_all(tenants, amount, now); });
+           })
+      .def("settle_all",
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, std::int64_t actual,
+              double now) { unlocked([&] { l.settle_all(tenants, reserved, actual, now); }); })
+      .def("release_all",
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now) {
+             unlocked([&] { l.release_all(tenants, reserved, now); });
+           })
       .def("usage",
            [](const Ledger& l, const std::string& tenant, double now) {
              return unlocked([&] { return l.usage(tenant, now); }, to_dict);

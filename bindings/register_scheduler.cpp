@@ -108,17 +108,12 @@ void register_scheduler(py::module_& m) {
              r.cost_p50 = Money::from_pico(cost_p50);
              r.cost_p90 = Money::from_pico(cost_p90);
              r.cost_max = Money::from_pico(cost_max);
-             py::gil_scoped_release release;
-             return as_tuple(s.submit(r, now));
+             return as_tuple(s.submit(r, now));  // microseconds: keeps the GIL (see ReleaseGilIf)
            })
-      .def("pop_ready", &Scheduler::pop_ready, py::call_guard<py::gil_scoped_release>())
+      .def("pop_ready", &Scheduler::pop_ready)
       .def("pop_rejected",
            [](Scheduler& s, double now) {
-             std::vector<std::pair<std::string, Decision>> out;
-             {
-               py::gil_scoped_release release;
-               out = s.pop_rejected(now);
-             }
+             std::vector<std::pair<std::string, Decision>> out = s.pop_rejected(now);
              std::vector<std::pair<std::string, DecisionTuple>> v;
              v.reserve(out.size());
              for (auto& [id, d] : out) v.emplace_back(std::move(id), as_tuple(d));
@@ -126,11 +121,10 @@ void register_scheduler(py::module_& m) {
            })
       .def("complete",
            [](Scheduler& s, const std::string& id, double now, std::int64_t cost, std::uint64_t in, std::uint64_t out) {
-             py::gil_scoped_release release;
              return s.complete(id, now, Money::from_pico(cost), in, out);
            })
-      .def("cancel", &Scheduler::cancel, py::call_guard<py::gil_scoped_release>())
-      .def("next_wakeup", &Scheduler::next_wakeup, py::call_guard<py::gil_scoped_release>())
+      .def("cancel", &Scheduler::cancel)
+      .def("next_wakeup", &Scheduler::next_wakeup)
       .def("status",
            [](const Scheduler& s, const std::string& id) -> std::optional<std::string> {
              std::optional<RequestState> st;

@@ -152,7 +152,7 @@ void register_tokenizer(py::module_& m) {
         std::string_view utf8 = utf8_of(text, holder);
         std::vector<Rank> ids;
         {
-          py::gil_scoped_release release;
+          ReleaseGilIf release(utf8.size() > kKeepGilBytes);
           policy.check(e, utf8);
           ids = e.encode(utf8, *policy.allowed);
         }
@@ -163,7 +163,7 @@ void register_tokenizer(py::module_& m) {
         std::string_view utf8 = utf8_of(text, holder);
         std::vector<Rank> ids;
         {
-          py::gil_scoped_release release;
+          ReleaseGilIf release(utf8.size() > kKeepGilBytes);
           ids = e.encode_ordinary(utf8);
         }
         return to_list(ids);
@@ -173,7 +173,7 @@ void register_tokenizer(py::module_& m) {
         SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         py::object holder;
         std::string_view utf8 = utf8_of(text, holder);
-        py::gil_scoped_release release;
+        ReleaseGilIf release(utf8.size() > kKeepGilBytes);
         policy.check(e, utf8);
         return e.count(utf8, *policy.allowed);
       })
@@ -233,7 +233,7 @@ void register_tokenizer(py::module_& m) {
         return e.encode_single_token(std::string_view(b));
       })
       .def("count_chat", [](const Encoding& e, const std::string& request_json, const std::string& model) {
-        py::gil_scoped_release release;
+        ReleaseGilIf release(request_json.size() > kKeepGilBytes);
         return count_chat_tokens(e, request_json, model);
       });
 

@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # chromium: Debian's browser, driven by Playwright in the example app's browser tests (tests/e2e).
 # clang-14 + libclang-rt-14-dev: libFuzzer and ThreadSanitizer builds of the core (scripts/test).
-APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium clang-14 libclang-rt-14-dev
+# redis-server: the Redis backend's tests start their own on a free port.
+APT_PACKAGES=(nlohmann-json3-dev libsqlitecpp-dev libfmt-dev catch2 chromium clang-14 libclang-rt-14-dev redis-server
               ${TOKENLANE_EXTRA_APT:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

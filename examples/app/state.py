@@ -29,6 +29,8 @@ K_LIMITS = "limits"
 K_DEFAULT_BUDGET = "budget.default"
 K_PRICING = "pricing.overrides"
 K_MODE = "dispatch.mode"
+K_LEVERS = "levers"  # response cache and tier caps (docs/caching.md), applied at restart
+LEVER_FIELDS = ("cache", "cache_ttl_s", "semantic_threshold", "tier_caps", "default_tier")
 
 
 def user_limits_key(tenant: str) -> str:
@@ -96,7 +98,26 @@ def runtime_kwargs(led: Any) -> dict[str, Any]:
     policy = get_cfg(led, K_POLICY)
     if policy in POLICIES:
         out["policy"] = policy
+    out.update({k: v for k, v in (get_cfg(led, K_LEVERS) or {}).items() if k in LEVER_FIELDS and v not in (None, {}, "")})
     return out
+
+
+def parse_levers(form: Any) -> dict[str, Any]:
+    """The cost-lever form, validated by tokenlane's own settings loader (ConfigError is a ValueError)."""
+    import json
+
+    from tokenlane.config import load_settings
+
+    caps_text = str(form.get("tier_caps", "")).strip()
+    try:
+        caps = json.loads(caps_text) if caps_text else {}
+    except ValueError as e:
+        raise ValueError(f"Tier caps must be JSON such as {{\"free\": {{\"max_output_tokens\": 500}}}}: {e}") from None
+    levers = {"cache": str(form.get("cache", "off")), "cache_ttl_s": str(form.get("cache_ttl_s", "")).strip() or None,
+              "semantic_threshold": str(form.get("semantic_threshold", "")).strip() or None, "tier_caps": caps,
+              "default_tier": str(form.get("default_tier", "")).strip() or None}
+    settings = load_settings(environ={}, **{k: v for k, v in levers.items() if v not in (None, {})})
+    return {k: getattr(settings, k) for k in LEVER_FIELDS if levers.get(k) not in (None, {})}
 
 
 def apply_pricing(tl: Any, overrides: dict[str, Any]) -> None:

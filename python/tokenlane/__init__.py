@@ -25,6 +25,7 @@ from .runtime import Tokenlane
 from .stages import Identity
 from .scheduler import Decision, Scheduler
 from .sim import SimulationResult, load_trace, simulate
+from .trim import trim_messages
 
 __version__ = "0.1.0"
 
@@ -63,4 +64,5 @@ __all__ = [
     "plot_predictions",
     "report_usage",
     "simulate",
+    "trim_messages",
 ]

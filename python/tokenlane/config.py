@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,9 @@ else:  # pragma: no cover - Python 3.10
 POLICIES = ("default", "fifo", "cost_priority", "deadline", "fair")
 WINDOWS = ("hour", "day", "month", "total")
 PRIORITIES = ("interactive", "standard", "batch")
+CACHE_MODES = ("off", "exact", "semantic")
+# What a route may set in `route_settings` (its path regex -> these), over the global settings.
+ROUTE_OPTIONS = ("cache", "cache_ttl_s", "semantic_threshold", "cache_shared", "cache_any_temperature", "trim")
 
 
 class ConfigError(ValueError):
@@ -62,14 +66,35 @@ class Settings:
     anomalies: bool = False                     # spend / tokens / rate anomaly detectors after reconcile
     otel: bool = False                          # OpenTelemetry spans and GenAI metrics (tokenlane[otel])
     route_prefix: str = "/tokenlane"
+    # response cache (docs/caching.md)
+    cache: str = "off"                          # off | exact | semantic (exact first, then semantic)
+    cache_ttl_s: float = 3600.0
+    semantic_threshold: float = 0.98            # cosine similarity; chosen by benchmarks/semantic_cache.py
+    cache_namespace: str = "1"                  # bump to invalidate every entry (e.g. a new prompt template)
+    cache_max_entries: int = 10_000
+    cache_max_bytes: int = 256 * 1024 * 1024
+    # tier caps: tier -> {"max_input_tokens": n, "max_output_tokens": m}; the tier is taken like the
+    # priority: header X-Tokenlane-Tier, the tenant's default, default_tier
+    tier_caps: dict[str, dict[str, int]] = field(default_factory=dict)
+    tenant_tiers: dict[str, str] = field(default_factory=dict)
+    default_tier: str | None = None
+    route_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predict_prompt_cache: bool = True           # price a recently sent long prefix at the cached rate
+
+    def __post_init__(self) -> None:
+        for name, tier in [*self.tenant_tiers.items(), ("default_tier", self.default_tier)]:
+            if tier is not None and tier not in self.tier_caps:
+                raise ConfigError(f"tier {tier!r} of {name} has no entry in tier_caps "
+                                  f"(known: {', '.join(sorted(self.tier_caps)) or 'none'})")
 
 
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
-        "max_queue", "max_body_bytes", "max_input_tokens"}
-_FLOAT = {"max_wait_s"}
+        "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes"}
+_FLOAT = {"max_wait_s", "cache_ttl_s"}
 _MONEY = {"budget_usd"}
-_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel"}
-_MAPS = {"tenant_budgets_usd", "tenant_priorities"}
+_BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
+         "predict_prompt_cache"}
+_MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -95,14 +120,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if name in _MONEY:
         return _money(where, value)
     if name in _BOOL:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return _bool(where, value)
     if name == "tenant_budgets_usd":
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = USD amount")
@@ -111,6 +129,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = priority")
         return {str(k): _choice(f"{where}[{k}]", v, PRIORITIES) for k, v in value.items()}
+    if name == "tier_caps":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of tier = {{max_input_tokens, max_output_tokens}}")
+        return {str(tier): _tier_cap(f"{where}[{tier}]", cap) for tier, cap in value.items()}
+    if name == "tenant_tiers":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of tenant = tier")
+        return {str(k): _coerce("default_tier", v, source) for k, v in value.items()}
+    if name == "route_settings":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of route regex = {{{', '.join(ROUTE_OPTIONS)}}}")
+        return {str(k): _route_options(f"{where}[{k}]", k, v, source) for k, v in value.items()}
+    if name == "cache":
+        return _choice(where, value, CACHE_MODES)
+    if name == "semantic_threshold":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not 0 < number <= 1:
+            raise ConfigError(f"{where}: expected a cosine similarity in (0, 1], got {value!r}")
+        return number
     if name == "alert_thresholds":
         return _fractions(where, value)
     if name == "alert_webhook" and not str(value).startswith(("http://", "https://")):
@@ -125,9 +165,45 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return _choice(where, value, ("p90", "max"))
     if name == "default_priority":
         return _choice(where, value, PRIORITIES)
+    if name == "default_tier" and isinstance(value, str) and value:
+        return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _bool(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+def _tier_cap(where: str, cap: Any) -> dict[str, int]:
+    allowed = ("max_input_tokens", "max_output_tokens")
+    if not isinstance(cap, dict) or not cap or set(cap) - set(allowed):
+        raise ConfigError(f"{where}: expected a table with {' and/or '.join(allowed)}, got {cap!r}")
+    return {k: _coerce("max_input_tokens", v, where) for k, v in cap.items()}
+
+
+def _route_options(where: str, pattern: Any, options: Any, source: str) -> dict[str, Any]:
+    try:
+        re.compile(str(pattern))
+    except re.error as exc:
+        raise ConfigError(f"{where}: not a valid regular expression: {exc}") from None
+    if not isinstance(options, dict) or set(options) - set(ROUTE_OPTIONS):
+        raise ConfigError(f"{where}: expected a table of {', '.join(ROUTE_OPTIONS)}, got {options!r}")
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if k in ("cache_shared", "cache_any_temperature", "trim"):
+            out[k] = _bool(f"{where}.{k}", v)
+        else:
+            out[k] = _coerce(k, v, source)
+    return out
 
 
 def _money(where: str, value: Any) -> Decimal:
@@ -196,4 +272,4 @@ def load_settings(config: str | os.PathLike[str] | None = None, environ: dict[st
     return Settings(**values)
 
 
-__all__ = ["ConfigError", "POLICIES", "PRIORITIES", "Settings", "WINDOWS", "load_settings"]
+__all__ = ["CACHE_MODES", "ConfigError", "POLICIES", "PRIORITIES", "ROUTE_OPTIONS", "Settings", "WINDOWS", "load_settings"]

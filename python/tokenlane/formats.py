@@ -305,7 +305,8 @@ def parse_request(api: str, body: Any, limits: RequestLimits = DEFAULT_LIMITS) -
         inputs = body.get("input")
         if not isinstance(inputs, (str, list)) or inputs == []:
             raise MalformedRequest("'input' must be a string or a non-empty array", "input")
-        _array_field(body, "input", limits.prompts)
+        if isinstance(inputs, list):  # a single string is as valid as an array
+            _array_field(body, "input", limits.prompts)
         return LLMRequest(api, model, prompt=inputs, max_tokens=0, user=user, generates=False)
     if api == ANTHROPIC_MESSAGES:
         max_tokens = max_tokens_of("max_tokens", minimum=1)

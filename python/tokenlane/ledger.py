@@ -115,7 +115,7 @@ class Ledger:
         return self._led.create_user(email, password_hash, role, name, tenant)
 
     def get_user(self, user_id: int) -> dict[str, Any] | None:
-        """id, email, name, role, tenant, disabled, created_at, password_hash (never render the hash)."""
+        """id, email, name, role, tenant, team, org, disabled, created_at, password_hash (never render the hash)."""
         return self._led.get_user(user_id)
 
     def get_user_by_email(self, email: str) -> dict[str, Any] | None:
@@ -126,7 +126,7 @@ class Ledger:
         return self._led.list_users()
 
     def update_user(self, user_id: int, **fields: Any) -> bool:
-        """Sets any of name, role, tenant, disabled, password_hash. False for an unknown user."""
+        """Sets any of name, role, tenant, team, org, disabled, password_hash. False for an unknown user."""
         return self._led.update_user(user_id, fields)
 
     # ---- API keys ----------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Ledger:
         return key_id, plaintext
 
     def verify_api_key(self, plaintext: str) -> dict[str, Any] | None:
-        """{"key_id","user_id","tenant","name","email","role"} for an active key, else None."""
+        """{"key_id","user_id","tenant","name","email","role","team","org"} for an active key, else None."""
         if not isinstance(plaintext, str):
             return None
         return self._led.verify_api_key(plaintext)
@@ -219,6 +219,20 @@ class Ledger:
     def release(self, tenant: str, reserved_pico_usd: int, now: float | None = None) -> None:
         """Releases a reservation without charging (refused, cancelled, failed before the call)."""
         self._led.release(tenant, reserved_pico_usd, _now(now))
+
+    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None) -> int:
+        """Reserves `amount` at every tenant (the levels of one principal chain) or at none, in one
+        transaction: -1 when all had room, else the index of the first without room."""
+        return self._led.reserve_all(list(tenants), amount_pico_usd, _now(now))
+
+    def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
+                   now: float | None = None) -> None:
+        """settle() at every tenant, in one transaction."""
+        self._led.settle_all(list(tenants), reserved_pico_usd, actual_pico_usd, _now(now))
+
+    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None) -> None:
+        """release() at every tenant, in one transaction."""
+        self._led.release_all(list(tenants), reserved_pico_usd, _now(now))
 
     def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
         """spent/reserved/limit/remaining_pico_usd, requests, window, window_start, resets_at."""

@@ -35,6 +35,20 @@ class Metrics:
         self.estimate_error = Histogram(
             "tokenlane_estimator_log2_error", "log2(actual output tokens / estimated p50)", [MODEL],
             buckets=(-4, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4), registry=r)
+        # cost levers: response cache, provider prompt cache, caps and trimming
+        self.cache = Counter("tokenlane_cache_requests", "Cache outcomes: hit, miss, bypass; kind exact or semantic",
+                             ["outcome", "kind", MODEL], registry=r)
+        self.cache_saved = Counter("tokenlane_cache_saved_usd", "What cache hits would have cost", [MODEL], registry=r)
+        self.cache_similarity = Histogram(
+            "tokenlane_cache_semantic_similarity", "Cosine similarity of the nearest cached prompt (the "
+            "false-hit guard: mass just above the threshold is where wrong answers come from)", ["served"],
+            buckets=(0.5, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0), registry=r)
+        self.prompt_cache_saved = Counter("tokenlane_prompt_cache_saved_usd",
+                                          "Provider cached-input discount on actual usage", [MODEL], registry=r)
+        self.clamped = Counter("tokenlane_max_tokens_clamped", "Requests whose max_tokens a tier cap clamped",
+                               ["tier"], registry=r)
+        self.trimmed_tokens = Counter("tokenlane_trimmed_input_tokens", "Prompt tokens removed by trimming",
+                                      [MODEL], registry=r)
         self.p90_covered = Counter("tokenlane_estimator_p90_covered", "Requests whose actual output <= p90",
                                    [MODEL], registry=r)
 

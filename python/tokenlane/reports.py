@@ -40,6 +40,8 @@ _MEASURES = """
   COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
   COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
   COALESCE(SUM(r.cost_pico_usd), 0) AS cost_pico_usd,
+  COALESCE(SUM(r.cache = 'hit'), 0) AS cache_hits,
+  COALESCE(SUM(r.cache_saved_pico_usd), 0) + COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0) AS saved_pico_usd,
   COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.est_cost_pico_usd END), 0)
     AS est_cost_matched,
   COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.cost_pico_usd END), 0)
@@ -93,6 +95,9 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
     return {
         "requests": requests, "succeeded": row["succeeded"], "failed": row["failed"], "refused": row["refused"],
         "cost_usd": cost,
+        # cost levers (docs/caching.md): answers served from the response cache, and what the cache
+        # and the provider's prompt caching saved
+        "cache_hits": row["cache_hits"], "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
         "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,
         "avg_input_tokens": row["input_tokens"] / billed if billed else None,
         "avg_output_tokens": row["output_tokens"] / billed if billed else None,
@@ -172,7 +177,7 @@ COLUMNS: Sequence[tuple[str, str]] = (
     ("requests", "requests"), ("cost_usd", "cost USD"), ("cost_per_1k_requests_usd", "USD/1k req"),
     ("avg_input_tokens", "avg in"), ("avg_output_tokens", "avg out"), ("share_of_requests", "share"),
     ("refusal_rate", "refused"), ("p95_latency_ms", "p95 ms"), ("p95_queue_ms", "p95 queue ms"),
-    ("estimate_error", "est. error"),
+    ("estimate_error", "est. error"), ("cache_hits", "cache hits"), ("saved_usd", "saved USD"),
 )
 
 __all__ = ["COLUMNS", "GROUPS", "ReportError", "report", "summary"]

@@ -1,7 +1,7 @@
 """The tokenlane runtime: the shared objects behind the middleware, and the request path that
 strings the stages together (each stage is one module in :mod:`tokenlane.stages`):
 
-    parse → identify → price → schedule (+ budget) → upstream → reconcile
+    parse → identify → cache → caps (+ trim) → price → schedule (+ budget) → upstream → reconcile
 
 Deferred requests and requests submitted from code (:meth:`Tokenlane.submit`) are *jobs*: the
 same path, with the wrapped app called in the background and its response kept for the job's
@@ -11,8 +11,10 @@ status URL.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
@@ -21,7 +23,7 @@ from typing import Any
 from . import reports
 from .alerts import AlertMarks, Alerts
 from .anomalies import Anomalies
-from .asgi_io import Receive, Scope, Send, request_headers, respond_json, send_error, wait_disconnect
+from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
 from .errors import RequestError, decision_dict
 from .estimators import Estimator
@@ -29,8 +31,9 @@ from .formats import LLMRequest
 from .ledger import Ledger
 from .metrics import Metrics
 from .otel import Telemetry
-from .pricing import Pricing, usd_text
+from .pricing import PICO_PER_USD, Pricing, usd_text
 from .scheduler import Scheduler
+from .state import LocalState, State
 from .sidecar import Sidecar
 from .tags import TagStore
 from .stages import (
@@ -45,10 +48,14 @@ from .stages import (
     Parse,
     Price,
     Priced,
+    PromptCachePredictor,
     Reconcile,
+    ResponseCache,
     Schedule,
+    TierCaps,
     Upstream,
 )
+from .stages.cache import CachePlan, entry_for, hit_body
 
 
 class Tokenlane:
@@ -78,8 +85,13 @@ class Tokenlane:
         # The stages, in request order.
         self.parse = Parse(s.max_body_bytes)
         self.identify_stage = Identify(s, self.ledger, identify)
-        self.price = Price(s, self.pricing, self.estimator)
-        self.budget = Budget(s, self.ledger, self.scheduler, self.thread)
+        self.cache = ResponseCache.from_settings(s, clock=clock)  # None when off: costs nothing
+        self.caps = TierCaps.from_settings(s)                     # None without tier caps
+        self.price = Price(s, self.pricing, self.estimator,
+                           PromptCachePredictor() if s.predict_prompt_cache else None)
+        # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
+        self.state: State = LocalState(self.ledger, self.thread.write)
+        self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
@@ -181,22 +193,61 @@ class Tokenlane:
                      on_decision: Callable[[dict[str, Any]], None] | None = None) -> None:
         """One LLM request from body to ledger row; also the path of background jobs."""
         headers = request_headers(scope)
+        plan: CachePlan | None = None
         try:
             body = await self.parse.read_body(receive, headers)
             request = await self.parse.parse(scope, body)
             identity = await self.identify_stage(scope, headers, request)
+            if self.cache is not None or self.caps is not None:
+                data = _json_or_none(body)
+                if self.cache is not None:
+                    plan = await self.cache(request, data, identity.tenant, scope["path"], headers)
+                    self._count_cache(plan, request.model)
+                    if plan.status == "hit":
+                        await self._serve_hit(plan, request, data, identity, scope, send, job, on_decision)
+                        return
+                if self.caps is not None:
+                    capped = self.caps(request, data, identity.tenant, scope["path"], headers)
+                    if capped.body is not None:  # clamped or trimmed: send on (and count) the new body
+                        body = json.dumps(capped.body).encode()
+                        request = await self.parse.parse(scope, body)
             try:
                 priced = self.price(request, identity, scope["path"], headers, self.clock(),
                                     request_id=job.id if job else None)
             except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
                 where = re.match(r"chat request: (?!body )([\w.\[\]]+) ", str(exc))  # the core names the path
                 raise RequestError(400, f"malformed request: {exc}", param=where and where.group(1)) from None
+            if plan is not None:
+                priced.cache = plan.status
+            if self.caps is not None:
+                priced.tier, priced.clamped_max_tokens = capped.tier, capped.clamped_max_tokens
+                priced.untrimmed_input_tokens = capped.untrimmed_input_tokens
+                self._count_caps(priced)
         except RequestError as exc:
+            if plan is not None:
+                await self.cache.save(plan, None)  # type: ignore[union-attr]
             if on_decision:
                 on_decision({"decision": "reject", "reason": exc.code or "invalid_request", "message": exc.message})
             await send_error(send, exc)
             return
+        except BaseException:
+            if plan is not None:  # never leave identical requests waiting on this one
+                await self.cache.save(plan, None)  # type: ignore[union-attr]
+            raise
+        if plan is None:
+            await self._run(priced, scope, body, receive, send, job, on_decision)
+            return
+        entry = None
+        try:
+            outcome = await self._run(priced, scope, body, receive, send, job, on_decision)
+            if outcome is not None:
+                entry = entry_for(priced.request, outcome, self.clock())
+        finally:  # stores the answer, and wakes identical requests that waited for it, on every path
+            await self.cache.save(plan, entry)  # type: ignore[union-attr]
 
+    async def _run(self, priced: Priced, scope: Scope, body: bytes, receive: Receive, send: Send,
+                   job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> Outcome | None:
+        """Schedules a priced request and runs it (None: refused or deferred)."""
         def decided(decision: Any) -> None:
             # Written by the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
@@ -220,7 +271,7 @@ class Tokenlane:
                                          (b"x-tokenlane-estimated-cost", usd_text(priced.cost_p50).encode())])
             if disconnected:
                 disconnected.cancel()
-            return
+            return None
         if decision.kind == "defer":
             deferred = job or Job(id=priced.id, scope=scope, body=body)
             deferred.priced, deferred.status = priced, "deferred"
@@ -233,10 +284,57 @@ class Tokenlane:
                 payload = {"id": priced.id, "object": "tokenlane.job", "status": "deferred",
                            "reason": decision.reason, "message": decision.message, "status_url": url}
                 await respond_json(send, 202, payload, self.upstream.headers(priced) + [(b"location", url.encode())])
-            return
+            return None
         if job is not None:
             job.priced = priced
-        await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+        return await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+
+    async def _serve_hit(self, plan: CachePlan, request: LLMRequest, data: Any, identity: Identity, scope: Scope,
+                         send: Send, job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> None:
+        """Answers from the cache: no model call, $0, a ledger row with the saving."""
+        assert plan.entry is not None
+        now = self.clock()
+        request_id = job.id if job else f"req_{uuid.uuid4().hex}"
+        saved = plan.entry.cost_pico_usd
+        body, content_type = hit_body(plan, request, data)
+        row = {"id": request_id, "tenant": identity.tenant, "user_id": identity.user_id, "key_id": identity.key_id,
+               "route": scope["path"], "model": request.model, "status": "succeeded", "decision": "cache",
+               "reason": plan.reason, "created_at": now, "started_at": now, "finished_at": now, "queue_ms": 0.0,
+               "input_tokens": 0, "output_tokens": 0, "cost_pico_usd": 0, "est_cost_pico_usd": 0,
+               "cache": "hit", "cache_saved_pico_usd": saved}
+        if not self.settings.redact_prompts:
+            row["prompt_preview"] = request.text()[:2000]
+        await self.write(self.ledger.insert_request, row)  # on disk before the response completes
+        if on_decision:
+            on_decision({"decision": "admit", "reason": "cache_hit", "message": f"served from the cache ({plan.reason})"})
+        headers = [(b"x-tokenlane-request-id", request_id.encode()), (b"x-tokenlane-cache", b"hit"),
+                   (b"x-tokenlane-cost", b"0"), (b"x-tokenlane-estimated-cost", b"0"),
+                   (b"x-tokenlane-cache-saved", usd_text(saved).encode())]
+        if plan.reason == "semantic" and plan.similarity is not None:
+            headers.append((b"x-tokenlane-cache-similarity", f"{plan.similarity:.4f}".encode()))
+        if request.stream:
+            headers.append((b"cache-control", b"no-cache"))
+        await respond(send, 200, body, content_type, headers)
+        if self.metrics:
+            self.metrics.cache_saved.labels(request.model).inc(saved / PICO_PER_USD)
+
+    def _count_cache(self, plan: CachePlan, model: str) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        kind = plan.reason if plan.status == "hit" else ("semantic" if plan.scope else "exact")
+        m.cache.labels(plan.status, kind if plan.status != "bypass" else "none", model).inc()
+        if plan.scope is not None and plan.similarity is not None and plan.reason != "exact":
+            m.cache_similarity.labels("yes" if plan.status == "hit" else "no").observe(plan.similarity)
+
+    def _count_caps(self, p: Priced) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        if p.clamped_max_tokens is not None:
+            m.clamped.labels(p.tier or "").inc()
+        if p.untrimmed_input_tokens is not None:
+            m.trimmed_tokens.labels(p.request.model).inc(p.untrimmed_input_tokens - p.input_tokens)
 
     # --- jobs ---------------------------------------------------------------------------------------
 
@@ -280,6 +378,14 @@ class Tokenlane:
     def set_policy(self, name: str) -> None:
         self.scheduler.set_policy(name)
         self.schedule.wake()
+
+
+def _json_or_none(body: bytes) -> Any:
+    """The body as JSON (what the cache keys and the caps rewrite), or None for another format."""
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 __all__ = ["Identity", "Job", "Outcome", "Priced", "RequestError", "Tokenlane"]

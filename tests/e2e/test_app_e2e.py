@@ -177,7 +177,7 @@ def test_screens_and_reports_render_with_data(user, admin, shots):
     shots(admin, "config")
     admin.goto("/reports")
     charts = admin.locator("svg.chart")
-    assert charts.count() == 8
+    assert charts.count() == 9
     assert admin.locator("svg.chart rect").count() > 10  # bars drawn from real rows
     assert "No data yet" not in admin.locator("section:has-text('Requests by model')").inner_text()
     shots(admin, "reports", phone=True)

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 from app_support import Client, make_app
+from examples.app import state as app_state
 
 
 @pytest.fixture
@@ -145,7 +146,17 @@ def test_config_is_read_only_for_users_and_validated_and_recorded_for_admins(app
         assert c.form("/config", {"section": "budget", "limit_usd": "2.50", "window": "month"}).status_code == 303
         assert c.form("/config", {"section": "pricing", "model": "gpt-4o-mini", "input": "0.2"}).status_code == 303
         assert app.state.tl.pricing.entry("gpt-4o-mini")["per_mtok"]["input"] == Decimal("0.2")
+        assert "expected a cosine similarity" in c.form("/config", {"section": "levers", "cache": "semantic",
+                                                                     "semantic_threshold": "2"}).text
+        assert "has no entry in tier_caps" in c.form("/config", {"section": "levers", "cache": "exact",
+                                                                  "default_tier": "gold"}).text
+        assert c.form("/config", {"section": "levers", "cache": "semantic", "semantic_threshold": "0.97",
+                                  "tier_caps": '{"free": {"max_output_tokens": 300}}', "default_tier": "free"}
+                      ).status_code == 303
         led = app.state.tl.ledger
+        assert app_state.runtime_kwargs(led)["tier_caps"] == {"free": {"max_output_tokens": 300}}
+        assert (app_state.runtime_kwargs(led)["cache"], app_state.runtime_kwargs(led)["semantic_threshold"]) == \
+            ("semantic", 0.97)
         assert led.get_config("limits")["rpm"] == 600
         assert led.get_config("budget.default") == {"limit_pico_usd": 2_500_000_000_000, "window": "month"}
         history = led.config_history(10)
@@ -209,7 +220,7 @@ def test_reports_render_svg_charts_and_export_csv(app):
             wait_done(c, submit(c, f"=HYPERLINK(\"http://x\") question {i}"))
         page = c.get("/reports").text
         svgs = re.findall(r"<svg class=\"chart\".*?</svg>", page, flags=re.S)
-        assert len(svgs) == 7  # clients do not get the per-user distribution
+        assert len(svgs) == 8  # clients do not get the per-user distribution
         for svg in svgs:
             ET.fromstring(svg)  # well-formed
         assert "<rect" in page and "gpt-4o-mini" in page
@@ -224,7 +235,7 @@ def test_reports_render_svg_charts_and_export_csv(app):
         assert all(row["prompt_preview"].startswith("'=HYPERLINK") for row in rows)
         c.logout()
         c.login()
-        assert len(re.findall(r"<svg class=\"chart\"", c.get("/reports?days=1").text)) == 8
+        assert len(re.findall(r"<svg class=\"chart\"", c.get("/reports?days=1").text)) == 9
         assert "ada@example.com" in c.get("/reports?tenant=ada%40example.com").text
 
 

@@ -46,14 +46,19 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
             wait_for(lambda: len(receiver.posts) >= 4 and all(
                 r["delivery"] != "pending" for r in rt.observe.alerts.marks.list()))
     bodies = [json.loads(body) for _, body in receiver.posts]
-    assert [b["threshold"] for b in bodies] == [0.5, 0.5, 0.8, 1.0]  # the first post failed and was retried
-    assert bodies[0]["id"] == bodies[1]["id"]
+    # The first post failed and was retried; deliveries are concurrent tasks, so the retry may come
+    # after the next alert's post.
+    thresholds = [b["threshold"] for b in bodies]
+    assert thresholds[0] == 0.5 and sorted(thresholds) == [0.5, 0.5, 0.8, 1.0]
+    halves = [b for b in bodies if b["threshold"] == 0.5]
+    assert halves[0]["id"] == halves[1]["id"]
+    by_threshold = {b["threshold"]: b for b in bodies}
     for headers, body in receiver.posts:
         assert verify_signature("whsec", body, headers[SIGNATURE_HEADER])
-    last = bodies[-1]
+    last = by_threshold[1.0]
     assert last["principal"] == "bob" and last["reason"] == "refused" and last["window"] == "day"
     assert last["limit_usd"] == pytest.approx(cost * 3.2) and last["spent_usd"] < last["limit_usd"]
-    assert bodies[2]["spent_usd"] >= 0.8 * bodies[2]["limit_usd"]
+    assert by_threshold[0.8]["spent_usd"] >= 0.8 * by_threshold[0.8]["limit_usd"]
     marks = {m["threshold"]: m for m in rt.observe.alerts.marks.list(principal="bob")}
     assert set(marks) == {0.5, 0.8, 1.0}
     assert (marks[0.5]["delivery"], marks[0.5]["attempts"]) == ("delivered", 2)

@@ -395,3 +395,30 @@ def test_processes_never_overspend(tmp_path: Path) -> None:
             reserved -= e["amount_pico_usd"]
         assert spent + reserved <= LIMIT
     assert (spent, reserved) == (charged, 0)
+
+
+def test_members_carry_team_and_org_and_requests_their_end_user(tmp_path):
+    led = Ledger(str(tmp_path / "h.db"))
+    uid = led.create_user("ann@example.com")
+    assert led.update_user(uid, team="eng", org="acme")
+    _, key = led.create_api_key(uid)
+    record = led.verify_api_key(key)
+    assert (record["team"], record["org"]) == ("eng", "acme")
+    assert [(u["team"], u["org"]) for u in led.list_users()] == [("eng", "acme")]
+    led.insert_request({"id": "r1", "status": "running", "tenant": "ann@example.com", "end_user": "u-7"})
+    assert led.get_request("r1")["end_user"] == "u-7"
+
+
+def test_cost_lever_columns_are_validated_and_summed(tmp_path):
+    led = Ledger(str(tmp_path / "levers.db"))
+    led.insert_request({"id": "a", "status": "succeeded", "tenant": "t", "created_at": 100.0, "cost_pico_usd": 0,
+                        "cache": "hit", "cache_saved_pico_usd": 700})
+    led.insert_request({"id": "b", "status": "succeeded", "tenant": "t", "created_at": 101.0, "cost_pico_usd": 900,
+                        "cache": "miss", "prompt_cache_saved_pico_usd": 50, "untrimmed_input_tokens": 4000,
+                        "input_tokens": 1000})
+    with pytest.raises(tokenlane.InvalidArgumentError, match="cache outcome"):
+        led.update_request("a", cache="maybe")
+    (day,) = led.report_by_day(tenant="t")
+    assert (day["cache_hits"], day["cache_misses"], day["cache_saved_pico_usd"], day["prompt_cache_saved_pico_usd"]) \
+        == (1, 1, 700, 50)
+    assert led.get_request("b")["untrimmed_input_tokens"] == 4000

@@ -155,6 +155,13 @@ class Ledger {
   // reserved -= reserved_pico_usd (never below 0); spent += actual_pico_usd in the window of `now`.
   void settle(const std::string& tenant, std::int64_t reserved_pico_usd, std::int64_t actual_pico_usd, double now);
   void release(const std::string& tenant, std::int64_t reserved_pico_usd, double now);
+  // The same on several tenants (the levels of one principal chain, 1 to 16) in one transaction:
+  // reserve_all takes the amount at every level or at none, returning -1 when all had room, else
+  // the index of the first level without room.
+  int reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now);
+  void settle_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd,
+                  std::int64_t actual_pico_usd, double now);
+  void release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now);
   // spent_pico_usd, reserved_pico_usd, limit_pico_usd (NULL = none), remaining_pico_usd (NULL = no
   // limit; never negative), requests (rows created in this window), window, window_start,
   // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.

@@ -151,75 +151,116 @@ SQLite::Statement& st = *st_h;
   });
 }
 
+namespace {
+
+// One level's reserve / settle / release, inside the caller's write transaction.
+
+bool reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amount_pico_usd, double now) {
+  // A tenant without a row gets an unlimited one, so its spend is still counted. For an existing
+  // row the DO UPDATE's WHERE is the budget check, evaluated on the row as it is now.
+  auto st_h = impl.prepare("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
+                           "reserved_pico_usd, updated_at) VALUES (?1, NULL, 'total', 0, 0, ?5, ?6) "
+                           "ON CONFLICT (tenant) DO UPDATE SET "
+                           "spent_pico_usd = " TL_SPENT ", "
+                           "window_start = MAX(window_start, " TL_WS "), "
+                           "reserved_pico_usd = reserved_pico_usd + ?5, updated_at = ?6 "
+                           "WHERE limit_pico_usd IS NULL OR " TL_SPENT " + reserved_pico_usd + ?5 <= limit_pico_usd");
+  SQLite::Statement& st = *st_h;
+  st.bind(1, tenant);
+  bind_window_starts(st, now);
+  st.bind(5, amount_pico_usd);
+  st.bind(6, now);
+  const bool ok = st.exec() == 1;
+  if (ok) log_event(impl, tenant, "reserve", amount_pico_usd, LedgerValue(), now);
+  return ok;
+}
+
+void settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd,
+                std::int64_t actual_pico_usd, double now) {
+  const std::int64_t freed = freeable(impl, tenant, reserved_pico_usd);
+  // Reservations are never driven below zero: a double settle cannot free someone else's share.
+  auto st_h = impl.prepare("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
+                           "reserved_pico_usd, updated_at) VALUES (?1, NULL, 'total', 0, ?7, 0, ?6) "
+                           "ON CONFLICT (tenant) DO UPDATE SET "
+                           "spent_pico_usd = " TL_SPENT " + ?7, "
+                           "window_start = MAX(window_start, " TL_WS "), "
+                           "reserved_pico_usd = MAX(reserved_pico_usd - ?5, 0), updated_at = ?6");
+  SQLite::Statement& st = *st_h;
+  st.bind(1, tenant);
+  bind_window_starts(st, now);
+  st.bind(5, reserved_pico_usd);
+  st.bind(6, now);
+  st.bind(7, actual_pico_usd);
+  st.exec();
+  log_event(impl, tenant, "settle", actual_pico_usd, freed, now);
+}
+
+void release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd, double now) {
+  const std::int64_t freed = freeable(impl, tenant, reserved_pico_usd);
+  auto st_h = impl.prepare("UPDATE budgets SET reserved_pico_usd = MAX(reserved_pico_usd - ?1, 0), updated_at = ?2 "
+                           "WHERE tenant = ?3");
+  SQLite::Statement& st = *st_h;
+  st.bind(1, reserved_pico_usd);
+  st.bind(2, now);
+  st.bind(3, tenant);
+  if (st.exec() == 1) log_event(impl, tenant, "release", freed, LedgerValue(), now);
+}
+
+void check_levels(const std::vector<std::string>& tenants) {
+  if (tenants.empty() || tenants.size() > 16) throw Error(ErrorCode::invalid_argument, "give 1 to 16 tenants");
+  for (const std::string& t : tenants) check_tenant(t);
+}
+
+}  // namespace
+
 bool Ledger::reserve(const std::string& tenant, std::int64_t amount_pico_usd, double now) {
-  check_tenant(tenant);
+  return reserve_all({tenant}, amount_pico_usd, now) < 0;
+}
+
+int Ledger::reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now) {
+  check_levels(tenants);
   check_amount("amount_pico_usd", amount_pico_usd);
   checked_seconds(now);
   return impl_->locked("reserve", [&] {
+    // One write transaction: either every level takes the amount or (rolled back) none does, and
+    // no other process sees a partial reservation.
     WriteTransaction tx(impl_->db);
-    // A tenant without a row gets an unlimited one, so its spend is still counted. For an existing
-    // row the DO UPDATE's WHERE is the budget check, evaluated on the row as it is now.
-    auto st_h = impl_->prepare("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-                         "reserved_pico_usd, updated_at) VALUES (?1, NULL, 'total', 0, 0, ?5, ?6) "
-                         "ON CONFLICT (tenant) DO UPDATE SET "
-                         "spent_pico_usd = " TL_SPENT ", "
-                         "window_start = MAX(window_start, " TL_WS "), "
-                         "reserved_pico_usd = reserved_pico_usd + ?5, updated_at = ?6 "
-                         "WHERE limit_pico_usd IS NULL OR " TL_SPENT " + reserved_pico_usd + ?5 <= limit_pico_usd");
-SQLite::Statement& st = *st_h;
-    st.bind(1, tenant);
-    bind_window_starts(st, now);
-    st.bind(5, amount_pico_usd);
-    st.bind(6, now);
-    const bool ok = st.exec() == 1;
-    if (ok) log_event(*impl_, tenant, "reserve", amount_pico_usd, LedgerValue(), now);
+    for (std::size_t i = 0; i < tenants.size(); ++i)
+      if (!reserve_row(*impl_, tenants[i], amount_pico_usd, now)) return static_cast<int>(i);
     tx.commit();
-    return ok;
+    return -1;
   });
 }
 
 void Ledger::settle(const std::string& tenant, std::int64_t reserved_pico_usd, std::int64_t actual_pico_usd,
                     double now) {
-  check_tenant(tenant);
+  settle_all({tenant}, reserved_pico_usd, actual_pico_usd, now);
+}
+
+void Ledger::settle_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd,
+                        std::int64_t actual_pico_usd, double now) {
+  check_levels(tenants);
   check_amount("reserved_pico_usd", reserved_pico_usd);
   check_amount("actual_pico_usd", actual_pico_usd);
   checked_seconds(now);
   impl_->locked("settle", [&] {
     WriteTransaction tx(impl_->db);
-    const std::int64_t freed = freeable(*impl_, tenant, reserved_pico_usd);
-    // Reservations are never driven below zero: a double settle cannot free someone else's share.
-    auto st_h = impl_->prepare("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-                         "reserved_pico_usd, updated_at) VALUES (?1, NULL, 'total', 0, ?7, 0, ?6) "
-                         "ON CONFLICT (tenant) DO UPDATE SET "
-                         "spent_pico_usd = " TL_SPENT " + ?7, "
-                         "window_start = MAX(window_start, " TL_WS "), "
-                         "reserved_pico_usd = MAX(reserved_pico_usd - ?5, 0), updated_at = ?6");
-SQLite::Statement& st = *st_h;
-    st.bind(1, tenant);
-    bind_window_starts(st, now);
-    st.bind(5, reserved_pico_usd);
-    st.bind(6, now);
-    st.bind(7, actual_pico_usd);
-    st.exec();
-    log_event(*impl_, tenant, "settle", actual_pico_usd, freed, now);
+    for (const std::string& t : tenants) settle_row(*impl_, t, reserved_pico_usd, actual_pico_usd, now);
     tx.commit();
   });
 }
 
 void Ledger::release(const std::string& tenant, std::int64_t reserved_pico_usd, double now) {
-  check_tenant(tenant);
+  release_all({tenant}, reserved_pico_usd, now);
+}
+
+void Ledger::release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now) {
+  check_levels(tenants);
   check_amount("reserved_pico_usd", reserved_pico_usd);
   checked_seconds(now);
   impl_->locked("release", [&] {
     WriteTransaction tx(impl_->db);
-    const std::int64_t freed = freeable(*impl_, tenant, reserved_pico_usd);
-    auto st_h = impl_->prepare("UPDATE budgets SET reserved_pico_usd = MAX(reserved_pico_usd - ?1, 0), updated_at = ?2 "
-                         "WHERE tenant = ?3");
-SQLite::Statement& st = *st_h;
-    st.bind(1, reserved_pico_usd);
-    st.bind(2, now);
-    st.bind(3, tenant);
-    if (st.exec() == 1) log_event(*impl_, tenant, "release", freed, LedgerValue(), now);
+    for (const std::string& t : tenants) release_row(*impl_, t, reserved_pico_usd, now);
     tx.commit();
   });
 }

@@ -265,7 +265,7 @@ const std::string& Ledger::path() const noexcept { return impl_->path; }
 namespace {
 
 constexpr const char* kUserColumns =
-    "id, email, name, role, COALESCE(tenant, email) AS tenant, disabled, created_at, password_hash";
+    "id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled, created_at, password_hash";
 
 void check_role(const std::string& role) {
   if (role != "client" && role != "admin")
@@ -334,7 +334,7 @@ SQLite::Statement& st = *st_h;
 
 std::vector<LedgerRow> Ledger::list_users() const {
   return impl_->locked("list_users", [&] {
-    auto st_h = impl_->prepare("SELECT id, email, name, role, COALESCE(tenant, email) AS tenant, disabled, created_at "
+    auto st_h = impl_->prepare("SELECT id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled, created_at "
                          "FROM users ORDER BY id");
 SQLite::Statement& st = *st_h;
     std::vector<LedgerRow> out;
@@ -353,12 +353,12 @@ bool Ledger::update_user(std::int64_t id, const LedgerRow& fields) {
       check_role(std::get<std::string>(value));
     } else if (name == "disabled") {
       if (!std::holds_alternative<bool>(value)) throw Error(ErrorCode::invalid_argument, "disabled must be a bool");
-    } else if (name == "name" || name == "tenant" || name == "password_hash") {
+    } else if (name == "name" || name == "tenant" || name == "team" || name == "org" || name == "password_hash") {
       if (!null && !std::holds_alternative<std::string>(value))
         throw Error(ErrorCode::invalid_argument, name + " must be a string or None");
     } else {
       throw Error(ErrorCode::invalid_argument,
-                  "cannot update user field \"" + name + "\" (allowed: name, role, tenant, disabled, password_hash)");
+                  "cannot update user field \"" + name + "\" (allowed: name, role, tenant, team, org, disabled, password_hash)");
     }
     sets += (sets.empty() ? "" : ", ") + name + " = ?";
   }
@@ -451,7 +451,7 @@ std::optional<LedgerRow> Ledger::verify_api_key(std::string_view plaintext) {
   const std::string hash = detail::sha256_hex(plaintext);
   return impl_->locked("verify_api_key", [&]() -> std::optional<LedgerRow> {
     auto st_h = impl_->prepare("SELECT k.id AS key_id, k.user_id, COALESCE(u.tenant, u.email) AS tenant, k.name, u.email, "
-                         "u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id "
+                         "u.role, u.team, u.org, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id "
                          "WHERE k.secret_hash = ? AND k.revoked_at IS NULL AND u.disabled = 0");
 SQLite::Statement& st = *st_h;
     st.bind(1, hash);

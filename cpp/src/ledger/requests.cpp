@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 29> kRequestColumns = {{
+constexpr std::array<Column, 34> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -52,11 +52,17 @@ constexpr std::array<Column, 29> kRequestColumns = {{
     {"error", Kind::text},
     {"prompt_preview", Kind::text},
     {"response_preview", Kind::text},
+    {"cache", Kind::text},
+    {"cache_saved_pico_usd", Kind::integer},
+    {"prompt_cache_saved_pico_usd", Kind::integer},
+    {"untrimmed_input_tokens", Kind::integer},
+    {"end_user", Kind::text},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",
                                                        "rejected", "cancelled", "deferred"};
 constexpr std::array<std::string_view, 3> kPriorities = {"interactive", "standard", "batch"};
+constexpr std::array<std::string_view, 3> kCacheOutcomes = {"hit", "miss", "bypass"};
 
 template <std::size_t N>
 std::string joined(const std::array<std::string_view, N>& names) {
@@ -98,6 +104,9 @@ LedgerValue checked(const std::string& name, const LedgerValue& value) {
       if (name == "priority" && !one_of(kPriorities, *s))
         throw Error(ErrorCode::invalid_argument,
                     "unknown priority \"" + *s + "\" (one of " + joined(kPriorities) + ")");
+      if (name == "cache" && !one_of(kCacheOutcomes, *s))
+        throw Error(ErrorCode::invalid_argument,
+                    "unknown cache outcome \"" + *s + "\" (one of " + joined(kCacheOutcomes) + ")");
       return value;
     }
     case Kind::integer: {
@@ -287,6 +296,10 @@ constexpr const char* kMeasures =
     " COALESCE(SUM(CASE WHEN r.est_output_p50 IS NOT NULL THEN r.output_tokens END), 0) AS output_tokens_matched,"
     " COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL THEN r.est_cost_pico_usd END), 0) AS est_cost_pico_usd_matched,"
     " COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL THEN r.cost_pico_usd END), 0) AS cost_pico_usd_matched,"
+    " SUM(r.cache = 'hit') AS cache_hits,"
+    " SUM(r.cache = 'miss') AS cache_misses,"
+    " COALESCE(SUM(r.cache_saved_pico_usd), 0) AS cache_saved_pico_usd,"
+    " COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0) AS prompt_cache_saved_pico_usd,"
     " AVG(r.queue_ms) AS avg_queue_ms,"
     " MAX(r.queue_ms) AS max_queue_ms";
 

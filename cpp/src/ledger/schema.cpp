@@ -106,6 +106,18 @@ CREATE TABLE config_history (
 );
 CREATE INDEX config_history_key ON config_history(key, id);
 )sql"},
+      {2, "cost levers: response cache outcome and savings, trimmed input", R"sql(
+ALTER TABLE requests ADD COLUMN cache TEXT;                        -- hit | miss | bypass (NULL: cache off)
+ALTER TABLE requests ADD COLUMN cache_saved_pico_usd INTEGER;      -- a hit: what the call would have cost
+ALTER TABLE requests ADD COLUMN prompt_cache_saved_pico_usd INTEGER;  -- provider cached-input discount
+ALTER TABLE requests ADD COLUMN untrimmed_input_tokens INTEGER;    -- prompt tokens before context trimming
+)sql"},
+      {3, "principal hierarchy: a member's team and organisation, a request's end user", R"sql(
+ALTER TABLE users ADD COLUMN team TEXT;
+ALTER TABLE users ADD COLUMN org TEXT;
+ALTER TABLE requests ADD COLUMN end_user TEXT;
+CREATE INDEX requests_end_user ON requests(tenant, end_user);
+)sql"},
   };
   return steps;
 }

@@ -83,35 +83,41 @@ class PieceCache {
   // The tokens cached for the piece, or nullptr; `count` receives how many.
   const Rank* find(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h,
                    std::uint32_t& count) const {
+    const std::uint32_t want = key_of(n, h, 0);
     for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
-      if (s.hash == h && s.head == head && s.len == n) {
-        const Rank* extra = arena_.data() + s.off;
-        if (n > 8 && !equal_after_head(reinterpret_cast<const unsigned char*>(extra + (s.count > 1 ? s.count : 0)), p, n)) {
-          continue;
+      if ((s.key & ~kCountBits) == want && s.head == head) {
+        const std::uint32_t c = (s.key & kCountBits) >> 8;
+        if (c == 1 && n <= 8) {
+          count = 1;
+          return &s.value;
         }
-        count = s.count;
-        return s.count == 1 ? &s.token : extra;
+        const Rank* tokens = arena_.data() + s.value;
+        if (n > 8 && !equal_after_head(reinterpret_cast<const unsigned char*>(tokens + c), p, n)) continue;
+        count = c;
+        return tokens;
       }
-      if (s.len == 0) return nullptr;
+      if (s.key == 0) return nullptr;
     }
   }
 
   void insert(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h, const Rank* tokens,
               std::uint32_t count) {
-    const std::size_t words = (count > 1 ? count : 0) + (n > 8 ? (n + 3) / 4 : 0);
-    if (2 * (entries_ + 1) > slots_.size()) grow();
+    const bool inline_token = count == 1 && n <= 8;  // most pieces: the slot alone holds them
+    const std::size_t words = inline_token ? 0 : count + (n > 8 ? (n + 3) / 4 : 0);
+    if (4 * (entries_ + 1) > 3 * slots_.size()) grow();
     if (arena_.size() + words > kArenaWords) clear();
     std::size_t i = h & mask_;
-    while (slots_[i].len != 0) i = (i + 1) & mask_;
+    while (slots_[i].key != 0) i = (i + 1) & mask_;
     Slot& s = slots_[i];
-    s = {h, head, static_cast<std::uint32_t>(arena_.size()), tokens[0], static_cast<std::uint16_t>(n),
-         static_cast<std::uint16_t>(count)};
-    if (count > 1) arena_.insert(arena_.end(), tokens, tokens + count);
-    if (n > 8) {
-      const std::size_t off = arena_.size();
-      arena_.resize(off + (n + 3) / 4);
-      std::memcpy(arena_.data() + off, p, n);
+    s = {head, key_of(n, h, count), inline_token ? tokens[0] : static_cast<std::uint32_t>(arena_.size())};
+    if (!inline_token) {
+      arena_.insert(arena_.end(), tokens, tokens + count);
+      if (n > 8) {
+        const std::size_t at = arena_.size();
+        arena_.resize(at + (n + 3) / 4);
+        std::memcpy(arena_.data() + at, p, n);
+      }
     }
     ++entries_;
   }
@@ -120,25 +126,35 @@ class PieceCache {
 
  private:
   static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
-  static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 4 MiB of slots at most
+  static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 2 MiB of slots at most
   static constexpr std::size_t kArenaWords = std::size_t{1} << 20;   // 4 MiB of tokens and bytes
+  static constexpr std::uint32_t kCountBits = 0xFF00;
+  // 16 bytes, so that the slots of a text's frequent pieces fit in the L2 cache.
   struct Slot {
-    std::uint64_t hash = 0;
-    std::uint64_t head = 0;    // head_bytes of the piece
-    std::uint32_t off = 0;     // in arena_: the tokens if more than one, then bytes 8.. if longer than 8
-    Rank token = 0;            // the first token
-    std::uint16_t len = 0;     // 0: empty
-    std::uint16_t count = 0;
+    std::uint64_t head = 0;   // head_bytes of the piece
+    std::uint32_t key = 0;    // length (bits 0-7), token count (8-15), hash tag (16-31); 0: empty
+    std::uint32_t value = 0;  // the token (one token, <= 8 bytes), else the arena offset of the
+                              // tokens, followed by the piece's bytes when it is longer than 8
   };
+  static std::uint32_t key_of(std::size_t n, std::uint64_t h, std::uint32_t count) {
+    return static_cast<std::uint32_t>(n) | (count << 8) | (static_cast<std::uint32_t>(h >> 48) << 16);
+  }
+  // Where a stored slot goes in the current table (its hash is recomputed from its bytes).
+  std::size_t rehash_index(const Slot& s) const {
+    const std::size_t n = s.key & 0xFF;
+    const std::uint32_t c = (s.key & kCountBits) >> 8;
+    const auto* bytes = n > 8 ? reinterpret_cast<const unsigned char*>(arena_.data() + s.value + c) : nullptr;
+    return hash_bytes(bytes, n, s.head) & mask_;  // up to 8 bytes, the hash needs only the head
+  }
   void grow() {
     if (slots_.size() >= kMaxSlots) return clear();
     std::vector<Slot> old(slots_.size() * 2);
     old.swap(slots_);
     mask_ = slots_.size() - 1;
     for (const Slot& s : old) {
-      if (s.len == 0) continue;
-      std::size_t i = s.hash & mask_;
-      while (slots_[i].len != 0) i = (i + 1) & mask_;
+      if (s.key == 0) continue;
+      std::size_t i = rehash_index(s);
+      while (slots_[i].key != 0) i = (i + 1) & mask_;
       slots_[i] = s;
     }
   }

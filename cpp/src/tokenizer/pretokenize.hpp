@@ -107,6 +107,7 @@ class Cursor {
   std::size_t n_;
 };
 
+inline bool is_ascii_letter(unsigned char b) { return static_cast<unsigned char>((b | 0x20) - 'a') < 26; }
 inline bool is_newline(std::uint32_t cp) { return cp == '\r' || cp == '\n'; }
 inline bool is_punct(const Char& c) { return !(c.cls & (kLetter | kNumber | kSpace)); }
 
@@ -264,6 +265,24 @@ void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
   std::size_t i = 0;
   while (i < n) {
     std::size_t start = i;
+    // Fast path for the most common piece, an ASCII word with an optional leading space: what A
+    // (upper* lower+) or else B (upper+) match when every byte involved is ASCII. A word followed by
+    // a non-ASCII byte (a letter or mark may continue it) or an apostrophe (a contraction may
+    // follow) takes the general path.
+    {
+      std::size_t j = i + (s[i] == ' ');
+      if (j < n && is_ascii_letter(s[j])) {
+        std::size_t u = j;
+        while (u < n && s[u] >= 'A' && s[u] <= 'Z') ++u;
+        std::size_t e = u;
+        while (e < n && s[e] >= 'a' && s[e] <= 'z') ++e;
+        if (e == n || (s[e] < 0x80 && s[e] != '\'')) {
+          sink(start, e);
+          i = e;
+          continue;
+        }
+      }
+    }
     Char c = t.at(i);
     const bool prefix = !(c.cls & (kLetter | kNumber)) && !is_newline(c.cp);
     const bool wordish = c.cls & (kLetter | kMark);

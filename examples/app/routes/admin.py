@@ -38,12 +38,17 @@ async def overview(tl: Any) -> dict[str, Any]:
     today = _day_key(now)
     spend_month = sum(int(r.get("cost_pico_usd") or 0) for r in days)
     spend_today = sum(int(r.get("cost_pico_usd") or 0) for r in days if str(r.get("day")) == today)
+    hits = sum(int(r.get("cache_hits") or 0) for r in days)
+    lookups = hits + sum(int(r.get("cache_misses") or 0) for r in days)
     snap = tl.scheduler.snapshot(now)
     users = await blocking(led.list_users)
     return {
         "counts": await blocking(led.status_counts),
         "spend_today": spend_today,
         "spend_month": spend_month,
+        "saved_month": sum(int(r.get("cache_saved_pico_usd") or 0) + int(r.get("prompt_cache_saved_pico_usd") or 0)
+                           for r in days),
+        "cache_hit_rate": hits / lookups if lookups else None,
         "queue_length": len(snap.get("queue") or []),
         "deferred_length": len(snap.get("deferred") or []),
         "running": len(snap.get("running") or []),

@@ -42,6 +42,8 @@ async def _page(request: Request, user: dict[str, Any], error: str | None = None
         prices=model_rows(tl, request.app.state.settings.models), limits=limits, limit_fields=state.LIMIT_FIELDS,
         limit_labels=state.LIMIT_LABELS, in_force={f: getattr(getattr(tl, "settings", None), f, None) for f in state.LIMIT_FIELDS},
         budget=budget, windows=state.WINDOWS, policy=tl.scheduler.policy, policies=state.POLICIES,
+        levers=await blocking(state.get_cfg, led, state.K_LEVERS, {}) or {},
+        levers_in_force={f: getattr(tl.settings, f) for f in state.LEVER_FIELDS},
         history=history, editable=user.get("role") == "admin", error=error,
     )
 
@@ -78,6 +80,8 @@ async def config_save(request: Request, user: dict[str, Any] = Depends(require_a
             amount = str(form.get("limit_usd", "")).strip()
             value = {"limit_pico_usd": state.parse_usd(amount, "Default budget") if amount else None, "window": window}
             await blocking(state.set_cfg, led, state.K_DEFAULT_BUDGET, value, actor)
+        elif section == "levers":
+            await blocking(state.set_cfg, led, state.K_LEVERS, state.parse_levers(form), actor)
         elif section == "pricing":
             model = str(form.get("model", ""))
             if model not in request.app.state.settings.models or model not in tl.pricing:

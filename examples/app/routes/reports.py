@@ -27,7 +27,8 @@ STATUS_COLORS = {"succeeded": "#2f9e6b", "running": "#3566d6", "queued": "#e0a82
 CSV_COLUMNS = (
     "id", "created_at", "tenant", "user_id", "route", "model", "priority", "status", "decision", "reason",
     "queue_ms", "est_input_tokens", "est_output_p50", "est_output_p90", "input_tokens", "cached_input_tokens",
-    "output_tokens", "est_cost_pico_usd", "cost_pico_usd", "est_cost_usd", "cost_usd", "error", "prompt_preview",
+    "output_tokens", "est_cost_pico_usd", "cost_pico_usd", "est_cost_usd", "cost_usd", "cache", "cache_saved_pico_usd",
+    "prompt_cache_saved_pico_usd", "untrimmed_input_tokens", "error", "prompt_preview",
 )
 
 
@@ -69,6 +70,11 @@ def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]
         "succeeded": by_status.get("succeeded", 0),
         "spend": sum(_n(r.get("cost_pico_usd")) for r in by_model),
         "tokens": sum(_n(r.get("input_tokens")) + _n(r.get("output_tokens")) for r in by_model),
+        # cost levers: response cache hits (and their rate among cache lookups) and what they saved
+        "cache_hits": sum(_n(r.get("cache_hits")) for r in by_model),
+        "cache_lookups": sum(_n(r.get("cache_hits")) + _n(r.get("cache_misses")) for r in by_model),
+        "saved": sum(_n(r.get("cache_saved_pico_usd")) + _n(r.get("prompt_cache_saved_pico_usd")) for r in by_model),
+        "prompt_cache_saved": sum(_n(r.get("prompt_cache_saved_pico_usd")) for r in by_model),
         "median_wait_s": statistics.median(waits) if waits else None,
         "median_error": statistics.median(errors) if errors else None,
         "truncated": len(rows) >= MAX_ROWS,
@@ -95,6 +101,11 @@ def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]
                 [(d[5:], _n((by_day.get(d) or {}).get("cost_pico_usd")) / 1e12) for d in day_labels], "Spend per day (UTC)", fmt=money
             ),
             "wait": charts.histogram(waits, [0, 0.1, 0.5, 1, 5, 30, 120], "Queue wait (seconds)"),
+            "saved": charts.line(
+                [(d[5:], (_n((by_day.get(d) or {}).get("cache_saved_pico_usd"))
+                          + _n((by_day.get(d) or {}).get("prompt_cache_saved_pico_usd"))) / 1e12) for d in day_labels],
+                "Saved per day by the response cache and provider prompt caching (UTC)", fmt=money
+            ),
         },
     }
 

@@ -1,6 +1,7 @@
 """The stages of the request path, one module each; :mod:`tokenlane.runtime` strings them together.
 
-    parse → identify → price → schedule (with budget) → upstream → reconcile → observe   (+ jobs)
+    parse → identify → cache → caps (+ trim) → price → schedule (with budget) → upstream → reconcile
+    → observe                                                                            (+ jobs)
 
 The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
@@ -26,14 +27,17 @@ The stage contract (for adding one: caches, caps, routing, alerts, ...):
 
 from .base import Identity, LedgerThread, Outcome, Priced
 from .budget import Budget
+from .cache import ResponseCache
+from .caps import TierCaps
 from .identify import Identify
 from .jobs import Job, Jobs
 from .observe import Observe
 from .parse import Parse
 from .price import Price
+from .prompt_cache import PromptCachePredictor
 from .reconcile import Reconcile
 from .schedule import Schedule
 from .upstream import Upstream
 
-__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price", "Priced",
-           "Reconcile", "Schedule", "Upstream"]
+__all__ = ["Budget", "Identify", "Identity", "Job", "Jobs", "LedgerThread", "Observe", "Outcome", "Parse", "Price",
+           "Priced", "PromptCachePredictor", "Reconcile", "ResponseCache", "Schedule", "TierCaps", "Upstream"]

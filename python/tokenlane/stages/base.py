@@ -46,6 +46,12 @@ class Priced:
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
     tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
+    # what the cost levers did before pricing (None: that stage is off or did nothing)
+    cache: str | None = None                  # x-tokenlane-cache: miss | bypass (a hit never gets priced)
+    tier: str | None = None
+    clamped_max_tokens: int | None = None     # x-tokenlane-max-tokens-clamped
+    untrimmed_input_tokens: int | None = None  # prompt tokens before trimming
+    predicted_cached_tokens: int = 0          # provider prompt cache, predicted (priced at the cached rate)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,8 @@ class Outcome:
     reports: UsageReports = field(default_factory=UsageReports)
     error: str | None = None
     started_output: bool = False       # any response body went out
+    body: bytes = b""                  # a JSON response as the app sent it (what the cache stores)
+    cost_pico_usd: int | None = None   # the actual cost, once reconciled
 
 
 class LedgerThread:
@@ -86,9 +94,9 @@ class LedgerThread:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(fn, *args)
+        return self._pool.submit(fn, *args, **kwargs)
 
 
 __all__ = ["Identity", "LedgerThread", "Outcome", "Priced"]

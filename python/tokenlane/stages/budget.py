@@ -1,9 +1,10 @@
 """Stage: budgets. Loads (or creates from the settings) a tenant's budget once per process, keeps
-the scheduler's view of it, and reserves / settles in the ledger, the guard every worker process
-shares."""
+the scheduler's view of it, and reserves / settles through the shared state (:mod:`tokenlane.state`),
+the guard every worker process and replica shares."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
 
@@ -12,13 +13,16 @@ from ..errors import RequestError
 from ..ledger import Ledger
 from ..pricing import PICO_PER_USD, usd_text
 from ..scheduler import Scheduler
+from ..state import Hold, State
 from .base import LedgerThread, Priced
 
 
 class Budget:
-    def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, thread: LedgerThread) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, thread: LedgerThread,
+                 state: State) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.state = state
         self.scheduler = scheduler
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
@@ -83,29 +87,34 @@ class Budget:
         """What the ledger reserves for a request: its worst case (a hard cap) or its p90 cost."""
         return p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
 
-    async def reserve(self, p: Priced, now: float) -> None:
-        """Reserves the request's amount in the ledger; raises a 429 when the budget has no room.
-        The scheduler's budget is this process's view; the ledger's conditional update is the guard
-        all processes share."""
-        amount = self.amount(p)
-        if amount <= 0:
-            return
-        ok = await self.thread.write(self.ledger.reserve, p.identity.tenant, amount, now)
-        if not ok:
-            usage = await self.thread.write(self.ledger.usage, p.identity.tenant, now)
-            resets = usage.get("resets_at")
-            raise RequestError(
-                429, f"budget of tenant {p.identity.tenant!r} is used up for this {usage.get('window')} "
-                f"(spent {usd_text(usage['spent_pico_usd'])} USD, reserved {usd_text(usage['reserved_pico_usd'])} "
-                f"USD); this request may cost up to {usd_text(amount)} USD",
-                type="insufficient_quota", code="insufficient_quota",
-                retry_after_s=None if resets is None else max(1.0, resets - now))
-        p.reserved_ledger = amount
+    def hold(self, p: Priced) -> Hold:
+        """What the request takes from the shared state: its amount at every level it is charged to."""
+        return Hold(id=p.id, budgets=(p.identity.tenant,), amount_pico_usd=self.amount(p))
 
-    def settle(self, tenant: str, reserved: int, actual: int, now: float) -> None:
-        """Releases the reservation and charges the actual cost (blocking: the ledger thread).
-        Settled even without a budget, so every tenant's spend is on the ledger."""
-        self.ledger.settle(tenant, reserved, actual, now)
+    async def reserve(self, p: Priced, now: float) -> None:
+        """Reserves the request's amount at every level, all or nothing; raises a 429 naming the
+        level without room. The scheduler's budget is this process's view; the shared state
+        (the ledger's conditional update on one host) is the guard all processes share."""
+        hold = self.hold(p)
+        if hold.amount_pico_usd <= 0:
+            return
+        denied = await self.state.acquire(hold, now)
+        if denied is not None:
+            usage = denied.detail
+            raise RequestError(
+                429, f"budget of tenant {denied.key!r} is used up for this {usage.get('window')} "
+                f"(spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
+                f"{usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
+                f"{usd_text(hold.amount_pico_usd)} USD",
+                type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
+        p.reserved_ledger = hold.amount_pico_usd
+
+    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
+        """Charges the actual cost at every level and frees the rest (started at once; await the
+        result). Settled even without a budget (or a reservation), so every level's spend is on
+        the ledger."""
+        hold = self.hold(p)
+        return self.state.settle(Hold(id=hold.id, budgets=hold.budgets, amount_pico_usd=reserved), actual, tokens, now)
 
 
 __all__ = ["Budget"]

@@ -13,16 +13,19 @@ from ..formats import LLMRequest, count_input_tokens
 from ..pricing import Pricing
 from ..tags import HEADER, TagError, merge_tags, parse_tags
 from .base import Identity, Priced
+from .prompt_cache import MIN_CACHED_TOKENS, PromptCachePredictor
 
 # Worst-case output when neither the request nor the price table bounds it.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
 class Price:
-    def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator) -> None:
+    def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator,
+                 prompt_cache: PromptCachePredictor | None = None) -> None:
         self.settings = settings
         self.pricing = pricing
         self.estimator = estimator
+        self.prompt_cache = prompt_cache
 
     def __call__(self, request: LLMRequest, identity: Identity, route: str, headers: Mapping[str, str],
                  now: float, request_id: str | None = None) -> Priced:
@@ -70,10 +73,16 @@ class Price:
             p50 = p90 = max_output = 0
             source = "none"
 
+        cached = 0
+        if self.prompt_cache is not None and counted.tokens > MIN_CACHED_TOKENS and request.messages:
+            last = count_input_tokens(LLMRequest(request.api, request.model, messages=request.messages[-1:]))
+            cached = self.prompt_cache.predict(identity.tenant, request, counted.tokens, last.tokens, now)
+
         # The price tier depends on the prompt only, so cost is linear in output tokens: two exact
         # lookups price every output count.
-        base = self.pricing.cost(request.model, input_tokens=counted.tokens).total_pico_usd
-        per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1).total_pico_usd - base
+        base = self.pricing.cost(request.model, input_tokens=counted.tokens, cached_input_tokens=cached).total_pico_usd
+        per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1,
+                                       cached_input_tokens=cached).total_pico_usd - base
 
         def price(out: int) -> int:
             return base + out * per_output
@@ -83,7 +92,7 @@ class Price:
             input_tokens=counted.tokens, input_exact=counted.exact, est_p50=p50, est_p90=p90, est_source=source,
             max_output=max_output * request.n, cost_p50=price(p50), cost_p90=price(p90),
             cost_max=price(max_output * request.n), priority=priority, deadline_s=deadline_s, arrival=now,
-            tags=tags)
+            tags=tags, predicted_cached_tokens=cached)
 
     @staticmethod
     def _header_tags(headers: Mapping[str, str]) -> dict[str, str] | None:

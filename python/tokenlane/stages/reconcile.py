@@ -4,6 +4,7 @@ ledger row, feeds the estimator, updates the metrics and logs one line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
 from .base import LedgerThread, Outcome, Priced
+from .prompt_cache import prompt_cache_saving
 from .budget import Budget
 from .observe import Observe
 from .schedule import Schedule
@@ -37,6 +39,7 @@ class Reconcile:
         self.schedule = schedule
         self.metrics = metrics
         self.clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
@@ -49,12 +52,14 @@ class Reconcile:
             "est_input_tokens": p.input_tokens, "est_output_p50": p.est_p50, "est_output_p90": p.est_p90,
             "est_cost_pico_usd": p.cost_p50,
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
+            "cache": p.cache, "untrimmed_input_tokens": p.untrimmed_input_tokens,
         }
 
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
         """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
         the ledger writes go to the ledger thread; wait for the returned future before the response
-        completes. Returns the fields of the ledger row and that future."""
+        completes (on one host the budgets are settled by then too). Returns the fields of the
+        ledger row and that future."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -87,10 +92,18 @@ class Reconcile:
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
             started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
+        saved = prompt_cache_saving(self.pricing, model, cost) if cost.cached_input_tokens else 0
+        if saved:
+            fields["prompt_cache_saved_pico_usd"] = saved
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        written = self.thread.submit(self._record, p.identity.tenant, p.id, reserved_ledger, actual, now,
-                                     dict(fields))
+        # The settlement starts now (on one host: the ledger thread, so before the row's update and
+        # the alert check below); it is kept until done, so nothing can drop it.
+        settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual,
+                                                           cost.input_tokens + cost.output_tokens, now))
+        self._settling.add(settled)
+        settled.add_done_callback(self._settling.discard)
+        written = self.thread.submit(self._record, p.identity.tenant, p.id, now, dict(fields))
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
@@ -105,6 +118,8 @@ class Reconcile:
             m.token_usage.labels("input", model).observe(cost.input_tokens)
             m.token_usage.labels("output", model).observe(cost.output_tokens)
             m.cost.labels(model).inc(actual / PICO_PER_USD)
+            if saved:
+                m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
             if succeeded and p.est_p50 and cost.output_tokens:
                 m.estimate_error.labels(model).observe(math.log2(cost.output_tokens / p.est_p50))
                 if cost.output_tokens <= p.est_p90:
@@ -118,10 +133,8 @@ class Reconcile:
             self.observe.reconciled(p, fields, written)
         return fields, written
 
-    def _record(self, tenant: str, request_id: str, reserved: int, actual: int, now: float,
-                fields: dict[str, Any]) -> list[Any]:
+    def _record(self, tenant: str, request_id: str, now: float, fields: dict[str, Any]) -> list[Any]:
         """The ledger side of reconcile (ledger thread); returns the budget alerts it fired."""
-        self.budget.settle(tenant, reserved, actual, now)
         self.ledger.update_request(request_id, **fields)
         return self.observe.settled(tenant, now) if self.observe is not None else []
 

@@ -39,6 +39,12 @@ class Upstream:
             (b"x-tokenlane-estimated-cost", usd_text(p.cost_p50).encode()),
             (b"x-tokenlane-queue-ms", f"{p.queue_ms:.3f}".encode()),
         ]
+        if p.cache is not None:
+            out.append((b"x-tokenlane-cache", p.cache.encode()))
+        if p.clamped_max_tokens is not None:
+            out.append((b"x-tokenlane-max-tokens-clamped", str(p.clamped_max_tokens).encode()))
+        if p.untrimmed_input_tokens is not None:
+            out.append((b"x-tokenlane-trimmed-input-tokens", f"{p.untrimmed_input_tokens}->{p.input_tokens}".encode()))
         st = self.settings
         if not (st.tpm or st.rpm or st.tenant_tpm or st.tenant_rpm):
             return out  # no rate limits: nothing to report, and no need to ask the scheduler
@@ -52,7 +58,8 @@ class Upstream:
         return out
 
     async def __call__(self, p: Priced, scope: Scope, body: bytes, send: Send, *,
-                       receive: Receive | None = None, disconnected: asyncio.Future[Any] | None = None) -> None:
+                       receive: Receive | None = None, disconnected: asyncio.Future[Any] | None = None) -> Outcome:
+        """Runs the app; returns what it saw (``body`` holds a JSON response, ``text`` a stream's)."""
         body, drop_usage_chunk = _ask_for_stream_usage(p.request, body)
         scope = {**scope, "headers": with_content_length(scope["headers"], len(body))}
         reports = UsageReports()
@@ -64,6 +71,7 @@ class Upstream:
             if not finished:
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
+                outcome.cost_pico_usd = fields["cost_pico_usd"]
                 await asyncio.wrap_future(written)  # the row is on disk before the response completes
             return finished
 
@@ -109,7 +117,8 @@ class Upstream:
                 buffered.extend(chunk)
                 if more:
                     return
-                seen = read_json_response(bytes(buffered))
+                outcome.body = bytes(buffered)
+                seen = read_json_response(outcome.body)
                 outcome.usage, outcome.text = seen.usage, seen.text
                 cost = await finish()
                 held["headers"] = [*held["headers"], (b"x-tokenlane-cost", usd_text(cost["cost_pico_usd"]).encode())]
@@ -152,6 +161,7 @@ class Upstream:
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
                 written.result()
+        return outcome
 
 
 def _ask_for_stream_usage(request: LLMRequest, body: bytes) -> tuple[bytes, bool]:
