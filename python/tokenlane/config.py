@@ -73,6 +73,9 @@ class Settings:
     cache_namespace: str = "1"                  # bump to invalidate every entry (e.g. a new prompt template)
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 256 * 1024 * 1024
+    cache_embeddings_url: str | None = None     # an OpenAI-compatible /v1 base URL: embed there (default: WordLlama, offline)
+    cache_embeddings_model: str = "text-embedding-3-small"
+    cache_embeddings_key: str | None = None     # its API key (env TOKENLANE_CACHE_EMBEDDINGS_KEY)
     # tier caps: tier -> {"max_input_tokens": n, "max_output_tokens": m}; the tier is taken like the
     # priority: header X-Tokenlane-Tier, the tenant's default, default_tier
     tier_caps: dict[str, dict[str, int]] = field(default_factory=dict)

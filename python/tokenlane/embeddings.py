@@ -57,21 +57,36 @@ class WordLlamaEmbedder:
 
 
 class ProviderEmbedder:
-    """An OpenAI-compatible ``POST {base_url}/embeddings`` (blocking; the cache calls it from a thread)."""
+    """An OpenAI-compatible ``POST {base_url}/embeddings`` (blocking; the cache calls it from a thread).
+    The dimension is learnt from the first answer."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, dim: int, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, model: str = "text-embedding-3-small", api_key: str | None = None, *,
+                 timeout_s: float = 10.0) -> None:
         import httpx
 
-        self.name, self.dim = f"provider:{model}", dim
+        self.name = f"provider:{model}"
         self._model = model
+        self._dim: int | None = None
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.embed(["dimension probe"])
+        assert self._dim is not None
+        return self._dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         response = self._client.post("/embeddings", json={"model": self._model, "input": list(texts)})
         response.raise_for_status()
         data: list[dict[str, Any]] = sorted(response.json()["data"], key=lambda d: d["index"])
-        return _normalised(np.array([d["embedding"] for d in data], dtype=np.float32))
+        rows = _normalised(np.array([d["embedding"] for d in data], dtype=np.float32))
+        self._dim = int(rows.shape[1])
+        return rows
+
+    def close(self) -> None:
+        self._client.close()
 
 
 @functools.lru_cache(maxsize=1)

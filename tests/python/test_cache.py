@@ -194,3 +194,68 @@ def test_a_cache_that_is_down_bypasses_instead_of_failing() -> None:
         return p.status, p.reason
     assert asyncio.run(run()) == ("bypass", "cache unavailable")
     down.close()
+
+
+def test_provider_embeddings_endpoint_as_the_embedder(tmp_path) -> None:
+    """cache_embeddings_url: the semantic cache embeds through an OpenAI-compatible /embeddings
+    served over real HTTP (here by a local app that answers with WordLlama vectors)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from tokenlane.config import load_settings
+    from tokenlane.embeddings import default_embedder
+
+    calls = []
+    api = FastAPI()
+
+    @api.post("/v1/embeddings")
+    async def embeddings(body: dict) -> dict:
+        calls.append(body)
+        vectors = default_embedder().embed(body["input"])
+        return {"object": "list", "model": body["model"],
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        settings = load_settings(environ={}, db=str(tmp_path / "p.db"), cache="semantic", semantic_threshold=0.9,
+                                 cache_embeddings_url=f"http://127.0.0.1:{port}/v1", cache_embeddings_model="emb-1")
+        cache = ResponseCache.from_settings(settings)
+
+        async def run() -> str:
+            await fill(cache, chat("How can I reset my password?"), "Use the link.")
+            return (await cache.lookup(plan(cache, chat("How do I reset my password?")))).reason
+        assert asyncio.run(run()) == "semantic"
+        assert calls and all(c["model"] == "emb-1" for c in calls)
+        cache.close()
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+def test_cache_settings_from_env_and_validated(tmp_path) -> None:
+    from tokenlane.config import ConfigError, load_settings
+
+    assert load_settings(environ={"TOKENLANE_CACHE": "semantic", "TOKENLANE_CACHE_TTL_S": "60"}).cache == "semantic"
+    assert load_settings(environ={}).cache == "off"
+    assert ResponseCache.from_settings(load_settings(environ={}, db=str(tmp_path / "x.db"))) is None
+    for bad in ({"cache": "lru"}, {"semantic_threshold": 1.5}, {"cache_ttl_s": 0},
+                {"route_settings": {"^/v1": {"cache": "sometimes"}}}, {"route_settings": {"^/v1": {"colour": 1}}},
+                {"route_settings": {"(": {"cache": "off"}}}):
+        with pytest.raises(ConfigError):
+            load_settings(environ={}, **bad)
+    on_one_route = load_settings(environ={}, db=str(tmp_path / "y.db"), route_settings={"^/faq": {"cache": "exact"}})
+    cache = ResponseCache.from_settings(on_one_route)
+    assert cache is not None and cache.options("/faq/chat/completions").mode == "exact"
+    assert cache.options("/v1/chat/completions").mode == "off"
+    cache.close()

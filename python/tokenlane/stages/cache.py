@@ -113,12 +113,14 @@ class ResponseCache:
     def __init__(self, store: CacheStore, *, mode: str = "exact", ttl_s: float = 3600.0,
                  semantic_threshold: float = DEFAULT_SEMANTIC_THRESHOLD, namespace: str = "1",
                  routes: Mapping[str, Mapping[str, Any]] | None = None,
-                 embedder: Callable[[], Any] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 embedder: Callable[[], Any] | None = None, embedder_name: str = "wordllama",
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.default = RouteCache(mode, ttl_s, semantic_threshold)
         self.namespace = namespace
         self.routes = [(re.compile(p), self._route(o)) for p, o in (routes or {}).items()]
         self._embedder_factory = embedder
+        self.embedder_name = embedder_name  # in every semantic scope: vectors of two models never mix
         self._embedder: Any = None
         self.clock = clock
         self._indexes: dict[str, _ScopeIndex] = {}
@@ -138,9 +140,18 @@ class ResponseCache:
 
             store = open_cache_store(settings.db, getattr(settings, "state", None),
                                      max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes)
+        embedder = None
+        if settings.cache_embeddings_url:
+            from ..embeddings import ProviderEmbedder
+
+            def embedder() -> Any:
+                return ProviderEmbedder(settings.cache_embeddings_url, settings.cache_embeddings_model,
+                                        settings.cache_embeddings_key)
         return cls(store, mode=settings.cache, ttl_s=settings.cache_ttl_s,
                    semantic_threshold=settings.semantic_threshold, namespace=settings.cache_namespace,
-                   routes=settings.route_settings, clock=clock)
+                   routes=settings.route_settings, embedder=embedder,
+                   embedder_name=f"{settings.cache_embeddings_url}#{settings.cache_embeddings_model}"
+                   if embedder else "wordllama", clock=clock)
 
     def _route(self, options: Mapping[str, Any]) -> RouteCache:
         d = self.default
@@ -190,7 +201,7 @@ class ResponseCache:
                 text = content_text(request.messages[last].get("content"))
                 context = {k: v for k, v in body.items() if k not in ("messages", "input")}
                 earlier = [request.system, request.messages[:last], request.messages[last + 1:]]
-                plan.scope = _digest(["semantic", self.namespace, owner, path, context, earlier])
+                plan.scope = _digest(["semantic", self.namespace, self.embedder_name, owner, path, context, earlier])
                 plan.text, plan.threshold = text, opts.threshold
         if "no-cache" in directives:
             plan.status, plan.reason = "bypass", "Cache-Control: no-cache"
@@ -305,6 +316,8 @@ class ResponseCache:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+        if self._embedder is not None and hasattr(self._embedder, "close"):
+            self._embedder.close()
 
 
 class _ScopeIndex:

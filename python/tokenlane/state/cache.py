@@ -220,9 +220,12 @@ class RedisCacheStore:
 
 
 def open_cache_store(db: str, state: str | None = None, **bounds: Any) -> CacheStore:
-    """Redis when ``state`` is a redis:// URL (shared by replicas), else the SQLite file ``db``."""
+    """Redis when ``state`` is a redis:// URL (shared by replicas), else the SQLite file ``db``; a
+    ledger that is not SQLite (PostgreSQL) without Redis gets a per-process in-memory table."""
     if state and state.split("://", 1)[0] in ("redis", "rediss", "unix"):
         return RedisCacheStore(state, **bounds)
+    if "://" in db and not db.startswith("sqlite:"):
+        return SQLiteCacheStore(":memory:", **bounds)
     from ..ledger import _sqlite_path
 
     return SQLiteCacheStore(_sqlite_path(db), **bounds)
