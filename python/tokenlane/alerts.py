@@ -33,7 +33,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .anomalies import Anomaly
-from .sidecar import Sidecar
+from .sidecar import Sidecar, where
 
 log = logging.getLogger("tokenlane.alerts")
 
@@ -143,14 +143,8 @@ class AlertMarks:
 
     def list(self, principal: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Alerts newest first, each with its payload and delivery status."""
-        where, args = [], []
-        if principal is not None:
-            where.append("principal = ?")
-            args.append(principal)
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY at DESC LIMIT ?"
+        filters, args = where(("principal = ?", principal), ("at >= ?", since))
+        sql = f"SELECT * FROM alerts{filters} ORDER BY at DESC LIMIT ?"
         with self._db.connection() as c:
             rows = c.execute(sql, (*args, limit)).fetchall()
         out = []
@@ -159,6 +153,42 @@ class AlertMarks:
             row["payload"] = json.loads(row["payload"])
             out.append(row)
         return out
+
+
+class RedisAlertMarks(AlertMarks):
+    """Marks claimed in Redis, so replicas on other hosts fire each alert once too: one hash per
+    principal, level and window, a field per (kind, threshold) set with HSETNX (atomic), kept a day
+    past the window. The alert's record and delivery status go to the claiming host's ledger file."""
+
+    def __init__(self, sidecar: Sidecar, url: str, *, prefix: str = "tokenlane:alerts:") -> None:
+        import redis  # the optional `redis` extra
+
+        super().__init__(sidecar)
+        self._r = redis.Redis.from_url(url)
+        self.prefix = prefix
+
+    def _name(self, principal: str, level: str, window_start: int) -> str:
+        return f"{self.prefix}{level}:{window_start}:{principal}"
+
+    def claim(self, alert: Alert, delivery: str) -> bool:
+        name = self._name(alert.principal, alert.level, alert.window_start)
+        ends = alert.resets_at if alert.resets_at is not None else alert.at + 31 * 86400
+        pipe = self._r.pipeline()
+        pipe.hsetnx(name, f"{alert.kind}|{alert.threshold!r}", alert.id)
+        pipe.expire(name, max(3600, int(ends - alert.at) + 86400))
+        won, _ = pipe.execute()
+        return bool(won) and super().claim(alert, delivery)
+
+    def fired(self, principal: str, level: str, window_start: int) -> set[tuple[str, float]]:
+        fields = self._r.hkeys(self._name(principal, level, window_start))
+        return {(kind, float(threshold)) for kind, threshold in (f.decode().split("|", 1) for f in fields)}
+
+
+def open_alert_marks(sidecar: Sidecar, state: str | None = None) -> AlertMarks:
+    """Redis marks when ``state`` is a redis:// URL (replicas on several hosts), else the ledger file's."""
+    if state and state.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return RedisAlertMarks(sidecar, state)
+    return AlertMarks(sidecar)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -299,4 +329,5 @@ class Alerts:
         return "delivered", attempts, None
 
 
-__all__ = ["Alert", "AlertMarks", "Alerts", "SIGNATURE_HEADER", "due", "sign", "verify_signature"]
+__all__ = ["Alert", "AlertMarks", "Alerts", "RedisAlertMarks", "SIGNATURE_HEADER", "due", "open_alert_marks", "sign",
+           "verify_signature"]

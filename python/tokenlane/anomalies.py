@@ -84,7 +84,7 @@ class SpendSettings:
     k_mad: float = 4.5              # alarm above median + k · MAD·1.4826,
     ratio: float = 3.0              # above ratio × median,
     margin: float = 1.2             # above margin × the highest window of the last 3 hours,
-    floor_requests: float = 30.0    # and above this many (typical) requests in the window
+    floor_requests: float = 40.0    # and above this many (typical) requests in the window
     new_ratio: float = 3.0          # a new key: above ratio × the p75 of established keys' medians
     cooldown_s: float = 3600.0
 
@@ -202,7 +202,7 @@ class SpendDetector:
 @dataclass
 class ShiftSettings:
     window_s: float = 600.0   # the recent median covers the last 10 minutes ...
-    min_recent: int = 100     # ... or the last 100 values, whichever is more
+    min_recent: int = 200     # ... or the last 200 values, whichever is more
     eval_s: float = 60.0      # evaluated at most once a minute per key ...
     eval_every: int = 20      # ... and after this many new values
     history: int = 180        # baseline: the last 180 evaluations' medians

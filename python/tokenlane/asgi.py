@@ -8,7 +8,8 @@ every LLM request of the app it wraps.
 LLM routes are recognised by path (OpenAI ``/chat/completions``, ``/completions``, ``/responses``,
 ``/embeddings``; Anthropic ``/messages``); ``extractors={"^/chat$": fn}`` describes any other route
 (``fn(scope, body) -> LLMRequest``). Everything else passes through untouched. The middleware also
-serves ``GET /tokenlane/usage``, ``GET /tokenlane/jobs/{id}`` and ``GET /metrics``. The request
+serves ``GET /tokenlane/usage``, ``GET /tokenlane/report`` (KPIs), ``GET /tokenlane/jobs/{id}`` and
+``GET /metrics``. The request
 path itself is :meth:`tokenlane.Tokenlane.handle`.
 """
 
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs
 
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error
 from .errors import RequestError
+from .reports import ReportError, document, parse_period
 from .runtime import Tokenlane
 from .stages.identify import api_key, tenant_without_record
 from .stages.parse import Extractor
@@ -93,6 +95,9 @@ async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
         usage = await asyncio.to_thread(rt.usage, asked)
         await respond_json(send, 200, usage)
         return
+    if sub == "/report":
+        await _report(rt, scope, headers, send)
+        return
     match = re.fullmatch(r"/jobs/([A-Za-z0-9_\-]+)", sub)
     if match:
         view = await asyncio.to_thread(rt.job, match.group(1))
@@ -102,6 +107,27 @@ async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
             await respond_json(send, 200, view)
         return
     await send_error(send, RequestError(404, f"no tokenlane route {sub!r}", code="not_found"))
+
+
+async def _report(rt: Tokenlane, scope: Scope, headers: dict[str, str], send: Send) -> None:
+    """``GET /tokenlane/report?by=model&since=7d[&until=…][&tenant=…]``: the KPIs of ``tokenlane report``.
+    A caller sees its own tenant; an admin key (with ``require_api_key``) everyone, or the tenant it asks."""
+    query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+    key = api_key(headers)
+    record = await rt.identify_stage.key_record(key)
+    own = record["tenant"] if record else tenant_without_record(key)
+    admin = rt.settings.require_api_key and (record or {}).get("role") == "admin"
+    tenant = query.get("tenant") if admin else own
+    try:
+        now = rt.clock()
+        since = parse_period(query.get("since", "30d"), now)
+        until = parse_period(query.get("until"), now)
+        doc = await asyncio.to_thread(document, rt.sidecar, query.get("by", "day"), since=since, until=until,
+                                      tenant=tenant)
+    except ReportError as exc:
+        await send_error(send, RequestError(400, str(exc), param="by" if "grouping" in str(exc) else "since"))
+        return
+    await respond_json(send, 200, doc)
 
 
 __all__ = ["TokenlaneMiddleware"]

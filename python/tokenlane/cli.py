@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -107,22 +105,6 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _period(text: str | None, now: float) -> float | None:
-    """``7d``, ``12h``, ``30m`` ago, or a date/time (``2026-12-01``, ``2026-12-01T08:00``, UTC)."""
-    if not text:
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip())
-    if match:
-        return now - float(match.group(1)) * {"m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"period {text!r}: expected e.g. 7d, 12h, 30m or a date such as 2026-12-01") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
-
-
 def _cell(value: object) -> str:
     if value is None:
         return "-"
@@ -133,19 +115,18 @@ def _cell(value: object) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .reports import COLUMNS, report, summary
+    from .reports import COLUMNS, document, parse_period, report
 
     db = args.db or load_settings(args.config).db
     path = db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
     if not os.path.exists(path):
         raise ValueError(f"no ledger at {path} (pass --db or set TOKENLANE_DB)")
     now = time.time()
-    since, until = _period(args.since, now), _period(args.until, now)
-    rows = report(path, args.by, since=since, until=until, tenant=args.tenant)
+    since, until = parse_period(args.since, now), parse_period(args.until, now)
     if args.format == "json":
-        print(json.dumps({"by": args.by, "since": since, "until": until, "rows": rows,
-                          "summary": summary(path, since=since, until=until, tenant=args.tenant)}, indent=2))
+        print(json.dumps(document(path, args.by, since=since, until=until, tenant=args.tenant), indent=2))
         return 0
+    rows = report(path, args.by, since=since, until=until, tenant=args.tenant)
     if args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=[args.by] + [k for k, _ in COLUMNS], extrasaction="ignore")
         writer.writeheader()

@@ -4,7 +4,9 @@ conventions (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.c
 Off unless configured (``otel=True``, env ``TOKENLANE_OTEL``, or providers passed to
 ``Tokenlane(tracer_provider=..., meter_provider=...)``); needs ``pip install tokenlane[otel]``.
 Without providers the global ones are used, so an app set up with the OpenTelemetry SDK (or
-``opentelemetry-instrument`` and an OTLP exporter) gets tokenlane's telemetry beside its own.
+``opentelemetry-instrument``) gets tokenlane's telemetry beside its own. When nothing is set up
+globally and ``OTEL_EXPORTER_OTLP_ENDPOINT`` names a collector, tokenlane exports there over
+OTLP/HTTP itself (``pip install tokenlane[otlp]``).
 
 Spans are written when the request is reconciled, with the real start and end times of each step:
 
@@ -16,6 +18,7 @@ Spans are written when the request is reconciled, with the real start and end ti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +53,28 @@ class RequestTrace:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+def _otlp_providers() -> tuple[Any, Any]:
+    """SDK providers exporting over OTLP/HTTP to the ``OTEL_EXPORTER_OTLP_*`` endpoint."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise ImportError("OTEL_EXPORTER_OTLP_ENDPOINT is set: tokenlane exports over OTLP/HTTP with "
+                          "`pip install tokenlane[otlp]`") from exc
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "tokenlane")})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    meter_provider = MeterProvider(resource=resource,
+                                   metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
+    return tracer_provider, meter_provider
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -62,6 +87,11 @@ class Telemetry:
             from opentelemetry import metrics, trace
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError("tokenlane's OpenTelemetry support needs `pip install tokenlane[otel]`") from exc
+        self._own: tuple[Any, ...] = ()
+        if tracer_provider is None and meter_provider is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") \
+                and isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            # Nothing set up globally but an OTLP endpoint named: export there ourselves.
+            tracer_provider, meter_provider = self._own = _otlp_providers()
         self._trace = trace
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlane")
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("tokenlane")
@@ -76,6 +106,11 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
         # No GenAI convention names cost yet; peers use their own namespace too.
         self.cost = meter.create_counter("tokenlane.cost", unit="USD", description="Actual cost of requests")
+
+    def shutdown(self) -> None:
+        """Flushes and closes the OTLP providers tokenlane set up itself (not the app's)."""
+        for provider in self._own:
+            provider.shutdown()
 
     def record(self, r: RequestTrace) -> None:
         trace = self._trace

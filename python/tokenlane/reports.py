@@ -10,11 +10,12 @@ and ``tag:<key>`` (requests without that tag form the ``(none)`` group).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from .sidecar import Sidecar
+from .sidecar import Sidecar, where
 
 PICO_PER_USD = 10**12
 GROUPS = ("day", "model", "route", "tenant", "user", "status")
@@ -63,17 +64,7 @@ def _group(by: str) -> tuple[str, str, list[Any]]:
 
 
 def _where(since: float | None, until: float | None, tenant: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if since is not None:
-        clauses.append("r.created_at >= ?")
-        args.append(since)
-    if until is not None:
-        clauses.append("r.created_at < ?")
-        args.append(until)
-    if tenant is not None:
-        clauses.append("r.tenant = ?")
-        args.append(tenant)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+    return where(("r.created_at >= ?", since), ("r.created_at < ?", until), ("r.tenant = ?", tenant))
 
 
 def _p95(db: Sidecar, value: str, group: str, join: str, join_args: list[Any], where: str,
@@ -97,7 +88,8 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
         "cost_usd": cost,
         # cost levers (docs/caching.md): answers served from the response cache, and what the cache
         # and the provider's prompt caching saved
-        "cache_hits": row["cache_hits"], "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
+        "cache_hits": row["cache_hits"], "cache_hit_rate": row["cache_hits"] / requests if requests else None,
+        "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
         "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,
         "avg_input_tokens": row["input_tokens"] / billed if billed else None,
         "avg_output_tokens": row["output_tokens"] / billed if billed else None,
@@ -173,6 +165,30 @@ def summary(db: Sidecar | str, *, since: float | None = None, until: float | Non
     return kpis
 
 
+def parse_period(text: str | None, now: float) -> float | None:
+    """``7d``, ``12h``, ``30m`` (that long before ``now``) or a UTC date/time such as ``2026-12-01``."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip())
+    if match:
+        return now - float(match.group(1)) * {"m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ReportError(f"period {text!r}: expected e.g. 7d, 12h, 30m or a date such as 2026-12-01") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def document(db: Sidecar | str, by: str = "day", *, since: float | None = None, until: float | None = None,
+             tenant: str | None = None) -> dict[str, Any]:
+    """The whole report as ``tokenlane report --format json`` and ``GET /tokenlane/report`` give it."""
+    return {"by": by, "since": since, "until": until, "tenant": tenant,
+            "rows": report(db, by, since=since, until=until, tenant=tenant),
+            "summary": summary(db, since=since, until=until, tenant=tenant)}
+
+
 COLUMNS: Sequence[tuple[str, str]] = (
     ("requests", "requests"), ("cost_usd", "cost USD"), ("cost_per_1k_requests_usd", "USD/1k req"),
     ("avg_input_tokens", "avg in"), ("avg_output_tokens", "avg out"), ("share_of_requests", "share"),
@@ -180,4 +196,4 @@ COLUMNS: Sequence[tuple[str, str]] = (
     ("estimate_error", "est. error"), ("cache_hits", "cache hits"), ("saved_usd", "saved USD"),
 )
 
-__all__ = ["COLUMNS", "GROUPS", "ReportError", "report", "summary"]
+__all__ = ["COLUMNS", "GROUPS", "ReportError", "document", "parse_period", "report", "summary"]

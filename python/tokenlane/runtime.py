@@ -24,7 +24,7 @@ from typing import Any
 
 from . import reports
 from ._core import StorageError
-from .alerts import AlertMarks, Alerts
+from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
@@ -112,7 +112,9 @@ class Tokenlane:
         s = self.settings
         alerts = None
         if s.alert_thresholds or s.alert_forecast or s.anomalies:
-            alerts = Alerts(AlertMarks(self.sidecar), thresholds=s.alert_thresholds, forecast=s.alert_forecast,
+            # Marks in the ledger file; in Redis too when replicas share a redis:// state.
+            marks = open_alert_marks(self.sidecar, getattr(s, "state", None))
+            alerts = Alerts(marks, thresholds=s.alert_thresholds, forecast=s.alert_forecast,
                             webhook=s.alert_webhook, secret=s.alert_webhook_secret, on_alert=on_alert)
         anomalies = Anomalies() if s.anomalies else None
         telemetry = Telemetry(tracer_provider, meter_provider) if s.otel or tracer_provider or meter_provider else None

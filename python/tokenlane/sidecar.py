@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -45,6 +46,14 @@ CREATE INDEX IF NOT EXISTS request_tags_key_value ON request_tags(key, value);
 """
 
 
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND b >= ?`` and its parameters from (clause, value) pairs; None values are
+    left out (an empty string when none is left)."""
+    used = [(clause, value) for clause, value in conditions if value is not None]
+    sql = " WHERE " + " AND ".join(clause for clause, _ in used) if used else ""
+    return sql, [value for _, value in used]
+
+
 class Sidecar:
     """The extra tables in the ledger's SQLite file (``":memory:"``: a private in-memory database)."""
 
@@ -69,4 +78,4 @@ class Sidecar:
             self._conn.close()
 
 
-__all__ = ["Sidecar"]
+__all__ = ["Sidecar", "where"]

@@ -62,6 +62,11 @@ class TagStore:
             c.executemany("INSERT OR REPLACE INTO request_tags (request_id, key, value) VALUES (?, ?, ?)",
                           [(request_id, k, v) for k, v in tags.items()])
 
+    def keys(self, limit: int = 50) -> list[str]:
+        """The tag keys in use (for a grouping menu)."""
+        with self._db.connection() as c:
+            return [r["key"] for r in c.execute("SELECT DISTINCT key FROM request_tags ORDER BY key LIMIT ?", (limit,))]
+
     def get(self, request_id: str) -> dict[str, str]:
         with self._db.connection() as c:
             rows = c.execute("SELECT key, value FROM request_tags WHERE request_id = ?", (request_id,)).fetchall()

@@ -180,3 +180,23 @@ def test_alert_settings_from_env_kwargs_and_their_errors():
                 {"alert_webhook": "ftp://x"}):
         with pytest.raises(ConfigError, match="alert_"):
             load_settings(environ={}, **bad)
+
+
+def test_replicas_on_two_hosts_fire_once_through_redis(tmp_path):
+    """Two replicas with their own ledger files share a redis:// state: each threshold fires once."""
+    from cache_support import redis_server
+
+    from tokenlane.alerts import RedisAlertMarks, open_alert_marks
+
+    with redis_server(tmp_path) as url:
+        hosts = [Alerts(open_alert_marks(Sidecar(str(tmp_path / f"host{i}.db")), url), forecast=False)
+                 for i in range(2)]
+        assert all(isinstance(h.marks, RedisAlertMarks) for h in hosts)
+        fired = [a.threshold for h in hosts for a in h.check("acme", usage(8.5), now=100)]
+        fired += [a.threshold for h in hosts for a in h.check("acme", usage(10.0), now=101)]
+        assert sorted(fired) == [0.5, 0.8, 1.0]
+        # A new window starts over, on either host.
+        assert [a.threshold for a in hosts[1].check("acme", usage(6.0, start=86400, resets=172800), now=90000)] == [0.5]
+        # A fresh process of host 0 knows what fired (from Redis) and stays quiet.
+        again = Alerts(open_alert_marks(Sidecar(str(tmp_path / "host0.db")), url), forecast=False)
+        assert again.check("acme", usage(10.0), now=102) == []

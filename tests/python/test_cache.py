@@ -164,9 +164,12 @@ def test_sse_replay_is_a_well_formed_stream(include_usage: bool) -> None:
 
 def test_replicas_share_entries_through_redis(tmp_path) -> None:
     from cache_support import redis_server
-    from tokenlane.state.cache import RedisCacheStore
+    from tokenlane.state.cache import RedisCacheStore, open_cache_store
 
     with redis_server(tmp_path) as url:
+        store = open_cache_store(str(tmp_path / "ledger.db"), url)  # the `state` URL wins over the SQLite file
+        assert isinstance(store, RedisCacheStore)
+        store.close()
         one = ResponseCache(RedisCacheStore(url), mode="semantic", semantic_threshold=0.9)
         two = ResponseCache(RedisCacheStore(url), mode="semantic", semantic_threshold=0.9)
 

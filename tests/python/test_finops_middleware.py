@@ -122,3 +122,21 @@ def test_otel_spans_and_metrics_through_the_middleware(tmp_path):
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "tokenlane.cost"} <= names
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def test_report_route_gives_the_callers_own_kpis(tmp_path):
+    rt = Tokenlane(db=str(tmp_path / "route.db"))
+    with TestClient(build_app(rt)) as client:
+        for user, feature in (("ann", "search"), ("ann", "chat"), ("ben", "search")):
+            r = client.post("/v1/chat/completions", json=CHAT,
+                            headers={"X-Tokenlane-Tags": f"feature={feature}", "Authorization": f"Bearer sk-{user}"})
+            assert r.status_code == 200, r.text
+        mine = client.get("/tokenlane/report?by=tag:feature&since=1h", headers={"Authorization": "Bearer sk-ann"})
+        bad = client.get("/tokenlane/report?by=colour", headers={"Authorization": "Bearer sk-ann"})
+        late = client.get("/tokenlane/report?since=yesterday")
+    assert mine.status_code == 200, mine.text
+    doc = mine.json()
+    assert {r["tag:feature"] for r in doc["rows"]} == {"search", "chat"}  # ann's own requests only
+    assert doc["summary"]["requests"] == 2 and doc["tenant"].startswith("key:")
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "by")
+    assert (late.status_code, late.json()["error"]["param"]) == (400, "since")

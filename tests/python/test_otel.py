@@ -76,3 +76,31 @@ def test_failed_request_span_has_error_type(otel):
     root = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o")
     assert root.attributes["error.type"] == "HTTP 502"
     assert root.status.status_code.name == "ERROR"
+
+
+def test_otlp_export_to_a_local_collector_when_nothing_is_set_up(tmp_path, monkeypatch):
+    """otel=True, OTEL_EXPORTER_OTLP_ENDPOINT set and no global SDK: spans and metrics reach a real
+    local OTLP/HTTP receiver."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from fastapi.testclient import TestClient
+
+    from middleware_app import build_app
+    from test_alerts import Receiver
+    from test_finops_middleware import wait_for
+    from tokenlane import Tokenlane
+
+    with Receiver() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.rsplit("/", 1)[0])
+        rt = Tokenlane(db=str(tmp_path / "otlp.db"), otel=True)
+        telemetry = rt.observe.telemetry
+        assert telemetry._own, "tokenlane set up its own OTLP providers"
+        with TestClient(build_app(rt)) as client:
+            r = client.post("/v1/chat/completions", json={
+                "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10})
+            assert r.status_code == 200
+            wait_for(lambda: rt.ledger.get_request(r.headers["x-tokenlane-request-id"])["status"] == "succeeded")
+        telemetry.shutdown()  # flushes the span batch and the metric reader
+        wait_for(lambda: len(collector.posts) >= 2)
+    bodies = b"".join(body for _, body in collector.posts)
+    assert b"gen_ai.usage.input_tokens" in bodies and b"gen_ai.request.model" in bodies
+    assert b"gen_ai.client.token.usage" in bodies

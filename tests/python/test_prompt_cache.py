@@ -45,3 +45,19 @@ def test_saving_is_full_price_minus_cached_price() -> None:
     full = pricing.cost("gpt-4o-mini", input_tokens=2000, output_tokens=100)
     assert prompt_cache_saving(pricing, "gpt-4o-mini", cost) == full.total_pico_usd - cost.total_pico_usd > 0
     assert prompt_cache_saving(pricing, "gpt-4o-mini", full) == 0
+
+
+def test_estimate_carries_the_discount_but_the_worst_case_does_not(tmp_path) -> None:
+    from tokenlane import Tokenlane
+    from tokenlane.stages import Identity
+
+    rt = Tokenlane(db=str(tmp_path / "l.db"))
+    who = Identity(tenant="a")
+    first = rt.prepare(request("first?"), who, "/v1/chat/completions", {}, 0.0)
+    second = rt.prepare(request("second?"), who, "/v1/chat/completions", {}, 5.0)
+    assert first.predicted_cached_tokens == 0 and second.predicted_cached_tokens >= 1024
+    assert second.cost_p50 < first.cost_p50               # the estimate is discounted
+    assert second.cost_max >= first.cost_max              # the reservation that makes a budget a hard cap is not
+    off = Tokenlane(db=str(tmp_path / "m.db"), predict_prompt_cache=False)
+    off.prepare(request("first?"), who, "/v1/chat/completions", {}, 0.0)
+    assert off.prepare(request("second?"), who, "/v1/chat/completions", {}, 5.0).predicted_cached_tokens == 0

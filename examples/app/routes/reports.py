@@ -14,6 +14,8 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from tokenlane.reports import COLUMNS as KPI_COLUMNS
+
 from .. import charts
 from ..security import blocking, require_user, tenant_of
 from ..web import render
@@ -127,15 +129,24 @@ def _day(ts: Any) -> str:
 
 
 @router.get("/reports")
-async def reports_page(request: Request, user: dict[str, Any] = Depends(require_user), days: int = 30, tenant: str = "") -> Response:
+async def reports_page(request: Request, user: dict[str, Any] = Depends(require_user), days: int = 30, tenant: str = "",
+                       by: str = "model") -> Response:
     days = days if days in PERIODS else 30
-    report = await blocking(build, request.app.state.tl.ledger, _scope(user, tenant), days, time.time())
+    tl = request.app.state.tl
+    now = time.time()
+    report = await blocking(build, tl.ledger, _scope(user, tenant), days, now)
     tenants = []
     if user.get("role") == "admin":
-        tenants = sorted({u.get("tenant") or u["email"] for u in await blocking(request.app.state.tl.ledger.list_users)})
+        tenants = sorted({u.get("tenant") or u["email"] for u in await blocking(tl.ledger.list_users)})
+    # The KPI table: tokenlane's own report, the numbers `tokenlane report --since {days}d --by {by}` prints.
+    groupings = ["model", "day", "route", *(["tenant"] if user.get("role") == "admin" else []),
+                 *(f"tag:{k}" for k in await blocking(tl.tags.keys))]
+    by = by if by in groupings else "model"
+    kpis = await blocking(tl.report, by, since=now - days * 86400, tenant=_scope(user, tenant))
     return render(
         request, "reports.html", title="Reports", report=report, days=days, periods=PERIODS,
-        tenant=_scope(user, tenant) or "", tenants=tenants,
+        tenant=_scope(user, tenant) or "", tenants=tenants, by=by, groupings=groupings, kpis=kpis,
+        kpi_columns=KPI_COLUMNS,
     )
 
 

@@ -84,14 +84,18 @@ class Price:
         per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1,
                                        cached_input_tokens=cached).total_pico_usd - base
 
-        def price(out: int) -> int:
-            return base + out * per_output
+        # The worst case never counts on the provider's cache (a prediction can be wrong), so a
+        # budget that reserves it stays a hard cap.
+        uncached = base if not cached else self.pricing.cost(request.model, input_tokens=counted.tokens).total_pico_usd
+
+        def price(out: int, start: int = base) -> int:
+            return start + out * per_output
 
         return Priced(
             id=request_id or f"req_{uuid.uuid4().hex}", route=route, request=request, identity=identity,
             input_tokens=counted.tokens, input_exact=counted.exact, est_p50=p50, est_p90=p90, est_source=source,
             max_output=max_output * request.n, cost_p50=price(p50), cost_p90=price(p90),
-            cost_max=price(max_output * request.n), priority=priority, deadline_s=deadline_s, arrival=now,
+            cost_max=price(max_output * request.n, uncached), priority=priority, deadline_s=deadline_s, arrival=now,
             tags=tags, predicted_cached_tokens=cached)
 
     @staticmethod
