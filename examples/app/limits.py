@@ -81,7 +81,7 @@ def identify_hook(limits: UserLimits) -> Any:
             raise RequestError(429, refusal_message(record["tenant"], which, limits.limits(record["tenant"])[which], retry),
                                type="rate_limit_exceeded", code="user_rate_limit", retry_after_s=retry)
         return Identity(tenant=record["tenant"], user_id=record.get("user_id"), key_id=record.get("key_id"),
-                        role=record.get("role"))
+                        role=record.get("role"), org=record.get("org"), team=record.get("team"))
 
     identify.runtime = None  # set once the runtime exists
     return identify

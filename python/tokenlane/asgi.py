@@ -8,8 +8,8 @@ every LLM request of the app it wraps.
 LLM routes are recognised by path (OpenAI ``/chat/completions``, ``/completions``, ``/responses``,
 ``/embeddings``; Anthropic ``/messages``); ``extractors={"^/chat$": fn}`` describes any other route
 (``fn(scope, body) -> LLMRequest``). Everything else passes through untouched. The middleware also
-serves ``GET /tokenlane/usage``, ``GET /tokenlane/report`` (KPIs), ``GET /tokenlane/jobs/{id}`` and
-``GET /metrics``. The request
+serves ``GET /tokenlane/usage`` (the caller's key, the levels above it and its end users),
+``GET /tokenlane/report`` (KPIs), ``GET /tokenlane/jobs/{id}`` and ``GET /metrics``. The request
 path itself is :meth:`tokenlane.Tokenlane.handle`.
 """
 
@@ -25,7 +25,9 @@ from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_jso
 from .errors import RequestError
 from .reports import ReportError, document, parse_period
 from .runtime import Tokenlane
-from .stages.identify import api_key, tenant_without_record
+from .stages import Identity
+from .stages.base import end_user_principal, level_of
+from .stages.identify import api_key, identity_of_key, tenant_without_record
 from .stages.parse import Extractor
 
 
@@ -78,22 +80,46 @@ async def _admin_refusal(rt: Tokenlane, headers: Mapping[str, str]) -> RequestEr
     return None
 
 
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+async def _usage(rt: Tokenlane, scope: Scope, send: Send, headers: dict[str, str]) -> None:
+    """``GET /tokenlane/usage[?principal=…|?tenant=…][&user=…]``: by default the caller's key (a
+    ledger key, else the hashed bearer key, else "anonymous") with every level above it and its end
+    users; ``user`` narrows to one of those end users. Callers read their own chain and end users;
+    admin keys read any principal."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    key = api_key(headers)
+    record = await rt.identify_stage.key_record(key)
+    caller = identity_of_key(record) if record else Identity(tenant=tenant_without_record(key))
+    asked = _first(query, "principal") or _first(query, "tenant") or caller.owner
+    user = _first(query, "user")
+    if user:
+        asked = end_user_principal(asked, user)
+    own = asked in caller.chain() or asked.startswith(end_user_principal(caller.owner, ""))
+    if not own and (record or {}).get("role") != "admin":
+        await send_error(send, RequestError(403, f"this key may not see {asked!r}: a key reads its own levels and "
+                                                 "end users; admin keys read any", type="permission_error",
+                                            code="forbidden"))
+        return
+    now = rt.clock()
+
+    def read() -> dict[str, Any]:
+        usage = rt.budget.usage(asked, now)
+        if level_of(asked) != "end_user":
+            whose = caller if asked == caller.owner else Identity(tenant=asked)
+            usage.update(rt.budget.report(whose, now))
+        return usage
+
+    await respond_json(send, 200, await asyncio.to_thread(read))
+
+
 async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
     headers = request_headers(scope)
     if sub == "/usage":
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        key = api_key(headers)
-        record = await rt.identify_stage.key_record(key)
-        asked = (query.get("tenant") or [None])[0]
-        own = record["tenant"] if record else None
-        if asked is None:
-            asked = own or tenant_without_record(key)
-        elif rt.settings.require_api_key and asked != own and (record or {}).get("role") != "admin":
-            await send_error(send, RequestError(403, f"this key may not see tenant {asked!r}",
-                                                type="permission_error", code="forbidden"))
-            return
-        usage = await asyncio.to_thread(rt.usage, asked)
-        await respond_json(send, 200, usage)
+        await _usage(rt, scope, send, headers)
         return
     if sub == "/report":
         await _report(rt, scope, headers, send)

@@ -38,6 +38,7 @@ class Settings:
     db: str = "tokenlane.db"                    # SQLite path or sqlite:/// URL
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
+    end_user_budget_usd: Decimal | None = None  # default budget of every end user (inside its key's)
     budget_window: str = "day"
     budget_reserve: str = "max"                 # what the ledger reserves: "max" (a hard cap) or the "p90" cost
     tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class Settings:
     pricing: str | None = None                  # a LiteLLM price file or tokenlane config
     default_priority: str = "standard"
     tenant_priorities: dict[str, str] = field(default_factory=dict)
-    trust_user_field: bool = True               # the body's `user` names the tenant
+    trust_user_field: bool = True               # the body's `user` names the end user (inside the payer)
     require_api_key: bool = False               # refuse requests without a key the ledger knows
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
@@ -94,7 +95,7 @@ class Settings:
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
         "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes"}
 _FLOAT = {"max_wait_s", "cache_ttl_s"}
-_MONEY = {"budget_usd"}
+_MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}
 _MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings"}

@@ -167,6 +167,11 @@ class Tokenlane:
         """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler."""
         self.budget.set_budget(tenant, limit_usd, window, self.clock())
 
+    def principal_report(self, principal: str) -> dict[str, Any]:
+        """A principal's usage with its end users (blocking; see ``GET /tokenlane/usage``)."""
+        now = self.clock()
+        return {**self.budget.usage(principal, now), **self.budget.report(Identity(tenant=principal), now)}
+
     def usage(self, tenant: str) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
         return self.budget.usage(tenant, self.clock())
@@ -214,7 +219,8 @@ class Tokenlane:
             if self.cache is not None or self.caps is not None:
                 data = _json_or_none(body)
                 if self.cache is not None:
-                    plan = await self.cache(request, data, identity.tenant, scope["path"], headers)
+                    # Cached answers stay within the most specific principal (the end user, if any).
+                    plan = await self.cache(request, data, identity.chain()[-1], scope["path"], headers)
                     self._count_cache(plan, request.model)
                     if plan.status == "hit":
                         await self._serve_hit(plan, request, data, identity, scope, send, job, on_decision)
@@ -319,6 +325,7 @@ class Tokenlane:
         saved = plan.entry.cost_pico_usd
         body, content_type = hit_body(plan, request, data)
         row = {"id": request_id, "tenant": identity.tenant, "user_id": identity.user_id, "key_id": identity.key_id,
+               "end_user": identity.end_user,
                "route": scope["path"], "model": request.model, "status": "succeeded", "decision": "cache",
                "reason": plan.reason, "created_at": now, "started_at": now, "finished_at": now, "queue_ms": 0.0,
                "input_tokens": 0, "output_tokens": 0, "cost_pico_usd": 0, "est_cost_pico_usd": 0,

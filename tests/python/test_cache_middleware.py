@@ -63,7 +63,7 @@ def test_exact_json_hit_costs_zero_and_records_the_saving(tmp_path):
     with TestClient(app) as client:
         miss = client.post("/v1/chat/completions", json={**Q, "user": "alice"})
         hit = client.post("/v1/chat/completions", json={**Q, "user": "alice"})
-        other = client.post("/v1/chat/completions", json={**Q, "user": "bob"})  # another tenant
+        other = client.post("/v1/chat/completions", json={**Q, "user": "bob"})  # another end user
         warm = client.post("/v1/chat/completions", json={**Q, "temperature": 0.8, "user": "alice"})
         fresh = client.post("/v1/chat/completions", json={**Q, "user": "alice"}, headers={"cache-control": "no-cache"})
         metrics = client.get("/metrics").text
@@ -77,14 +77,14 @@ def test_exact_json_hit_costs_zero_and_records_the_saving(tmp_path):
     row = rt.ledger.get_request(hit.headers["x-tokenlane-request-id"])
     assert (row["status"], row["cache"], row["cost_pico_usd"]) == ("succeeded", "hit", 0)
     assert row["cache_saved_pico_usd"] == paid["cost_pico_usd"] > 0
-    assert row["tenant"] == "alice" and paid["cache"] == "miss"
+    assert (row["tenant"], row["end_user"]) == ("anonymous", "alice") and paid["cache"] == "miss"
     assert hit.headers["x-tokenlane-cache-saved"] == tokenlane.pricing.usd_text(paid["cost_pico_usd"])
-    day = rt.ledger.report_by_day(tenant="alice")[0]
+    day = rt.ledger.report_by_day(tenant="anonymous")[0]
     assert (day["cache_hits"], day["cache_saved_pico_usd"]) == (1, paid["cost_pico_usd"])
     assert 'tokenlane_cache_requests_total{gen_ai_request_model="gpt-4o-mini",kind="exact",outcome="hit"} 1.0' in metrics
     assert "tokenlane_cache_saved_usd_total" in metrics
-    (alice,) = [r for r in report(str(tmp_path / "ledger.db"), by="tenant") if r["tenant"] == "alice"]
-    assert (alice["cache_hits"], alice["saved_usd"]) == (1, paid["cost_pico_usd"] / 10**12)
+    (payer,) = [r for r in report(str(tmp_path / "ledger.db"), by="tenant") if r["tenant"] == "anonymous"]
+    assert (payer["cache_hits"], payer["saved_usd"]) == (1, paid["cost_pico_usd"] / 10**12)
 
 
 def test_streamed_hit_is_replayed_as_sse_with_usage(tmp_path):
@@ -153,7 +153,7 @@ def test_concurrent_identical_misses_call_the_model_once(tmp_path):
 def test_tier_caps_413_clamp_and_trim(tmp_path):
     rt, provider, app = make(tmp_path, tier_caps={"free": {"max_input_tokens": 50, "max_output_tokens": 20},
                                                   "pro": {"max_output_tokens": 1000}},
-                             tenant_tiers={"alice": "free"}, route_settings={"^/v1/trimmed": {"trim": True}})
+                             tenant_tiers={"anonymous": "free"}, route_settings={"^/v1/trimmed": {"trim": True}})
     long = [{"role": "user", "content": "tell me about queues " * 20}]
     with TestClient(app) as client:
         too_big = client.post("/v1/chat/completions", json={**Q, "messages": long, "user": "alice"})

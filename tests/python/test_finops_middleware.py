@@ -39,7 +39,7 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
         with TestClient(build_app(rt)) as client:
             first = client.post("/v1/chat/completions", json={**CHAT, "user": "bob"})
             cost = float(first.headers["x-tokenlane-cost"])
-            rt.set_budget("bob", cost * 3.2, "day")  # spent: 31 %
+            rt.set_budget("anonymous", cost * 3.2, "day")  # the payer (bob is its end user): spent 31 %
             statuses = [client.post("/v1/chat/completions", json={**CHAT, "user": "bob"}).status_code
                         for _ in range(4)]  # 62 % (0.5 fires), 94 % (0.8 fires), then refused (1.0 fires)
             assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429]
@@ -56,10 +56,10 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
     for headers, body in receiver.posts:
         assert verify_signature("whsec", body, headers[SIGNATURE_HEADER])
     last = by_threshold[1.0]
-    assert last["principal"] == "bob" and last["reason"] == "refused" and last["window"] == "day"
+    assert last["principal"] == "anonymous" and last["reason"] == "refused" and last["window"] == "day"
     assert last["limit_usd"] == pytest.approx(cost * 3.2) and last["spent_usd"] < last["limit_usd"]
     assert by_threshold[0.8]["spent_usd"] >= 0.8 * by_threshold[0.8]["limit_usd"]
-    marks = {m["threshold"]: m for m in rt.observe.alerts.marks.list(principal="bob")}
+    marks = {m["threshold"]: m for m in rt.observe.alerts.marks.list(principal="anonymous")}
     assert set(marks) == {0.5, 0.8, 1.0}
     assert (marks[0.5]["delivery"], marks[0.5]["attempts"]) == ("delivered", 2)
     assert marks[1.0]["delivery"] == "delivered"

@@ -53,11 +53,13 @@ def test_json_request_is_priced_recorded_and_learned(runtime):
     assert float(r.headers["x-tokenlane-estimated-cost"]) > 0
     assert float(r.headers["x-tokenlane-queue-ms"]) >= 0
     row = runtime.ledger.get_request(rid)
-    assert row["status"] == "succeeded" and row["tenant"] == "alice"
+    # `user` names the end user inside the payer (here the anonymous principal), never a payer.
+    assert row["status"] == "succeeded" and (row["tenant"], row["end_user"]) == ("anonymous", "alice")
     assert (row["input_tokens"], row["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert row["cost_pico_usd"] == cost.total_pico_usd
     assert row["est_input_tokens"] == usage["prompt_tokens"]  # the pre-call count was exact
-    assert runtime.usage("alice")["requests"] == 1
+    assert runtime.usage("anonymous")["requests"] == 1
+    assert runtime.usage("anonymous/user:alice")["spent_pico_usd"] == cost.total_pico_usd
 
 
 def test_streaming_is_charged_from_the_usage_chunk_the_client_never_sees(runtime):
@@ -161,11 +163,12 @@ def test_300_concurrent_requests_never_overspend_and_leak_nothing(tmp_path, rese
     responses = asyncio.run(main())
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and codes.count(200) > 0 and codes.count(429) > 0
-    usage = rt.usage("team")
+    usage = rt.usage("anonymous")
     recorded = rows(rt)
     assert len(recorded) == 300  # a ledger row for every request that got a response
-    assert sum(r["cost_pico_usd"] or 0 for r in recorded) == usage["spent_pico_usd"]
-    assert usage["reserved_pico_usd"] == 0  # no reservation leaked
+    for level in ("anonymous", "anonymous/user:team"):  # charged at every level, nothing left reserved
+        u = rt.usage(level)
+        assert (u["spent_pico_usd"], u["reserved_pico_usd"]) == (sum(r["cost_pico_usd"] or 0 for r in recorded), 0)
     # Admission reserves the p90 cost, so spend may pass the budget only by what admitted requests
     # cost beyond their reservations, and never by more.
     beyond = sum(max(0, r["cost_pico_usd"] - r["reserved_pico_usd"]) for r in recorded if r["status"] == "succeeded")
@@ -239,9 +242,12 @@ def test_client_disconnect_mid_stream_is_charged_and_releases(tmp_path):
 def test_usage_route_and_metrics(runtime):
     with TestClient(build_app(runtime)) as client:
         client.post("/v1/chat/completions", json={**CHAT, "user": "carol"})
-        usage = client.get("/tokenlane/usage", params={"tenant": "carol"}).json()
+        mine = client.get("/tokenlane/usage").json()  # the caller: anonymous, with its end users
+        assert mine["principal"] == "anonymous" and mine["requests"] == 1
+        assert [u["end_user"] for u in mine["end_users"]] == ["carol"]
+        usage = client.get("/tokenlane/usage", params={"user": "carol"}).json()
         assert set(usage) >= {"spent_usd", "reserved_usd", "remaining_usd", "requests"}
-        assert usage["requests"] == 1 and usage["spent_usd"] > 0 and usage["reserved_usd"] == 0
+        assert usage["spent_usd"] == mine["spent_usd"] > 0 and usage["reserved_usd"] == 0
         metrics = client.get("/metrics").text
     assert 'tokenlane_requests_total{decision="admit"' in metrics
     assert 'gen_ai_token_type="output"' in metrics
@@ -266,7 +272,7 @@ def test_submitted_job_runs_in_the_background(runtime):
 @pytest.fixture
 def server(tmp_path):
     """The app behind a real uvicorn server on a loopback port."""
-    rt = Tokenlane(db=str(tmp_path / "l.db"), tenant_budgets_usd={"poor": "0.000001"})
+    rt = Tokenlane(db=str(tmp_path / "l.db"), end_user_budget_usd="0.000001")
     config = uvicorn.Config(build_app(rt), host="127.0.0.1", port=_free_port(), log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)

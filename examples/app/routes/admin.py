@@ -187,6 +187,13 @@ async def update_user(request: Request, uid: int = Path(ge=1, le=MAX_ID), user: 
             await blocking(state.set_user_budget, tl, tenant, limit, window)
             await blocking(state.set_cfg, led, f"budget.tenant.{tenant}", {"limit_pico_usd": limit, "window": window}, user["email"])
             flash(request, f"Budget for {tenant} set.")
+        elif action == "team":
+            org, team = _name(form.get("org"), "Organisation"), _name(form.get("team"), "Team")
+            if team and not org:
+                raise ValueError("A team belongs to an organisation: give both.")
+            await blocking(led.update_user, uid, org=org, team=team)
+            tl.identify_stage.forget_keys()  # the member's keys now carry the new team at once
+            flash(request, f"{tenant} is in {team + ' / ' if team else ''}{org or 'no organisation'}.")
         elif action == "limits":
             limits = {f: state.parse_limit(str(form.get(f, "")), f.replace("_", " ")) for f in state.USER_LIMIT_FIELDS}
             await blocking(state.set_user_limits, tl, request.app.state.user_limits, tenant, limits, user["email"])
@@ -196,6 +203,88 @@ async def update_user(request: Request, uid: int = Path(ge=1, le=MAX_ID), user: 
     except ValueError as e:
         return await _users_page(request, error=str(e), status_code=400)
     return RedirectResponse("/admin/users", status_code=303)
+
+
+def _name(value: Any, what: str) -> str | None:
+    """An organisation or team name from a form: letters, digits, space, . _ - (empty: none)."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if len(text) > 60 or not all(ch.isalnum() or ch in " ._-" for ch in text):
+        raise ValueError(f"{what}: up to 60 letters, digits, spaces, dots, dashes or underscores.")
+    return text
+
+
+# -- teams: the budget hierarchy (organisation → team → member → API key → end user) ---------------
+
+
+async def _hierarchy(tl: Any) -> list[dict[str, Any]]:
+    """Organisations with their teams, each team's members and each member's keys, with spend and
+    budgets at every level (members without an organisation come last, under none)."""
+    led = tl.ledger
+    orgs: dict[str, dict[str, Any]] = {}
+    for u in await blocking(led.list_users):
+        u = public_user(u) or {}
+        org_name = u.get("org") or ""
+        org = orgs.setdefault(org_name, {"name": org_name, "teams": {},
+                                         "usage": await blocking(tl.usage, f"org:{org_name}") if org_name else None})
+        team_name = u.get("team") or ""
+        if team_name not in org["teams"]:
+            principal = f"team:{org_name}/{team_name}" if team_name else None
+            org["teams"][team_name] = {"name": team_name, "principal": principal, "members": [],
+                                       "usage": await blocking(tl.usage, principal) if principal else None}
+        keys = []
+        for k in await blocking(led.list_api_keys, u["id"]):
+            if k.get("active"):
+                keys.append({**k, "principal": f"apikey:{k['id']}", "usage": await blocking(tl.principal_report, f"apikey:{k['id']}")})
+        tenant = tenant_of(u)
+        org["teams"][team_name]["members"].append({**u, "tenant": tenant, "usage": await blocking(tl.usage, tenant), "keys": keys})
+    ordered = sorted(orgs.values(), key=lambda o: (o["name"] == "", o["name"]))
+    for o in ordered:
+        o["teams"] = sorted(o["teams"].values(), key=lambda t: (t["name"] == "", t["name"]))
+    return ordered
+
+
+@router.get("/teams")
+async def teams_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
+    orgs = await _hierarchy(request.app.state.tl)
+    return render(request, "admin_teams.html", status_code=status_code, title="Teams", orgs=orgs,
+                  windows=state.WINDOWS, error=error)
+
+
+_PRINCIPAL = {"org": "org:", "team": "team:", "tenant": "", "key": "apikey:"}
+
+
+@router.post("/budgets", dependencies=[Depends(require_csrf)])
+async def set_budget(request: Request, user: dict[str, Any] = Depends(require_admin), principal: str = Form(...),
+                     limit_usd: str = Form(""), window: str = Form("day")) -> Response:
+    """A budget at any level: an organisation, a team, a member or an API key ("" removes it)."""
+    tl = request.app.state.tl
+    try:
+        if window not in state.WINDOWS:
+            raise ValueError(f"The budget window is one of {', '.join(state.WINDOWS)}.")
+        known = {p for o in await _hierarchy(tl) for p in _principals_of(o)}
+        if principal not in known:
+            raise ValueError(f"No organisation, team, member or key named {principal!r}.")
+        limit = state.parse_usd(limit_usd, "Budget") if limit_usd.strip() else None
+        await blocking(state.set_user_budget, tl, principal, limit, window)
+        await blocking(state.set_cfg, tl.ledger, f"budget.principal.{principal}", {"limit_pico_usd": limit, "window": window},
+                       user["email"])
+    except ValueError as e:
+        return await teams_page(request, error=str(e), status_code=400)
+    flash(request, f"Budget for {principal} {'set' if limit is not None else 'removed'}.")
+    return RedirectResponse("/admin/teams", status_code=303)
+
+
+def _principals_of(org: dict[str, Any]) -> list[str]:
+    out = [f"org:{org['name']}"] if org["name"] else []
+    for team in org["teams"]:
+        if team["principal"]:
+            out.append(team["principal"])
+        for m in team["members"]:
+            out.append(m["tenant"])
+            out.extend(k["principal"] for k in m["keys"])
+    return out
 
 
 # -- scheduler -------------------------------------------------------------------------------------------

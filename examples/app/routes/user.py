@@ -133,7 +133,10 @@ async def keys_page(request: Request, user: dict[str, Any] = Depends(require_use
 
 
 async def _keys_page(request: Request, user: dict[str, Any], new_key: str | None = None, error: str | None = None) -> Response:
-    keys = await blocking(request.app.state.tl.ledger.list_api_keys, user["id"])
+    tl = request.app.state.tl
+    keys = await blocking(tl.ledger.list_api_keys, user["id"])
+    for k in keys:  # each key is a level of the hierarchy: its spend, budget and end users
+        k["usage"] = await blocking(tl.principal_report, f"apikey:{k['id']}")
     base_url = str(request.base_url).rstrip("/") + "/v1"
     return render(request, "keys.html", title="API keys", keys=keys, new_key=new_key, error=error, base_url=base_url)
 

@@ -18,11 +18,53 @@ from ..providers import UsageReports
 
 @dataclass
 class Identity:
+    """Who pays. ``tenant`` is the authenticated billing principal (a ledger key's member, the
+    identify hook's answer, a hash of an unknown bearer key, or "anonymous"); ``org`` and ``team``
+    sit above it, a ledger ``key_id`` and the ``end_user`` (the body's ``user`` or a hook's
+    sub-identity) below it. Every level in :meth:`chain` is charged; the end user only narrows."""
+
     tenant: str
     user_id: int | None = None
     key_id: int | None = None
     role: str | None = None
     tags: dict[str, str] = field(default_factory=dict)  # attribution the identify hook adds
+    org: str | None = None
+    team: str | None = None
+    end_user: str | None = None
+
+    def chain(self) -> tuple[str, ...]:
+        """The budget principals a request is charged to, top level first."""
+        levels = []
+        if self.org:
+            levels.append(f"org:{self.org}")
+        if self.team:
+            levels.append(f"team:{self.org}/{self.team}" if self.org else f"team:{self.team}")
+        levels.append(self.tenant)
+        if self.key_id is not None:
+            levels.append(f"apikey:{self.key_id}")
+        if self.end_user:
+            levels.append(end_user_principal(levels[-1], self.end_user))
+        return tuple(levels)
+
+    @property
+    def owner(self) -> str:
+        """The principal whose end users the end-user level belongs to (the key, else the tenant)."""
+        return f"apikey:{self.key_id}" if self.key_id is not None else self.tenant
+
+
+def end_user_principal(owner: str, end_user: str) -> str:
+    """The budget principal of an end user inside ``owner`` (a key or a tenant)."""
+    return f"{owner}/user:{end_user[:100]}"
+
+
+def level_of(principal: str) -> str:
+    """org | team | key | end_user | tenant, from a principal's name."""
+    if "/user:" in principal:
+        return "end_user"
+    for prefix, level in (("org:", "org"), ("team:", "team"), ("apikey:", "key"), ("key:", "key")):
+        if principal.startswith(prefix):
+            return level
+    return "tenant"
 
 
 @dataclass
@@ -119,6 +161,9 @@ class LedgerThread:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs))
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(self._durable, fn, *args)
+        return self._pool.submit(self._durable, fn, *args, **kwargs)
+
+
+__all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "end_user_principal", "level_of"]

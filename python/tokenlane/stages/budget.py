@@ -1,6 +1,9 @@
-"""Stage: budgets. Loads (or creates from the settings) a tenant's budget once per process, keeps
-the scheduler's view of it, and reserves / settles through the shared state (:mod:`tokenlane.state`),
-the guard every worker process and replica shares."""
+"""Stage: budgets over the principal hierarchy. A request is charged to every level of its
+identity's chain (organisation → team → tenant → API key → end user) and admitted only if all of
+them have room: one hold reserves at every level, all or nothing, through the shared state
+(:mod:`tokenlane.state`), the guard every worker process and replica shares. Loads (or creates from
+the settings) a tenant's budget once per process and keeps the scheduler's view of it; end users
+get ``end_user_budget_usd`` (inside their key's budget, never beside it)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from ..ledger import Ledger
 from ..pricing import PICO_PER_USD, usd_text
 from ..scheduler import Scheduler
 from ..state import Hold, State
-from .base import LedgerThread, Priced
+from .base import Identity, LedgerThread, Priced, end_user_principal, level_of
 
 
 class Budget:
@@ -26,6 +29,7 @@ class Budget:
         self.scheduler = scheduler
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
+        self._end_users: set[str] = set()    # end-user principals given their default budget
 
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
@@ -78,10 +82,11 @@ class Budget:
         def usd(p: int | None) -> float | None:
             return None if p is None else p / PICO_PER_USD
 
-        return {"tenant": tenant, "spent_usd": usd(u["spent_pico_usd"]), "reserved_usd": usd(u["reserved_pico_usd"]),
+        return {"tenant": tenant, "principal": tenant, "level": level_of(tenant), "spent_usd": usd(u["spent_pico_usd"]), "reserved_usd": usd(u["reserved_pico_usd"]),
                 "remaining_usd": usd(remaining), "limit_usd": usd(limit), "requests": u["requests"],
                 "window": u.get("window"), "resets_at": u.get("resets_at"),
-                "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"]}
+                "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"],
+                "limit_pico_usd": limit, "remaining_pico_usd": remaining}
 
     def amount(self, p: Priced) -> int:
         """What the ledger reserves for a request: its worst case (a hard cap) or its p90 cost."""
@@ -89,25 +94,53 @@ class Budget:
 
     def hold(self, p: Priced) -> Hold:
         """What the request takes from the shared state: its amount at every level it is charged to."""
-        return Hold(id=p.id, budgets=(p.identity.tenant,), amount_pico_usd=self.amount(p))
+        return Hold(id=p.id, budgets=p.identity.chain(), amount_pico_usd=self.amount(p))
 
     async def reserve(self, p: Priced, now: float) -> None:
-        """Reserves the request's amount at every level, all or nothing; raises a 429 naming the
-        level without room. The scheduler's budget is this process's view; the shared state
-        (the ledger's conditional update on one host) is the guard all processes share."""
+        """Reserves the request's amount at every level of its chain (organisation, team, tenant,
+        key, end user), all or nothing; raises a 429 naming the first level without room. The
+        scheduler's budget is this process's view of the tenant level; the shared state (on one
+        host, one SQLite transaction) is the guard all processes share."""
         hold = self.hold(p)
         if hold.amount_pico_usd <= 0:
             return
+        end_user = p.identity.end_user
+        if end_user and self.settings.end_user_budget_usd is not None:
+            principal = end_user_principal(p.identity.owner, end_user)
+            if principal not in self._end_users:
+                await self.thread.write(self._setup_end_user, principal, now)
         denied = await self.state.acquire(hold, now)
         if denied is not None:
             usage = denied.detail
             raise RequestError(
-                429, f"budget of tenant {denied.key!r} is used up for this {usage.get('window')} "
-                f"(spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
+                429, f"budget of {level_of(denied.key).replace('_', ' ')} {denied.key!r} is used up for this "
+                f"{usage.get('window')} (spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
                 f"{usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
                 f"{usd_text(hold.amount_pico_usd)} USD",
                 type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
         p.reserved_ledger = hold.amount_pico_usd
+
+    def _setup_end_user(self, principal: str, now: float) -> None:
+        """Gives an end user the default end-user budget unless one is set (blocking)."""
+        if principal in self._end_users:
+            return
+        usd = self.settings.end_user_budget_usd
+        if usd is not None and self.ledger.get_budget(principal) is None:
+            self.ledger.set_budget(principal, int(usd * PICO_PER_USD), self.settings.budget_window, now)
+        if len(self._end_users) > 100_000:
+            self._end_users.clear()
+        self._end_users.add(principal)
+
+    def report(self, identity: Identity, now: float, end_users: int = 100) -> dict[str, Any]:
+        """The usage of every level of an identity's chain, top first, and of the end users of its
+        key (or tenant), most spent first (blocking)."""
+        levels = [self.usage(level, now) for level in identity.chain()]
+        prefix = end_user_principal(identity.owner, "")
+        users = [self.usage(b["tenant"], now) for b in self.ledger.list_budgets() if b["tenant"].startswith(prefix)]
+        for u in users:
+            u["end_user"] = u["principal"][len(prefix):]
+        users.sort(key=lambda u: -u["spent_pico_usd"])
+        return {"levels": levels, "end_users": users[:end_users]}
 
     def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
         """Charges the actual cost at every level and frees the rest (started at once; await the

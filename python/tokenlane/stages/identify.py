@@ -1,6 +1,7 @@
-"""Stage: who pays for a request. A job's given identity, the ``identify`` hook, an API key the
-ledger knows, an extractor's tenant, the body's ``user`` (when trusted), a hash of an unknown key,
-or "anonymous"."""
+"""Stage: who pays for a request. The billing principal is authenticated: a job's given identity,
+the ``identify`` hook, an API key the ledger knows (with its member's team and organisation), an
+extractor's tenant, a hash of an unknown bearer key, or "anonymous". The body's ``user`` (when
+``trust_user_field``) is only the end user inside that principal: it narrows, it never pays."""
 
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class Identify:
         self._keys[hashlib.sha256(key.encode()).hexdigest()] = (time.monotonic() + KEY_CACHE_S, record)
         return record
 
+    def forget_keys(self) -> None:
+        """Drops the cached key records (after a member's team, organisation or role changed)."""
+        self._keys.clear()
+
     async def key_record(self, key: str | None) -> dict[str, Any] | None:
         if not key:
             return None
@@ -68,26 +73,35 @@ class Identify:
         given = scope.get("tokenlane.identity")
         if isinstance(given, Identity):
             return given
+        # The body's `user` only ever narrows: it names an end user inside the authenticated
+        # principal (who keeps paying for it), never a principal of its own.
+        end_user = request.user if self.settings.trust_user_field and request.user else None
         if self.hook is not None:
             found = self.hook(scope, request)
             found = await found if inspect.isawaitable(found) else found
             if isinstance(found, Identity):
+                if found.end_user is None and end_user:
+                    found.end_user = end_user
                 return found
             if isinstance(found, str) and found:
-                return Identity(tenant=found)
+                return Identity(tenant=found, end_user=end_user)
         key = api_key(headers)
         record = await self.key_record(key)
         if record is None and self.settings.require_api_key:
             raise RequestError(401, "a valid API key is required (Authorization: Bearer <key>)",
                                type="invalid_request_error", code="invalid_api_key")
         if record is not None:
-            return Identity(tenant=record["tenant"], user_id=record.get("user_id"), key_id=record.get("key_id"),
-                            role=record.get("role"))
-        if request.tenant:
-            return Identity(tenant=request.tenant)
-        if self.settings.trust_user_field and request.user:
-            return Identity(tenant=request.user)
-        return Identity(tenant=tenant_without_record(key))
+            return identity_of_key(record, end_user)
+        if request.tenant:  # an extractor (the app's own code) named it
+            return Identity(tenant=request.tenant, end_user=end_user)
+        return Identity(tenant=tenant_without_record(key), end_user=end_user)
 
 
-__all__ = ["Identify", "IdentifyHook", "api_key", "tenant_without_record"]
+def identity_of_key(record: Mapping[str, Any], end_user: str | None = None) -> Identity:
+    """The identity of a ledger API key's record (its member's tenant, team and organisation)."""
+    return Identity(tenant=record["tenant"], user_id=record.get("user_id"), key_id=record.get("key_id"),
+                    role=record.get("role"), org=record.get("org") or None, team=record.get("team") or None,
+                    end_user=end_user)
+
+
+__all__ = ["Identify", "IdentifyHook", "api_key", "identity_of_key", "tenant_without_record"]

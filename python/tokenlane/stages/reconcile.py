@@ -46,6 +46,7 @@ class Reconcile:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
         return {
             "id": p.id, "tenant": p.identity.tenant, "user_id": p.identity.user_id, "key_id": p.identity.key_id,
+            "end_user": p.identity.end_user,
             "route": p.route, "model": p.request.model, "status": status,
             "decision": getattr(decision, "kind", None), "reason": getattr(decision, "reason", None),
             "priority": p.priority, "deadline_s": p.deadline_s, "created_at": p.arrival, "max_tokens": p.max_output,

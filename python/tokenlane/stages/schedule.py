@@ -35,7 +35,7 @@ class Schedule:
                        on_decision: Callable[[Any], None] | None = None) -> Any:
         """Submits and waits until the request may run. Returns the scheduler's Decision; raises
         RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves)."""
-        has_budget = await self.budget.ensure(p.identity.tenant, p.arrival)
+        await self.budget.ensure(p.identity.tenant, p.arrival)  # the scheduler's view of the tenant's budget
         decision = self.scheduler.submit(p.scheduler_request(), self.clock())
         self._count_decision(p, decision)
         if on_decision:
@@ -65,12 +65,11 @@ class Schedule:
         p.admitted_at = self.clock()
         if self.metrics:
             self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
-        if has_budget:
-            try:
-                await self.budget.reserve(p, p.admitted_at)
-            except RequestError:
-                self.cancel(p.id)
-                raise
+        try:  # every level of the chain may carry a budget: reserve at all of them
+            await self.budget.reserve(p, p.admitted_at)
+        except RequestError:
+            self.cancel(p.id)
+            raise
         return decision
 
     def cancel(self, request_id: str) -> None:
