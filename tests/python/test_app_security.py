@@ -27,6 +27,8 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("POST", "/admin/dispatch"): (303, 403, 403, 400),
     ("POST", "/admin/policy"): (303, 403, 403, 400),
     ("GET", "/admin/users"): (303, 403, 403, 200),
+    ("GET", "/admin/teams"): (303, 403, 403, 200),
+    ("POST", "/admin/budgets"): (303, 403, 403, 400),
     ("POST", "/admin/users"): (303, 403, 403, 400),
     ("POST", "/admin/users/{uid}"): (303, 403, 403, 400),
     ("GET", "/admin/scheduler"): (303, 403, 403, 200),
