@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tokenlane import Ledger, Tokenlane
+from tokenlane.providers import SimulatedProvider
 
 from middleware_app import build_app
 
@@ -50,26 +51,32 @@ def test_a_lock_held_for_a_while_delays_the_rows_and_loses_none(rt):
     assert "tokenlane_ledger_errors_total" in client.get("/metrics").text
 
 
-def test_past_the_retry_window_budgets_refuse_with_503_and_the_process_recovers(rt, caplog):
+def test_past_the_retry_window_admission_refuses_with_503_and_the_process_recovers(rt, caplog):
     rt.thread.retry_s = 0.3
     rt.set_budget("alice", "5")
-    with TestClient(build_app(rt)) as client:
+    slow = SimulatedProvider(ttft_s=1.0, tokens_per_s=1000)  # the model call outlasts the lock's start
+    with TestClient(build_app(rt, provider=slow)) as client:
         holder = lock(rt.ledger.path)
         try:
-            with caplog.at_level(logging.ERROR, logger="tokenlane"):
-                refused = client.post("/v1/chat/completions", json={**CHAT, "user": "alice"})
-                answered = client.post("/v1/chat/completions", json={**CHAT, "user": "bob"})  # no budget
+            refused = client.post("/v1/chat/completions", json={**CHAT, "user": "alice"})
         finally:
             holder.execute("COMMIT")
+        # Budgets cannot be checked: refused, never run unchecked.
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "ledger_unavailable"
         assert refused.headers["retry-after"] == "5"
-        # Without a budget there is nothing to check: the answer goes out, the lost row is logged
-        # in full (never silently dropped).
+
+        # The ledger goes away while a request is with the model: the answer still goes out, and
+        # its row, which could not be written, is logged in full (never silently dropped).
+        late: dict[str, sqlite3.Connection] = {}
+        threading.Timer(0.4, lambda: late.setdefault("holder", lock(rt.ledger.path))).start()
+        with caplog.at_level(logging.ERROR, logger="tokenlane"):
+            answered = client.post("/v1/chat/completions", json={**CHAT, "user": "alice"})
+        late["holder"].execute("COMMIT")
         assert answered.status_code == 200
         rid = answered.headers["x-tokenlane-request-id"]
         assert any(rid in rec.getMessage() and "not written" in rec.getMessage() for rec in caplog.records)
         assert errors(rt, "gave_up") > 0
+
         after = client.post("/v1/chat/completions", json={**CHAT, "user": "alice"})
         assert after.status_code == 200  # the lock is gone: everything works again
     assert rt.ledger.get_request(after.headers["x-tokenlane-request-id"])["status"] == "succeeded"
-    assert rt.usage("alice")["reserved_pico_usd"] == 0
