@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Output-token estimators on real prompt/response data: rank quality, error, coverage, cost.
 
-Every estimator is run on the same records with K-fold cross-validation split BY PROMPT (a prompt's
-answers from every model fall in the same fold, so nothing is evaluated on a prompt it was trained
-on). For each fold:
+Every estimator is run on the same records with K-fold cross-validation held out BY PROMPT AND BY
+MODEL: fold k tests the prompts of the k-th prompt fold answered by the models of the k-th model
+fold, and trains only on the other prompts answered by the other models (records that mix a test
+prompt with a training model, or the reverse, are used by neither side). For each fold:
 
   cold    the estimator as trained on the other folds estimates every test record, learning nothing;
   online  a copy replays the test records in a seeded random order, estimating each before it
@@ -35,6 +36,10 @@ unless the records carry output_tokens. Nothing is downloaded; no data is stored
     python benchmarks/estimators.py                        # 5 folds
     python benchmarks/estimators.py --data /path/to/results --folds 3 --out /tmp/est.json
 
+Censoring: the shipped default replays each fold's test records online with a seeded share capped at
+max_tokens (--cap-share, --cap): a cut answer is observed as a lower bound ("length"), or, for
+comparison, as if it were complete; both are scored on the uncapped records.
+
 Prints a Markdown table and writes JSON to benchmarks/results/estimators.json (or --out).
 """
 
@@ -57,7 +62,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "estimators.json"
 SHARED_VOCAB = REPO.parent / "shared" / "vocab"
 if SHARED_VOCAB.is_dir():  # the verified rank files, offline (as benchmarks/tokenizer.py does)
     os.environ.setdefault("TOKENLANE_VOCAB_DIR", str(SHARED_VOCAB))
-CANDIDATES = [REPO.parent / "shared" / "data" / "responses", REPO.parent / "data" / "responses"]
+# AlpacaEval's answers of 25 models to the same 805 prompts (CC BY-NC 4.0: evaluation only).
+CANDIDATES = [REPO.parent / "shared" / "data" / "responses" / "alpaca_eval", REPO.parent / "data" / "responses"]
 
 
 def find_data(paths: list[str]) -> list[Path]:
@@ -85,13 +91,20 @@ def subset(records, idx):
         prompts=pick(records.prompts), models=pick(records.models), output_tokens=pick(records.output_tokens),
         routes=pick(records.routes), tenants=pick(records.tenants), tasks=pick(records.tasks),
         max_tokens=pick(records.max_tokens), input_tokens=pick(records.input_tokens),
-        prompt_keys=pick(records.prompt_keys),
+        prompt_keys=pick(records.prompt_keys), truncated=pick(records.truncated),
     )
 
 
 def fold_of(prompt: str, folds: int, seed: int) -> int:
     h = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
     return int.from_bytes(h[:8], "little") % folds
+
+
+def model_folds(models: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Models dealt round-robin to folds in a seeded order, so every fold holds out as many models."""
+    order = sorted(models)
+    random.Random(seed).shuffle(order)
+    return {m: i % folds for i, m in enumerate(order)}
 
 
 def metrics(frames) -> dict:
@@ -155,6 +168,23 @@ def time_token_count(prompt: str, reps: int) -> float:
     return statistics.median(samples)
 
 
+def censor(records, idx, cap: int, share: float, seed: int, aware: bool):
+    """The records at idx with a seeded `share` of them capped at max_tokens=cap: their output is
+    min(actual, cap) and, when cut, finish_reason "length" (passed on only when `aware`)."""
+    from tokenlane.evaluation import Records
+
+    rng = random.Random(seed)
+    capped = [rng.random() < share for _ in idx]
+    outs = [min(records.output_tokens[i], cap) if c else records.output_tokens[i] for i, c in zip(idx, capped)]
+    cut = [c and records.output_tokens[i] >= cap for i, c in zip(idx, capped)]
+    sub = subset(records, idx)
+    return Records(
+        prompts=sub.prompts, models=sub.models, output_tokens=outs, input_tokens=sub.input_tokens,
+        max_tokens=[cap if c else None for c in capped], prompt_keys=sub.prompt_keys,
+        truncated=cut if aware else None,
+    ), capped
+
+
 def run(args) -> dict:
     import tokenlane
     from tokenlane.estimators import Estimator, HeuristicEstimator, HistoryEstimator, LearnedEstimator
@@ -172,11 +202,17 @@ def run(args) -> dict:
     # Records without prompt text (traces that carry only token counts) are each their own prompt.
     keys = [p if p else f"#record{i}" for i, p in enumerate(records.prompt_keys)]
     fold_ids = [fold_of(p, args.folds, args.seed) for p in keys]
+    # Held out by prompt AND by model: fold k tests the k-th prompt fold on the k-th model fold and
+    # trains on the other prompts answered by the other models (with a single model, by prompt only).
+    mfold = model_folds(models, args.folds, args.seed) if len(models) >= args.folds else None
     names = ["heuristic", "learned:priors", "learned:trained", "history", "blend:default", "blend:trained"]
     frames = {(n, mode): [] for n in names for mode in ("cold", "online")}
+    censoring = {mode: [] for mode in ("aware", "naive")}
     for k in range(args.folds):
-        train_idx = [i for i, f in enumerate(fold_ids) if f != k]
-        test_idx = [i for i, f in enumerate(fold_ids) if f == k]
+        def held_out(i: int) -> bool:
+            return mfold is None or mfold[records.models[i]] == k
+        train_idx = [i for i, f in enumerate(fold_ids) if f != k and (mfold is None or not held_out(i))]
+        test_idx = [i for i, f in enumerate(fold_ids) if f == k and held_out(i)]
         rng = random.Random(args.seed * 1000 + k)
         online_order = test_idx[:]
         rng.shuffle(online_order)
@@ -200,6 +236,14 @@ def run(args) -> dict:
         for name, est in estimators.items():
             frames[(name, "cold")].append(replay(est, test_set, online=False))
             frames[(name, "online")].append(replay(est, test_online, online=True))
+        # Censoring: the shipped default online, a share of requests capped by max_tokens; scored on
+        # the uncapped ones (whose truth is known), with the cut lengths passed as lower bounds
+        # ("aware") or as if they were complete answers ("naive").
+        for mode in ("aware", "naive"):
+            stream, capped = censor(records, online_order, args.cap, args.cap_share, args.seed + k, mode == "aware")
+            df = replay(Estimator.default(pricing=None), stream, online=True)
+            df["actual"] = [records.output_tokens[i] for i in online_order]
+            censoring[mode].append(df[[not c for c in capped]])
         print(f"fold {k + 1}/{args.folds}: {len(train_idx)} train / {len(test_idx)} test records, "
               f"learned fit {train_s:.1f} s", file=sys.stderr)
 
@@ -221,7 +265,9 @@ def run(args) -> dict:
             row[mode] = metrics(frames[(name, mode)])
         row["us_1k_token_prompt"] = time_long_prompt(timing_estimators[name], long_prompt, args.reps)
         results.append(row)
+    censored = {mode: metrics(censoring[mode]) for mode in ("aware", "naive")}
     return {
+        "censoring": {"cap": args.cap, "share": args.cap_share, **censored},
         "meta": {
             "tokenlane": tokenlane.__version__,
             "python": platform.python_version(),
@@ -254,7 +300,8 @@ def report(res: dict) -> str:
     d = res["data"]
     lines = [
         f"Data: {d['records']} responses to {d['prompts']} prompts from {len(d['models'])} models "
-        f"({', '.join(d['paths'])}); {res['meta']['folds']}-fold CV split by prompt; "
+        f"({', '.join(d['paths'])}); {res['meta']['folds']}-fold CV held out by prompt and by model (fold k "
+        f"tests the k-th prompt fold on the k-th model fold, trains on the other prompts of the other models); "
         f"median output {d['median_output_tokens']} tokens.",
         "",
         "| estimator | tau cold | tau online | spearman cold / online | MAE cold / online | "
@@ -271,6 +318,20 @@ def report(res: dict) -> str:
         )
     lines.append("")
     lines.append("tau, spearman: per-model rank correlation of p50 with the actual length, averaged over models.")
+    c = res.get("censoring")
+    if c:
+        lines += [
+            "",
+            f"Censoring: blend:default online, {c['share']:.0%} of the requests capped at max_tokens={c['cap']} "
+            "(cut answers end with finish_reason \"length\"), scored on the uncapped ones:",
+            "",
+            "| cut answers observed as | n | tau | MAE | median rel err | p90 coverage |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mode, label in (("aware", "lower bounds (shipped)"), ("naive", "complete answers")):
+            m = c[mode]
+            lines.append(f"| {label} | {m['n']} | {fmt(m['tau'])} | {fmt(m['mae'], 0)} | "
+                         f"{fmt(m['median_rel_error'])} | {fmt(m['p90_coverage'])} |")
     m = res["meta"]
     lines.append(
         f"Scale: counting the same 1k-token prompt exactly (o200k_base, tokenlane) took "
@@ -287,6 +348,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--reps", type=int, default=50, help="repetitions of the 1k-token timing")
+    ap.add_argument("--cap", type=int, default=256, help="max_tokens of the capped requests (censoring)")
+    ap.add_argument("--cap-share", type=float, default=0.3, help="share of requests capped (censoring)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     if args.folds < 2:

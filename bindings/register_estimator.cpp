@@ -158,7 +158,8 @@ void register_estimator(py::module_& m) {
            })
       .def("observe",
            [](Estimator& e, const py::handle& prompt, const std::string& model, std::uint64_t output_tokens,
-              Opt input_tokens, const std::string& route, const std::string& tenant, const std::string& task) {
+              Opt input_tokens, const std::string& route, const std::string& tenant, const std::string& task,
+              bool truncated) {
              py::object holder;
              EstimateQuery q;
              q.prompt = utf8_of(prompt, holder);
@@ -168,8 +169,10 @@ void register_estimator(py::module_& m) {
              q.tenant = tenant;
              q.task = task;
              ReleaseGilIf release(q.prompt.size() > kKeepGilBytes);
-             e.observe(q, output_tokens);
-           })
+             e.observe(q, output_tokens, truncated);
+           },
+           py::arg("prompt"), py::arg("model"), py::arg("output_tokens"), py::arg("input_tokens"), py::arg("route"),
+           py::arg("tenant"), py::arg("task"), py::arg("truncated") = false)
       // Batch calls: (p50s, p90s, sources, nanoseconds spent in each estimate).
       .def("estimate_batch",
            [](const Estimator& e, const py::sequence& prompts, const std::vector<std::string>& models,
@@ -188,21 +191,28 @@ void register_estimator(py::module_& m) {
            [](Estimator& e, const py::sequence& prompts, const std::vector<std::string>& models,
               const std::vector<std::uint64_t>& outputs, const py::object& max_tokens,
               const py::object& model_max_output, const py::object& input_tokens, const py::object& routes,
-              const py::object& tenants, const py::object& tasks) {
+              const py::object& tenants, const py::object& tasks, const py::object& truncated) {
              Batch b = batch_of(prompts, models, max_tokens, model_max_output, input_tokens, routes, tenants, tasks);
              if (outputs.size() != b.prompts.size())
                throw Error(ErrorCode::invalid_argument, "batch column output_tokens has the wrong length");
+             std::vector<bool> cut;
+             if (!truncated.is_none()) cut = truncated.cast<std::vector<bool>>();
+             if (!cut.empty() && cut.size() != b.prompts.size())
+               throw Error(ErrorCode::invalid_argument, "batch column truncated has the wrong length");
              BatchResult r(b.prompts.size());
              {
                py::gil_scoped_release release;
                for (std::size_t i = 0; i < b.prompts.size(); ++i) {
                  const EstimateQuery q = b.at(i);
                  r.estimate(e, q, i);
-                 e.observe(q, outputs[i]);
+                 e.observe(q, outputs[i], !cut.empty() && cut[i]);
                }
              }
              return r.tuple();
-           })
+           },
+           py::arg("prompts"), py::arg("models"), py::arg("outputs"), py::arg("max_tokens"),
+           py::arg("model_max_output"), py::arg("input_tokens"), py::arg("routes"), py::arg("tenants"),
+           py::arg("tasks"), py::arg("truncated") = py::none())
       .def("fit",
            [](Estimator& e, const py::sequence& prompts, const std::vector<std::string>& models,
               const std::vector<std::uint64_t>& outputs, const py::object& input_tokens, const py::object& routes,

@@ -54,7 +54,7 @@ void register_sim(py::module_& m) {
          double ttft_s, double prefill_s_per_token, double tpot_s, const std::string& model,
          std::int64_t input_price_pico, std::int64_t output_price_pico, std::optional<std::int64_t> budget_pico,
          const std::string& budget_window, double clock_origin_s, double fairness_window_s,
-         SimProgress* progress) {
+         SimProgress* progress, double tail_share, double batch_max_defer_s) {
         SimTrace t;
         t.arrival_s = column(arrival);
         t.input_tokens = column(input_tokens);
@@ -76,6 +76,8 @@ void register_sim(py::module_& m) {
         c.scheduler.max_queue = max_queue;
         c.scheduler.max_wait_s = max_wait_s;
         c.scheduler.shed_expired = shed_expired;
+        c.scheduler.tail_share = tail_share;
+        c.scheduler.batch_max_defer_s = batch_max_defer_s;
         c.scheduler.class_slo_s[0] = std::get<0>(class_slo_s);
         c.scheduler.class_slo_s[1] = std::get<1>(class_slo_s);
         c.scheduler.class_slo_s[2] = std::get<2>(class_slo_s);
@@ -128,7 +130,7 @@ void register_sim(py::module_& m) {
       py::arg("shed_expired"), py::arg("class_slo_s"), py::arg("ttft_s"), py::arg("prefill_s_per_token"),
       py::arg("tpot_s"), py::arg("model"), py::arg("input_price_pico"), py::arg("output_price_pico"),
       py::arg("budget_pico"), py::arg("budget_window"), py::arg("clock_origin_s"), py::arg("fairness_window_s"),
-      py::arg("progress") = nullptr);
+      py::arg("progress") = nullptr, py::arg("tail_share") = 0.5, py::arg("batch_max_defer_s") = 600.0);
 }
 
 }  // namespace tokenlane::bindings

@@ -134,7 +134,7 @@ class Estimator:
     ) -> _EstimateTuple: ...
     def observe(
         self, prompt: str, model: str, output_tokens: int, input_tokens: int | None, route: str, tenant: str,
-        task: str,
+        task: str, truncated: bool = False,
     ) -> None: ...
     def estimate_batch(
         self, prompts: Sequence[str], models: Sequence[str], max_tokens: Sequence[int | None] | None,
@@ -145,7 +145,7 @@ class Estimator:
         self, prompts: Sequence[str], models: Sequence[str], output_tokens: Sequence[int],
         max_tokens: Sequence[int | None] | None, model_max_output: Sequence[int | None] | None,
         input_tokens: Sequence[int | None] | None, routes: Sequence[str] | None, tenants: Sequence[str] | None,
-        tasks: Sequence[str] | None,
+        tasks: Sequence[str] | None, truncated: Sequence[bool] | None = None,
     ) -> _BatchResult: ...
     def fit(
         self, prompts: Sequence[str], models: Sequence[str], output_tokens: Sequence[int],
@@ -242,6 +242,8 @@ class Scheduler:
         sjf_aging: float,
         budget_defer_fraction: float,
         urgency_s: float,
+        batch_max_defer_s: float = ...,
+        tail_share: float = ...,
     ) -> None: ...
     def set_budget(self, tenant: str, limit: int, window: str) -> None: ...
     def clear_budget(self, tenant: str) -> None: ...
@@ -323,4 +325,6 @@ def simulate(
     clock_origin_s: float,
     fairness_window_s: float,
     progress: SimProgress | None = None,
+    tail_share: float = 0.5,
+    batch_max_defer_s: float = 600.0,
 ) -> dict[str, Any]: ...

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from . import _core
 from .pricing import Pricing
-from .records import Prompt, flatten_prompt, load_records
+from .records import Prompt, flatten_prompt, load_records, truncated
 
 _CONTEXT_KEYS = ("route", "tenant", "task")
 
@@ -200,15 +200,23 @@ class Estimator:
         output_tokens: int,
         context: Mapping[str, Any] | None = None,
         input_tokens: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        finish_reason: str | None = None,
     ) -> None:
-        """Feeds back the actual output tokens of a finished request (online learning)."""
+        """Feeds back the actual output tokens of a finished request (online learning).
+
+        A response cut by its cap (``finish_reason`` "length", Anthropic's "max_tokens", or
+        ``output_tokens >= max_tokens``) is censored: its length is a lower bound of what the model
+        wanted to write, so it can raise an estimate below it but never lowers one."""
         route, tenant, task = _context(context)
         out = _count("output_tokens", output_tokens, 0)
         if out is None:
             raise _core.InvalidArgumentError("output_tokens must be an int >= 0")
+        cap = _count("max_tokens", max_tokens, 1)
         self._core.observe(
             flatten_prompt(prompt_or_messages), _model(model), out, _count("input_tokens", input_tokens, 0),
-            route, tenant, task,
+            route, tenant, task, truncated(out, cap, finish_reason),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

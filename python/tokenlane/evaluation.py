@@ -28,7 +28,8 @@ def replay(estimator: Estimator, data: Any, online: bool = False) -> pd.DataFram
 
     ``online=False`` estimates every record with the estimator as it is. ``online=True`` replays
     the records in order on a copy of the estimator, estimating each before observing it (the
-    caller's estimator is left unchanged)."""
+    caller's estimator is left unchanged); a record cut by its ``max_tokens`` (or with
+    ``finish_reason`` "length") is observed as a lower bound."""
     import pandas as pd
 
     if not isinstance(estimator, Estimator):
@@ -38,7 +39,7 @@ def replay(estimator: Estimator, data: Any, online: bool = False) -> pd.DataFram
     args = (r.max_tokens, caps, r.input_tokens, r.routes, r.tenants, r.tasks)
     if online:
         work = estimator.copy()
-        p50, p90, sources, ns = work._core.replay_batch(r.prompts, r.models, r.output_tokens, *args)
+        p50, p90, sources, ns = work._core.replay_batch(r.prompts, r.models, r.output_tokens, *args, r.truncated)
     else:
         p50, p90, sources, ns = estimator._core.estimate_batch(r.prompts, r.models, *args)
     return pd.DataFrame(

@@ -87,6 +87,8 @@ class Records:
     max_tokens: list[int | None] | None = None
     input_tokens: list[int | None] | None = None
     prompt_keys: list[str] = field(default_factory=list)  # the original prompt text, for grouping
+    # Cut by max_tokens (finish_reason "length", or output_tokens >= max_tokens): a lower bound.
+    truncated: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -157,6 +159,7 @@ def load_records(data: Any) -> Records:
     opt_count: dict[str, list[int | None]] = {k: [] for k in _OPTIONAL_COUNTS}
     seen_text = set()
     seen_count = set()
+    reasons: list[Any] = []
     for i, row in enumerate(_rows(data)):
         if not isinstance(row, Mapping):
             raise _core.InvalidArgumentError(f"record {i} is not a dict")
@@ -197,6 +200,7 @@ def load_records(data: Any) -> Records:
                 if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "max_tokens" else 0):
                     raise _core.InvalidArgumentError(f"record {i}: {k} must be a positive int, got {v!r}")
             opt_count[k].append(None if _missing(v) else v)
+        reasons.append(row.get("finish_reason"))
     if not r.prompts:
         raise _core.InvalidArgumentError("no records in the evaluation data")
     r.routes = opt_text["route"] if "route" in seen_text else None
@@ -204,7 +208,18 @@ def load_records(data: Any) -> Records:
     r.tasks = opt_text["task"] if "task" in seen_text else None
     r.max_tokens = opt_count["max_tokens"] if "max_tokens" in seen_count else None
     r.input_tokens = opt_count["input_tokens"] if "input_tokens" in seen_count else None
+    caps = r.max_tokens or [None] * len(r.prompts)
+    cut = [truncated(o, m, f if isinstance(f, str) else None) for o, m, f in zip(r.output_tokens, caps, reasons)]
+    r.truncated = cut if any(cut) else None
     return r
 
 
-__all__ = ["Prompt", "Records", "flatten_prompt", "load_records"]
+_CUT_REASONS = frozenset({"length", "max_tokens"})  # OpenAI finish_reason, Anthropic stop_reason
+
+
+def truncated(output_tokens: int, max_tokens: int | None, finish_reason: str | None = None) -> bool:
+    """Whether a response was cut by its cap, so its length is only a lower bound."""
+    return finish_reason in _CUT_REASONS or (max_tokens is not None and output_tokens >= max_tokens)
+
+
+__all__ = ["Prompt", "Records", "flatten_prompt", "load_records", "truncated"]

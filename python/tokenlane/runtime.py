@@ -167,6 +167,12 @@ class Tokenlane:
         """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler."""
         self.budget.set_budget(tenant, limit_usd, window, self.clock())
 
+    def set_limits(self, principal: str, *, tpm: int | None = None, rpm: int | None = None,
+                   concurrency: int | None = None) -> None:
+        """TPM / RPM / concurrency limits of any principal of the hierarchy (``org:…``, ``team:…``, a
+        tenant, ``apikey:…``, an end user); all None removes them. Blocking."""
+        self.budget.set_limits(principal, tpm=tpm, rpm=rpm, concurrency=concurrency)
+
     def principal_report(self, principal: str) -> dict[str, Any]:
         """A principal's usage with its end users (blocking; see ``GET /tokenlane/usage``)."""
         now = self.clock()

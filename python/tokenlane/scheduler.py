@@ -93,9 +93,12 @@ class Scheduler:
     Tuning (rarely needed): ``shed_expired`` sheds queued requests whose deadline passed;
     ``ttft_s``/``tpot_s`` are the service-time prior (then learned per model); ``class_slo_s`` are
     the targets of requests without a deadline; ``cost_aging_s``/``sjf_aging`` bound how long a
-    costly or long request can be overtaken; ``budget_defer_fraction`` is the share of a budget
+    costly or long request can be overtaken (``tail_share``: under the default policy a
+    request that waited (1 + tail_share) × the queue's expected wait at its arrival goes first); ``budget_defer_fraction`` is the share of a budget
     that batch requests may use; ``urgency_s`` (default policy) lets a request whose latest start
-    time is that close go first.
+    time is that close go first; ``batch_max_defer_s`` is how long a request waits in the deferred
+    lane for capacity before it joins the queue as a standard request (``math.inf``: never), so
+    batch work cannot starve under sustained load.
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class Scheduler:
         sjf_aging: float = 4.0,
         budget_defer_fraction: float = 0.8,
         urgency_s: float = 2.0,
+        batch_max_defer_s: float = 600.0,
+        tail_share: float = 0.5,
     ) -> None:
         _check_policy(policy)
         self._core = _core.Scheduler(
@@ -138,6 +143,8 @@ class Scheduler:
             sjf_aging=float(sjf_aging),
             budget_defer_fraction=float(budget_defer_fraction),
             urgency_s=float(urgency_s),
+            batch_max_defer_s=float(batch_max_defer_s),
+            tail_share=float(tail_share),
         )
 
     # -- budgets and weights -------------------------------------------------------------------------

@@ -230,6 +230,8 @@ def simulate(
     clock_origin_s: float = 0.0,
     fairness_window_s: float = 60.0,
     progress: Callable[[int, int], None] | None = None,
+    tail_share: float = 0.5,
+    batch_max_defer_s: float = 600.0,
 ) -> SimulationResult:
     """Replays ``trace`` through a Scheduler with these limits; returns the metrics and per-request rows.
 
@@ -241,7 +243,8 @@ def simulate(
     ``slo``: per class ``(base_s, factor)`` for requests without ``deadline_s``/``slo_s``.
     ``shed_expired``: let the scheduler drop queued requests whose deadline passed (off by default
     so latency statistics cover every request). ``progress(done, total)`` is called from a helper
-    thread while the replay runs.
+    thread while the replay runs. ``tail_share`` and ``batch_max_defer_s`` are the Scheduler's
+    options of the same names (the default policy's tail bound, the deferred lane's limit).
     """
     np, pd = _deps()
     from .scheduler import POLICIES, WINDOWS
@@ -316,6 +319,8 @@ def simulate(
         clock_origin_s=float(clock_origin_s),
         fairness_window_s=float(fairness_window_s),
         progress=handle,
+        tail_share=float(tail_share),
+        batch_max_defer_s=float(batch_max_defer_s),
     )
     args = (arrival, inp, df["output_tokens"].to_numpy(dtype=np.uint64), p50, p90,
             np.asarray(tenant_codes, dtype=np.uint32), tenant_names, prio_codes, deadline)

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "tokenlane/approx.hpp"
 #include "tokenlane/tokenizer.hpp"
@@ -100,6 +101,29 @@ TEST_CASE("batches equal one-by-one results on every thread count", "[tokenizer]
       CHECK(batch[i] == enc->encode_ordinary(texts[i]));
       CHECK(counts[i] == batch[i].size());
     }
+  }
+}
+
+TEST_CASE("the per-thread piece cache gives the same ids when it grows, wipes and is cold", "[tokenizer]") {
+  // More distinct multi-token pieces than the cache holds (it grows to 2^17 slots, then starts over),
+  // some longer than 8 bytes and some long enough to be merged without the cache.
+  std::string text;
+  for (unsigned i = 0; i < 200000; ++i) {
+    text += ' ';
+    for (unsigned k = i; k != 0 || text.back() == ' '; k /= 26) text += static_cast<char>('a' + k % 26);
+    if (i % 7 == 0) text += "zqxjkvbwy";
+    if (i % 1001 == 0) text += std::string(130, 'q');
+  }
+  for (const char* name : {"cl100k_base", "o200k_base"}) {
+    auto enc = tokenlane::get_encoding(name);
+    const std::vector<Rank> warm_first = enc->encode_ordinary(text);
+    const std::vector<Rank> warm_again = enc->encode_ordinary(text);
+    std::vector<Rank> cold;
+    std::thread([&] { cold = enc->encode_ordinary(text); }).join();  // a new thread: an empty cache
+    CHECK(warm_first == warm_again);
+    CHECK(warm_first == cold);
+    CHECK(enc->count(text) == cold.size());
+    CHECK(enc->decode_bytes(cold) == text);
   }
 }
 

@@ -299,3 +299,63 @@ def test_threads_share_one_estimator():
     for th in threads:
         th.join()
     assert not errors
+
+
+@pytest.mark.parametrize("make", [KINDS[1], KINDS[2], KINDS[3]])
+def test_a_truncated_response_is_a_lower_bound_not_an_observation(make):
+    # A template that answers ~400 tokens; then clients start sending max_tokens=100, so every
+    # response is cut at 100 (finish_reason "length"). Taken as observations the cuts would teach
+    # "100"; as lower bounds they say nothing new about an estimate already above 100.
+    prompt = "Write a detailed travel guide to Lisbon for a first visit."
+    aware, naive = make(), make()
+    for est in (aware, naive):
+        for i in range(30):
+            est.observe(prompt, "gpt-4o", 380 + i)
+    learned = aware.estimate(prompt, "gpt-4o").p50
+    for _ in range(60):
+        aware.observe(prompt, "gpt-4o", 100, max_tokens=100)
+        naive.observe(prompt, "gpt-4o", 100)
+    assert naive.estimate(prompt, "gpt-4o").p50 < 0.5 * learned  # the naive path learns the cap
+    assert aware.estimate(prompt, "gpt-4o").p50 >= 0.9 * learned
+    # finish_reason alone (the cap unknown to the caller) censors too; a cut answer above the
+    # estimate still pushes it up.
+    short = make()
+    for _ in range(60):
+        short.observe("Reply with one word: yes or no?", "gpt-4o", 50, finish_reason="length")
+    assert short.estimate("Reply with one word: yes or no?", "gpt-4o").p50 >= 45
+
+
+def test_replay_censors_records_cut_by_their_max_tokens():
+    prompt = "Write a detailed travel guide to Lisbon for a first visit."
+    rows = [{"prompt": prompt, "model": "gpt-4o", "output_tokens": 100, "max_tokens": 100}] * 40
+    rows += [{"prompt": prompt, "model": "gpt-4o", "output_tokens": 400}]
+    records = tokenlane.evaluation.load_records(rows)
+    assert records.truncated[:2] == [True, True] and records.truncated[-1] is False
+    last = tokenlane.evaluation.replay(Estimator.default(), records, online=True).iloc[-1]
+    naive = [{k: v for k, v in r.items() if k != "max_tokens"} for r in rows]
+    last_naive = tokenlane.evaluation.replay(Estimator.default(), naive, online=True).iloc[-1]
+    assert last["p50"] > last_naive["p50"]
+
+
+@pytest.mark.parametrize(
+    "short, long",
+    [
+        ("Erkläre kurz, was ein Vulkan ist.", "Schreibe einen ausführlichen Aufsatz über Vulkane."),
+        ("Explique brièvement en un mot : oui ou non ?", "Écris un essai détaillé sur les volcans."),
+        ("Responde con una palabra: sí o no.", "Escribe un ensayo detallado sobre los volcanes."),
+        ("Ответь одним словом: да или нет?", "Напиши подробно эссе о вулканах."),
+        ("用一句话简要回答：火山是什么？", "请详细介绍火山的形成过程。"),
+        ("一言で答えてください。", "火山について詳しく説明してください。"),
+    ],
+)
+def test_length_cues_work_beyond_english(short, long):
+    est = LearnedEstimator()
+    assert est.estimate(short, "gpt-4o").p50 * 2 < est.estimate(long, "gpt-4o").p50
+
+
+def test_counted_lengths_beyond_english():
+    est = LearnedEstimator()
+    few = est.estimate("Fasse den Text in zwei Sätzen zusammen: Der Rhein ist ein Fluss.", "gpt-4o").p50
+    many = est.estimate("Schreibe einen Text mit 800 Wörtern über den Rhein.", "gpt-4o").p50
+    assert few < many
+    assert est.estimate("写一篇800字的文章", "gpt-4o").p50 > 2 * est.estimate("用20字回答", "gpt-4o").p50

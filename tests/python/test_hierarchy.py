@@ -147,3 +147,27 @@ def test_usage_per_level_and_who_may_read_it(tmp_path):
     assert one.json()["spent_pico_usd"] == mine["spent_pico_usd"]
     assert other.status_code == 403 and other.json()["error"]["code"] == "forbidden"
     assert admin.status_code == 200 and admin.json()["spent_pico_usd"] == mine["spent_pico_usd"]
+
+
+def test_limits_at_any_level_refuse_with_429_and_persist(tmp_path):
+    rt = Tokenlane(db=str(tmp_path / "l.db"))
+    keys = _team(rt, tmp_path)
+    rt.set_limits("team:acme/eng", rpm=3)
+    rt.set_limits(f"apikey:{keys['ann@acme.test'][0]}", concurrency=4, tpm=1_000_000)
+    small = {**BODY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    with TestClient(build_app(rt)) as client:
+        codes = []
+        for i in range(5):  # the team's 3 a minute, whichever member sends them
+            _, key = keys["ann@acme.test" if i % 2 else "ben@acme.test"]
+            r = client.post("/v1/chat/completions", json=small, headers={"Authorization": f"Bearer {key}"})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                error = r.json()["error"]
+                assert error["code"] == "rate_limit_exceeded" and "team:acme/eng" in error["message"]
+                assert int(r.headers["retry-after"]) >= 1
+    assert codes == [200, 200, 200, 429, 429]
+    assert {r["status"] for r in rt.ledger.list_requests()} == {"succeeded", "rejected"}
+    again = Tokenlane(db=str(tmp_path / "l.db"))  # another process reads the limits at start
+    assert again.budget.limits("team:acme/eng") == {"rpm": 3}
+    rt.set_limits("team:acme/eng")
+    assert rt.budget.limits("team:acme/eng") == {}

@@ -167,3 +167,42 @@ def test_threads_share_one_scheduler_without_leaks():
     for rid in [e["id"] for e in s.snapshot(1e6)["queue"]] + [e["id"] for e in s.snapshot(1e6)["running"]]:
         s.cancel(rid, 1e6)
     assert s.snapshot(1e6)["reserved_total"] == 0
+
+
+def test_batch_waits_in_the_lane_at_most_batch_max_defer_s():
+    s = Scheduler(policy="default", max_concurrency=1, batch_max_defer_s=30, tail_share=float("inf"))
+    assert s.submit(req("run"), 0.0).kind == "admit"
+    assert s.submit(req("b", priority="batch"), 0.0).kind == "defer"
+    for i in range(5):  # a steady stream of standard work that never leaves the queue empty
+        s.submit(req(f"s{i}"), 1.0 + i)
+    s.complete("run", 10.0, 1, 10, 10)
+    assert s.pop_ready(10.0) == ["s0"]  # before its time the lane waits for an empty queue
+    s.complete("s0", 31.0, 1, 10, 10)
+    assert s.pop_ready(31.0) == ["b"]  # waited 30 s: it joined the queue, keyed by its arrival
+    never = Scheduler(policy="default", max_concurrency=1, batch_max_defer_s=float("inf"), tail_share=float("inf"))
+    never.submit(req("run"), 0.0)
+    never.submit(req("b", priority="batch"), 0.0)
+    never.submit(req("s0"), 1.0)
+    never.complete("run", 100.0, 1, 10, 10)
+    assert never.pop_ready(100.0) == ["s0"]
+
+
+def test_default_policy_bounds_how_long_a_long_request_is_overtaken():
+    # One slot; a long request (4 s predicted) queues when nothing else waits, so FIFO would start
+    # it within ~4 s; short requests keep arriving. Shortest-first lets them overtake it only while
+    # they arrive before its bound, arrival + (1 + tail_share) × 4 s = 6 s.
+    def started_at(tail_share):
+        s = Scheduler(policy="default", max_concurrency=1, ttft_s=0.0, tpot_s=0.01, tail_share=tail_share)
+        s.submit(req("run", out=10), 0.0)
+        s.submit(req("long", out=400), 0.0)
+        now, running, when = 0.0, "run", {}
+        for i in range(60):
+            s.submit(req(f"short{i}", out=10), now)
+            now += 0.25
+            s.complete(running, now, 1, 10, 10)
+            (running,) = s.pop_ready(now)
+            when[running] = now
+        return when["long"] if "long" in when else None
+
+    assert 5.5 <= started_at(0.5) <= 6.5
+    assert started_at(float("inf")) is None  # unbounded, the stream of short ones never lets it run

@@ -74,6 +74,7 @@ struct Observation {
   std::string prompt;
   std::string model;
   std::uint64_t output_tokens = 0;
+  bool truncated = false;  // cut by max_tokens: output_tokens is a lower bound (see observe)
   std::optional<std::uint64_t> input_tokens;
   std::string route, tenant, task;
   EstimateQuery query() const;
@@ -89,7 +90,10 @@ class Estimator {
   // max_tokens of 0.
   virtual Estimate estimate(const EstimateQuery& query) const = 0;
   // Feeds back the actual output tokens of a request estimated before (online learning).
-  virtual void observe(const EstimateQuery& query, std::uint64_t output_tokens) = 0;
+  // `truncated`: the response was cut by max_tokens (finish_reason "length"), so output_tokens is a
+  // lower bound of the length the model wanted, not an observation of it: it can only raise an
+  // estimate that was below it, never lower one.
+  virtual void observe(const EstimateQuery& query, std::uint64_t output_tokens, bool truncated = false) = 0;
   // "heuristic", "learned", "history" or "blend".
   virtual std::string kind() const = 0;
   // The whole state as versioned JSON ({"format": "tokenlane.estimator", "version": 1, "kind": ...}).
@@ -106,7 +110,7 @@ class HeuristicEstimator final : public Estimator {
  public:
   HeuristicEstimator() = default;
   Estimate estimate(const EstimateQuery& query) const override;
-  void observe(const EstimateQuery&, std::uint64_t) override {}  // a fixed baseline: learns nothing
+  void observe(const EstimateQuery&, std::uint64_t, bool = false) override {}  // a fixed baseline: learns nothing
   std::string kind() const override { return "heuristic"; }
   std::string to_json() const override;
   // The uncapped prior (p50, p90) for a task and input length; the other estimators start here.
@@ -118,7 +122,7 @@ class LearnedEstimator final : public Estimator {
   LearnedEstimator();  // hand-set priors on the explicit length cues (see docs/estimators.md)
   ~LearnedEstimator() override;
   Estimate estimate(const EstimateQuery& query) const override;
-  void observe(const EstimateQuery& query, std::uint64_t output_tokens) override;
+  void observe(const EstimateQuery& query, std::uint64_t output_tokens, bool truncated = false) override;
   std::string kind() const override { return "learned"; }
   std::string to_json() const override;
   // Offline training: `epochs` passes of the same SGD over the records in a deterministic order
@@ -146,7 +150,7 @@ class HistoryEstimator final : public Estimator {
   explicit HistoryEstimator(const Options& options);
   ~HistoryEstimator() override;
   Estimate estimate(const EstimateQuery& query) const override;  // heuristic prior when no key has data
-  void observe(const EstimateQuery& query, std::uint64_t output_tokens) override;
+  void observe(const EstimateQuery& query, std::uint64_t output_tokens, bool truncated = false) override;
   std::string kind() const override { return "history"; }
   std::string to_json() const override;
 
@@ -192,7 +196,7 @@ class BlendEstimator final : public Estimator {
   static std::unique_ptr<BlendEstimator> make_default();
   ~BlendEstimator() override;
   Estimate estimate(const EstimateQuery& query) const override;
-  void observe(const EstimateQuery& query, std::uint64_t output_tokens) override;
+  void observe(const EstimateQuery& query, std::uint64_t output_tokens, bool truncated = false) override;
   std::string kind() const override { return "blend"; }
   std::string to_json() const override;
   LearnedEstimator* learned() { return learned_.get(); }

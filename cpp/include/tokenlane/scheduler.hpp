@@ -106,12 +106,21 @@ struct SchedulerConfig {
   // combined: a request predicted d seconds longer than another yields to it for sjf_aging × d
   // seconds of waiting, then ages ahead.
   double sjf_aging = 4.0;
+  // combined: ... and never past arrival + (1 + tail_share) × the wait FIFO would give it when it
+  // arrives ((queued requests + 1) × observed mean service time / max_concurrency): shortest-first
+  // reorders a tenant's requests only within that bound, so its median gains while its tail stays
+  // near FIFO's. (Classes and fair share across tenants still come first.) Infinity: no bound.
+  double tail_share = 0.5;
   // combined: a request whose latest start time (deadline − predicted service) is less than this
   // many seconds away goes first, ahead of class and fair-share order, while it can still make it.
   double urgency_s = 2.0;
   // Batch-class requests do not start while spent + reserved would pass this share of the budget,
   // which keeps the rest for interactive and standard traffic (they wait in the deferred lane).
   double budget_defer_fraction = 0.8;
+  // A batch request that has waited this long in the deferred lane (deferred for capacity, not for
+  // budget) joins the queue as a standard request keyed by its arrival: the lane absorbs bursts,
+  // but under sustained load batch work still moves, so nothing starves. Infinity: never.
+  double batch_max_defer_s = 600.0;
   // VTC cost of a request: in_weight × input + out_weight × output tokens, divided by tenant weight.
   double vtc_input_weight = 1.0;
   double vtc_output_weight = 2.0;

@@ -116,7 +116,7 @@ Estimate BlendEstimator::estimate(const EstimateQuery& q) const {
   return detail::finalize(q, m50, std::max(m50, r.m90 + d.d90), kSources[r.source]);
 }
 
-void BlendEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens) {
+void BlendEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens, bool truncated) {
   detail::validate(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   const Raw r = predict(q);
@@ -125,17 +125,21 @@ void BlendEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens
     Calibration::Offsets& d = cal_->offsets[r.source];
     const double m50 = r.m50 + d.d50;
     const double m90 = std::max(m50, r.m90 + d.d90);
-    d.d50 += options_.median_step * ((y > m50 ? 1.0 : 0.0) - 0.5);
-    d.d90 += options_.coverage_step * ((y > m90 ? 1.0 : 0.0) - 0.1);
+    // A truncated length above a quantile is a miss like any other; below it, it tells nothing
+    // (the model would have gone on), so the control does not move.
+    if (y > m50 || !truncated) d.d50 += options_.median_step * ((y > m50 ? 1.0 : 0.0) - 0.5);
+    if (y > m90 || !truncated) d.d90 += options_.coverage_step * ((y > m90 ? 1.0 : 0.0) - 0.1);
     if (!r.key.empty()) {
       Calibration::Residual& res = cal_->residuals[r.key];
-      res.n += 1;
-      const double rate = std::max(1.0 / res.n, kResidualMinRate);
-      res.mean += rate * ((y - r.base50) - res.mean);
+      if (!truncated || y - r.base50 > res.mean) {
+        res.n += 1;
+        const double rate = std::max(1.0 / res.n, kResidualMinRate);
+        res.mean += rate * ((y - r.base50) - res.mean);
+      }
     }
   }
-  if (learned_) learned_->observe(q, output_tokens);
-  history_->observe(q, output_tokens);
+  if (learned_) learned_->observe(q, output_tokens, truncated);
+  history_->observe(q, output_tokens, truncated);
 }
 
 std::string BlendEstimator::to_json() const {

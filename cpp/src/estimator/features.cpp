@@ -155,8 +155,96 @@ struct CueTable {
     slot({"summarize", "summarise", "summary", "summarization", "key points", "main points", "recap", "abstract",
           "main idea"},
          kSummarizeCue);
+    add_other_languages();
+  }
+
+  // The same cues in German, French, Spanish, Portuguese, Italian and Russian (words are matched
+  // after ASCII lowercasing only, so forms that start with a non-ASCII capital are listed too).
+  // Chinese and Japanese have no spaces between words: their cues are substrings (cjk_cues below).
+  void add_other_languages() {
+    unit({"wörter", "wörtern", "mots", "palabras", "palavras", "parole", "слов", "слова"}, 1.35f);
+    unit({"sätze", "sätzen", "satz", "phrases", "frases", "oraciones", "frasi", "предложений", "предложения"}, 25.0f);
+    unit({"absätze", "absätzen", "paragraphes", "párrafos", "parágrafos", "paragrafi", "абзаца", "абзацев"}, 100.0f);
+    unit({"punkte", "stichpunkte", "puntos", "pontos", "punti", "пунктов", "пункта"}, 18.0f);
+    unit({"ideen", "tipps", "beispiele", "gründe", "idées", "conseils", "exemples", "raisons", "consejos", "ejemplos",
+          "razones", "dicas", "exemplos", "consigli", "esempi", "идей", "советов", "примеров", "причин"},
+         40.0f);
+    const std::pair<std::string_view, float> numbers[] = {
+        {"ein", 1},   {"eine", 1},  {"zwei", 2},  {"drei", 3},  {"vier", 4},  {"fünf", 5},  {"zehn", 10},
+        {"un", 1},    {"une", 1},   {"deux", 2},  {"trois", 3}, {"quatre", 4}, {"cinq", 5}, {"dix", 10},
+        {"uno", 1},   {"una", 1},   {"dos", 2},   {"tres", 3},  {"cuatro", 4}, {"cinco", 5}, {"diez", 10},
+        {"três", 3},  {"due", 2},   {"dieci", 10}, {"одно", 1}, {"два", 2},   {"три", 3},   {"пять", 5},
+        {"десять", 10}};
+    for (auto& [w, v] : numbers) add(w, Cue{CueKind::number, 0, v});
+    slot({"kurz", "kurze", "kurzen", "knapp", "bref", "brève", "court", "courte", "concis", "concise", "breve",
+          "corto", "corta", "conciso", "concisa", "curto", "curta", "кратко", "коротко", "краткий", "Кратко",
+          "Коротко"},
+         kShortCue);
+    slot({"ein wort", "ja oder nein", "un mot", "oui ou non", "una palabra", "sí o no", "uma palavra", "sim ou não",
+          "una parola", "sì o no", "одно слово", "одним словом", "да или нет"},
+         kTinyCue);
+    slot({"ausführlich", "ausführliche", "detailliert", "aufsatz", "essay", "détaillé", "détaillée", "dissertation",
+          "detallado", "detallada", "ensayo", "detalhado", "detalhada", "redação", "dettagliato", "saggio",
+          "подробно", "подробный", "подробное", "эссе", "статью", "Подробно"},
+         kLongCue);
+    slot({"erkläre", "erklären", "beschreibe", "explique", "expliquer", "décris", "explica", "explicar", "describe",
+          "descreva", "spiega", "descrivi", "объясни", "опиши", "Объясни", "Опиши"},
+         kStepCue);
+    slot({"liste", "lista", "список", "Список", "перечисли", "Перечисли"}, kListCue);
+    slot({"übersetze", "Übersetze", "übersetzen", "übersetzung", "traduire", "traduis", "traduction", "traduce",
+          "traducir", "traduza", "traduci", "переведи", "Переведи", "перевод", "umschreiben", "reformule", "reescribe",
+          "corrige", "korrigiere", "исправь", "Исправь"},
+         kRewriteCue);
+    slot({"geschichte", "gedicht", "histoire", "poème", "lettre", "historia", "poema", "carta", "cuento", "história",
+          "storia", "poesia", "lettera", "рассказ", "стихотворение", "стих", "письмо"},
+         kCreativeCue);
+    slot({"zusammenfassung", "zusammenfassen", "fasse", "résumé", "résumer", "résume", "resumen", "resumir",
+          "resuma", "riassumi", "riassunto", "резюме", "перескажи", "Перескажи"},
+         kSummarizeCue);
   }
 };
+
+// Chinese and Japanese cues: substrings of a run of CJK text (there are no spaces to split on).
+struct CjkCue {
+  std::string_view text;
+  std::uint32_t slot;
+};
+constexpr CjkCue kCjkCues[] = {
+    {"简要", kShortCue},   {"简短", kShortCue},   {"简洁", kShortCue},     {"簡潔", kShortCue},   {"短く", kShortCue},
+    {"一句话", kTinyCue},  {"一个词", kTinyCue},  {"是或否", kTinyCue},    {"一言", kTinyCue},    {"一語", kTinyCue},
+    {"详细", kLongCue},    {"詳細", kLongCue},    {"詳しく", kLongCue},    {"文章", kLongCue},    {"论文", kLongCue},
+    {"解释", kStepCue},    {"说明", kStepCue},    {"説明", kStepCue},      {"如何", kStepCue},    {"为什么", kStepCue},
+    {"列出", kListCue},    {"列举", kListCue},    {"リスト", kListCue},    {"翻译", kRewriteCue}, {"翻訳", kRewriteCue},
+    {"改写", kRewriteCue}, {"故事", kCreativeCue}, {"诗", kCreativeCue},    {"物語", kCreativeCue}, {"手紙", kCreativeCue},
+    {"总结", kSummarizeCue}, {"摘要", kSummarizeCue}, {"要約", kSummarizeCue}, {"まとめ", kSummarizeCue},
+    {"代码", kCodeCue},    {"コード", kCodeCue}};
+// "300字", "3句", "2段", "5点": a number directly followed by a unit character, in tokens per unit
+// (o200k_base spends about one token per CJK character).
+struct CjkUnit {
+  std::string_view text;
+  float tokens;
+};
+constexpr CjkUnit kCjkUnits[] = {{"字", 1.0f}, {"文字", 1.0f}, {"个字", 1.0f}, {"句", 25.0f}, {"段", 100.0f},
+                                 {"点", 40.0f}, {"条", 40.0f}, {"つ", 40.0f}, {"個", 40.0f}};
+
+// Cues of one word that holds CJK bytes: sets dense slots, returns the largest "N<unit>" target.
+double cjk_cues(std::string_view word, std::array<float, kDenseSlots>& dense) {
+  for (const CjkCue& c : kCjkCues)
+    if (word.find(c.text) != std::string_view::npos) dense[c.slot] = 1.0f;
+  double target = 0;
+  for (std::size_t i = 0; i < word.size();) {
+    if (word[i] < '0' || word[i] > '9') {
+      ++i;
+      continue;
+    }
+    double value = 0;
+    while (i < word.size() && word[i] >= '0' && word[i] <= '9') value = std::min(value * 10 + (word[i++] - '0'), 1e6);
+    const std::string_view rest = word.substr(i);
+    for (const CjkUnit& u : kCjkUnits)
+      if (rest.substr(0, u.text.size()) == u.text) target = std::max(target, std::min(value, 5000.0) * u.tokens);
+  }
+  return target;
+}
 
 const CueTable& cue_table() {
   static const CueTable table;
@@ -319,6 +407,7 @@ std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::u
     double value = 0;
     WordHasher hasher;
     unsigned char first = 0;
+    bool word_cjk = false;
     const bool at_line_start = line_start;
     line_start = false;
     while (i < n) {
@@ -326,7 +415,10 @@ std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::u
       if (!is_word_byte(c)) break;
       if (c >= 0x80) {
         ++non_ascii;
-        if (c >= 0xE3 && c <= 0xED) ++cjk;  // lead bytes of CJK and Hangul blocks
+        if (c >= 0xE3 && c <= 0xED) {  // lead bytes of CJK and Hangul blocks
+          ++cjk;
+          word_cjk = true;
+        }
         digits = false;
       } else if (c >= '0' && c <= '9') {
         if (value < 1e7) value = value * 10 + (c - '0');
@@ -340,6 +432,7 @@ std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::u
       ++i;
     }
     const std::uint64_t h = hasher.done();
+    if (word_cjk) count_target = std::max(count_target, cjk_cues(text.substr(i - len, len), dense));
     if (at_line_start && digits && i < n && (text[i] == '.' || text[i] == ')')) ++list_lines;
     ++words;
     const std::uint64_t bi = prev ? bigram(prev, h) : 0;

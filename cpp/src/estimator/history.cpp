@@ -176,14 +176,23 @@ Estimate HistoryEstimator::estimate(const EstimateQuery& q) const {
   return detail::finalize(q, std::log(p50), std::log(p90), "heuristic");
 }
 
-void HistoryEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens) {
+void HistoryEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens, bool truncated) {
   detail::validate(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   const State::Keys k = s_->keys_of(q);
   std::unique_lock lock(s_->mu);
-  s_->add(k.at[kXModel], y - s_->center(k));  // relative to the model before this observation
+  // A truncated length is only a lower bound: it enters a sketch only where it lies above the
+  // sketch's median (it then pulls the median the right way, up), never where it would pull down.
+  auto add = [&](std::uint64_t key, double z) {
+    if (truncated) {
+      const Sketch* s = s_->find(key);
+      if (s && s->count() > 0 && s->quantile(0.5) >= z) return;
+    }
+    s_->add(key, z);
+  };
+  add(k.at[kXModel], y - s_->center(k));  // relative to the model before this observation
   for (Level l : {kTemplate, kRoute, kTenant, kModel, kGlobal})
-    if (k.at[l]) s_->add(k.at[l], y);
+    if (k.at[l]) add(k.at[l], y);
   s_->evict();
 }
 

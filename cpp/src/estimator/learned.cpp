@@ -48,7 +48,7 @@ struct LearnedEstimator::State {
       float p50, p90;
     };
     static const Prior priors[] = {
-        {detail::kBias, 5.70f, 6.60f},          {detail::kLogInput, 0.40f, 0.40f},
+        {detail::kBias, 5.70f, 6.75f},          {detail::kLogInput, 0.40f, 0.40f},
         {detail::kCountCue, 0.10f, -0.30f},     {detail::kCountTarget, 0.85f, 0.80f},
         {detail::kShortCue, -0.60f, -0.50f},    {detail::kTinyCue, -2.50f, -2.00f},
         {detail::kLongCue, 0.50f, 0.40f},       {detail::kStepCue, 0.25f, 0.20f},
@@ -92,11 +92,14 @@ struct LearnedEstimator::State {
     return {p50, p90};
   }
 
-  // One pinball-loss SGD step for both quantiles (caller holds the unique lock).
-  void update(const Features& x, std::string_view model, double y) {
+  // One pinball-loss SGD step for both quantiles (caller holds the unique lock). A truncated
+  // response says only "longer than y": a quantile already above y learns nothing from it (the
+  // censored pinball loss), one below it is pushed up as by any longer answer.
+  void update(const Features& x, std::string_view model, double y, bool truncated) {
     auto [p50, p90] = predict(x, model);
-    const double s50 = y > p50 ? -0.5 : 0.5;
-    const double s90 = y > p90 ? -0.9 : 0.1;
+    const double s50 = y > p50 ? -0.5 : (truncated ? 0.0 : 0.5);
+    const double s90 = y > p90 ? -0.9 : (truncated ? 0.0 : 0.1);
+    if (s50 == 0.0 && s90 == 0.0) return;
     for (std::size_t k = 0; k < x.n; ++k) {
       const Feature& f = x.buffer[k];
       const double g5 = s50 * f.value, g9 = s90 * f.value;
@@ -135,13 +138,13 @@ Estimate LearnedEstimator::estimate(const EstimateQuery& q) const {
   return detail::finalize(q, p50, p90, "learned");
 }
 
-void LearnedEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens) {
+void LearnedEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens, bool truncated) {
   detail::validate(q);
   State::Features& x = State::scratch();
   x.extract(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   std::unique_lock lock(s_->mu);
-  s_->update(x, q.model, y);
+  s_->update(x, q.model, y, truncated);
 }
 
 void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, std::uint64_t seed) {
@@ -163,7 +166,7 @@ void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, 
       const Observation& r = records[i];
       const EstimateQuery q = r.query();
       x.extract(q);
-      s_->update(x, r.model, std::log(static_cast<double>(std::max<std::uint64_t>(r.output_tokens, 1))));
+      s_->update(x, r.model, std::log(static_cast<double>(std::max<std::uint64_t>(r.output_tokens, 1))), r.truncated);
     }
   }
 }

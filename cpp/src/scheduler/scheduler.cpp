@@ -15,6 +15,7 @@
 #include <limits>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -93,7 +94,9 @@ struct Rec {
   bool live = false;
   bool in_queue = false;
   bool budget_deferred = false;
+  bool promoted = false;  // a batch request moved from the lane to the queue (batch_max_defer_s)
   std::uint32_t tenant = 0;
+  double laned_at = 0;    // when it entered the deferred lane
   double submitted_at = 0, started_at = 0, pred_service = 0;
   Key key;
   Money reserved;
@@ -103,6 +106,7 @@ struct Rec {
 struct Tenant {
   std::string name;
   double weight = 1.0, counter = 0.0;
+  double mean_output = std::numeric_limits<double>::quiet_NaN();  // EMA of its actual output tokens
   // Queued requests as a binary min-heap with lazy deletion: removed entries stay until they reach
   // the top (Rec::in_queue and the sequence number tell live from stale). nq counts live ones.
   std::vector<Key> heap;
@@ -143,6 +147,8 @@ struct Scheduler::Impl {
   std::set<std::pair<double, std::uint32_t>> active_counters;  // VTC counters of backlogged tenants
   detail::OrderedIndex<Key> index;
   std::set<Key> deferred;
+  // Capacity-deferred requests by (entered the lane, seq, slot), for promotion after batch_max_defer_s.
+  std::set<std::tuple<double, std::uint64_t, std::uint32_t>> lane_age;
   std::deque<std::pair<std::uint64_t, std::uint32_t>> wait_fifo;  // (seq, slot) for max_wait
   std::unordered_set<std::uint32_t> running;
   std::vector<std::uint32_t> scratch;
@@ -159,6 +165,7 @@ struct Scheduler::Impl {
   double cost_sum = 0;
   std::uint64_t cost_n = 0;
   double mean_service = std::numeric_limits<double>::quiet_NaN();
+  double queued_work = 0;  // predicted service seconds of the queued requests
   std::unordered_map<std::string, double> tpot_by_model;
 
   // counters
@@ -216,6 +223,18 @@ struct Scheduler::Impl {
     return static_cast<double>(r.input_tokens) + static_cast<double>(r.est_output_p50);
   }
 
+  // combined: the latest key shortest-first may give a request, arrival + (1 + tail_share) × the
+  // wait FIFO would give it: the queued requests and itself (a slot must free up first) × the
+  // observed mean service time over the slots (the predicted service of the queue, inflated by
+  // noisy estimates, stands in until a request has completed). Computed once, as it enters.
+  double tail_bound(const Rec& r) const {
+    if (!std::isfinite(cfg.tail_share)) return kInf;
+    const double conc = static_cast<double>(std::max<std::uint32_t>(1, cfg.max_concurrency.value_or(1)));
+    const double wait = std::isnan(mean_service) ? (queued_work + r.pred_service) / conc
+                                                 : static_cast<double>(index.size() + 1) * mean_service / conc;
+    return r.submitted_at + (1.0 + cfg.tail_share) * wait;
+  }
+
   Key make_key(const Rec& r, std::uint32_t slot) const {
     Key key;
     key.seq = r.key.seq;
@@ -237,8 +256,12 @@ struct Scheduler::Impl {
         break;
       case Policy::combined:
         key.cls = static_cast<int>(r.req.priority);
-        key.k = std::min(t0 + cfg.sjf_aging * r.pred_service, effective_deadline(r) - r.pred_service);
+        key.k = std::min({t0 + cfg.sjf_aging * r.pred_service, effective_deadline(r) - r.pred_service, tail_bound(r)});
         break;
+    }
+    if (r.promoted) {  // waited its time in the lane: a standard request that arrived at t0
+      key.cls = std::min(key.cls, static_cast<int>(Priority::standard));
+      key.k = t0;
     }
     return key;
   }
@@ -304,6 +327,7 @@ struct Scheduler::Impl {
     }
     const bool new_head = t.nq == 0 || r.key < *head_of(t);
     r.in_queue = true;
+    queued_work += r.pred_service;
     t.heap.push_back(r.key);
     std::push_heap(t.heap.begin(), t.heap.end(), heap_cmp);
     t.nq++;
@@ -330,6 +354,7 @@ struct Scheduler::Impl {
     Tenant& t = tenants[r.tenant];
     const bool was_head = head_of(t)->seq == r.key.seq;
     r.in_queue = false;
+    queued_work = index.size() > 1 ? std::max(0.0, queued_work - r.pred_service) : 0.0;
     t.nq--;
     if (t.nq == 0) {
       t.heap.clear();
@@ -342,20 +367,36 @@ struct Scheduler::Impl {
     if (was_head) reindex(t);
   }
 
-  void to_lane(std::uint32_t slot, bool budget_deferred) {
+  // `now`: when it enters the lane (NaN: it is being re-keyed and keeps its time).
+  void to_lane(std::uint32_t slot, bool budget_deferred, double now) {
     Rec& r = recs[slot];
     r.state = RequestState::deferred;
     r.budget_deferred = budget_deferred;
+    r.promoted = false;
+    if (!std::isnan(now)) r.laned_at = now;
     r.key = make_key(r, slot);
     r.key.cls = 0;
     deferred.insert(r.key);
     tenants[r.tenant].deferred++;
+    if (!budget_deferred && std::isfinite(cfg.batch_max_defer_s)) lane_age.emplace(r.laned_at, r.key.seq, slot);
   }
 
   void unlane(std::uint32_t slot) {
     Rec& r = recs[slot];
     deferred.erase(r.key);
+    lane_age.erase({r.laned_at, r.key.seq, slot});
     tenants[r.tenant].deferred--;
+  }
+
+  // Moves capacity-deferred requests that waited batch_max_defer_s into the queue (see the option).
+  void promote(double now) {
+    while (!lane_age.empty()) {
+      const auto [laned, seq, slot] = *lane_age.begin();
+      if (laned + cfg.batch_max_defer_s > now) break;
+      unlane(slot);
+      recs[slot].promoted = true;
+      enqueue(slot);
+    }
   }
 
   void free_rec(std::uint32_t slot) {
@@ -423,8 +464,12 @@ struct Scheduler::Impl {
     r.reserved = r.req.cost_p90;
     t.reserved += r.reserved;
     reserved_total += r.reserved;
-    r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.req.input_tokens) +
-                     cfg.vtc_output_weight * static_cast<double>(r.req.est_output_p50)) /
+    // The counter is charged the tenant's typical output while the request runs and corrected to
+    // the actual tokens at completion (VTC counts tokens as they are decoded; we see them only at
+    // the end). A per-request estimate would be noisier: one over-estimate would hold a tenant
+    // back, one under-estimate would let it take many slots at once.
+    const double out = std::isnan(t.mean_output) ? static_cast<double>(r.req.est_output_p50) : t.mean_output;
+    r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.req.input_tokens) + cfg.vtc_output_weight * out) /
                     t.weight;
     t.counter += r.vtc_charged;
     if (fair_order() && t.nq != 0) reindex(t);
@@ -450,6 +495,8 @@ struct Scheduler::Impl {
       vtc_correction = (cfg.vtc_input_weight * static_cast<double>(in_tok) +
                         cfg.vtc_output_weight * static_cast<double>(out_tok)) / t.weight - r.vtc_charged;
       learn(r, now, out_tok);
+      const double o = static_cast<double>(out_tok);
+      t.mean_output = std::isnan(t.mean_output) ? o : 0.9 * t.mean_output + 0.1 * o;
     }
     if (token_correction >= 0) {
       tpm.give_back(token_correction);
@@ -709,6 +756,7 @@ struct Scheduler::Impl {
     r.in_queue = false;
     r.state = RequestState::queued;  // not yet in any structure (in_queue false)
     r.budget_deferred = false;
+    r.promoted = false;
     r.tenant = tenant_idx(t);
     r.submitted_at = now;
     r.pred_service = predict_service(req);
@@ -722,7 +770,7 @@ struct Scheduler::Impl {
 
     Decision d;
     if (budget_defer) {
-      to_lane(slot, true);
+      to_lane(slot, true, now);
       n_deferred++;
       d.kind = DecisionKind::defer;
       d.reason = "budget_deferred";
@@ -742,7 +790,7 @@ struct Scheduler::Impl {
       return d;
     }
     if (batch_lane) {
-      to_lane(slot, false);
+      to_lane(slot, false, now);
       n_deferred++;
       d.kind = DecisionKind::defer;
       d.reason = "deferred";
@@ -779,6 +827,7 @@ struct Scheduler::Impl {
   }
 
   std::vector<std::string> pop_ready(double now) {
+    promote(now);
     shed_waiting(now);
     shed_heads(now);
     std::vector<std::string> out;
@@ -876,6 +925,10 @@ Scheduler::Scheduler(SchedulerConfig config) {
   if ((config.max_concurrency && *config.max_concurrency == 0) ||
       (config.tenant_max_concurrency && *config.tenant_max_concurrency == 0))
     throw Error(ErrorCode::invalid_argument, "concurrency limits must be at least 1");
+  if (!(config.tail_share >= 0))
+    throw Error(ErrorCode::invalid_argument, "tail_share must be >= 0");
+  if (!(config.batch_max_defer_s >= 0))
+    throw Error(ErrorCode::invalid_argument, "batch_max_defer_s must be >= 0 (infinity: never promote)");
   if (!(config.budget_defer_fraction > 0 && config.budget_defer_fraction <= 1))
     throw Error(ErrorCode::invalid_argument, "budget_defer_fraction must be in (0, 1]");
   if (!(config.ttft_s >= 0 && config.tpot_s >= 0 && config.sjf_aging >= 0 && config.cost_aging_s >= 0 &&
@@ -1132,7 +1185,7 @@ void Scheduler::set_policy(Policy policy) {
   for (Tenant& t : m.tenants) m.reindex(t);
   std::sort(queued.begin(), queued.end(), [&](std::uint32_t a, std::uint32_t b) { return m.recs[a].key.seq < m.recs[b].key.seq; });
   for (std::uint32_t slot : queued) m.enqueue(slot, false);
-  for (std::uint32_t slot : lane) m.to_lane(slot, m.recs[slot].budget_deferred);
+  for (std::uint32_t slot : lane) m.to_lane(slot, m.recs[slot].budget_deferred, std::nan(""));
 }
 
 Policy Scheduler::policy() const {
@@ -1176,7 +1229,7 @@ bool Scheduler::defer(const std::string& id, double now) {
   if (r.state == RequestState::deferred) return true;
   if (r.state != RequestState::queued) return false;
   m.unqueue(slot);
-  m.to_lane(slot, false);
+  m.to_lane(slot, false, now);
   m.n_deferred++;
   return true;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -25,6 +26,11 @@ class SpecialMatcher {
       }
     }
     std::sort(lengths_.rbegin(), lengths_.rend());  // the longest match wins at a position
+    int firsts = 0;
+    for (int b = 0; b < 256; ++b) {
+      if (first_byte_[b]) ++firsts, only_first_ = b;
+    }
+    if (firsts != 1) only_first_ = -1;
   }
 
   std::size_t size() const { return set_.size(); }
@@ -32,7 +38,13 @@ class SpecialMatcher {
   // (offset, special) of the first special in text, or (npos, {}). The view points into `text`.
   std::pair<std::size_t, std::string_view> find(std::string_view text) const {
     for (std::size_t p = 0; p < text.size(); ++p) {
-      if (!first_byte_[static_cast<unsigned char>(text[p])]) continue;
+      if (only_first_ >= 0) {  // the usual case (every special starts with '<'): memchr skips ahead
+        const void* hit = std::memchr(text.data() + p, only_first_, text.size() - p);
+        if (hit == nullptr) break;
+        p = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
+      } else if (!first_byte_[static_cast<unsigned char>(text[p])]) {
+        continue;
+      }
       for (std::size_t len : lengths_) {
         if (p + len > text.size()) continue;
         std::string_view candidate = text.substr(p, len);
@@ -48,6 +60,7 @@ class SpecialMatcher {
   std::unordered_set<std::string_view> set_;
   std::vector<std::size_t> lengths_;
   bool first_byte_[256] = {};
+  int only_first_ = -1;  // the first byte of every special, when they share one
 };
 
 }  // namespace tokenlane::detail

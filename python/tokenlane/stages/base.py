@@ -89,6 +89,7 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    hold: Any = None          # what the budget stage took from the shared state (a tokenlane.state.Hold)
     tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
     # what the cost levers did before pricing (None: that stage is off or did nothing)
     cache: str | None = None                  # x-tokenlane-cache: miss | bypass (a hit never gets priced)

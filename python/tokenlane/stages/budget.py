@@ -16,8 +16,11 @@ from ..errors import RequestError
 from ..ledger import Ledger
 from ..pricing import PICO_PER_USD, usd_text
 from ..scheduler import Scheduler
-from ..state import Hold, State
+from ..state import Hold, Rate, Slots, State
 from .base import Identity, LedgerThread, Priced, end_user_principal, level_of
+
+
+LIMITS_KEY = "principal_limits"  # ledger configuration key of the per-principal limits
 
 
 class Budget:
@@ -30,6 +33,8 @@ class Budget:
         self.thread = thread
         self._tenants: dict[str, bool] = {}  # tenant → has a budget (set up once per process)
         self._end_users: set[str] = set()    # end-user principals given their default budget
+        # principal → {"tpm", "rpm", "concurrency"}: limits at any level of the hierarchy
+        self._limits: dict[str, dict[str, int]] = dict(ledger.get_config(LIMITS_KEY, {}) or {})
 
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
@@ -93,8 +98,32 @@ class Budget:
         return p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
 
     def hold(self, p: Priced) -> Hold:
-        """What the request takes from the shared state: its amount at every level it is charged to."""
-        return Hold(id=p.id, budgets=p.identity.chain(), amount_pico_usd=self.amount(p))
+        """What the request takes from the shared state: its amount at every level it is charged to,
+        and a place in the TPM/RPM buckets and concurrency slots of every level that has limits."""
+        chain = p.identity.chain()
+        limits = [(level, self._limits[level]) for level in chain if level in self._limits]
+        return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p),
+                    rates=tuple(Rate(level, lim.get("tpm"), lim.get("rpm")) for level, lim in limits
+                                if lim.get("tpm") or lim.get("rpm")),
+                    slots=tuple(Slots(level, lim["concurrency"]) for level, lim in limits if lim.get("concurrency")),
+                    tokens=p.input_tokens + p.est_p50)
+
+    def set_limits(self, principal: str, *, tpm: int | None = None, rpm: int | None = None,
+                   concurrency: int | None = None) -> None:
+        """Sets (all None: removes) a principal's TPM / RPM / concurrency limits (blocking; kept in
+        the ledger's configuration, read by every process at start)."""
+        for name, value in (("tpm", tpm), ("rpm", rpm), ("concurrency", concurrency)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        limits = {k: v for k, v in (("tpm", tpm), ("rpm", rpm), ("concurrency", concurrency)) if v is not None}
+        if limits:
+            self._limits[principal] = limits
+        else:
+            self._limits.pop(principal, None)
+        self.ledger.set_config(LIMITS_KEY, self._limits)
+
+    def limits(self, principal: str) -> dict[str, int]:
+        return dict(self._limits.get(principal, {}))
 
     async def reserve(self, p: Priced, now: float) -> None:
         """Reserves the request's amount at every level of its chain (organisation, team, tenant,
@@ -102,7 +131,7 @@ class Budget:
         scheduler's budget is this process's view of the tenant level; the shared state (on one
         host, one SQLite transaction) is the guard all processes share."""
         hold = self.hold(p)
-        if hold.amount_pico_usd <= 0:
+        if hold.amount_pico_usd <= 0 and not hold.rates and not hold.slots:
             return
         end_user = p.identity.end_user
         if end_user and self.settings.end_user_budget_usd is not None:
@@ -110,6 +139,11 @@ class Budget:
             if principal not in self._end_users:
                 await self.thread.write(self._setup_end_user, principal, now)
         denied = await self.state.acquire(hold, now)
+        if denied is not None and denied.kind != "budget":
+            what = "concurrency" if denied.kind == "slots" else " / ".join(f"{v} {k}" for k, v in denied.detail.items())
+            raise RequestError(
+                429, f"{level_of(denied.key).replace('_', ' ')} {denied.key!r} is at its {what} limit",
+                type="rate_limit_exceeded", code="rate_limit_exceeded", retry_after_s=denied.retry_after_s)
         if denied is not None:
             usage = denied.detail
             raise RequestError(
@@ -119,6 +153,7 @@ class Budget:
                 f"{usd_text(hold.amount_pico_usd)} USD",
                 type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
         p.reserved_ledger = hold.amount_pico_usd
+        p.hold = hold
 
     def _setup_end_user(self, principal: str, now: float) -> None:
         """Gives an end user the default end-user budget unless one is set (blocking)."""
@@ -146,8 +181,9 @@ class Budget:
         """Charges the actual cost at every level and frees the rest (started at once; await the
         result). Settled even without a budget (or a reservation), so every level's spend is on
         the ledger."""
-        hold = self.hold(p)
-        return self.state.settle(Hold(id=hold.id, budgets=hold.budgets, amount_pico_usd=reserved), actual, tokens, now)
+        held, p.hold = p.hold or Hold(id=p.id, budgets=p.identity.chain()), None
+        return self.state.settle(Hold(id=held.id, budgets=held.budgets, amount_pico_usd=reserved, rates=held.rates,
+                                      slots=held.slots, tokens=held.tokens), actual, tokens, now)
 
 
 __all__ = ["Budget"]

@@ -109,7 +109,7 @@ class Reconcile:
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
                                    context={"route": p.route, "tenant": p.identity.tenant},
-                                   input_tokens=p.input_tokens)
+                                   input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
         if self.metrics:
             m = self.metrics
             for kind, n in (("input", cost.input_tokens), ("output", cost.output_tokens),
