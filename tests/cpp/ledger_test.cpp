@@ -453,6 +453,27 @@ TEST_CASE("ledger: budget reserve, settle and release arithmetic", "[ledger]") {
   }
 }
 
+TEST_CASE("ledger: reserve_all takes every level or none, settle_all and release_all charge and free them all", "[ledger]") {
+  Ledger led(":memory:");
+  const std::vector<std::string> chain = {"org:a", "team:a/x", "member", "apikey:1"};
+  led.set_budget("org:a", 1000, BudgetWindow::day, kNoon);
+  led.set_budget("apikey:1", 300, BudgetWindow::day, kNoon);
+  CHECK(led.reserve_all(chain, 200, kNoon) == -1);
+  CHECK(led.reserve_all(chain, 200, kNoon) == 3);  // the key has 100 left: nothing is taken anywhere
+  for (const std::string& level : chain) CHECK(led.usage(level, kNoon).integer("reserved_pico_usd") == 200);
+  led.settle_all(chain, 200, 150, kNoon);
+  for (const std::string& level : chain) {
+    const LedgerRow u = led.usage(level, kNoon);
+    CHECK(u.integer("spent_pico_usd") == 150);
+    CHECK(u.integer("reserved_pico_usd") == 0);
+  }
+  CHECK(led.reserve_all({"org:a", "apikey:1"}, 100, kNoon) == -1);
+  led.release_all({"org:a", "apikey:1"}, 100, kNoon);
+  CHECK(led.usage("org:a", kNoon).integer("reserved_pico_usd") == 0);
+  CHECK_THROWS(led.reserve_all({}, 1, kNoon));
+  CHECK_THROWS(led.reserve_all({"ok", ""}, 1, kNoon));
+}
+
 TEST_CASE("ledger: window roll-over resets spent and keeps reservations", "[ledger]") {
   Ledger led(":memory:");
   const double day1 = kNoon, day2 = kNoon + 86400;
