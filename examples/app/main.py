@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
+from tokenlane.providers import ProviderError
 
 from . import state
 from .routes import admin, api, auth, config, reports, user
@@ -74,7 +75,8 @@ def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     ledger = Ledger(settings.db_path)
     user_limits.load(ledger)
     identify = identify_hook(user_limits)
-    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True}
+    # /metrics (tenants, spend) is for operators: only an admin's API key reads it.
+    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True, "metrics_access": "admin"}
     if "TOKENLANE_REDACT_PROMPTS" not in os.environ:
         # The app shows users their own prompts and responses, so the ledger keeps a preview of both.
         kwargs["redact_prompts"] = False
@@ -167,6 +169,14 @@ def create_app(
             request, "error.html", status_code=exc.status_code,
             title=titles.get(exc.status_code, "Something went wrong"), message=str(exc.detail),
         )
+
+    @app.exception_handler(ProviderError)
+    async def upstream_failed(request: Request, exc: ProviderError) -> Response:
+        status, body, headers = exc.response()  # the upstream's failure, OpenAI-shaped (502/503/429 ...)
+        if wants_json(request):
+            return JSONResponse(body, status_code=status, headers=headers)
+        return render(request, "error.html", status_code=status, title="The model is unavailable",
+                      message=body["error"]["message"])
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:

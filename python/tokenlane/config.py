@@ -59,6 +59,7 @@ class Settings:
     require_api_key: bool = False               # refuse requests without a key the ledger knows
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
+    metrics_access: str = "public"              # who may read it: "public", or "admin" (an admin's API key)
     alert_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])  # budget fractions; [] = off
     alert_forecast: bool = True                 # also alert when the burn rate will exhaust a budget early
     alert_webhook: str | None = None            # POST each alert here (JSON, HMAC-signed with the secret)
@@ -190,6 +191,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return _choice(where, value, POLICIES)
     if name == "budget_window":
         return _choice(where, value, WINDOWS)
+    if name == "metrics_access":
+        return _choice(where, value, ("public", "admin"))
     if name == "budget_reserve":
         return _choice(where, value, ("p90", "max"))
     if name == "default_priority":

@@ -17,6 +17,7 @@ import contextvars
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -70,6 +71,15 @@ class ProviderError(Exception):
         self.status = status
         self.body = body
         self.retry_after_s = retry_after_s
+
+    def response(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """What to answer the client: (status, OpenAI-shaped body, headers). Register it for your
+        framework, e.g. FastAPI: ``app.exception_handler(ProviderError)`` returning a JSONResponse."""
+        status = self.status if self.status in (400, 401, 403, 404, 408, 409, 413, 422, 429) else \
+            (503 if self.status == 503 else 502)
+        kind = "rate_limit_exceeded" if status == 429 else "upstream_error"
+        headers = {} if self.retry_after_s is None else {"retry-after": str(max(1, math.ceil(self.retry_after_s)))}
+        return status, {"error": {"message": str(self), "type": kind, "param": None, "code": kind}}, headers
 
 
 class CircuitOpenError(ProviderError):
@@ -219,8 +229,15 @@ class OpenAICompatibleProvider:
         response = await self._send({**body, "stream": False}, stream=False)
         try:
             data = json.loads(await response.aread())
+        except ValueError:
+            data = None
+        except httpx.HTTPError as exc:  # the connection broke while the body was being read
+            self.breaker.failure()
+            raise ProviderError(f"upstream response cut short: {exc.__class__.__name__}", status=502) from None
         finally:
             await response.aclose()
+        if not isinstance(data, dict):
+            raise ProviderError("upstream answered 200 with a body that is not a JSON object", status=502)
         if isinstance(data.get("usage"), Mapping):
             report_usage(data.get("model") or body.get("model", ""), data["usage"])
         return data
@@ -233,17 +250,21 @@ class OpenAICompatibleProvider:
         text: list[str] = []
         try:
             buffer = b""
-            async for raw in response.aiter_bytes():
-                *events, buffer = re.split(rb"\r?\n\r?\n", buffer + raw)
-                for event in events:
-                    chunk = _sse_json(event)
-                    if chunk is not None:
-                        usage = chunk.get("usage") or usage
-                        for choice in chunk.get("choices") or ():
-                            piece = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
-                            if isinstance(piece, str):
-                                text.append(piece)
-                        yield chunk
+            try:
+                async for raw in response.aiter_bytes():
+                    *events, buffer = re.split(rb"\r?\n\r?\n", buffer + raw)
+                    for event in events:
+                        chunk = _sse_json(event)
+                        if chunk is not None:
+                            usage = chunk.get("usage") or usage
+                            for choice in chunk.get("choices") or ():
+                                piece = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
+                                if isinstance(piece, str):
+                                    text.append(piece)
+                            yield chunk
+            except httpx.HTTPError as exc:  # cut mid-way: what was generated so far is counted below
+                self.breaker.failure()
+                raise ProviderError(f"upstream stream cut short: {exc.__class__.__name__}", status=502) from None
         finally:
             await response.aclose()
             if not isinstance(usage, Mapping):

@@ -11,7 +11,9 @@ status URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -22,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from . import reports
+from ._core import StorageError
 from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
@@ -63,6 +66,8 @@ from .stages import (
 from .stages.cache import CachePlan, entry_for, hit_body
 
 
+log = logging.getLogger("tokenlane")
+
 class Tokenlane:
     """Everything one app's middleware shares; create one per process (or let the middleware)."""
 
@@ -83,7 +88,7 @@ class Tokenlane:
             max_queue=s.max_queue, max_wait_s=s.max_wait_s)
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
-        self.thread = LedgerThread()
+        self.thread = LedgerThread(on_error=self._ledger_error)
         # Tables beside the ledger's own (alert marks, request tags) in the same file.
         self.sidecar = Sidecar(self.ledger.path)
         self.tags = TagStore(self.sidecar)
@@ -168,6 +173,12 @@ class Tokenlane:
     @identify.setter
     def identify(self, hook: Any) -> None:
         self.identify_stage.hook = hook
+
+    def _ledger_error(self, outcome: str, exc: BaseException) -> None:
+        """A ledger call failed (locked, disk full, read-only): counted, logged, retried by the thread."""
+        if self.metrics is not None:
+            self.metrics.ledger_errors.labels(outcome).inc()
+        log.error("tokenlane: ledger call failed (%s): %s", outcome, exc)
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
@@ -305,7 +316,10 @@ class Tokenlane:
         def decided(decision: Any) -> None:
             # Written by the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
-            self.write(self.ledger.insert_request, self.reconcile.ledger_row(priced, status, decision))
+            row = self.reconcile.ledger_row(priced, status, decision)
+            self.write(self.ledger.insert_request, row).add_done_callback(
+                lambda done: done.cancelled() or done.exception() is None
+                or log.error("tokenlane: ledger row not written: %s", row))
             if priced.tags:
                 self.write(self.tags.record, priced.id, priced.tags)
             if on_decision:
@@ -322,11 +336,16 @@ class Tokenlane:
 
         disconnected = None if job else asyncio.ensure_future(wait_disconnect(receive))
         try:
-            decision = await self.schedule(priced, disconnected, decided)
+            try:
+                decision = await self.schedule(priced, disconnected, decided)
+            except StorageError as exc:  # budgets cannot be checked: refuse rather than run unchecked
+                raise RequestError(503, f"the ledger is unavailable ({exc}); retry shortly", type="server_error",
+                                   code="ledger_unavailable", retry_after_s=5) from None
         except RequestError as exc:
-            await self.write(self.ledger.update_request, priced.id,
-                             status="cancelled" if exc.status == 499 else "rejected",
-                             reason=exc.code, finished_at=self.clock(), error=exc.message)
+            with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
+                await self.write(self.ledger.update_request, priced.id,
+                                 status="cancelled" if exc.status == 499 else "rejected",
+                                 reason=exc.code, finished_at=self.clock(), error=exc.message)
             if self.observe is not None and exc.status != 499:
                 # insufficient_quota: the budget refused (the scheduler's view or the ledger's reservation).
                 self.observe.refused(priced, budget=exc.code == "insufficient_quota")

@@ -74,14 +74,18 @@ class Reconcile:
         now = self.clock()
         model = p.request.model
         cost = None
-        if outcome.reports.calls:  # the handler reported its upstream calls: they are the truth
-            for call_model, usage in outcome.reports.calls:
-                c = self.pricing.cost_of_usage(call_model or model, usage, batch=p.batch)
-                cost = c if cost is None else cost + c
-            source = "reported"
-        elif outcome.usage is not None:
-            cost = self.pricing.cost_of_usage(model, outcome.usage, batch=p.batch)
-            source = "response"
+        try:
+            if outcome.reports.calls:  # the handler reported its upstream calls: they are the truth
+                for call_model, usage in outcome.reports.calls:
+                    c = self.pricing.cost_of_usage(call_model or model, usage, batch=p.batch)
+                    cost = c if cost is None else cost + c
+                source = "reported"
+            elif outcome.usage is not None:
+                cost = self.pricing.cost_of_usage(model, outcome.usage, batch=p.batch)
+                source = "response"
+        except ValueError as exc:  # a usage object the core cannot read: an upstream bug, not a reason to leak
+            log.warning("tokenlane: unreadable usage for %s (%s); counting the generated text instead", p.id, exc)
+            cost = None
         if cost is None:
             # No usage anywhere: count what was generated. A call that produced output was billed
             # for its prompt too, so a stream cut short is never priced at zero.

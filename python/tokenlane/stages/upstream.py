@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from .._core import StorageError
 from ..asgi_io import Receive, Scope, Send, header, with_content_length
 from ..config import Settings
 from ..formats import OPENAI_CHAT, OPENAI_COMPLETIONS, LLMRequest, StreamReader, read_json_response
@@ -22,6 +25,7 @@ from .base import Outcome, Priced
 from .reconcile import fallbacks
 
 ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
+log = logging.getLogger("tokenlane")
 
 
 class Upstream:
@@ -85,7 +89,10 @@ class Upstream:
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
                 outcome.cost_pico_usd = fields["cost_pico_usd"]
-                await asyncio.wrap_future(written)  # the row is on disk before the response completes
+                try:
+                    await asyncio.wrap_future(written)  # the row is on disk before the response completes
+                except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
+                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
             return finished
 
         async def inner_receive() -> dict[str, Any]:
@@ -180,7 +187,14 @@ class Upstream:
                     outcome.error = "response not completed"
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
-                written.result()
+                try:
+                    # The write is queued on the ledger thread and completes without us; waiting
+                    # longer would hold the event loop while the ledger retries an outage.
+                    written.result(timeout=5.0)
+                except FutureTimeout:
+                    log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
+                except StorageError:
+                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
         return outcome
 
 
