@@ -49,6 +49,8 @@ def run_target(build: Path, target: str, seconds: int) -> dict:
     stat = lambda name: int(m.group(1)) if (m := re.search(rf"stat::{name}:\s+(\d+)", log)) else None  # noqa: E731
     cov = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", log)
     artifacts = re.findall(r"Test unit written to (\S+)", log)
+    # crash-, leak-, timeout-, oom- are findings; slow-unit- only marks an input that took > 10 s.
+    findings = [a for a in artifacts if "-slow-unit-" not in a]
     return {
         "target": target,
         "seconds": round(elapsed, 1),
@@ -57,7 +59,8 @@ def run_target(build: Path, target: str, seconds: int) -> dict:
         "coverage_edges": int(cov[-1][0]) if cov else None,
         "features": int(cov[-1][1]) if cov else None,
         "corpus": int(cov[-1][2]) if cov else None,
-        "crashes": len(artifacts),
+        "crashes": len(findings),
+        "slow_units": len(artifacts) - len(findings),
         "artifacts": artifacts,
         "exit_code": proc.returncode,
         "tail": log.strip().splitlines()[-40:] if proc.returncode else [],

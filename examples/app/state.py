@@ -29,6 +29,7 @@ K_LIMITS = "limits"
 K_DEFAULT_BUDGET = "budget.default"
 K_PRICING = "pricing.overrides"
 K_MODE = "dispatch.mode"
+K_ROUTING = "routing"
 K_LEVERS = "levers"  # response cache and tier caps (docs/caching.md), applied at restart
 LEVER_FIELDS = ("cache", "cache_ttl_s", "semantic_threshold", "tier_caps", "default_tier")
 
@@ -84,6 +85,9 @@ def apply_saved_settings(tl: Any) -> None:
     overrides = get_cfg(led, K_PRICING)
     if overrides:
         apply_pricing(tl, overrides)
+    routing = get_cfg(led, K_ROUTING)
+    if routing:
+        tl.set_routing(routing.get("routes", []), routing.get("model_groups", {}))
     # Budgets need nothing here: the runtime loads a tenant's budget from the ledger on its first request.
 
 
@@ -100,6 +104,27 @@ def runtime_kwargs(led: Any) -> dict[str, Any]:
         out["policy"] = policy
     out.update({k: v for k, v in (get_cfg(led, K_LEVERS) or {}).items() if k in LEVER_FIELDS and v not in (None, {}, "")})
     return out
+
+
+def parse_routing(text: str) -> dict[str, Any]:
+    """The routing box of /config: JSON with ``routes`` (a list of rules) and ``model_groups``."""
+    import json
+
+    if not text.strip():
+        return {"routes": [], "model_groups": {}}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"Routing: not valid JSON ({e}).") from None
+    if not isinstance(value, dict) or set(value) - {"routes", "model_groups"}:
+        raise ValueError("Routing: a JSON object with 'routes' (a list of rules) and 'model_groups'.")
+    return {"routes": value.get("routes") or [], "model_groups": value.get("model_groups") or {}}
+
+
+def routing_json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2) if value and (value.get("routes") or value.get("model_groups")) else ""
 
 
 def parse_levers(form: Any) -> dict[str, Any]:

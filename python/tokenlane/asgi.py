@@ -56,12 +56,28 @@ class TokenlaneMiddleware:
             await _own_route(rt, scope, send, path[len(prefix):])
             return
         if method == "GET" and path == "/metrics" and rt.metrics is not None:
+            if rt.settings.metrics_access == "admin":
+                refusal = await _admin_refusal(rt, request_headers(scope))
+                if refusal is not None:
+                    await send_error(send, refusal)
+                    return
             await respond(send, 200, rt.metrics.render(), rt.metrics.content_type)
             return
         if method == "POST" and rt.parse.handles(path):
             await rt.handle(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _admin_refusal(rt: Tokenlane, headers: Mapping[str, str]) -> RequestError | None:
+    """None when the caller's API key belongs to an admin; else the 401/403 to send."""
+    record = await rt.identify_stage.key_record(api_key(headers))
+    if record is None:
+        return RequestError(401, "an admin's API key is required (Authorization: Bearer <key>)",
+                            type="authentication_error", code="invalid_api_key")
+    if record.get("role") != "admin":
+        return RequestError(403, "only an admin's API key may read this", type="permission_error", code="forbidden")
+    return None
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:

@@ -105,6 +105,29 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prices(args: argparse.Namespace) -> int:
+    from .pricing import Pricing
+
+    new = Pricing.load(args.file)
+    old = Pricing.load(args.against) if args.against else Pricing.default()
+    new_models, old_models = set(new.models()), set(old.models())
+    changed = []
+    for model in sorted(new_models & old_models):
+        a, b = old.entry(model), new.entry(model)
+        diffs = [f"{part}.{k}: {a[part].get(k)} -> {b[part].get(k)}" for part in ("per_mtok", "batch_per_mtok")
+                 for k in sorted(set(a[part]) | set(b[part])) if a[part].get(k) != b[part].get(k)]
+        if a["long_context"] != b["long_context"]:
+            diffs.append(f"long-context tiers: {len(a['long_context'])} -> {len(b['long_context'])}")
+        if diffs:
+            changed.append((model, diffs))
+    print(f"{args.file}: {len(new_models)} models priced, {new.skipped_entries} entries skipped (no per-token price)")
+    print(f"vs {args.against or 'the table in use'}: {len(new_models - old_models)} new, "
+          f"{len(old_models - new_models)} missing, {len(changed)} with different prices")
+    for model, diffs in changed[: args.show]:
+        print(f"  {model}: " + "; ".join(diffs) + " (USD per million tokens)")
+    return 0
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
@@ -174,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--requests-out", help="write the per-request table as CSV")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
+    prices = sub.add_parser("prices", help="check a price file (LiteLLM's JSON or a tokenlane config) before using it")
+    prices.add_argument("file")
+    prices.add_argument("--against", help="compare with this file instead of the table in use")
+    prices.add_argument("--show", type=int, default=20, help="list at most this many changed prices")
+    prices.set_defaults(run=_prices)
     rep = sub.add_parser("report", help="spend and KPIs from the ledger, grouped by day, model, route, tenant, "
                          "user, status or tag:<key>")
     rep.add_argument("--db", help="ledger file (default: the db setting, TOKENLANE_DB or tokenlane.db)")

@@ -63,6 +63,7 @@ class Settings:
     require_api_key: bool = False               # refuse requests without a key the ledger knows
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
+    metrics_access: str = "public"              # who may read it: "public", or "admin" (an admin's API key)
     alert_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])  # budget fractions; [] = off
     alert_forecast: bool = True                 # also alert when the burn rate will exhaust a budget early
     alert_webhook: str | None = None            # POST each alert here (JSON, HMAC-signed with the secret)
@@ -70,6 +71,13 @@ class Settings:
     anomalies: bool = False                     # spend / tokens / rate anomaly detectors after reconcile
     otel: bool = False                          # OpenTelemetry spans and GenAI metrics (tokenlane[otel])
     route_prefix: str = "/tokenlane"
+    # Routing (docs/routing.md): rules that pick the served model, groups such as "auto", a learned
+    # difficulty model (JSON from DifficultyModel.to_dict), several upstreams and fallback chains.
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    model_groups: dict[str, list[str]] = field(default_factory=dict)
+    difficulty_model: str | None = None
+    upstreams: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)
     # response cache (docs/caching.md)
     cache: str = "off"                          # off | exact | semantic (exact first, then semantic)
     cache_ttl_s: float = 3600.0
@@ -101,7 +109,8 @@ _FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s"}
 _MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}
-_MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings"}
+_MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings", "routes", "model_groups",
+         "upstreams", "fallbacks"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -136,6 +145,26 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = priority")
         return {str(k): _choice(f"{where}[{k}]", v, PRIORITIES) for k, v in value.items()}
+    if name == "routes":
+        from .routing import RoutingError, parse_rule
+
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of rules ([[routes]] tables)")
+        try:
+            for i, rule in enumerate(value):
+                parse_rule(rule, i)
+        except RoutingError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return [dict(rule) for rule in value]
+    if name == "upstreams":
+        if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
+            raise ConfigError(f"{where}: expected a list of upstream tables ([[upstreams]])")
+        return [dict(u) for u in value]
+    if name in ("model_groups", "fallbacks"):
+        if not isinstance(value, dict) or not all(
+                isinstance(v, list) and v and all(isinstance(m, str) and m for m in v) for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of name = [model, ...]")
+        return {str(k): list(v) for k, v in value.items()}
     if name == "tier_caps":
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tier = {{max_input_tokens, max_output_tokens}}")
@@ -170,6 +199,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return _choice(where, value, ("closed", "local"))
     if name == "state" and not str(value).startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{where}: expected a redis://host:port/db URL, got {value!r}")
+    if name == "metrics_access":
+        return _choice(where, value, ("public", "admin"))
     if name == "budget_reserve":
         return _choice(where, value, ("p90", "max"))
     if name == "default_priority":

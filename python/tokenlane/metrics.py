@@ -49,6 +49,9 @@ class Metrics:
                                ["tier"], registry=r)
         self.trimmed_tokens = Counter("tokenlane_trimmed_input_tokens", "Prompt tokens removed by trimming",
                                       [MODEL], registry=r)
+        self.ledger_errors = Counter("tokenlane_ledger_errors",
+                                     "Ledger calls that failed (locked, disk full, read-only): retried or gave up",
+                                     ["outcome"], registry=r)
         self.p90_covered = Counter("tokenlane_estimator_p90_covered", "Requests whose actual output <= p90",
                                    [MODEL], registry=r)
 

@@ -13,9 +13,11 @@ which is how a handler that calls the model itself gets charged exactly.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -38,6 +40,8 @@ class UsageReports:
     """Usage of the upstream calls made while one request is being handled."""
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # upstream attempts (tokenlane.upstreams)
+    served_model: str | None = None                                # the model that finally answered
 
 
 _current_reports: ContextVar[UsageReports | None] = ContextVar("tokenlane_usage_reports", default=None)
@@ -67,6 +71,15 @@ class ProviderError(Exception):
         self.status = status
         self.body = body
         self.retry_after_s = retry_after_s
+
+    def response(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """What to answer the client: (status, OpenAI-shaped body, headers). Register it for your
+        framework, e.g. FastAPI: ``app.exception_handler(ProviderError)`` returning a JSONResponse."""
+        status = self.status if self.status in (400, 401, 403, 404, 408, 409, 413, 422, 429) else \
+            (503 if self.status == 503 else 502)
+        kind = "rate_limit_exceeded" if status == 429 else "upstream_error"
+        headers = {} if self.retry_after_s is None else {"retry-after": str(max(1, math.ceil(self.retry_after_s)))}
+        return status, {"error": {"message": str(self), "type": kind, "param": None, "code": kind}}, headers
 
 
 class CircuitOpenError(ProviderError):
@@ -154,11 +167,14 @@ class OpenAICompatibleProvider:
     """Chat Completions against an OpenAI-compatible base URL (``.../v1``)."""
 
     simulated = False
+    path = "/chat/completions"
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
-                 client: Any = None, seed: int | None = None) -> None:
+                 client: Any = None, seed: int | None = None, send_max_tokens: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
+        # llama.cpp's server and other older OpenAI look-alikes ignore max_completion_tokens.
+        self.send_max_tokens = send_max_tokens
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -168,15 +184,22 @@ class OpenAICompatibleProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def _body(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(body)
+        if self.send_max_tokens and "max_completion_tokens" in out:
+            out["max_tokens"] = out.pop("max_completion_tokens")
+        return out
+
     async def _send(self, body: Mapping[str, Any], stream: bool):
         """POSTs with retries; returns an open response (status < 400) or raises ProviderError."""
+        body = self._body(body)
         waited = 0.0
         attempt = 0
         while True:
             self.breaker.check()
             error: ProviderError
             try:
-                request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=dict(body))
+                request = self._client.build_request("POST", f"{self.base_url}{self.path}", json=body)
                 response = await self._client.send(request, stream=stream)
             except httpx.HTTPError as exc:
                 error = ProviderError(f"upstream unreachable: {exc.__class__.__name__}: {exc}", status=502)
@@ -206,8 +229,15 @@ class OpenAICompatibleProvider:
         response = await self._send({**body, "stream": False}, stream=False)
         try:
             data = json.loads(await response.aread())
+        except ValueError:
+            data = None
+        except httpx.HTTPError as exc:  # the connection broke while the body was being read
+            self.breaker.failure()
+            raise ProviderError(f"upstream response cut short: {exc.__class__.__name__}", status=502) from None
         finally:
             await response.aclose()
+        if not isinstance(data, dict):
+            raise ProviderError("upstream answered 200 with a body that is not a JSON object", status=502)
         if isinstance(data.get("usage"), Mapping):
             report_usage(data.get("model") or body.get("model", ""), data["usage"])
         return data
@@ -217,19 +247,70 @@ class OpenAICompatibleProvider:
         options["include_usage"] = True  # without it the stream carries no usage at all
         response = await self._send({**body, "stream": True, "stream_options": options}, stream=True)
         usage = None
+        text: list[str] = []
         try:
             buffer = b""
-            async for raw in response.aiter_bytes():
-                *events, buffer = re.split(rb"\r?\n\r?\n", buffer + raw)
-                for event in events:
-                    chunk = _sse_json(event)
-                    if chunk is not None:
-                        usage = chunk.get("usage") or usage
-                        yield chunk
+            try:
+                async for raw in response.aiter_bytes():
+                    *events, buffer = re.split(rb"\r?\n\r?\n", buffer + raw)
+                    for event in events:
+                        chunk = _sse_json(event)
+                        if chunk is not None:
+                            usage = chunk.get("usage") or usage
+                            for choice in chunk.get("choices") or ():
+                                piece = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
+                                if isinstance(piece, str):
+                                    text.append(piece)
+                            yield chunk
+            except httpx.HTTPError as exc:  # cut mid-way: what was generated so far is counted below
+                self.breaker.failure()
+                raise ProviderError(f"upstream stream cut short: {exc.__class__.__name__}", status=502) from None
         finally:
             await response.aclose()
-            if isinstance(usage, Mapping):
-                report_usage(body.get("model", ""), usage)
+            if not isinstance(usage, Mapping):
+                # Some servers (llama.cpp's) send no usage in streams: count what was streamed, exactly.
+                usage = counted_usage(body, "".join(text))
+            report_usage(body.get("model", ""), usage)
+
+    # -- the batch API (OpenAI's /v1/files + /v1/batches shape) -----------------------------------
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.breaker.check()
+        try:
+            response = await self._client.request(method, f"{self.base_url}{path}", **kwargs)
+        except httpx.HTTPError as exc:
+            self.breaker.failure()
+            raise ProviderError(f"upstream unreachable: {exc.__class__.__name__}: {exc}", status=502) from exc
+        if response.status_code >= 400:
+            if response.status_code >= 500:
+                self.breaker.failure()
+            try:
+                payload: Any = response.json()
+            except ValueError:
+                payload = response.text
+            raise ProviderError(f"upstream answered {response.status_code} to {method} {path}",
+                                status=response.status_code, body=payload,
+                                retry_after_s=parse_retry_after(response.headers))
+        self.breaker.success()
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return response.json() if content_type == "application/json" else response.content
+
+    async def upload_file(self, content: bytes, *, purpose: str = "batch", filename: str = "batch.jsonl") -> dict[str, Any]:
+        return await self._json("POST", "/files", data={"purpose": purpose},
+                                files={"file": (filename, content, "application/jsonl")})
+
+    async def create_batch(self, input_file_id: str, *, endpoint: str = "/v1/chat/completions",
+                           completion_window: str = "24h", metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return await self._json("POST", "/batches", json={"input_file_id": input_file_id, "endpoint": endpoint,
+                                                          "completion_window": completion_window,
+                                                          "metadata": dict(metadata or {})})
+
+    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("GET", f"/batches/{batch_id}")
+
+    async def file_content(self, file_id: str) -> bytes:
+        content = await self._json("GET", f"/files/{file_id}/content")
+        return content if isinstance(content, bytes) else json.dumps(content).encode()
 
 
 def _sse_json(event: bytes) -> dict[str, Any] | None:
@@ -380,23 +461,21 @@ class SimulatedProvider:
         return encoding.decode(ids), tokens, finish
 
     def _usage(self, body: Mapping[str, Any], text: str) -> dict[str, int]:
-        from .formats import OPENAI_CHAT, count_input_tokens, parse_request
-
-        model = str(body.get("model", ""))
-        prompt_tokens = count_input_tokens(parse_request(OPENAI_CHAT, body)).tokens
-        completion_tokens = count_output_tokens(text, model)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
+        return counted_usage(body, text)
 
     async def _sleep(self, seconds: float) -> None:
         if self.time_scale > 0 and seconds > 0:
             await asyncio.sleep(seconds * self.time_scale)
 
     async def chat(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        completion = self._completion(body)
+        await self._sleep(self.ttft_s + completion["usage"]["completion_tokens"] / self.tokens_per_s)
+        report_usage(str(body.get("model", "")), completion["usage"])
+        return completion
+
+    def _completion(self, body: Mapping[str, Any]) -> dict[str, Any]:
         text, tokens, finish = self._plan(body)
         usage = self._usage(body, text)
-        await self._sleep(self.ttft_s + usage["completion_tokens"] / self.tokens_per_s)
-        report_usage(str(body.get("model", "")), usage)
         return {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -430,6 +509,96 @@ class SimulatedProvider:
             yield {**base, "choices": [], "usage": usage}
 
 
+    # -- the batch API, in process (OpenAI's /v1/files + /v1/batches semantics) -------------------
+    # tokenlane.upstream_server serves these over HTTP, so a batch can round-trip through a real
+    # OpenAI-shaped API in tests and demos.
+
+    def _batch_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        if not hasattr(self, "_files"):
+            self._files: dict[str, dict[str, Any]] = {}
+            self._batches: dict[str, dict[str, Any]] = {}
+        return self._files, self._batches
+
+    async def upload_file(self, content: bytes, *, purpose: str = "batch", filename: str = "batch.jsonl") -> dict[str, Any]:
+        files, _ = self._batch_state()
+        file = {"id": f"file-sim-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(content),
+                "created_at": int(time.time()), "filename": filename, "purpose": purpose}
+        files[file["id"]] = {**file, "content": bytes(content)}
+        return file
+
+    async def file_content(self, file_id: str) -> bytes:
+        files, _ = self._batch_state()
+        if file_id not in files:
+            raise ProviderError(f"no such file: {file_id}", status=404)
+        return files[file_id]["content"]
+
+    async def create_batch(self, input_file_id: str, *, endpoint: str = "/v1/chat/completions",
+                           completion_window: str = "24h", metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+        files, batches = self._batch_state()
+        if input_file_id not in files:
+            raise ProviderError(f"no such file: {input_file_id}", status=404)
+        if endpoint != "/v1/chat/completions":
+            raise ProviderError(f"the simulated batch API serves /v1/chat/completions, not {endpoint}", status=400)
+        batch = {"id": f"batch_sim_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": endpoint,
+                 "input_file_id": input_file_id, "completion_window": completion_window, "status": "in_progress",
+                 "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                 "completed_at": None, "metadata": dict(metadata or {}), "simulated": True,
+                 "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+        batches[batch["id"]] = batch
+        # The work happens later, as at a provider; a fresh context keeps it out of any request's usage.
+        contextvars.Context().run(asyncio.ensure_future, self._run_batch(batch, files[input_file_id]["content"]))
+        return dict(batch)
+
+    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        _, batches = self._batch_state()
+        if batch_id not in batches:
+            raise ProviderError(f"no such batch: {batch_id}", status=404)
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in batches[batch_id].items()}
+
+    async def _run_batch(self, batch: dict[str, Any], content: bytes) -> None:
+        out: list[bytes] = []
+        errors: list[bytes] = []
+        lines = [line for line in content.splitlines() if line.strip()]
+        batch["request_counts"]["total"] = len(lines)
+        for line in lines:
+            custom_id = None
+            try:
+                item = json.loads(line)
+                custom_id = item.get("custom_id")
+                body = item["body"]
+                if item.get("url") != "/v1/chat/completions" or not isinstance(body, dict):
+                    raise ValueError("each line needs url /v1/chat/completions and a body")
+                completion = self._completion(body)
+                await self._sleep(self.ttft_s + completion["usage"]["completion_tokens"] / self.tokens_per_s)
+                out.append(json.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
+                                       "response": {"status_code": 200, "request_id": uuid.uuid4().hex,
+                                                    "body": completion}, "error": None}).encode())
+                batch["request_counts"]["completed"] += 1
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                errors.append(json.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
+                                          "response": None,
+                                          "error": {"code": "invalid_request", "message": str(exc)}}).encode())
+                batch["request_counts"]["failed"] += 1
+        if out:
+            batch["output_file_id"] = (await self.upload_file(b"\n".join(out) + b"\n", purpose="batch_output"))["id"]
+        if errors:
+            batch["error_file_id"] = (await self.upload_file(b"\n".join(errors) + b"\n", purpose="batch_output"))["id"]
+        batch["status"] = "completed"
+        batch["completed_at"] = int(time.time())
+
+
+def counted_usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
+    """OpenAI-shaped usage of a chat request and its answer, counted by tokenlane (exact for OpenAI
+    models' tokenizers, calibrated otherwise): for upstreams that report none."""
+    from .formats import OPENAI_CHAT, count_input_tokens, parse_request
+
+    model = str(body.get("model", ""))
+    prompt_tokens = count_input_tokens(parse_request(OPENAI_CHAT, body)).tokens
+    completion_tokens = count_output_tokens(text, model)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 def _encoding_for(model: str) -> Any:
     from .encoding import encoding_for_model, get_encoding
 
@@ -458,6 +627,7 @@ __all__ = [
     "ProviderError",
     "RetryPolicy",
     "SimulatedProvider",
+    "counted_usage",
     "parse_retry_after",
     "UsageReportingTransport",
     "openai_http_client",

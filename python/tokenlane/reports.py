@@ -4,8 +4,9 @@ app's reports page and ``Tokenlane.report``, so every surface shows the same num
     rows = report("tokenlane.db", by="tag:feature", since=time.time() - 7 * 86400)
     kpis = summary("tokenlane.db", since=...)
 
-Groupings: ``day``, ``model``, ``route``, ``tenant`` (the paying principal), ``user``, ``status``
-and ``tag:<key>`` (requests without that tag form the ``(none)`` group).
+Groupings: ``day``, ``model``, ``route``, ``tenant`` (the paying principal), ``user``, ``status``,
+``rule`` (the routing rule that chose the served model), ``lane`` (``live`` or ``batch``) and
+``tag:<key>`` (requests without that tag form the ``(none)`` group).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from .sidecar import Sidecar, where
 
 PICO_PER_USD = 10**12
-GROUPS = ("day", "model", "route", "tenant", "user", "status")
+GROUPS = ("day", "model", "route", "tenant", "user", "status", "rule", "lane")
 NONE = "(none)"
 
 _GROUP_SQL = {
@@ -28,6 +29,8 @@ _GROUP_SQL = {
     "tenant": "r.tenant",
     "user": "r.user_id",
     "status": "r.status",
+    "rule": "r.route_rule",
+    "lane": "CASE WHEN r.batch = 1 THEN 'batch' ELSE 'live' END",
 }
 
 # Sums per group; the *_matched pairs cover the same rows, so their ratio is an honest error.
@@ -42,7 +45,8 @@ _MEASURES = """
   COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
   COALESCE(SUM(r.cost_pico_usd), 0) AS cost_pico_usd,
   COALESCE(SUM(r.cache = 'hit'), 0) AS cache_hits,
-  COALESCE(SUM(r.cache_saved_pico_usd), 0) + COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0) AS saved_pico_usd,
+  COALESCE(SUM(r.cache_saved_pico_usd), 0) + COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0)
+    + COALESCE(SUM(r.unrouted_cost_pico_usd - r.cost_pico_usd), 0) AS saved_pico_usd,
   COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.est_cost_pico_usd END), 0)
     AS est_cost_matched,
   COALESCE(SUM(CASE WHEN r.est_cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.cost_pico_usd END), 0)
@@ -86,8 +90,8 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
     return {
         "requests": requests, "succeeded": row["succeeded"], "failed": row["failed"], "refused": row["refused"],
         "cost_usd": cost,
-        # cost levers (docs/caching.md): answers served from the response cache, and what the cache
-        # and the provider's prompt caching saved
+        # cost levers (docs/caching.md, docs/routing.md): answers served from the response cache, and
+        # what the cache, the provider's prompt caching, routing and the batch lane saved
         "cache_hits": row["cache_hits"], "cache_hit_rate": row["cache_hits"] / requests if requests else None,
         "saved_usd": row["saved_pico_usd"] / PICO_PER_USD,
         "cost_per_1k_requests_usd": cost * 1000 / requests if requests else None,

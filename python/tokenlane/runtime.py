@@ -11,16 +11,20 @@ status URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from . import reports
+from ._core import StorageError
 from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
@@ -33,9 +37,13 @@ from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text
 from .scheduler import Scheduler
+from .batch import BatchLane
 from .state import LocalState, State
 from .sidecar import Sidecar
+from .stages.batch import Batch
+from .stages.route import Route, build_router
 from .tags import TagStore
+from .upstreams import Upstreams
 from .stages import (
     Budget,
     Identify,
@@ -58,6 +66,8 @@ from .stages import (
 )
 from .stages.cache import CachePlan, entry_for, hit_body
 
+
+log = logging.getLogger("tokenlane")
 
 class Tokenlane:
     """Everything one app's middleware shares; create one per process (or let the middleware)."""
@@ -82,7 +92,7 @@ class Tokenlane:
                                                 **limits)
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
-        self.thread = LedgerThread()
+        self.thread = LedgerThread(on_error=self._ledger_error)
         # Tables beside the ledger's own (alert marks, request tags) in the same file; with the
         # ledger on PostgreSQL they stay in a local SQLite file of this replica (not shared yet).
         self.sidecar = Sidecar(self.ledger.path if isinstance(self.ledger, Ledger) else "tokenlane-sidecar.db")
@@ -104,11 +114,37 @@ class Tokenlane:
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
                                    self.schedule, self.metrics, clock, self.observe)
         self.upstream = Upstream(s, self.scheduler, self.reconcile, clock)
+        self.batch: Batch | None = None  # the batch lane: see use_batch_lane
+        # The `upstreams` and `fallbacks` settings as one provider for the app's handlers to call
+        # (tokenlane.upstreams); None when no upstream is configured.
+        self.upstreams = Upstreams.from_config(s.upstreams, s.fallbacks, pricing=self.pricing) if s.upstreams else None
+        router = build_router(s)  # routing is off without rules or groups: no stage at all
+        self.route = Route(router, self.price, self.budget) if router else None
         self.jobs = Jobs(self.ledger, self.thread, self.scheduler, s.route_prefix, clock)
         self.schedule.on_unclaimed = self.jobs.resolve
         self.jobs.run_request = self.handle
         self.jobs.run_admitted = self.upstream
 
+    def set_routing(self, routes: list[dict[str, Any]], model_groups: dict[str, list[str]] | None = None) -> None:
+        """Replaces the routing rules and model groups (validated first: RoutingError names a bad
+        rule); requests already routed keep their model. An empty config switches routing off."""
+        settings = load_settings(routes=routes, model_groups=model_groups or {},
+                                 difficulty_model=self.settings.difficulty_model, environ={})
+        router = build_router(settings)
+        self.settings.routes, self.settings.model_groups = settings.routes, settings.model_groups
+        self.route = Route(router, self.price, self.budget) if router else None
+
+    def use_batch_lane(self, provider: Any, **options: Any) -> None:
+        """Sends chat requests with priority ``batch`` through ``provider``'s batch API (OpenAI's
+        ``/v1/files`` + ``/v1/batches``; any object with ``upload_file``, ``create_batch``,
+        ``retrieve_batch``, ``file_content``), or, for a provider without one, runs them when the
+        scheduler has free slots. ``options`` go to :class:`tokenlane.batch.BatchLane`."""
+        options.setdefault("idle", lambda: self.scheduler.snapshot(self.clock(), 0).get("queued", 0) == 0)
+        decided = SimpleNamespace(kind="defer", reason="batch_lane")
+        self.batch = Batch(BatchLane(provider, **options), self.budget.reserve, self.reconcile,
+                           lambda p: self.write(self.ledger.insert_request,
+                                                self.reconcile.ledger_row(p, "deferred", decided)),
+                           self.jobs, self.clock)
     def _observe(self, on_alert: Any, tracer_provider: Any, meter_provider: Any) -> Observe | None:
         """The after-reconcile stage with only what is configured; ``None`` when all is off."""
         s = self.settings
@@ -144,6 +180,12 @@ class Tokenlane:
     @identify.setter
     def identify(self, hook: Any) -> None:
         self.identify_stage.hook = hook
+
+    def _ledger_error(self, outcome: str, exc: BaseException) -> None:
+        """A ledger call failed (locked, disk full, read-only): counted, logged, retried by the thread."""
+        if self.metrics is not None:
+            self.metrics.ledger_errors.labels(outcome).inc()
+        log.error("tokenlane: ledger call failed (%s): %s", outcome, exc)
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
@@ -232,9 +274,18 @@ class Tokenlane:
                     if capped.body is not None:  # clamped or trimmed: send on (and count) the new body
                         body = json.dumps(capped.body).encode()
                         request = await self.parse.parse(scope, body)
+            choice = None
+            if self.route is not None:
+                requested = request.model
+                tier = capped.tier if self.caps is not None else None
+                request, body, choice = await self.route(request, body, identity, scope["path"], headers,
+                                                         self.clock(), tier)
             try:
                 priced = self.price(request, identity, scope["path"], headers, self.clock(),
                                     request_id=job.id if job else None)
+                if choice is not None:
+                    priced.route_rule = choice.rule
+                    priced.requested_model = requested if choice.model != requested else None
             except ValueError as exc:  # the core's InvalidArgumentError: e.g. a message content it cannot read
                 where = re.match(r"chat request: (?!body )([\w.\[\]]+) ", str(exc))  # the core names the path
                 raise RequestError(400, f"malformed request: {exc}", param=where and where.group(1)) from None
@@ -272,19 +323,36 @@ class Tokenlane:
         def decided(decision: Any) -> None:
             # Written by the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
-            self.write(self.ledger.insert_request, self.reconcile.ledger_row(priced, status, decision))
+            row = self.reconcile.ledger_row(priced, status, decision)
+            self.write(self.ledger.insert_request, row).add_done_callback(
+                lambda done: done.cancelled() or done.exception() is None
+                or log.error("tokenlane: ledger row not written: %s", row))
             if priced.tags:
                 self.write(self.tags.record, priced.id, priced.tags)
             if on_decision:
                 on_decision(decision_dict(decision))
 
+        if self.batch is not None and self.batch.applies(priced):
+            try:
+                await self.batch(priced, scope, body, send, job, self.upstream.headers(priced), on_decision)
+            except RequestError as exc:
+                if on_decision:
+                    on_decision({"decision": "reject", "reason": exc.code or "rejected", "message": exc.message})
+                await send_error(send, exc, [(b"x-tokenlane-request-id", priced.id.encode())])
+            return
+
         disconnected = None if job else asyncio.ensure_future(wait_disconnect(receive))
         try:
-            decision = await self.schedule(priced, disconnected, decided)
+            try:
+                decision = await self.schedule(priced, disconnected, decided)
+            except StorageError as exc:  # budgets cannot be checked: refuse rather than run unchecked
+                raise RequestError(503, f"the ledger is unavailable ({exc}); retry shortly", type="server_error",
+                                   code="ledger_unavailable", retry_after_s=5) from None
         except RequestError as exc:
-            await self.write(self.ledger.update_request, priced.id,
-                             status="cancelled" if exc.status == 499 else "rejected",
-                             reason=exc.code, finished_at=self.clock(), error=exc.message)
+            with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
+                await self.write(self.ledger.update_request, priced.id,
+                                 status="cancelled" if exc.status == 499 else "rejected",
+                                 reason=exc.code, finished_at=self.clock(), error=exc.message)
             if self.observe is not None and exc.status != 499:
                 # insufficient_quota: the budget refused (the scheduler's view or the ledger's reservation).
                 self.observe.refused(priced, budget=exc.code == "insufficient_quota")

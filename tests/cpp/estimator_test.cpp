@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <string>
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -209,6 +210,7 @@ TEST_CASE("offline fit learns what the priors do not know") {
 
 TEST_CASE("estimators are safe to share between threads") {
   auto est = BlendEstimator::make_default();
+  std::atomic<int> below_one{0};  // Catch2 assertions are not thread-safe: count, check after join
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
@@ -220,12 +222,12 @@ TEST_CASE("estimators are safe to share between threads") {
         if (i % 3 == 0) {
           est->observe(q, 10 + i);
         } else {
-          Estimate e = est->estimate(q);
-          REQUIRE(e.p50 >= 1);
+          if (est->estimate(q).p50 < 1) below_one++;
         }
       }
     });
   }
   for (auto& th : threads) th.join();
+  CHECK(below_one == 0);
   CHECK(est->history().key_count() > 0);
 }

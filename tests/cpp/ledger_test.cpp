@@ -453,6 +453,27 @@ TEST_CASE("ledger: budget reserve, settle and release arithmetic", "[ledger]") {
   }
 }
 
+TEST_CASE("ledger: reserve_all takes every level or none, settle_all and release_all charge and free them all", "[ledger]") {
+  Ledger led(":memory:");
+  const std::vector<std::string> chain = {"org:a", "team:a/x", "member", "apikey:1"};
+  led.set_budget("org:a", 1000, BudgetWindow::day, kNoon);
+  led.set_budget("apikey:1", 300, BudgetWindow::day, kNoon);
+  CHECK(led.reserve_all(chain, 200, kNoon) == -1);
+  CHECK(led.reserve_all(chain, 200, kNoon) == 3);  // the key has 100 left: nothing is taken anywhere
+  for (const std::string& level : chain) CHECK(led.usage(level, kNoon).integer("reserved_pico_usd") == 200);
+  led.settle_all(chain, 200, 150, kNoon);
+  for (const std::string& level : chain) {
+    const LedgerRow u = led.usage(level, kNoon);
+    CHECK(u.integer("spent_pico_usd") == 150);
+    CHECK(u.integer("reserved_pico_usd") == 0);
+  }
+  CHECK(led.reserve_all({"org:a", "apikey:1"}, 100, kNoon) == -1);
+  led.release_all({"org:a", "apikey:1"}, 100, kNoon);
+  CHECK(led.usage("org:a", kNoon).integer("reserved_pico_usd") == 0);
+  CHECK_THROWS(led.reserve_all({}, 1, kNoon));
+  CHECK_THROWS(led.reserve_all({"ok", ""}, 1, kNoon));
+}
+
 TEST_CASE("ledger: window roll-over resets spent and keeps reservations", "[ledger]") {
   Ledger led(":memory:");
   const double day1 = kNoon, day2 = kNoon + 86400;
@@ -570,4 +591,39 @@ TEST_CASE("ledger: cached statements never hide another connection's writes", "[
   CHECK(a.get_budget("t")->integer("reserved_pico_usd") == 60);
   CHECK_FALSE(a.reserve("t", 41, kNoon));  // sees b's reservation
   CHECK(a.reserve("t", 40, kNoon));
+}
+
+TEST_CASE("ledger: one connection shared by several threads", "[ledger][threads]") {
+  // A process shares one Ledger between its writer thread and readers (admin pages, key checks).
+  TempDb tmp;
+  Ledger led(tmp.str());
+  led.set_budget("shared", 1'000'000, BudgetWindow::day, kNoon);
+  const auto uid = led.create_user("threads@example.com");
+  const auto key = led.create_api_key(uid);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < 50; ++i) {
+        const std::string id = "r" + std::to_string(w) + "-" + std::to_string(i);
+        LedgerRow row;
+        row.set("id", id).set("status", std::string("running")).set("tenant", std::string("shared"));
+        led.insert_request(row);
+        if (led.reserve("shared", 100, kNoon)) led.settle("shared", 100, 60, kNoon);
+        LedgerRow done;
+        done.set("status", std::string("succeeded")).set("cost_pico_usd", std::int64_t{60});
+        if (!led.update_request(id, done)) failures++;
+        if (!led.verify_api_key(key.plaintext)) failures++;
+        led.usage("shared", kNoon);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  RequestFilter all;
+  all.limit = 1000;
+  CHECK(led.count_requests(all) == 200);
+  const auto u = led.usage("shared", kNoon);
+  CHECK(u.integer("reserved_pico_usd") == 0);
+  CHECK(u.integer("spent_pico_usd") == 200 * 60);
 }

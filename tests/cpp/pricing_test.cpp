@@ -199,14 +199,14 @@ TEST_CASE("model names resolve through prefixes and snapshot dates", "[pricing]"
   const Pricing& p = shipped();
   CHECK(p.resolve("gpt-4o") == std::string("gpt-4o"));
   CHECK(p.resolve("openai/gpt-4o") == std::string("gpt-4o"));
-  CHECK(p.resolve("gpt-4o-2024-08-06") == std::string("gpt-4o"));
-  CHECK(p.resolve("claude-sonnet-4-5-20250929") == std::string("claude-sonnet-4-5"));
-  CHECK(p.resolve("anthropic/claude-sonnet-4-5-20250929") == std::string("claude-sonnet-4-5"));
+  CHECK(p.resolve("gpt-4o-2024-08-06") == std::string("gpt-4o-2024-08-06"));  // a snapshot with its own entry
+  CHECK(p.resolve("claude-opus-4-1-20250805") == std::string("claude-opus-4-1"));  // one without: the date goes
+  CHECK(p.resolve("anthropic/claude-opus-4-1-20250805") == std::string("claude-opus-4-1"));
   CHECK(p.resolve("gemini-2.5-pro") == std::string("gemini/gemini-2.5-pro"));
   CHECK(p.resolve("mistral-large-latest") == std::string("mistral/mistral-large-latest"));
   CHECK(p.resolve("claude-3-5-haiku") == std::string("claude-3-5-haiku-20241022"));
   CHECK(p.resolve("claude-3-5-haiku-latest") == std::string("claude-3-5-haiku-20241022"));
-  CHECK_FALSE(p.resolve("gpt-4"));
+  CHECK_FALSE(p.resolve("gpt-99"));
   CHECK_FALSE(p.resolve("llama-3.3"));
 }
 

@@ -3,10 +3,12 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tokenlane/error.hpp"
@@ -647,4 +649,42 @@ TEST_CASE("a replay drains: every submitted request ends admitted, rejected or p
     CHECK(finishing.empty());
     CHECK(s.snapshot(now).reserved_total.pico() == 0);
   }
+}
+
+TEST_CASE("one scheduler driven from several threads keeps its limits and leaks nothing", "[scheduler][threads]") {
+  // The middleware drives it from the event loop while admin routes and the ledger thread read it;
+  // the ThreadSanitizer build (scripts/test) checks this for races.
+  SchedulerConfig c = cfg(Policy::combined, 3);
+  c.tenant_max_concurrency = 2;
+  Scheduler s(c);
+  s.set_budget("t0", Money::from_pico(50'000'000), BudgetWindow::total);
+  const double now = 1795463325;
+  std::atomic<int> over_limit{0}, completed{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      std::vector<std::string> mine;
+      for (int i = 0; i < 200; ++i) {
+        const std::string id = "w" + std::to_string(w) + "-" + std::to_string(i);
+        std::vector<std::string> started = s.pop_ready(now);
+        if (s.submit(req(id, 50, 1000, "t" + std::to_string(i % 3)), now).kind == DecisionKind::admit)
+          started.push_back(id);
+        mine.push_back(id);
+        if (s.running_count() > 3) over_limit++;
+        for (const auto& run : started)
+          if (s.complete(run, now, Money::from_pico(900), 10, 40)) completed++;
+        s.pop_rejected(now);
+        if (i % 7 == 0) s.snapshot(now, 5);
+        if (i % 11 == 0) s.cancel(mine[i / 2], now);
+      }
+      for (const auto& id : mine) s.cancel(id, now);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& id : s.pop_ready(now)) s.complete(id, now, Money::from_pico(900), 10, 40);
+  CHECK(over_limit == 0);
+  CHECK(completed > 0);
+  CHECK(s.running_count() == 0);
+  CHECK(s.queued_count() == 0);
+  CHECK(s.usage("t0", now).reserved == Money());
 }

@@ -4,6 +4,7 @@ Test modules import the fixtures from here (no conftest.py: tests/python's would
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,10 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def running_app(data: Path, **env_extra: str):
     """The app as a user would start it: `python -m uvicorn examples.app.main:app` from the repo root."""
-    data = tmp_path_factory.mktemp("app")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TOKENLANE_"))}
     env.update(
@@ -41,8 +41,8 @@ def server(tmp_path_factory):
         TOKENLANE_ADMIN_EMAIL=ADMIN_EMAIL,
         TOKENLANE_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENLANE_SECRET_KEY="e2e-secret",
-        TOKENLANE_SIM_TIME_SCALE="0.1",  # the simulated model answers in ~0.1 s instead of ~1 s
         PYTHONUNBUFFERED="1",
+        **env_extra,
     )
     cmd = [sys.executable, "-m", "uvicorn", "examples.app.main:app", "--host", "127.0.0.1", "--port", str(port)]
     log = open(data / "server.log", "wb")
@@ -62,13 +62,22 @@ def server(tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"the app did not start:\n{(data / 'server.log').read_text()}")
         time.sleep(0.2)
-    yield base
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The app with the labelled simulated model (answers in ~0.1 s instead of ~1 s)."""
+    with running_app(tmp_path_factory.mktemp("app"), TOKENLANE_LOCAL_MODEL="0", TOKENLANE_SIM_TIME_SCALE="0.1") as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tokenlane import Tokenlane, TokenlaneMiddleware
 from tokenlane.formats import CUSTOM, LLMRequest
-from tokenlane.providers import SimulatedProvider
+from tokenlane.providers import ProviderError, SimulatedProvider
 
 
 def build_app(runtime: Tokenlane | None = None, *, provider: Any = None, **settings: Any) -> FastAPI:
@@ -37,6 +37,11 @@ def build_app(runtime: Tokenlane | None = None, *, provider: Any = None, **setti
         answer = await provider.chat({"model": "gpt-4o-mini",
                                       "messages": [{"role": "user", "content": form["question"]}]})
         return {"answer": answer["choices"][0]["message"]["content"]}
+
+    @app.exception_handler(ProviderError)
+    async def upstream_failed(request: Request, exc: ProviderError) -> JSONResponse:
+        status, body, headers = exc.response()
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

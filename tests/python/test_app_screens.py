@@ -220,7 +220,7 @@ def test_reports_render_svg_charts_and_export_csv(app):
             wait_done(c, submit(c, f"=HYPERLINK(\"http://x\") question {i}"))
         page = c.get("/reports").text
         svgs = re.findall(r"<svg class=\"chart\".*?</svg>", page, flags=re.S)
-        assert len(svgs) == 8  # clients do not get the per-user distribution
+        assert len(svgs) == 9  # clients do not get the per-user distribution
         for svg in svgs:
             ET.fromstring(svg)  # well-formed
         assert "<rect" in page and "gpt-4o-mini" in page
@@ -235,7 +235,7 @@ def test_reports_render_svg_charts_and_export_csv(app):
         assert all(row["prompt_preview"].startswith("'=HYPERLINK") for row in rows)
         c.logout()
         c.login()
-        assert len(re.findall(r"<svg class=\"chart\"", c.get("/reports?days=1").text)) == 9
+        assert len(re.findall(r"<svg class=\"chart\"", c.get("/reports?days=1").text)) == 10
         assert "ada@example.com" in c.get("/reports?tenant=ada%40example.com").text
 
 

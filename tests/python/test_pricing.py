@@ -13,6 +13,8 @@ import tokenlane
 from tokenlane import Cost, Pricing
 from tokenlane.pricing import DEFAULT_TABLE, batch_discount_percent
 
+REPO = Path(__file__).resolve().parents[2]
+
 # A hand-written table in LiteLLM's schema (not LiteLLM's data), with the entries it must survive.
 LITELLM_TABLE = {
     "sample_spec": {"input_cost_per_token": 0.0, "max_input_tokens": "max input tokens, if specified"},
@@ -158,7 +160,8 @@ def test_unknown_model_error_says_how_to_fix_it(pricing: Pricing) -> None:
 
 def test_model_names_resolve(pricing: Pricing) -> None:
     assert pricing.resolve("openai/gpt-4o") == "gpt-4o"
-    assert pricing.resolve("claude-sonnet-4-5-20250929") == "claude-sonnet-4-5"
+    assert pricing.resolve("claude-sonnet-4-5-20250929") == "claude-sonnet-4-5-20250929"  # its own entry
+    assert pricing.resolve("claude-opus-4-1-20250805") == "claude-opus-4-1"  # no entry: the snapshot date goes
     assert pricing.resolve("gemini-2.5-flash") == "gemini/gemini-2.5-flash"
     assert pricing.resolve("claude-3-5-haiku-latest") == "claude-3-5-haiku-20241022"
     assert pricing.resolve("llama-3.3-70b-versatile") == "groq/llama-3.3-70b-versatile"
@@ -245,3 +248,55 @@ def test_bad_counts_are_refused(pricing: Pricing) -> None:
         pricing.cost("gpt-4o", input_tokens=-1)
     with pytest.raises(tokenlane.InvalidArgumentError):
         pricing.cost("gpt-4o", input_tokens=1.5)  # type: ignore[arg-type]
+
+
+def test_prices_cli_checks_a_file_before_use(tmp_path, capsys) -> None:
+    from tokenlane.cli import main
+
+    path = tmp_path / "litellm.json"
+    path.write_text(json.dumps({
+        "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 3e-06,
+                   "output_cost_per_token": 1e-05},
+        "brand-new": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-06,
+                      "output_cost_per_token": 2e-06},
+        "dall-e": {"litellm_provider": "openai", "mode": "image_generation", "output_cost_per_image": 0.04},
+    }))
+    assert main(["prices", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 models priced, 1 entries skipped" in out and "1 new" in out
+    assert "gpt-4o: " in out and "per_mtok.input: 2.5 -> 3" in out
+
+
+def test_generated_table_is_what_the_generator_gives(tmp_path) -> None:
+    """scripts/gen_prices.py on a small LiteLLM-shaped file: the filters, the provenance, the
+    checked entries winning, and a host's copy of a vendor's model left out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_prices", REPO / "scripts" / "gen_prices.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    source = {
+        "sample_spec": {"mode": "chat"},
+        "vendor-model": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-06,
+                         "output_cost_per_token": 2e-06, "supports_vision": True, "max_input_tokens": 1000,
+                         "input_cost_per_token_batches": 5e-07, "source": "https://vendor.example/pricing"},
+        "deepinfra/acme/vendor-model": {"litellm_provider": "deepinfra", "mode": "chat",
+                                        "input_cost_per_token": 9e-07, "output_cost_per_token": 9e-07},
+        "together_ai/acme/open-model": {"litellm_provider": "together_ai", "mode": "chat",
+                                        "input_cost_per_token": 2e-07, "output_cost_per_token": 2e-07},
+        "azure/vendor-model": {"litellm_provider": "azure", "mode": "chat", "input_cost_per_token": 1e-06},
+        "dall-e": {"litellm_provider": "openai", "mode": "image_generation", "output_cost_per_image": 0.04},
+        "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 9e-06,
+                   "output_cost_per_token": 9e-06},
+    }
+    table = json.loads(gen.render(source, "test.json", "2026-01-02"))
+    keys = {k for k in table if not k.startswith("_")}
+    assert {"vendor-model", "together_ai/acme/open-model", "gpt-4o"} <= keys
+    assert not {"deepinfra/acme/vendor-model", "azure/vendor-model", "dall-e", "sample_spec"} & keys
+    assert table["vendor-model"] == {
+        "litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+        "input_cost_per_token_batches": 5e-07, "max_input_tokens": 1000, "source": "https://vendor.example/pricing",
+        "as_of": "2026-01-02", "price_file": "test.json"}
+    assert table["gpt-4o"]["input_cost_per_token"] == 2.5e-06  # the checked entry wins
+    loaded = Pricing.from_dict(table)
+    assert loaded.cost("vendor-model", input_tokens=1000, batch=True).decimal == Decimal("0.0005")

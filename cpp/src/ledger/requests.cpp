@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 34> kRequestColumns = {{
+constexpr std::array<Column, 40> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -57,6 +57,12 @@ constexpr std::array<Column, 34> kRequestColumns = {{
     {"prompt_cache_saved_pico_usd", Kind::integer},
     {"untrimmed_input_tokens", Kind::integer},
     {"end_user", Kind::text},
+    {"requested_model", Kind::text},
+    {"route_rule", Kind::text},
+    {"attempts", Kind::integer},
+    {"fallbacks", Kind::integer},
+    {"batch", Kind::integer},
+    {"unrouted_cost_pico_usd", Kind::integer},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",

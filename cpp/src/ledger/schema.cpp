@@ -118,6 +118,17 @@ ALTER TABLE users ADD COLUMN org TEXT;
 ALTER TABLE requests ADD COLUMN end_user TEXT;
 CREATE INDEX requests_end_user ON requests(tenant, end_user);
 )sql"},
+      {4, "routing: the requested model and the rule that chose the served one; upstream attempts; batch lane", R"sql(
+ALTER TABLE requests ADD COLUMN requested_model TEXT;   -- NULL: the served model (column model) was asked for
+ALTER TABLE requests ADD COLUMN route_rule TEXT;        -- the routing rule that chose the served model
+ALTER TABLE requests ADD COLUMN attempts INTEGER;       -- upstream calls made (fallbacks included)
+ALTER TABLE requests ADD COLUMN fallbacks INTEGER;      -- how many times the call moved to another model
+ALTER TABLE requests ADD COLUMN batch INTEGER;          -- 1: sent through the provider's batch API
+-- the same usage priced at the requested model and list price (set when routing or the batch lane
+-- changed the price): the saving is this minus cost_pico_usd
+ALTER TABLE requests ADD COLUMN unrouted_cost_pico_usd INTEGER;
+CREATE INDEX requests_route_rule ON requests(route_rule);
+)sql"},
   };
   return steps;
 }

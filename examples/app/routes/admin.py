@@ -8,12 +8,12 @@ import datetime as dt
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import RedirectResponse, Response
 
 from .. import state
 from ..jobs import STATUSES
-from ..security import ROLES, blocking, hash_password, public_user, require_admin, require_csrf, tenant_of
+from ..security import MAX_ID, ROLES, blocking, hash_password, public_user, require_admin, require_csrf, tenant_of
 from ..web import flash, render
 from .auth import check_credentials
 
@@ -156,7 +156,7 @@ async def create_user(
 
 
 @router.post("/users/{uid}", dependencies=[Depends(require_csrf)])
-async def update_user(request: Request, uid: int, user: dict[str, Any] = Depends(require_admin)) -> Response:
+async def update_user(request: Request, uid: int = Path(ge=1, le=MAX_ID), user: dict[str, Any] = Depends(require_admin)) -> Response:
     tl = request.app.state.tl
     led = tl.ledger
     target = await blocking(led.get_user, uid)
@@ -246,7 +246,13 @@ async def _hierarchy(tl: Any) -> list[dict[str, Any]]:
 
 
 @router.get("/teams")
+async def teams(request: Request) -> Response:
+    return await teams_page(request)
+
+
 async def teams_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
+    # Not the route itself: as a route, `error` and `status_code` would be query parameters a
+    # caller could set (schemathesis sent ?status_code=100000).
     orgs = await _hierarchy(request.app.state.tl)
     return render(request, "admin_teams.html", status_code=status_code, title="Teams", orgs=orgs,
                   windows=state.WINDOWS, error=error)
@@ -383,19 +389,33 @@ async def api_users(request: Request) -> dict[str, Any]:
     return {"users": await _user_rows(request.app.state.tl)}
 
 
-@router.post("/api/scheduler/process", dependencies=[Depends(require_csrf)])
-async def api_process(request: Request) -> dict[str, Any]:
-    body = await request.json()
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The JSON object a JSON API route was sent; 400 for anything else (a form, bad JSON)."""
+    if "json" not in request.headers.get("content-type", ""):
+        raise HTTPException(status_code=400, detail="Send a JSON object (Content-Type: application/json).")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
         raise HTTPException(status_code=400, detail="Send a JSON object.")
-    done, asked = await _process(request.app.state.tl, str(body.get("how", "one")), int(body.get("count") or BATCH_DEFAULT), [str(i) for i in body.get("ids") or []])
+    return body
+
+
+@router.post("/api/scheduler/process", dependencies=[Depends(require_csrf)])
+async def api_process(request: Request) -> dict[str, Any]:
+    body = await _json_object(request)
+    count, ids = body.get("count") or BATCH_DEFAULT, body.get("ids") or []
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1 or not isinstance(ids, list):
+        raise HTTPException(status_code=400, detail="Send {\"how\": ..., \"count\": a positive integer, \"ids\": [...]}.")
+    done, asked = await _process(request.app.state.tl, str(body.get("how", "one")), count, [str(i) for i in ids])
     return {"dispatched": done, "asked": asked}
 
 
 @router.post("/api/scheduler/reject", dependencies=[Depends(require_csrf)])
 async def api_reject(request: Request) -> dict[str, Any]:
-    body = await request.json()
-    rid = str(body.get("id", "")) if isinstance(body, dict) else ""
+    body = await _json_object(request)
+    rid = str(body.get("id", ""))
     if not rid:
         raise HTTPException(status_code=400, detail="Send {\"id\": ...}.")
     return {"rejected": bool(await request.app.state.tl.reject(rid))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..security import (
@@ -16,11 +16,12 @@ from ..security import (
     login_session,
     logout_session,
     require_csrf,
+    require_user,
     safe_next,
     verify_password,
 )
 from ..state import apply_default_budget
-from ..web import render
+from ..web import flash, render
 
 router = APIRouter()
 
@@ -61,7 +62,7 @@ async def register(request: Request, email: str = Form(""), password: str = Form
     password_hash = await blocking(hash_password, password)
     uid = await blocking(led.create_user, email, password_hash=password_hash, role="client", name=name.strip()[:100] or None)
     await blocking(apply_default_budget, request.app.state.tl, email)
-    login_session(request, uid)
+    login_session(request, await blocking(led.get_user, uid))
     return RedirectResponse("/dashboard", status_code=303)
 
 
@@ -82,7 +83,7 @@ async def login(request: Request, email: str = Form(""), password: str = Form(""
         minutes = max(1, round(wait / 60))
         return render(
             request, "login.html", status_code=429, title="Log in", email=email, next=next,
-            error=f"Too many failed attempts for this account from your address. Try again in {minutes} minute(s).",
+            error=f"Too many failed attempts from your address. Try again in {minutes} minute(s).",
         )
     led = request.app.state.tl.ledger
     user = await blocking(led.get_user_by_email, email)
@@ -92,8 +93,25 @@ async def login(request: Request, email: str = Form(""), password: str = Form(""
         message = "This account is disabled. Ask an administrator." if ok and user and user.get("disabled") else "Wrong email or password."
         return render(request, "login.html", status_code=401, title="Log in", email=email, next=next, error=message)
     throttle.succeeded(email, ip)
-    login_session(request, int(user["id"]))
+    login_session(request, user)
     return RedirectResponse(safe_next(next), status_code=303)
+
+
+@router.post("/account/password", dependencies=[Depends(require_csrf)])
+async def change_password(request: Request, current_password: str = Form(""), new_password: str = Form(""),
+                          user: dict[str, Any] = Depends(require_user)) -> Response:
+    """A new password ends every other session of the user (their mark changes); this one is renewed."""
+    led = request.app.state.tl.ledger
+    stored = await blocking(led.get_user, int(user["id"]))
+    if not await blocking(verify_password, stored.get("password_hash") if stored else None, current_password):
+        raise HTTPException(status_code=403, detail="The current password is wrong.")
+    problem = check_credentials(user["email"], new_password)
+    if problem:
+        raise HTTPException(status_code=400, detail=problem)
+    await blocking(led.update_user, int(user["id"]), password_hash=await blocking(hash_password, new_password))
+    login_session(request, await blocking(led.get_user, int(user["id"])))
+    flash(request, "Password changed. Every other session of yours has ended.")
+    return RedirectResponse("/keys", status_code=303)
 
 
 @router.post("/logout", dependencies=[Depends(require_csrf)])

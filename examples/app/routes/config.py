@@ -45,6 +45,7 @@ async def _page(request: Request, user: dict[str, Any], error: str | None = None
         levers=await blocking(state.get_cfg, led, state.K_LEVERS, {}) or {},
         levers_in_force={f: getattr(tl.settings, f) for f in state.LEVER_FIELDS},
         history=history, editable=user.get("role") == "admin", error=error,
+        routing_json=state.routing_json(await blocking(state.get_cfg, led, state.K_ROUTING)),
     )
 
 
@@ -98,6 +99,10 @@ async def config_save(request: Request, user: dict[str, Any] = Depends(require_a
             overrides.setdefault("models", {}).setdefault(tl.pricing.resolve(model), {}).update(patch)
             state.apply_pricing(tl, overrides)  # raises on a price the table refuses, before anything is saved
             await blocking(state.set_cfg, led, state.K_PRICING, overrides, actor)
+        elif section == "routing":
+            value = state.parse_routing(str(form.get("routing", "")))
+            tl.set_routing(value["routes"], value["model_groups"])  # refuses a bad rule before it is saved
+            await blocking(state.set_cfg, led, state.K_ROUTING, value, actor)
         else:
             raise ValueError("Unknown settings section.")
     except ValueError as e:

@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from tokenlane.reports import NONE, report
 
 from tokenlane.reports import COLUMNS as KPI_COLUMNS
 
@@ -49,6 +50,10 @@ def _label(row: dict[str, Any]) -> str:
     return str(row.get("email") or row.get("tenant") or f"user {row.get('user_id')}")
 
 
+def _rule(row: dict[str, Any]) -> str:
+    return "no rule" if row["rule"] == NONE else str(row["rule"])
+
+
 def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]:
     """Every chart of /reports. Totals come from the ledger's SQL aggregates over the whole period;
     only the queue-wait histogram and the median estimate error read request rows (newest MAX_ROWS)."""
@@ -57,6 +62,8 @@ def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]
     by_model = led.report_by_model(since=since, tenant=tenant)
     by_user = led.report_by_user(since=since, tenant=tenant)
     by_day = {r["day"]: r for r in led.report_by_day(since=since, tenant=tenant)}
+    by_rule = report(led.path, "rule", since=since, tenant=tenant)
+    by_lane = {r["lane"]: r for r in report(led.path, "lane", since=since, tenant=tenant)}
     rows = led.list_requests(tenant=tenant, since=since, limit=MAX_ROWS)
     waits = [float(r["queue_ms"]) / 1000 for r in rows if r.get("queue_ms") is not None]
     errors = [
@@ -71,6 +78,9 @@ def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]
         "total": sum(by_status.values()),
         "succeeded": by_status.get("succeeded", 0),
         "spend": sum(_n(r.get("cost_pico_usd")) for r in by_model),
+        "batch_share": (by_lane.get("batch") or {}).get("share_of_requests") or 0.0,
+        "batch_saved_usd": (by_lane.get("batch") or {}).get("saved_usd") or 0.0,
+        "routing_saved_usd": sum(r["saved_usd"] for r in by_rule if r["rule"] != NONE),
         "tokens": sum(_n(r.get("input_tokens")) + _n(r.get("output_tokens")) for r in by_model),
         # cost levers: response cache hits (and their rate among cache lookups) and what they saved
         "cache_hits": sum(_n(r.get("cache_hits")) for r in by_model),
@@ -103,6 +113,11 @@ def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]
                 [(d[5:], _n((by_day.get(d) or {}).get("cost_pico_usd")) / 1e12) for d in day_labels], "Spend per day (UTC)", fmt=money
             ),
             "wait": charts.histogram(waits, [0, 0.1, 0.5, 1, 5, 30, 120], "Queue wait (seconds)"),
+            "rule": charts.grouped(
+                [_rule(r) for r in by_rule],
+                {"cost": [r["cost_usd"] for r in by_rule], "saved": [r["saved_usd"] for r in by_rule]},
+                "Cost and saving per routing rule (vs the requested model at list price)", fmt=money,
+            ),
             "saved": charts.line(
                 [(d[5:], (_n((by_day.get(d) or {}).get("cache_saved_pico_usd"))
                           + _n((by_day.get(d) or {}).get("prompt_cache_saved_pico_usd"))) / 1e12) for d in day_labels],

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..jobs import STATUSES, FormError, job_json, load_job, parse_day, submit_prompt, validate_submission
 from ..limits import refusal_message
-from ..security import blocking, require_csrf, require_user, tenant_of
+from ..security import MAX_ID, blocking, require_csrf, require_user, tenant_of
 from ..state import PRIORITIES
 from ..web import flash, render
 
@@ -152,7 +152,7 @@ async def create_key(request: Request, user: dict[str, Any] = Depends(require_us
 
 
 @router.post("/keys/{key_id}/revoke", dependencies=[Depends(require_csrf)])
-async def revoke_key(request: Request, key_id: int, user: dict[str, Any] = Depends(require_user)) -> Response:
+async def revoke_key(request: Request, key_id: int = Path(ge=1, le=MAX_ID), user: dict[str, Any] = Depends(require_user)) -> Response:
     ok = await blocking(request.app.state.tl.ledger.revoke_api_key, key_id, user_id=user["id"])
     if not ok:
         raise HTTPException(status_code=404, detail="No such key.")

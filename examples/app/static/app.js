@@ -28,7 +28,8 @@
             var k = el.getAttribute("data-field"), kind = el.getAttribute("data-kind"), v = d[k];
             text(el, kind === "usd" ? fmtUsd(v) : kind === "ms" ? fmtMs(v) : kind === "num" ? fmtNum(v) : (v === null || v === undefined ? "—" : String(v)));
           });
-          if (d.done) { window.location.reload(); } else { setTimeout(tick, 1000); }
+          // while the answer streams in, poll faster so it reads as it is written
+          if (d.done) { window.location.reload(); } else { setTimeout(tick, d.response ? 300 : 1000); }
         })
         .catch(function () { setTimeout(tick, 3000); });
     };

@@ -5,11 +5,13 @@ thread that makes this process's ledger calls (:class:`LedgerThread`)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._core import StorageError
 from ..formats import LLMRequest
 from ..providers import UsageReports
 
@@ -89,6 +91,9 @@ class Priced:
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
     state_mode: str | None = None  # with shared state: "shared", or "local" while Redis is unreachable
     rate_limits: dict[str, float] | None = None  # x-ratelimit values the shared state gave (else the scheduler's)
+    requested_model: str | None = None  # set when routing served another model than the one asked for
+    route_rule: str | None = None       # the routing rule that chose the served model
+    batch: bool = False                 # sent through the provider's batch API (priced at the batch rate)
     hold: Any = None          # what the budget stage took from the shared state (a tokenlane.state.Hold)
     tags: dict[str, str] = field(default_factory=dict)  # attribution: header, extractor, identify hook
     # what the cost levers did before pricing (None: that stage is off or did nothing)
@@ -129,19 +134,42 @@ class Outcome:
 
 class LedgerThread:
     """One thread does every ledger call of this process, in submission order, off the event loop
-    (the ledger serialises on its connection anyway; order keeps a row's insert before its update)."""
+    (the ledger serialises on its connection anyway; order keeps a row's insert before its update).
 
-    def __init__(self) -> None:
+    A call that fails with a storage error (database locked past its busy timeout, disk full,
+    read-only file) is retried on this thread with backoff for up to ``retry_s``: later calls wait
+    behind it, so order holds, and the process resumes by itself when the condition clears. Each
+    failure goes to ``on_error`` (a metric and a log line); after ``retry_s`` the error is raised to
+    the caller. Every ledger call is one transaction, rolled back on failure, so a retry is safe."""
+
+    def __init__(self, retry_s: float = 30.0, on_error: Callable[[str, BaseException], None] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenlane-ledger")
+        self.retry_s = retry_s
+        self.on_error = on_error
+
+    def _durable(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except StorageError as exc:
+                gave_up = time.monotonic() + delay > deadline
+                if self.on_error is not None:
+                    self.on_error("gave_up" if gave_up else "retried", exc)
+                if gave_up:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        return loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs))
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool.submit(self._durable, fn, *args, **kwargs)
 
 
 __all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "end_user_principal", "level_of"]

@@ -47,7 +47,7 @@ class Price:
                 raise RequestError(400, "X-Tokenlane-Deadline-Ms must be a positive number of milliseconds",
                                    param="X-Tokenlane-Deadline-Ms")
             deadline_s = now + deadline_ms / 1000.0
-        tags = merge_tags(self._header_tags(headers), request.tags, identity.tags)
+        tags = merge_tags(self.tags_of(headers), request.tags, identity.tags)
         known = request.model in self.pricing
         if not known and not self.pricing.has_fallback:
             raise RequestError(400, f"tokenlane has no price for model {request.model!r}: add it to a pricing "
@@ -99,7 +99,8 @@ class Price:
             tags=tags, predicted_cached_tokens=cached)
 
     @staticmethod
-    def _header_tags(headers: Mapping[str, str]) -> dict[str, str] | None:
+    def tags_of(headers: Mapping[str, str]) -> dict[str, str] | None:
+        """The X-Tokenlane-Tags header's tags; RequestError (400) when malformed."""
         raw = headers.get(HEADER)
         if not raw:
             return None

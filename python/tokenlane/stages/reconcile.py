@@ -26,6 +26,15 @@ from .schedule import Schedule
 log = logging.getLogger("tokenlane")
 
 
+def fallbacks(attempts: list[dict[str, Any]]) -> int:
+    """How many times a call moved on to another model."""
+    models: list[str] = []
+    for a in attempts:
+        if a.get("model") not in models:
+            models.append(a.get("model"))
+    return max(0, len(models) - 1)
+
+
 class Reconcile:
     def __init__(self, settings: Settings, pricing: Pricing, estimator: Estimator, ledger: Ledger,
                  thread: LedgerThread, budget: Budget, schedule: Schedule, metrics: Metrics | None,
@@ -53,6 +62,7 @@ class Reconcile:
             "est_input_tokens": p.input_tokens, "est_output_p50": p.est_p50, "est_output_p90": p.est_p90,
             "est_cost_pico_usd": p.cost_p50,
             "prompt_preview": None if self.settings.redact_prompts else p.request.text()[:2000],
+            "requested_model": p.requested_model, "route_rule": p.route_rule, "batch": int(p.batch),
             "cache": p.cache, "untrimmed_input_tokens": p.untrimmed_input_tokens,
         }
 
@@ -64,20 +74,24 @@ class Reconcile:
         now = self.clock()
         model = p.request.model
         cost = None
-        if outcome.reports.calls:  # the handler reported its upstream calls: they are the truth
-            for call_model, usage in outcome.reports.calls:
-                c = self.pricing.cost_of_usage(call_model or model, usage)
-                cost = c if cost is None else cost + c
-            source = "reported"
-        elif outcome.usage is not None:
-            cost = self.pricing.cost_of_usage(model, outcome.usage)
-            source = "response"
+        try:
+            if outcome.reports.calls:  # the handler reported its upstream calls: they are the truth
+                for call_model, usage in outcome.reports.calls:
+                    c = self.pricing.cost_of_usage(call_model or model, usage, batch=p.batch)
+                    cost = c if cost is None else cost + c
+                source = "reported"
+            elif outcome.usage is not None:
+                cost = self.pricing.cost_of_usage(model, outcome.usage, batch=p.batch)
+                source = "response"
+        except ValueError as exc:  # a usage object the core cannot read: an upstream bug, not a reason to leak
+            log.warning("tokenlane: unreadable usage for %s (%s); counting the generated text instead", p.id, exc)
+            cost = None
         if cost is None:
             # No usage anywhere: count what was generated. A call that produced output was billed
             # for its prompt too, so a stream cut short is never priced at zero.
             out = count_output_tokens(outcome.text, model) if outcome.text else 0
             billed_input = p.input_tokens if (outcome.started_output and (outcome.status or 500) < 400) or out else 0
-            cost = self.pricing.cost(model, input_tokens=billed_input, output_tokens=out)
+            cost = self.pricing.cost(model, input_tokens=billed_input, output_tokens=out, batch=p.batch)
             source = "counted" if out else "none"
         actual = cost.total_pico_usd
         self.schedule.complete(p, now, actual, cost.input_tokens, cost.output_tokens)
@@ -89,6 +103,21 @@ class Reconcile:
             cached_input_tokens=cost.cached_input_tokens, reasoning_tokens=cost.reasoning_tokens,
             cost_pico_usd=actual, error=outcome.error or (None if succeeded else f"HTTP {outcome.status}"),
             started_at=p.admitted_at, queue_ms=p.queue_ms, reserved_pico_usd=reserved_ledger or p.cost_p90)
+        baseline = p.requested_model or (model if p.batch else None)
+        if baseline and baseline in self.pricing and cost.input_tokens + cost.output_tokens:
+            # What the same usage would have cost at the model asked for, at list price: the saving
+            # that routing and the batch lane report against.
+            fields["unrouted_cost_pico_usd"] = self.pricing.cost(
+                baseline, input_tokens=cost.input_tokens, output_tokens=cost.output_tokens,
+                cached_input_tokens=cost.cached_input_tokens, cache_write_tokens=cost.cache_write_tokens,
+                reasoning_tokens=cost.reasoning_tokens).total_pico_usd
+        attempts = outcome.reports.attempts
+        if attempts:  # tokenlane.upstreams walked a fallback chain
+            fields.update(attempts=len(attempts), fallbacks=fallbacks(attempts))
+            if outcome.reports.served_model and outcome.reports.served_model != model:
+                fields["model"] = outcome.reports.served_model
+                if p.requested_model is None:
+                    fields["requested_model"] = model
         saved = prompt_cache_saving(self.pricing, model, cost) if cost.cached_input_tokens else 0
         if saved:
             fields["prompt_cache_saved_pico_usd"] = saved

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from .._core import StorageError
 from ..asgi_io import Receive, Scope, Send, header, with_content_length
 from ..config import Settings
 from ..formats import OPENAI_CHAT, OPENAI_COMPLETIONS, LLMRequest, StreamReader, read_json_response
@@ -19,8 +22,10 @@ from ..pricing import usd_text
 from ..providers import UsageReports, _current_reports
 from ..scheduler import Scheduler
 from .base import Outcome, Priced
+from .reconcile import fallbacks
 
 ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
+log = logging.getLogger("tokenlane")
 
 
 class Upstream:
@@ -59,6 +64,18 @@ class Upstream:
                 out.append((f"x-ratelimit-reset-{unit}".encode(), f"{max(0.0, limits[f'reset_{unit}_s']):.3f}s".encode()))
         return out
 
+    @staticmethod
+    def served_headers(p: Priced, reports: UsageReports) -> list[tuple[bytes, bytes]]:
+        """Which model answered, and after how many upstream attempts and fallbacks (known once the
+        upstream answered: these go out with the first byte of the body)."""
+        out = [(b"x-tokenlane-model", (reports.served_model or p.request.model).encode())]
+        if reports.attempts:
+            out += [(b"x-tokenlane-attempts", str(len(reports.attempts)).encode()),
+                    (b"x-tokenlane-fallback", str(fallbacks(reports.attempts)).encode())]
+        if p.route_rule:
+            out.append((b"x-tokenlane-route-rule", p.route_rule.encode()))
+        return out
+
     async def __call__(self, p: Priced, scope: Scope, body: bytes, send: Send, *,
                        receive: Receive | None = None, disconnected: asyncio.Future[Any] | None = None) -> Outcome:
         """Runs the app; returns what it saw (``body`` holds a JSON response, ``text`` a stream's)."""
@@ -74,7 +91,10 @@ class Upstream:
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
                 outcome.cost_pico_usd = fields["cost_pico_usd"]
-                await asyncio.wrap_future(written)  # the row is on disk before the response completes
+                try:
+                    await asyncio.wrap_future(written)  # the row is on disk before the response completes
+                except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
+                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
             return finished
 
         async def inner_receive() -> dict[str, Any]:
@@ -90,6 +110,7 @@ class Upstream:
             raise AssertionError("unreachable")
 
         held: dict[str, Any] = {}
+        stream_start: dict[str, Any] = {}
         buffered = bytearray()
         reader: StreamReader | None = None
 
@@ -103,10 +124,12 @@ class Upstream:
                 start = {**message, "headers": response_headers + self.headers(p)}
                 if "text/event-stream" in content_type:
                     reader = StreamReader(drop_usage_only_chunks=drop_usage_chunk)
-                elif "json" in content_type:
+                    stream_start.update(start)  # sent with the first chunk, once the upstream answered
+                    return
+                if "json" in content_type:
                     held.update(start)  # sent with the body, once the cost is known
                     return
-                await send(start)
+                await send({**start, "headers": start["headers"] + self.served_headers(p, reports)})
                 return
             if kind != "http.response.body":
                 await send(message)
@@ -123,10 +146,14 @@ class Upstream:
                 seen = read_json_response(outcome.body)
                 outcome.usage, outcome.text = seen.usage, seen.text
                 cost = await finish()
-                held["headers"] = [*held["headers"], (b"x-tokenlane-cost", usd_text(cost["cost_pico_usd"]).encode())]
+                held["headers"] = [*held["headers"], *self.served_headers(p, reports),
+                                   (b"x-tokenlane-cost", usd_text(cost["cost_pico_usd"]).encode())]
                 await send(held)
                 await send({"type": "http.response.body", "body": bytes(buffered), "more_body": False})
                 return
+            if stream_start:
+                await send({**stream_start, "headers": stream_start["headers"] + self.served_headers(p, reports)})
+                stream_start.clear()
             if reader is not None:
                 chunk = reader.feed(chunk)
                 if not more:
@@ -162,7 +189,14 @@ class Upstream:
                     outcome.error = "response not completed"
                 fields, written = self.reconcile(p, outcome)
                 finished.update(fields)
-                written.result()
+                try:
+                    # The write is queued on the ledger thread and completes without us; waiting
+                    # longer would hold the event loop while the ledger retries an outage.
+                    written.result(timeout=5.0)
+                except FutureTimeout:
+                    log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
+                except StorageError:
+                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
         return outcome
 
 
