@@ -49,7 +49,7 @@ _REQUEST_COLUMNS = (
     "est_output_p50", "est_output_p90", "est_cost_pico_usd", "reserved_pico_usd", "input_tokens",
     "output_tokens", "cached_input_tokens", "reasoning_tokens", "cost_pico_usd", "error", "prompt_preview",
     "response_preview", "cache", "cache_saved_pico_usd", "prompt_cache_saved_pico_usd", "untrimmed_input_tokens",
-    "end_user")
+    "end_user", "requested_model", "route_rule", "attempts", "fallbacks", "batch", "unrouted_cost_pico_usd")
 _STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled", "deferred")
 _USER_COLUMNS = ("id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled <> 0 AS disabled, "
                  "created_at")
@@ -122,7 +122,7 @@ def _check_amount(what: str, value: int) -> None:
 
 _REAL_COLUMNS = {"deadline_s", "created_at", "started_at", "finished_at", "queue_ms"}
 _TEXT_COLUMNS = {"id", "tenant", "route", "model", "status", "decision", "reason", "priority", "error",
-                 "prompt_preview", "response_preview", "cache", "end_user"}
+                 "prompt_preview", "response_preview", "cache", "end_user", "requested_model", "route_rule"}
 
 
 def _check_request_fields(fields: dict[str, Any]) -> None:
