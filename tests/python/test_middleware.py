@@ -191,8 +191,9 @@ def test_queued_request_waits_without_blocking_and_reports_queue_time(tmp_path):
     responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200, 200, 200]
     waits = sorted(float(r.headers["x-tokenlane-queue-ms"]) for r in responses)
-    # The first never waits for another request's 50 ms of service; the last waits for two.
-    assert waits[0] < 40 <= waits[-1]
+    # One slot, three requests at once: someone waited for another's >= 50 ms of service, and the
+    # waits differ (lower bounds only, so a loaded machine cannot make this fail).
+    assert waits[-1] >= 45 and waits[0] < waits[-1]
 
 
 def test_client_disconnect_mid_stream_is_charged_and_releases(tmp_path):
