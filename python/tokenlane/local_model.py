@@ -76,7 +76,11 @@ class LocalModelServer:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
                "--interrupt_requests", "False", "--n_threads", str(threads or max(1, min(2, os.cpu_count() or 1)))]
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.DEVNULL else log)
+        # llama_cpp.server also reads its settings from the environment (HOST, PORT, MODEL, ...), which
+        # `PORT=8000 scripts/run` sets for the app: the child gets the command line only.
+        env = {k: v for k, v in os.environ.items() if k.upper() not in ("HOST", "PORT", "MODEL", "MODEL_ALIAS")}
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.DEVNULL else log,
+                                   env=env)
         server = cls(process, f"http://127.0.0.1:{port}/v1")
         deadline = time.monotonic() + timeout_s
         while True:
