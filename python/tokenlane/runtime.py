@@ -107,7 +107,8 @@ class Tokenlane:
         # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
         self.state: State = LocalState(self.ledger, self.thread.write)
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
-        # With state="redis://...": global limits and the tenant's budget in Redis (SharedLimits).
+        # With state="redis://...": global slots and TPM/RPM buckets in Redis (SharedLimits); budgets
+        # stay in the ledger (self.state above), at every level.
         self.shared = SharedLimits(s, self.ledger, self.thread, self.budget, self.metrics, clock) if s.state else None
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock, self.shared)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
