@@ -243,7 +243,7 @@ def test_a_real_answer_streams_into_the_request_page(browser, local_app):
     page.goto("/requests")
     assert page.locator("select#model option").all_inner_texts() == ["smollm2"]
     page.fill("textarea[name=prompt]", "Write a short story about a lighthouse keeper and a storm.")
-    page.fill("input[name=max_tokens]", "80")
+    page.fill("input[name=max_tokens]", "400")  # long enough to outlast the page's first polls on an idle machine
     page.click("form[action='/requests'] button[type=submit]")
     page.wait_for_url(re.compile(r".*/requests/req_\w+$"))
 
@@ -264,7 +264,7 @@ def test_a_real_answer_streams_into_the_request_page(browser, local_app):
     assert len(final.split()) >= 10 and "[simulated]" not in final
     # real token counts, counted by tokenlane from the streamed text (llama.cpp sends no usage in
     # streams; SmolLM2 has no exact tokenizer in tokenlane, so the calibrated approximation counts
-    # the 80 tokens the model was allowed, within its error)
+    # at most the 400 tokens the model was allowed, within its error)
     out_tokens = int(page.inner_text("[data-field=output_tokens]").replace(",", ""))
-    assert 10 <= out_tokens <= 100
+    assert 10 <= out_tokens <= 480
     ctx.close()
