@@ -161,6 +161,13 @@ def test_api_routes_of_the_middleware_by_key(app, owned):
         assert c.get(f"/api/requests/{request_id}", headers=bearer(other_key)).status_code in (401, 404)
 
 
+def test_a_page_number_past_the_ledgers_64_bit_offset_is_the_last_page_not_a_500(app):
+    # found by schemathesis: /requests?page=368934881474191034 overflowed the ledger's offset
+    with Client(app) as c:
+        c.login()
+        assert c.get("/requests?page=368934881474191034").status_code == 200
+
+
 def test_login_rotates_the_session_and_logout_ends_it(app):
     with Client(app) as c:
         c.get("/login")

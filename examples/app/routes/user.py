@@ -60,7 +60,7 @@ async def _requests_page(
     led = request.app.state.tl.ledger
     settings = request.app.state.settings
     filters = {"status": status if status in STATUSES else "", "model": model.strip(), "since": since, "until": until}
-    page = max(1, page)
+    page = min(max(1, page), MAX_ID // (PAGE_SIZE + 1))  # the ledger's offset is a 64-bit integer
     try:
         since_ts, until_ts = parse_day(since), parse_day(until, end=True)
     except FormError as e:
