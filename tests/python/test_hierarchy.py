@@ -171,3 +171,17 @@ def test_limits_at_any_level_refuse_with_429_and_persist(tmp_path):
     assert again.budget.limits("team:acme/eng") == {"rpm": 3}
     rt.set_limits("team:acme/eng")
     assert rt.budget.limits("team:acme/eng") == {}
+
+
+def test_a_level_another_worker_already_reserved_at_without_a_limit_is_served(tmp_path):
+    # Every request reserves along its whole chain, so another worker or replica may have written the
+    # key's ledger row (no limit) before this process first sees the key: that is "no budget", not a
+    # 500 (found by the kill -9 replica test).
+    db = str(tmp_path / "l.db")
+    headers = {"Authorization": "Bearer sk-client-2"}
+    first = Tokenlane(db=db)
+    with TestClient(build_app(first)) as client:
+        assert client.post("/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+    second = Tokenlane(db=db)
+    with TestClient(build_app(second)) as client:
+        assert client.post("/v1/chat/completions", json=BODY, headers=headers).status_code == 200

@@ -94,6 +94,15 @@ def state_left(state_url: str) -> dict[str, Any]:
     return {"leases": r.zcard("tokenlane:leases"), "reserved": sum(reserved.values()), "slots": sum(slots.values())}
 
 
+async def until_or_raise(load_task: "asyncio.Future[Any]") -> None:
+    """One poll of a wait on the load: if the load itself ended (a client raised), say why instead of
+    waiting forever for answers that will not come."""
+    if load_task.done():
+        load_task.result()
+        raise AssertionError("the load stopped before the answers the test waits for")
+    await asyncio.sleep(0.02)
+
+
 def wait_until(check: Any, timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -155,11 +164,11 @@ def test_kill_9_of_a_replica_returns_its_leases_and_loses_no_row(servers, pg_url
             stop = asyncio.Event()
             task = asyncio.ensure_future(load.steady(30, stop))
             while len(load.answers) < 150:
-                await asyncio.sleep(0.02)
+                await until_or_raise(task)
             await asyncio.to_thread(replicas.kill, 0)
             killed = time.monotonic()
             while len([a for a in load.answers if a["at"] > killed]) < 150:
-                await asyncio.sleep(0.02)
+                await until_or_raise(task)
             stop.set()
             await task
             return killed

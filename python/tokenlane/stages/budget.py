@@ -68,13 +68,15 @@ class Budget:
             if usd is not None:
                 self.ledger.set_budget(tenant, int(usd * PICO_PER_USD), s.budget_window)
                 budget = self.ledger.get_budget(tenant)
-        if budget is not None:
+        # A row without a limit is no budget: reservations along a principal chain (maybe by another
+        # worker or replica) write one for every level.
+        limited = budget is not None and budget["limit_pico_usd"] is not None
+        if limited:
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
-            if budget["limit_pico_usd"] is not None:
-                self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
-        self._tenants[tenant] = budget is not None
-        return budget is not None
+            self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
+        self._tenants[tenant] = limited
+        return limited
 
     def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str, now: float) -> None:
         """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler (blocking)."""
