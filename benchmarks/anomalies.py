@@ -52,8 +52,7 @@ MODEL = "gpt-4o-mini"
 
 
 def find_traces(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("TOKENLANE_DATA_DIR"), HERE.parent.parent / "shared" / "data",
-                      Path("/work/shared/data")):
+    for candidate in (explicit, os.environ.get("TOKENLANE_DATA_DIR"), HERE.parent.parent / "shared" / "data"):
         if not candidate:
             continue
         path = Path(candidate)

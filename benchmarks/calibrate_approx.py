@@ -26,7 +26,7 @@ How to run
     /tmp/venv/bin/pip download --no-deps -d /tmp/wheels \\
         llama-models==0.3.0 anthropic==0.30.0
     TIKTOKEN_CACHE_DIR=... /tmp/venv/bin/python benchmarks/calibrate_approx.py \\
-        --wheels /tmp/wheels [--o200k /work/shared/vocab/o200k_base.tiktoken]
+        --wheels /tmp/wheels [--o200k ../shared/vocab/o200k_base.tiktoken]
 
 Options: ``--per-category N`` documents per category (default 600, half used
 for fitting, half held out), ``--seed``, ``--out`` (default

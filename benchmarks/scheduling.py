@@ -8,7 +8,7 @@ benchmarks/results/scheduling.json (or --out).
 
 Traces (nothing is downloaded, nothing is committed). The first directory that exists is used:
 ``--traces DIR``, ``$TOKENLANE_DATA_DIR`` (its ``traces/`` subdirectory or itself),
-``../shared/data/traces``, ``/work/data/traces``. Recognised files:
+``../shared/data/traces``. Recognised files:
 
   AzureLLMInferenceTrace_code*.csv, AzureLLMInferenceTrace_conv*.csv
       Azure LLM inference traces 2023 (TIMESTAMP, ContextTokens, GeneratedTokens)
@@ -80,7 +80,7 @@ def trace_dirs(explicit: str | None) -> list[Path]:
     env = os.environ.get("TOKENLANE_DATA_DIR")
     if env:
         out += [Path(env) / "traces", Path(env)]
-    out += [HERE.parent.parent / "shared" / "data" / "traces", Path("/work/data/traces")]
+    out.append(HERE.parent.parent / "shared" / "data" / "traces")
     return out
 
 

@@ -16,7 +16,7 @@ Run it with::
 
     python benchmarks/tokenizer.py            # full run: ~2 MB per category, best of 3
     python benchmarks/tokenizer.py --quick    # smoke run: small corpus, 1 repetition
-    python benchmarks/tokenizer.py --libs tokenlane,tiktoken --out /tmp/tok.json
+    python benchmarks/tokenizer.py --libs tokenlane,tiktoken --out tok.json
 
 Corpus: real text read at run time from this machine; nothing is downloaded
 and no third-party text is stored in the repository.
@@ -56,7 +56,7 @@ size was used. The report also gives each library's per-byte time on each
 pathological input relative to English prose (tokenlane's goal: <= 3x).
 
 Rank files: tiktoken and tokenlane read <vocab-dir>/<name>.tiktoken
-(--vocab-dir, default $TOKENLANE_VOCAB_DIR or /work/shared/vocab); tiktoken is
+(--vocab-dir, default $TOKENLANE_VOCAB_DIR or ../shared/vocab beside the repo); tiktoken is
 pointed at them through a temporary TIKTOKEN_CACHE_DIR, so nothing is fetched.
 
 Results are printed as Markdown and written as JSON to
@@ -90,7 +90,7 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "tokenizer.json"
-DEFAULT_VOCAB_DIR = os.environ.get("TOKENLANE_VOCAB_DIR", "/work/shared/vocab")
+DEFAULT_VOCAB_DIR = os.environ.get("TOKENLANE_VOCAB_DIR", str(REPO.parent / "shared" / "vocab"))
 
 ENCODINGS = ("cl100k_base", "o200k_base")
 TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
