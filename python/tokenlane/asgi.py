@@ -9,7 +9,8 @@ LLM routes are recognised by path (OpenAI ``/chat/completions``, ``/completions`
 ``/embeddings``; Anthropic ``/messages``); ``extractors={"^/chat$": fn}`` describes any other route
 (``fn(scope, body) -> LLMRequest``). Everything else passes through untouched. The middleware also
 serves ``GET /tokenlane/usage`` (the caller's key, the levels above it and its end users),
-``GET /tokenlane/report`` (KPIs), ``GET /tokenlane/jobs/{id}`` and ``GET /metrics``. The request
+``GET /tokenlane/report`` (KPIs), ``GET /tokenlane/jobs/{id}``, ``GET /tokenlane/queue`` (admin keys:
+the requests waiting and running on every replica) and ``GET /metrics``. The request
 path itself is :meth:`tokenlane.Tokenlane.handle`.
 """
 
@@ -49,6 +50,8 @@ class TokenlaneMiddleware:
             await self.app(scope, receive, send)
             return
         rt = self.runtime
+        if rt.shared is not None:
+            rt.start_replica_tasks()  # its share of the deferred jobs; its queue for every admin view
         path: str = scope["path"]
         method: str = scope["method"]
         prefix = rt.settings.route_prefix
@@ -124,9 +127,16 @@ async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
     if sub == "/report":
         await _report(rt, scope, headers, send)
         return
+    if sub == "/queue":
+        refusal = await _admin_refusal(rt, headers)
+        if refusal is not None:
+            await send_error(send, refusal)
+        else:
+            await respond_json(send, 200, await rt.queue_view())
+        return
     match = re.fullmatch(r"/jobs/([A-Za-z0-9_\-]+)", sub)
     if match:
-        view = await asyncio.to_thread(rt.job, match.group(1))
+        view = await rt.jobs.view_any(match.group(1))
         if view is None:
             await send_error(send, RequestError(404, f"no job {match.group(1)!r}", code="not_found"))
         else:

@@ -39,6 +39,8 @@ from .pricing import PICO_PER_USD, Pricing, usd_text
 from .scheduler import Scheduler
 from .batch import BatchLane
 from .state import LocalState, State
+from .state.jobs import SharedJobs
+from .state.redis import StateUnavailable, stopping
 from .sidecar import Sidecar
 from .stages.batch import Batch
 from .stages.route import Route, build_router
@@ -68,6 +70,9 @@ from .stages.cache import CachePlan, entry_for, hit_body
 
 
 log = logging.getLogger("tokenlane")
+
+QUEUE_LANES = ("queue", "deferred", "running")
+QUEUE_VIEW_LIMIT = 200  # entries per lane and replica in the admin view
 
 class Tokenlane:
     """Everything one app's middleware shares; create one per process (or let the middleware)."""
@@ -125,6 +130,9 @@ class Tokenlane:
         self.schedule.on_unclaimed = self.jobs.resolve
         self.jobs.run_request = self.handle
         self.jobs.run_admitted = self.upstream
+        if self.shared is not None:  # deferred jobs: one lane for every replica, in Redis
+            self.jobs.lane = SharedJobs(self.shared.admission.redis)
+        self._publisher: asyncio.Task[None] | None = None  # this replica's queue, for every admin view
 
     def set_routing(self, routes: list[dict[str, Any]], model_groups: dict[str, list[str]] | None = None) -> None:
         """Replaces the routing rules and model groups (validated first: RoutingError names a bad
@@ -325,7 +333,10 @@ class Tokenlane:
             # Written by the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
             row = self.reconcile.ledger_row(priced, status, decision)
-            self.write(self.ledger.insert_request, row).add_done_callback(
+            # A job from the shared lane has its row already (written by the replica that deferred it).
+            written = (self.write(_update_or_insert, self.ledger, row) if job is not None and job.claimed
+                       else self.write(self.ledger.insert_request, row))
+            written.add_done_callback(
                 lambda done: done.cancelled() or done.exception() is None
                 or log.error("tokenlane: ledger row not written: %s", row))
             if priced.tags:
@@ -369,6 +380,8 @@ class Tokenlane:
             self.jobs.keep(deferred)
             if disconnected:
                 disconnected.cancel()
+            if self.jobs.lane is not None and not deferred.claimed:
+                await self._share(deferred, priced, scope)
             if job is None:
                 url = self.jobs.status_url(priced.id)
                 payload = {"id": priced.id, "object": "tokenlane.job", "status": "deferred",
@@ -378,6 +391,19 @@ class Tokenlane:
         if job is not None:
             job.priced = priced
         return await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+
+    async def _share(self, job: Job, priced: Priced, scope: Scope) -> None:
+        """Moves a deferred request from this process's lane to the lane every replica shares; when
+        Redis is unreachable it stays here (and runs here, should the scheduler have let it run)."""
+        job.status = "sharing"  # the dispatcher leaves it alone meanwhile
+        shared = await self.jobs.share(job, scope.get("tokenlane.identity"))
+        job.status = "deferred"
+        if shared:
+            self.jobs.forget(job.id)
+            self.schedule.cancel(priced.id)
+            return
+        if self.scheduler.status(priced.id) == "running":  # let run while it was being shared
+            self.jobs.resolve(priced.id, None)
 
     async def _serve_hit(self, plan: CachePlan, request: LLMRequest, data: Any, identity: Identity, scope: Scope,
                          send: Send, job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> None:
@@ -395,7 +421,10 @@ class Tokenlane:
                "cache": "hit", "cache_saved_pico_usd": saved}
         if not self.settings.redact_prompts:
             row["prompt_preview"] = request.text()[:2000]
-        await self.write(self.ledger.insert_request, row)  # on disk before the response completes
+        if job is not None and job.claimed:  # from the shared lane: its row exists already
+            await self.write(_update_or_insert, self.ledger, row)
+        else:
+            await self.write(self.ledger.insert_request, row)  # on disk before the response completes
         if on_decision:
             on_decision({"decision": "admit", "reason": "cache_hit", "message": f"served from the cache ({plan.reason})"})
         headers = [(b"x-tokenlane-request-id", request_id.encode()), (b"x-tokenlane-cache", b"hit"),
@@ -449,6 +478,59 @@ class Tokenlane:
     def status_url(self, job_id: str) -> str:
         return self.jobs.status_url(job_id)
 
+    # --- replicas -----------------------------------------------------------------------------------
+
+    def start_replica_tasks(self) -> None:
+        """With ``state``: this replica's worker on the shared deferred lane and the publisher of its
+        queue (for every replica's admin view). Idempotent; the middleware calls it on each request."""
+        if self.shared is None:
+            return
+        self.jobs.start_worker()
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_queue(), name="tokenlane-queue")
+
+    def _queue_snapshot(self, limit: int) -> dict[str, Any]:
+        snap = self.scheduler.snapshot(self.clock(), limit)
+        return {"at": self.clock(), "policy": snap.get("policy"), "paused": bool(snap.get("paused")),
+                **{lane: snap.get(lane) or [] for lane in QUEUE_LANES}}
+
+    async def _publish_queue(self) -> None:
+        """Publishes this replica's queue to Redis every second (kept 10 s: a dead replica's
+        entries vanish on their own)."""
+        assert self.shared is not None
+        while not stopping():
+            try:
+                await self.shared.admission.redis.publish_queue(self._queue_snapshot(QUEUE_VIEW_LIMIT))
+            except StateUnavailable:
+                if stopping():
+                    raise asyncio.CancelledError from None
+                # the admin view shows this replica's own queue meanwhile
+            await asyncio.sleep(1.0)
+
+    async def queue_view(self, limit: int = QUEUE_VIEW_LIMIT) -> dict[str, Any]:
+        """Requests queued, deferred and running, on every replica (each entry names its
+        ``replica``; this one's are current, the others' at most a second or two old) and, with
+        ``state``, the jobs waiting in the shared deferred lane (``shared_deferred``)."""
+        me = self.shared.admission.redis.replica if self.shared is not None else "local"
+        replicas = {me: self._queue_snapshot(limit)}
+        shared: list[dict[str, Any]] = []
+        if self.shared is not None:
+            try:
+                others = await self.shared.admission.redis.queues()
+                replicas.update({name: snap for name, snap in others.items() if name != me})
+                if self.jobs.lane is not None:
+                    shared = await self.jobs.lane.pending(limit)
+            except StateUnavailable:
+                pass
+        view: dict[str, Any] = {"replica": me, "shared_deferred": shared,
+                                "replicas": {name: {"at": snap.get("at"), "policy": snap.get("policy"),
+                                                    "paused": snap.get("paused"),
+                                                    **{lane: len(snap.get(lane) or []) for lane in QUEUE_LANES}}
+                                             for name, snap in replicas.items()}}
+        for lane in QUEUE_LANES:
+            view[lane] = [{**entry, "replica": name} for name, snap in replicas.items() for entry in snap.get(lane) or []]
+        return view
+
     # --- admin --------------------------------------------------------------------------------------
 
     async def dispatch(self, request_id: str) -> bool:
@@ -469,6 +551,13 @@ class Tokenlane:
     def set_policy(self, name: str) -> None:
         self.scheduler.set_policy(name)
         self.schedule.wake()
+
+
+def _update_or_insert(ledger: Any, row: dict[str, Any]) -> None:
+    """Updates a request's row (all but its id and arrival), or inserts it if it is not there."""
+    fields = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+    if not ledger.update_request(row["id"], **fields):
+        ledger.insert_request(row)
 
 
 def _json_or_none(body: bytes) -> Any:

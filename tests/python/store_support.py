@@ -32,9 +32,10 @@ def fresh_database(admin_url: str) -> str:
 
 class Replicas:
     """N uvicorn processes of tests/python/replica_app.py (``python -m uvicorn replica_app:app``),
-    each configured by the given environment (TOKENLANE_DB, TOKENLANE_STATE, ...)."""
+    each configured by the given environment (TOKENLANE_DB, TOKENLANE_STATE, ...), plus ``own[i]``
+    for replica i alone."""
 
-    def __init__(self, n: int, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, n: int, env: dict[str, str], log_dir: Path, own: list[dict[str, str]] | None = None) -> None:
         import os
         import subprocess
         import sys
@@ -49,7 +50,7 @@ class Replicas:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "replica_app:app", "--app-dir", str(REPO / "tests" / "python"),
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir))
+                env={**os.environ, **env, **(own[i] if own and i < len(own) else {})}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir))
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
         self.log_dir = log_dir
         try:
@@ -81,6 +82,9 @@ class Replicas:
     def _log(self, i: int) -> str:
         self.logs[i].flush()
         return (self.log_dir / f"replica{i}.log").read_text(errors="replace")[-2000:]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def kill(self, i: int) -> None:
         """kill -9: no shutdown, no settle, no lease renewal."""

@@ -1,12 +1,18 @@
 """Jobs: deferred requests and requests submitted from code (``Tokenlane.submit``). They take the
 same request path as HTTP requests (passed in as ``run_request``), with the wrapped app called in
-the background and its response kept for the job's status URL."""
+the background and its response kept for the job's status URL.
+
+With ``state="redis://…"`` a deferred request goes to the lane every replica shares
+(:class:`tokenlane.state.jobs.SharedJobs`) rather than this process's scheduler: each replica's
+worker claims jobs while it has room and runs them through the same path, so any replica may run a
+job and exactly one does; the status URL answers from the shared record on every replica."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +22,8 @@ from ..asgi_io import Send
 from ..errors import decision_dict
 from ..ledger import Ledger
 from ..scheduler import Scheduler
+from ..state.jobs import SharedJobs
+from ..state.redis import StateUnavailable, stopping
 from .base import Identity, LedgerThread, Priced
 
 log = logging.getLogger("tokenlane")
@@ -24,6 +32,9 @@ log = logging.getLogger("tokenlane")
 RunRequest = Callable[..., Awaitable[None]]
 # (priced, scope, body, send) -> None: the upstream stage for an admitted request.
 RunAdmitted = Callable[..., Awaitable[None]]
+
+JOB_SLOTS = 4          # shared jobs one replica runs (or holds in its own lane) at once
+IDLE_POLL_S = 1.0      # how often an idle replica looks at the shared lane
 
 
 @dataclass
@@ -40,6 +51,7 @@ class Job:
     response_body: bytes = b""
     response_type: str = ""
     done: asyncio.Event | None = None
+    claimed: bool = False              # taken from the shared lane: its ledger row exists already
 
     def view(self) -> dict[str, Any]:
         result: Any = None
@@ -64,6 +76,9 @@ class Jobs:
         self.run_admitted: RunAdmitted | None = None  # set by the runtime
         self._jobs: dict[str, Job] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.lane: SharedJobs | None = None           # set by the runtime with state="redis://..."
+        self._claimed: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
 
     def status_url(self, job_id: str) -> str:
         return f"{self.route_prefix}/jobs/{job_id}"
@@ -71,6 +86,10 @@ class Jobs:
     def keep(self, job: Job) -> None:
         """Remembers a job (a deferred HTTP request becomes one)."""
         self._jobs[job.id] = job
+
+    def forget(self, job_id: str) -> None:
+        """Drops a job this process no longer runs (it went to the shared lane)."""
+        self._jobs.pop(job_id, None)
 
     async def submit(self, path: str, body: Mapping[str, Any], *, tenant: str, user_id: int | None = None,
                      priority: str = "standard", deadline_ms: float | None = None,
@@ -108,11 +127,79 @@ class Jobs:
                     view["position"] = entry.get("position")
         return view
 
+    async def view_any(self, job_id: str) -> dict[str, Any] | None:
+        """:meth:`view`, or with a shared lane the job's shared record (whichever replica runs it)."""
+        record = None
+        if self.lane is not None:
+            try:
+                record = await self.lane.get(job_id)
+            except StateUnavailable:
+                record = None  # the ledger row still answers
+        view = await asyncio.to_thread(self.view, job_id)
+        if record is None:
+            return view
+        view = view or {"id": job_id}
+        status = record.get("status")
+        view["status"] = {"pending": "deferred"}.get(status, status)
+        view["replica"] = record.get("owner") or None
+        view["attempts"] = int(record.get("attempts") or 0)
+        for field in ("decision", "response_status", "response"):
+            if field in record.get("result", {}):
+                view[field] = record["result"][field]
+        return view
+
+    async def share(self, job: Job, identity: Identity | None = None) -> bool:
+        """Puts a deferred request in the shared lane; False (it stays in this process's lane)
+        when Redis is unreachable."""
+        assert self.lane is not None
+        try:
+            await self.lane.put(job.id, job.scope, job.body, identity)
+        except StateUnavailable as exc:
+            log.warning("tokenlane: job %s stays on this replica: the shared lane is unreachable (%s)", job.id, exc)
+            return False
+        self.start_worker()
+        return True
+
+    def start_worker(self) -> None:
+        """Starts this replica's worker on the shared lane (idempotent; needs a running loop)."""
+        if self.lane is not None and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="tokenlane-jobs")
+
+    async def _work(self) -> None:
+        assert self.lane is not None
+        while not stopping():
+            if self.scheduler.paused or len(self._claimed) >= JOB_SLOTS:
+                await asyncio.sleep(IDLE_POLL_S / 4)
+                continue
+            try:
+                claimed = await self.lane.claim()
+            except StateUnavailable:
+                if stopping():
+                    raise asyncio.CancelledError from None
+                claimed = None
+            if claimed is None:
+                await asyncio.sleep(IDLE_POLL_S * (0.75 + random.random() / 2))
+                continue
+            job_id, request = claimed
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request["method"],
+                "scheme": "http", "path": request["path"], "raw_path": request["path"].encode(),
+                "query_string": request["query_string"].encode(), "root_path": "",
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request["headers"]],
+                "client": ("tokenlane-job", 0), "server": ("tokenlane", 0),
+            }
+            if request.get("identity"):
+                scope["tokenlane.identity"] = Identity(**request["identity"])
+            job = Job(id=job_id, scope=scope, body=request["body"], done=asyncio.Event(), claimed=True)
+            self._claimed.add(job_id)
+            self.keep(job)
+            self._spawn(self._start(job, asyncio.get_running_loop().create_future()))
+
     def resolve(self, request_id: str, rejection: Any) -> None:
         """The scheduler let a deferred/queued job run (``rejection`` None) or refused it."""
         job = self._jobs.get(request_id)
         if job is None or job.status not in ("deferred", "queued") or job.priced is None:
-            return
+            return  # ("sharing": the runtime looks again once it knows where the job goes)
         if rejection is None:
             self._spawn(self._run(job))
         else:
@@ -120,6 +207,7 @@ class Jobs:
             job.decision = decision_dict(rejection)
             self.thread.write(self.ledger.update_request, job.id, status="rejected",
                               reason=rejection.reason, finished_at=self.clock())
+            self._finished(job)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -146,7 +234,7 @@ class Jobs:
             log.exception("tokenlane job %s failed", job.id)
         finally:
             if job.status not in ("deferred", "queued"):
-                _finish(job)
+                self._finished(job)
             if not decided.done():
                 decided.set_result({"id": job.id, "decision": "reject", "reason": "error",
                                     "message": job.view().get("response"), "status_url": self.status_url(job.id)})
@@ -161,7 +249,27 @@ class Jobs:
         except Exception as exc:
             job.status = "failed"
             log.exception("tokenlane job %s failed: %s", job.id, exc)
+        self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        """A job ended here: its status, and for a shared job its record for every replica."""
         _finish(job)
+        if job.claimed and job.id in self._claimed:
+            self._claimed.discard(job.id)
+            self._spawn(self._publish_end(job))
+
+    async def _publish_end(self, job: Job) -> None:
+        assert self.lane is not None
+        view = job.view()
+        result = {k: view[k] for k in ("decision", "response_status", "response")}
+        for attempt in range(10):
+            try:
+                await self.lane.finish(job.id, job.status, result)
+                return
+            except StateUnavailable:
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        log.error("tokenlane: could not record the end of job %s in Redis; its lease expires and it may run again",
+                  job.id)
 
 
 def _finish(job: Job) -> None:

@@ -347,11 +347,13 @@ class RedisState:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop(), name="tokenlane-leases")
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not stopping():
             await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.renew()
             except StateUnavailable as exc:
+                if stopping():
+                    raise asyncio.CancelledError from None
                 log.warning("tokenlane: cannot renew leases in Redis: %s", exc)
 
     async def renew(self) -> int:
@@ -408,6 +410,16 @@ class RedisState:
             return await awaitable
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise StateUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+def stopping() -> bool:
+    """Whether the current task is being cancelled. redis-py may turn a cancellation that lands
+    mid-call into a connection error (StateUnavailable here): background loops that go on after
+    that error must check this, or they would outlive their event loop's shutdown (Python 3.11+;
+    on 3.10 they stop at their next sleep)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
 
 
 def _tightest(buckets: list[dict[str, Any]], levels: list[float]) -> dict[str, float]:
