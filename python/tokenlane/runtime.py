@@ -36,6 +36,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text
+from .recovery import Journal, journal_dir, owner_token, sweep
 from .scheduler import Scheduler
 from .batch import BatchLane
 from .state import LocalState, State
@@ -92,11 +93,23 @@ class Tokenlane:
                                                 **limits)
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
-        self.thread = LedgerThread(on_error=self._ledger_error)
+        # This process's ledger writer: write-behind through a journal file beside a SQLite ledger
+        # (tokenlane.recovery), and every reclaim_interval_s the reclaim of dead workers' leftovers.
+        journal_home = journal_dir(self.ledger.path) if isinstance(self.ledger, Ledger) else None
+        if journal_home is not None:
+            sweep(self.ledger, journal_home, owner_token(), clock())  # a dead predecessor's work, first
+        self.thread = LedgerThread(
+            on_error=self._ledger_error, ledger=self.ledger,
+            journal=Journal(journal_home, owner_token()) if journal_home is not None else None,
+            sweep=(lambda: sweep(self.ledger, journal_home, owner_token(), self.clock())) if journal_home else None,
+            sweep_s=s.reclaim_interval_s)
+        if isinstance(self.ledger, Ledger):
+            self.ledger.before_read = self.thread.flush  # reads see every request this process answered
         # Tables beside the ledger's own (alert marks, request tags) in the same file; with the
         # ledger on PostgreSQL they stay in a local SQLite file of this replica (not shared yet).
         self.sidecar = Sidecar(self.ledger.path if isinstance(self.ledger, Ledger) else "tokenlane-sidecar.db")
         self.tags = TagStore(self.sidecar)
+        self.sidecar.before_read = self.thread.flush
         # The stages, in request order.
         self.parse = Parse(s.max_body_bytes)
         self.identify_stage = Identify(s, self.ledger, identify)
@@ -322,12 +335,9 @@ class Tokenlane:
                    job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> Outcome | None:
         """Schedules a priced request and runs it (None: refused or deferred)."""
         def decided(decision: Any) -> None:
-            # Written by the ledger's one writer thread, in order: before any later update of the row.
+            # Queued for the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
-            row = self.reconcile.ledger_row(priced, status, decision)
-            self.write(self.ledger.insert_request, row).add_done_callback(
-                lambda done: done.cancelled() or done.exception() is None
-                or log.error("tokenlane: ledger row not written: %s", row))
+            self.reconcile.decided(priced, status, decision)
             if priced.tags:
                 self.write(self.tags.record, priced.id, priced.tags)
             if on_decision:
@@ -350,10 +360,12 @@ class Tokenlane:
                 raise RequestError(503, f"the ledger is unavailable ({exc}); retry shortly", type="server_error",
                                    code="ledger_unavailable", retry_after_s=5) from None
         except RequestError as exc:
-            with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
-                await self.write(self.ledger.update_request, priced.id,
-                                 status="cancelled" if exc.status == 499 else "rejected",
-                                 reason=exc.code, finished_at=self.clock(), error=exc.message)
+            _, wait = self.reconcile.finish_row(priced, {"status": "cancelled" if exc.status == 499 else "rejected",
+                                                         "reason": exc.code, "finished_at": self.clock(),
+                                                         "error": exc.message})
+            if wait is not None:
+                with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
+                    await asyncio.wrap_future(wait)
             if self.observe is not None and exc.status != 499:
                 # insufficient_quota: the budget refused (the scheduler's view or the ledger's reservation).
                 self.observe.refused(priced, budget=exc.code == "insufficient_quota")
@@ -395,7 +407,11 @@ class Tokenlane:
                "cache": "hit", "cache_saved_pico_usd": saved}
         if not self.settings.redact_prompts:
             row["prompt_preview"] = request.text()[:2000]
-        await self.write(self.ledger.insert_request, row)  # on disk before the response completes
+        row["owner"] = owner_token()
+        # Journaled (on disk) before the response completes; without a journal, written first.
+        wait = self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(request_id).encode(), json.dumps(row).encode()))
+        if wait is not None:
+            await asyncio.wrap_future(wait)
         if on_decision:
             on_decision({"decision": "admit", "reason": "cache_hit", "message": f"served from the cache ({plan.reason})"})
         headers = [(b"x-tokenlane-request-id", request_id.encode()), (b"x-tokenlane-cache", b"hit"),

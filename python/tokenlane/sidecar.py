@@ -63,6 +63,7 @@ class Sidecar:
                                      isolation_level=None)  # autocommit; explicit BEGIN where needed
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self.before_read: Any = None  # as Ledger.before_read: reports see every answered request
         with self._lock:
             if path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
@@ -70,6 +71,8 @@ class Sidecar:
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        if self.before_read is not None:
+            self.before_read()
         with self._lock:
             yield self._conn
 
