@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
@@ -65,6 +64,7 @@ from .stages import (
     TierCaps,
     Upstream,
 )
+from .stages.base import new_request_id
 from .stages.cache import CachePlan, entry_for, hit_body
 
 
@@ -396,7 +396,7 @@ class Tokenlane:
         """Answers from the cache: no model call, $0, a ledger row with the saving."""
         assert plan.entry is not None
         now = self.clock()
-        request_id = job.id if job else f"req_{uuid.uuid4().hex}"
+        request_id = job.id if job else new_request_id()
         saved = plan.entry.cost_pico_usd
         body, content_type = hit_body(plan, request, data)
         row = {"id": request_id, "tenant": identity.tenant, "user_id": identity.user_id, "key_id": identity.key_id,

@@ -8,6 +8,7 @@ import asyncio
 import atexit
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,6 +23,21 @@ from ..formats import LLMRequest
 from ..providers import UsageReports
 
 log = logging.getLogger("tokenlane")
+
+
+_random = bytearray()
+
+
+def new_request_id() -> str:
+    """``req_`` and 128 random bits in hex, as unguessable as ``uuid4`` (a job's id is its status
+    URL's only secret). The random bytes are read 256 ids at a time: each ``os.urandom`` call lets
+    go of the GIL, a hand-off to the ledger thread that every request would otherwise pay."""
+    global _random
+    if not _random:
+        _random = bytearray(os.urandom(16 * 256))
+    chunk = _random[-16:]
+    del _random[-16:]
+    return "req_" + chunk.hex()
 
 
 @dataclass
@@ -141,6 +157,11 @@ class Outcome:
     cost_pico_usd: int | None = None   # the actual cost, once reconciled
 
 
+# How long the ledger thread lets records gather before it applies a batch: rows reach SQLite (and
+# other processes) this much later; this process's own reads wait for them (LedgerThread.flush).
+BATCH_DELAY_S = 0.01
+
+
 class LedgerThread:
     """One thread does every ledger call of this process, in submission order, off the event loop
     (the ledger serialises on its connection anyway; order keeps a row's insert before its update).
@@ -257,8 +278,14 @@ class LedgerThread:
             if self._closed:
                 self._apply_pending()
             else:
-                self._put(self._apply_pending)
+                self._put(self._apply_later if future is None else self._apply_pending)
         return future
+
+    def _apply_later(self) -> None:
+        # The first record since the last batch: let more arrive (the GIL is free meanwhile), so
+        # this thread takes the GIL once per batch rather than once per request.
+        time.sleep(BATCH_DELAY_S)
+        self._apply_pending()
 
     def _apply_pending(self) -> None:
         with self._lock:
@@ -382,4 +409,5 @@ def _close_all() -> None:
         thread.close()
 
 
-__all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "apply_records", "end_user_principal", "level_of"]
+__all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "apply_records", "end_user_principal", "level_of",
+           "new_request_id"]

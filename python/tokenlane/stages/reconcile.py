@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 from ..config import Settings
@@ -51,6 +52,7 @@ class Reconcile:
         self.metrics = metrics
         self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
+        self._series: dict[str, SimpleNamespace] = {}  # model → its metric series
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
@@ -159,7 +161,8 @@ class Reconcile:
             self._settling.add(settled)
             settled.add_done_callback(self._settling.discard)
         tenant = p.identity.tenant
-        after = (lambda: self.observe.settled(tenant, now)) if self.observe is not None else None
+        after = ((lambda: self.observe.settled(tenant, now))  # type: ignore[union-attr]
+                 if self.observe is not None and self.observe.waits_for_row(tenant) else None)
         written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual, after=after)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
@@ -168,27 +171,42 @@ class Reconcile:
                                    input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
         if self.metrics:
             m = self.metrics
-            for kind, n in (("input", cost.input_tokens), ("output", cost.output_tokens),
-                            ("cache_read", cost.cached_input_tokens), ("reasoning", cost.reasoning_tokens)):
+            c = self._series.get(model) or self._series_of(model)
+            for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
+                                            cost.reasoning_tokens)):
                 if n:
-                    m.tokens.labels(kind, model).inc(n)
-            m.token_usage.labels("input", model).observe(cost.input_tokens)
-            m.token_usage.labels("output", model).observe(cost.output_tokens)
-            m.cost.labels(model).inc(actual / PICO_PER_USD)
+                    series.inc(n)
+            c.usage_input.observe(cost.input_tokens)
+            c.usage_output.observe(cost.output_tokens)
+            c.cost.inc(actual / PICO_PER_USD)
             if saved:
                 m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
             if succeeded and p.est_p50 and cost.output_tokens:
-                m.estimate_error.labels(model).observe(math.log2(cost.output_tokens / p.est_p50))
+                c.estimate_error.observe(math.log2(cost.output_tokens / p.est_p50))
                 if cost.output_tokens <= p.est_p90:
-                    m.p90_covered.labels(model).inc()
+                    c.p90_covered.inc()
         log.info("tokenlane request done", extra={"tokenlane": {
             "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
-        if self.observe is not None and written is not None:
-            self.observe.reconciled(p, fields, written)
+        if self.observe is not None:
+            self.observe.reconciled(p, fields, written if after is not None else None)
         return fields, wait
+
+
+    def _series_of(self, model: str) -> SimpleNamespace:
+        """The metric series of one model (``labels()`` looks them up each call: kept per model)."""
+        m = self.metrics
+        assert m is not None
+        if len(self._series) > 1000:  # model names come from requests: stay bounded
+            self._series.clear()
+        c = self._series[model] = SimpleNamespace(
+            tokens=tuple(m.tokens.labels(kind, model) for kind in ("input", "output", "cache_read", "reasoning")),
+            usage_input=m.token_usage.labels("input", model), usage_output=m.token_usage.labels("output", model),
+            cost=m.cost.labels(model), estimate_error=m.estimate_error.labels(model),
+            p90_covered=m.p90_covered.labels(model))
+        return c
 
 
 __all__ = ["Reconcile"]
