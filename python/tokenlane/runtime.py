@@ -29,7 +29,7 @@ from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
-from .errors import RequestError, decision_dict
+from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
 from .formats import LLMRequest
 from .ledger import Ledger
@@ -188,6 +188,10 @@ class Tokenlane:
         if self.metrics is not None:
             self.metrics.ledger_errors.labels(outcome).inc()
         log.error("tokenlane: ledger call failed (%s): %s", outcome, exc)
+        if isinstance(self.ledger, Ledger) and "readonly database" in str(exc):
+            # Opened while the file was read-only: only a new connection sees it writable again.
+            with contextlib.suppress(StorageError):
+                self.ledger.reconnect()
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
@@ -381,8 +385,7 @@ class Tokenlane:
             try:
                 decision = await self.schedule(priced, disconnected, decided)
             except StorageError as exc:  # budgets cannot be checked: refuse rather than run unchecked
-                raise RequestError(503, f"the ledger is unavailable ({exc}); retry shortly", type="server_error",
-                                   code="ledger_unavailable", retry_after_s=5) from None
+                raise ledger_unavailable(exc) from None
             except asyncio.CancelledError as exc:  # shutdown (or the server) interrupted it before it ran
                 self._interrupted(priced, str(exc) or "interrupted before it ran")
                 if disconnected:
