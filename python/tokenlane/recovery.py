@@ -113,8 +113,8 @@ class Journal:
 
     def _open(self) -> Path:
         path = self.directory / f"{self.owner}.{self._seq}{JOURNAL_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._size = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd, self._size = fd, 0
         return path
 
     def append(self, data: bytes) -> None:
@@ -134,7 +134,12 @@ class Journal:
             return None
         old, old_fd = self.path, self._fd
         self._seq += 1
-        self.path = self._open()
+        try:
+            self.path = self._open()
+        except OSError:  # no room for a new file now: keep appending to this one
+            self._seq -= 1
+            self._fd = old_fd
+            return None
         os.close(old_fd)
         return old
 

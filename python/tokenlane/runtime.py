@@ -98,9 +98,14 @@ class Tokenlane:
         journal_home = journal_dir(self.ledger.path) if isinstance(self.ledger, Ledger) else None
         if journal_home is not None:
             sweep(self.ledger, journal_home, owner_token(), clock())  # a dead predecessor's work, first
+        journal = None
+        if journal_home is not None:
+            try:
+                journal = Journal(journal_home, owner_token())
+            except OSError as exc:  # no journal (read-only or full disk): responses wait for the ledger
+                log.error("tokenlane: no write-behind journal in %s (%s): responses wait for the ledger", journal_home, exc)
         self.thread = LedgerThread(
-            on_error=self._ledger_error, ledger=self.ledger,
-            journal=Journal(journal_home, owner_token()) if journal_home is not None else None,
+            on_error=self._ledger_error, ledger=self.ledger, journal=journal,
             sweep=(lambda: sweep(self.ledger, journal_home, owner_token(), self.clock())) if journal_home else None,
             sweep_s=s.reclaim_interval_s)
         if isinstance(self.ledger, Ledger):

@@ -265,11 +265,17 @@ class LedgerThread:
         before it is applied (no journal: await it before answering); else None."""
         future: Future[Any] | None = None
         with self._lock:
+            journaled = False
             if durable and self.journal is not None:
-                self.journal.append(line)
+                try:
+                    self.journal.append(line)
+                    journaled = True
+                except OSError as exc:  # disk full, file too large: then the caller waits for the ledger
+                    if self.on_error is not None:
+                        self.on_error("journal", exc)
             self._records.append(line)
             self._queued += 1
-            if after is not None or (durable and self.journal is None):
+            if after is not None or (durable and not journaled):
                 future = Future()
                 self._after.append((future, after))
             schedule = not self._scheduled
@@ -301,10 +307,15 @@ class LedgerThread:
         try:
             skipped = self._durable(self._apply, b"".join(batch))
         except StorageError as exc:
-            with self._lock:  # kept, in order, for the next batch (and still in the journal file)
+            # Kept, in order, for the next batch (journaled ones are in the file too). A caller
+            # waiting to answer until its record is written is told now: it answers and logs.
+            waiting = [(future, fn) for future, fn in after if fn is None]
+            with self._lock:
                 self._records[:0] = batch
-                self._after[:0] = after
-            log.error("tokenlane: %d ledger records wait for the ledger to come back: %s", len(batch), exc)
+                self._after[:0] = [(future, fn) for future, fn in after if fn is not None]
+            log.error("tokenlane: %d ledger records kept until the ledger comes back: %s", len(batch), exc)
+            for future, _ in waiting:
+                future.set_exception(exc)
             return
         except BaseException as exc:  # a bug: never lose the futures' waiters
             for future, _ in after:

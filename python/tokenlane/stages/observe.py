@@ -74,7 +74,7 @@ class Observe:
                        est_output_tokens=p.est_p50 or None, error=failed)
         if written is not None and (self.alerts is not None or self.telemetry is not None):
             loop = self._loop
-            written.add_done_callback(lambda f: loop.call_soon_threadsafe(self._written, p, fields, f))
+            written.add_done_callback(lambda f: _call_soon(loop, self._written, p, fields, f))
 
     def refused(self, p: Priced, budget: bool) -> None:
         """A refused request (on the event loop); ``budget``: the budget refused it (the 100 % alert)."""
@@ -84,7 +84,7 @@ class Observe:
         if budget and self.alerts is not None:
             loop = self._loop
             future = self.thread.submit(lambda: self.settled(p.identity.tenant, self.clock(), refused=True))
-            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._deliver_all, f))
+            future.add_done_callback(lambda f: _call_soon(loop, self._deliver_all, f))
 
     def _feed(self, p: Priced, at: float, **signals: Any) -> None:
         keys = [f"tenant:{p.identity.tenant}", f"route:{p.route}"]
@@ -119,6 +119,15 @@ class Observe:
         """Waits for the deliveries in flight (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Hands a ledger-thread result to the event loop, unless that loop has ended meanwhile."""
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
 
 def _trace(p: Priced, fields: dict[str, Any], reconciled: float) -> RequestTrace:
