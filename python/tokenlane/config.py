@@ -54,6 +54,7 @@ class Settings:
     tenant_rpm: int | None = None
     max_queue: int | None = 10_000
     max_wait_s: float | None = 120.0
+    shutdown_grace_s: float = 10.0              # at shutdown: how long requests in flight may still finish
     max_body_bytes: int = 8 * 1024 * 1024
     max_input_tokens: int | None = None         # per-request prompt cap (413 above it)
     pricing: str | None = None                  # a LiteLLM price file or tokenlane config
@@ -105,7 +106,7 @@ class Settings:
 
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
         "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes", "state_replicas"}
-_FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s"}
+_FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s", "shutdown_grace_s"}
 _MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}

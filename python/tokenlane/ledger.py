@@ -82,7 +82,14 @@ class Ledger:
         return super().__new__(cls)
 
     def __init__(self, url: str | os.PathLike[str] = "tokenlane.db", *, busy_timeout_ms: int = 10_000) -> None:
+        self._busy_timeout_ms = busy_timeout_ms
         self._led = _core.Ledger(_sqlite_path(url), busy_timeout_ms)
+
+    def reconnect(self) -> None:
+        """Opens a new connection in place of this one (the old one closes once no call runs on it).
+        SQLite keeps a connection that opened a read-only file read-only, even after the file is
+        made writable: the runtime reconnects when a write fails for that reason."""
+        self._led = _core.Ledger(self._led.path, self._busy_timeout_ms)
 
     @property
     def path(self) -> str:

@@ -29,7 +29,7 @@ from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
 from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
 from .config import Settings, load_settings
-from .errors import RequestError, decision_dict
+from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
 from .formats import LLMRequest
 from .ledger import Ledger
@@ -125,6 +125,7 @@ class Tokenlane:
         self.schedule.on_unclaimed = self.jobs.resolve
         self.jobs.run_request = self.handle
         self.jobs.run_admitted = self.upstream
+        self._in_flight: set[asyncio.Task[Any]] = set()  # tasks handling a request (drain waits for them)
 
     def set_routing(self, routes: list[dict[str, Any]], model_groups: dict[str, list[str]] | None = None) -> None:
         """Replaces the routing rules and model groups (validated first: RoutingError names a bad
@@ -187,6 +188,10 @@ class Tokenlane:
         if self.metrics is not None:
             self.metrics.ledger_errors.labels(outcome).inc()
         log.error("tokenlane: ledger call failed (%s): %s", outcome, exc)
+        if isinstance(self.ledger, Ledger) and "readonly database" in str(exc):
+            # Opened while the file was read-only: only a new connection sees it writable again.
+            with contextlib.suppress(StorageError):
+                self.ledger.reconnect()
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
@@ -255,6 +260,39 @@ class Tokenlane:
     async def handle(self, scope: Scope, receive: Receive, send: Send, *, job: Job | None = None,
                      on_decision: Callable[[dict[str, Any]], None] | None = None) -> None:
         """One LLM request from body to ledger row; also the path of background jobs."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)  # what a shutdown waits for (see drain)
+        try:
+            await self._handle(scope, receive, send, job, on_decision)
+        finally:
+            self._in_flight.discard(task)  # type: ignore[arg-type]
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown (the middleware runs it when the ASGI lifespan shuts down, after the
+        server stopped taking requests): requests still in flight get ``grace_s`` (the setting
+        ``shutdown_grace_s``) to finish; the rest are cancelled and settle as interrupted (a row
+        with the error, charged for what reached the model's client, the rest of the reservation
+        released). Returns once every ledger write queued so far is done."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        pending = {t for t in self._in_flight if t is not asyncio.current_task()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        if pending:
+            log.warning("tokenlane: %d request(s) still running %.0f s after shutdown began: interrupting them",
+                        len(pending), grace)
+            for task in pending:
+                task.cancel("interrupted: the server shut down before the request finished")
+            await asyncio.wait(pending, timeout=10.0)  # each settles itself (Upstream, _run)
+        if self.reconcile._settling:
+            await asyncio.wait(set(self.reconcile._settling), timeout=10.0)
+        try:  # a barrier: the ledger thread runs calls in order, so every earlier write is done
+            await asyncio.wait_for(self.write(lambda: None), timeout=max(10.0, self.thread.retry_s + 5.0))
+        except (asyncio.TimeoutError, StorageError):
+            log.error("tokenlane: ledger writes still pending at shutdown")
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, job: Job | None,
+                      on_decision: Callable[[dict[str, Any]], None] | None) -> None:
         headers = request_headers(scope)
         plan: CachePlan | None = None
         try:
@@ -347,8 +385,12 @@ class Tokenlane:
             try:
                 decision = await self.schedule(priced, disconnected, decided)
             except StorageError as exc:  # budgets cannot be checked: refuse rather than run unchecked
-                raise RequestError(503, f"the ledger is unavailable ({exc}); retry shortly", type="server_error",
-                                   code="ledger_unavailable", retry_after_s=5) from None
+                raise ledger_unavailable(exc) from None
+            except asyncio.CancelledError as exc:  # shutdown (or the server) interrupted it before it ran
+                self._interrupted(priced, str(exc) or "interrupted before it ran")
+                if disconnected:
+                    disconnected.cancel()
+                raise
         except RequestError as exc:
             with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
                 await self.write(self.ledger.update_request, priced.id,
@@ -378,6 +420,17 @@ class Tokenlane:
         if job is not None:
             job.priced = priced
         return await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+
+    def _interrupted(self, p: Priced, why: str) -> None:
+        """Settles a request cancelled while queued or being admitted: its place in the scheduler,
+        any reservation it holds, and its row (cancelled, with the reason)."""
+        now = self.clock()
+        self.schedule.cancel(p.id)
+        if p.hold is not None:
+            hold, p.hold, p.reserved_ledger = p.hold, None, 0
+            self.state.release(hold, now)
+        self.write(self.ledger.update_request, p.id, status="cancelled", reason="interrupted", finished_at=now,
+                   error=why)
 
     async def _serve_hit(self, plan: CachePlan, request: LLMRequest, data: Any, identity: Identity, scope: Scope,
                          send: Send, job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> None:

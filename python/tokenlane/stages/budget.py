@@ -7,6 +7,7 @@ get ``end_user_budget_usd`` (inside their key's budget, never beside it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
@@ -153,7 +154,13 @@ class Budget:
             principal = end_user_principal(p.identity.owner, end_user)
             if principal not in self._end_users:
                 await self.thread.write(self._setup_end_user, principal, now)
-        denied = await self.state.acquire(hold, now)
+        acquiring = asyncio.ensure_future(self.state.acquire(hold, now))
+        try:
+            denied = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:  # interrupted (shutdown) while reserving: give back what it takes
+            acquiring.add_done_callback(lambda done: done.cancelled() or done.exception() is not None
+                                        or done.result() is not None or self.state.release(hold, now))
+            raise
         if denied is not None and denied.kind != "budget":
             what = "concurrency" if denied.kind == "slots" else " / ".join(f"{v} {k}" for k, v in denied.detail.items())
             raise RequestError(
