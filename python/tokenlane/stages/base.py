@@ -163,13 +163,30 @@ class LedgerThread:
                 delay = min(delay * 2, 2.0)
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs))
+        """Runs a blocking ledger call on the ledger thread; await the result when it matters.
+        Cancelling the awaiting task does not cancel the call (see :meth:`submit`)."""
+        return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(self._durable, fn, *args, **kwargs)
+        """Like :meth:`write`, from any thread; returns a concurrent Future. A submitted call
+        always runs: its future cannot be cancelled. (A task awaiting it is cancelled when its
+        client hangs up, e.g. just after a stream's last event; the pending ledger write, queued
+        behind the settlement, must still happen, or the row stays ``running`` for ever.)"""
+        done: Future[Any] = _Uncancellable()
+
+        def run() -> None:
+            try:
+                done.set_result(self._durable(fn, *args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the call
+                done.set_exception(exc)
+
+        self._pool.submit(run)
+        return done
+
+
+class _Uncancellable(Future):  # type: ignore[type-arg]
+    def cancel(self) -> bool:
+        return False
 
 
 __all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "end_user_principal", "level_of"]
