@@ -316,3 +316,33 @@ def test_read_only_database_refuses_with_503_and_recovers_when_made_writable(tmp
         log = server.stop()
     assert "readonly" in log  # the failures were logged
     assert Ledger(db).get_request(after.headers["x-tokenlane-request-id"])["status"] == "succeeded"
+
+
+
+def test_a_write_whose_waiter_is_cancelled_still_runs():
+    """A client that hangs up cancels the task awaiting its ledger write (as the openai SDK does
+    right after a stream's [DONE], while the row's final update waits behind the settlement on the
+    ledger thread): the write must still happen, in order."""
+    import asyncio
+
+    from tokenlane.stages.base import LedgerThread
+
+    thread = LedgerThread()
+    busy, done = threading.Event(), []
+
+    async def main() -> None:
+        thread.write(busy.wait)  # the ledger thread is busy (a slow settlement)
+        waiter = asyncio.ensure_future(thread.write(done.append, "row updated"))
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        thread.submit(done.append, "next").cancel()
+        busy.set()
+        await thread.write(lambda: None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        busy.set()
+    assert done == ["row updated", "next"]

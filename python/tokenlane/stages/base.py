@@ -245,8 +245,11 @@ class LedgerThread:
                 delay = min(delay * 2, 2.0)
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        """Runs a blocking ledger call on the ledger thread (from any thread); returns its Future."""
-        future: Future[Any] = Future()
+        """Runs a blocking ledger call on the ledger thread (from any thread); returns its Future.
+        A submitted call always runs: its future cannot be cancelled. (A task awaiting it is
+        cancelled when its client hangs up, e.g. just after a stream's last event; the row's final
+        update, queued behind the settlement, must still happen, or the row stays ``running``.)"""
+        future: Future[Any] = _Uncancellable()
 
         def job() -> None:
             if not future.set_running_or_notify_cancel():
@@ -264,7 +267,8 @@ class LedgerThread:
         return future
 
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Like :meth:`submit`, from the event loop: await the result when it matters."""
+        """Like :meth:`submit`, from the event loop: await the result when it matters (cancelling
+        the awaiting task does not cancel the call)."""
         return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     # --- records (write-behind) -----------------------------------------------------------------
@@ -290,7 +294,7 @@ class LedgerThread:
             self._records.append(line)
             self._queued += 1
             if after is not None or (durable and not journaled):
-                future = Future()
+                future = _Uncancellable()
                 self._after.append((future, after))
             schedule = not self._scheduled
             self._scheduled = True
@@ -488,6 +492,11 @@ def apply_records(ledger: Any, data: bytes) -> list[str]:
         except InvalidArgumentError as exc:
             skipped.append(f"{exc}: {line[:200]!r}")
     return skipped
+
+
+class _Uncancellable(Future):  # type: ignore[type-arg]
+    def cancel(self) -> bool:
+        return False
 
 
 _open_threads: weakref.WeakSet[LedgerThread] = weakref.WeakSet()
