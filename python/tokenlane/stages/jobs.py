@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import random
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from ..ledger import Ledger
 from ..scheduler import Scheduler
 from ..state.jobs import SharedJobs
 from ..state.redis import StateUnavailable, stopping
-from .base import Identity, LedgerThread, Priced
+from .base import Identity, LedgerThread, Priced, new_request_id
 
 log = logging.getLogger("tokenlane")
 
@@ -105,7 +104,7 @@ class Jobs:
             "client": ("tokenlane-job", 0), "server": ("tokenlane", 0),
             "tokenlane.identity": Identity(tenant=tenant, user_id=user_id),
         }
-        job = Job(id=f"req_{uuid.uuid4().hex}", scope=scope, body=raw, done=asyncio.Event())
+        job = Job(id=new_request_id(), scope=scope, body=raw, done=asyncio.Event())
         self.keep(job)
         decided: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._spawn(self._start(job, decided))
