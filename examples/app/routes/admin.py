@@ -40,7 +40,7 @@ async def overview(tl: Any) -> dict[str, Any]:
     spend_today = sum(int(r.get("cost_pico_usd") or 0) for r in days if str(r.get("day")) == today)
     hits = sum(int(r.get("cache_hits") or 0) for r in days)
     lookups = hits + sum(int(r.get("cache_misses") or 0) for r in days)
-    snap = tl.scheduler.snapshot(now)
+    lanes = await tl.queue_view()  # every replica's, with several
     users = await blocking(led.list_users)
     return {
         "counts": await blocking(led.status_counts),
@@ -49,9 +49,9 @@ async def overview(tl: Any) -> dict[str, Any]:
         "saved_month": sum(int(r.get("cache_saved_pico_usd") or 0) + int(r.get("prompt_cache_saved_pico_usd") or 0)
                            for r in days),
         "cache_hit_rate": hits / lookups if lookups else None,
-        "queue_length": len(snap.get("queue") or []),
-        "deferred_length": len(snap.get("deferred") or []),
-        "running": len(snap.get("running") or []),
+        "queue_length": len(lanes["queue"]),
+        "deferred_length": len(lanes["deferred"]) + len(lanes["shared_deferred"]),
+        "running": len(lanes["running"]),
         "paused": bool(tl.scheduler.paused),
         "policy": tl.scheduler.policy,
         "users": len(users),
@@ -304,13 +304,20 @@ def _entry(e: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def scheduler_view(tl: Any) -> dict[str, Any]:
+async def scheduler_view(tl: Any) -> dict[str, Any]:
+    """The scheduler's lists; with several replicas (TOKENLANE_STATE) every replica's requests, each
+    entry naming its ``replica`` (only this replica's can be dispatched or rejected from here), and
+    the jobs waiting in the shared deferred lane (``shared_deferred``)."""
     now = time.time()
     snap = tl.scheduler.snapshot(now)
+    lanes = await tl.queue_view()
     return {
-        "queue": [_entry(e) for e in snap.get("queue") or []],
-        "deferred": [_entry(e) for e in snap.get("deferred") or []],
-        "running": [_entry(e) for e in snap.get("running") or []],
+        "queue": [_entry(e) for e in lanes["queue"]],
+        "deferred": [_entry(e) for e in lanes["deferred"]],
+        "running": [_entry(e) for e in lanes["running"]],
+        "shared_deferred": lanes["shared_deferred"],
+        "replica": lanes["replica"],
+        "replicas": lanes["replicas"],
         "counters": snap.get("counters") or {},
         "policy": snap.get("policy", tl.scheduler.policy),
         "paused": bool(snap.get("paused", tl.scheduler.paused)),
@@ -320,13 +327,13 @@ def scheduler_view(tl: Any) -> dict[str, Any]:
 
 @router.get("/scheduler")
 async def scheduler_page(request: Request) -> Response:
-    view = scheduler_view(request.app.state.tl)
+    view = await scheduler_view(request.app.state.tl)
     return render(request, "admin_scheduler.html", title="Scheduler", view=view, policies=state.POLICIES, batch_default=BATCH_DEFAULT)
 
 
 async def _process(tl: Any, how: str, count: int, ids: list[str]) -> tuple[int, int]:
     """Dispatches by hand: the listed ids, or the first one / `count` / all in scheduling order."""
-    view = scheduler_view(tl)
+    view = await scheduler_view(tl)
     order = [r["id"] for r in view["queue"]] + [r["id"] for r in view["deferred"]]
     if how == "ids":
         chosen = [i for i in ids if i in order]
@@ -381,7 +388,7 @@ async def api_overview(request: Request) -> dict[str, Any]:
 
 @router.get("/api/scheduler")
 async def api_scheduler(request: Request) -> dict[str, Any]:
-    return scheduler_view(request.app.state.tl)
+    return await scheduler_view(request.app.state.tl)
 
 
 @router.get("/api/users")
