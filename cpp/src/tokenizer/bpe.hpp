@@ -54,21 +54,22 @@ inline bool equal_after_head(const unsigned char* a, const unsigned char* b, std
   return load64(a + n - 8) == load64(b + n - 8);
 }
 
-inline std::uint64_t mix64(std::uint64_t h) {
-  h ^= h >> 32;
-  h *= 0xd6e8feb86659fd93ull;
-  h ^= h >> 32;
-  return h;
+// head_bytes when at least 8 bytes are readable at p: one load and a mask.
+inline std::uint64_t head_bytes_padded(const unsigned char* p, std::size_t n) {
+  const std::uint64_t w = load64(p);
+  return n >= 8 ? w : w & ((std::uint64_t{1} << (8 * n)) - 1);
 }
 
-// Hash of a byte string given its head_bytes.
+// Hash of a byte string given its head_bytes. One multiply for the usual piece of <= 8 bytes; the
+// final fold brings the product's well-mixed high bits down to the low bits the cache indexes by.
 inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t head) {
   std::uint64_t h = (head ^ (n * 0x9E3779B97F4A7C15ull)) * 0xbf58476d1ce4e5b9ull;
   if (n > 8) {
     for (std::size_t i = 8; i + 8 < n; i += 8) h = (h ^ (h >> 29) ^ load64(p + i)) * 0x94d049bb133111ebull;
     h = (h ^ (h >> 29) ^ load64(p + n - 8)) * 0x94d049bb133111ebull;
+    h = (h ^ (h >> 32)) * 0xd6e8feb86659fd93ull;
   }
-  return mix64(h);
+  return h ^ (h >> 31);
 }
 
 // Per-thread memory of the tokens of recent pieces (one token or many). Real text repeats a small
@@ -199,11 +200,19 @@ class Vocabulary {
   // This thread's piece cache for this vocabulary; fetch once per call, not per piece.
   PieceCache& thread_cache() const;
 
-  // Appends the tokens of one piece to `out` (anything with push(Rank)).
+  // Appends the tokens of one piece to `out` (anything with push(Rank)); the bytes up to `end` are
+  // readable (the rest of the text).
   template <class Out>
-  void encode_piece(const unsigned char* p, std::size_t n, PieceCache& cache, Out& out) const {
+  void encode_piece(const unsigned char* p, std::size_t n, const unsigned char* end, PieceCache& cache,
+                    Out& out) const {
     if (n == 1) return out.push(byte_rank_[p[0]]);
-    const std::uint64_t head = head_bytes(p, n);
+    if (n == 2) {  // one token if the two bytes are one, else two: no cache needed
+      const Rank r = byte_pair_[(p[0] << 8) | p[1]];
+      if (r != kNoRank) return out.push(r);
+      out.push(byte_rank_[p[0]]);
+      return out.push(byte_rank_[p[1]]);
+    }
+    const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
     const std::uint64_t h = hash_bytes(p, n, head);
     if (n > PieceCache::kMaxBytes) {
       Rank whole = find(p, n, head, h);

@@ -28,7 +28,8 @@ struct Encoding::Impl {
   void encode_ordinary(std::string_view text, Out& out) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
     detail::PieceCache& cache = vocab.thread_cache();
-    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, cache, out); };
+    const unsigned char* end = s + text.size();
+    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, end, cache, out); };
     switch (spec.pretokenizer) {
       case PretokenizerKind::gpt2:
         detail::split_gpt2(s, text.size(), piece);

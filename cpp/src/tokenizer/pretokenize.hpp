@@ -27,33 +27,42 @@ class Cursor {
   Char at(std::size_t i) const { return decode_char(s_ + i, s_ + n_); }
   unsigned char byte(std::size_t i) const { return s_[i]; }
 
+  // The class flags and byte length of the character at i (i < size()), as at(i) gives them: two-
+  // and three-byte characters (most non-Latin scripts) are decoded inline, the rest out of line.
+  TOKENLANE_ALWAYS_INLINE std::uint8_t class_at(std::size_t i, std::uint32_t& len) const {
+    const unsigned char b = s_[i];
+    if (b < 0x80) {
+      len = 1;
+      return kAscii.flags[b];
+    }
+    if (b >= 0xC2 && b < 0xE0 && i + 1 < n_ && (s_[i + 1] & 0xC0) == 0x80) {
+      len = 2;
+      return class_of((std::uint32_t{b} & 0x1F) << 6 | (s_[i + 1] & 0x3F));
+    }
+    if ((b & 0xF0) == 0xE0 && i + 2 < n_ && (s_[i + 1] & 0xC0) == 0x80 && (s_[i + 2] & 0xC0) == 0x80) {
+      len = 3;
+      return class_of((std::uint32_t{b} & 0x0F) << 12 | (s_[i + 1] & 0x3Fu) << 6 | (s_[i + 2] & 0x3F));
+    }
+    const Char c = at(i);
+    len = c.len;
+    return c.cls;
+  }
+
   // End of the run of characters starting at i whose flags intersect `any`.
   std::size_t run_end(std::size_t i, std::uint8_t any) const {
     while (i < n_) {
-      unsigned char b = s_[i];
-      if (b < 0x80) {
-        if (!(kAscii.flags[b] & any)) break;
-        ++i;
-        continue;
-      }
-      Char c = at(i);
-      if (!(c.cls & any)) break;
-      i += c.len;
+      std::uint32_t len;
+      if (!(class_at(i, len) & any)) break;
+      i += len;
     }
     return i;
   }
   // End of the run of "punctuation" ([^\s\p{L}\p{N}]) starting at i.
   std::size_t punct_end(std::size_t i) const {
     while (i < n_) {
-      unsigned char b = s_[i];
-      if (b < 0x80) {
-        if (kAscii.flags[b] & (kLetter | kNumber | kSpace)) break;
-        ++i;
-        continue;
-      }
-      Char c = at(i);
-      if (c.cls & (kLetter | kNumber | kSpace)) break;
-      i += c.len;
+      std::uint32_t len;
+      if (class_at(i, len) & (kLetter | kNumber | kSpace)) break;
+      i += len;
     }
     return i;
   }
@@ -328,16 +337,18 @@ class O200kWords {
     std::size_t k = j;
     std::size_t last_both = Cursor::npos;
     std::uint32_t last_both_len = 0;
+    std::uint8_t cls = 0;
+    std::uint32_t len = 0;
     while (k < t_.size()) {
-      Char c = t_.at(k);
-      if (!(c.cls & kUpperish)) break;
-      if (c.cls & kLowerish) {
+      cls = t_.class_at(k, len);
+      if (!(cls & kUpperish)) break;
+      if (cls & kLowerish) {
         last_both = k;
-        last_both_len = c.len;
+        last_both_len = len;
       }
-      k += c.len;
+      k += len;
     }
-    if (k < t_.size() && (t_.at(k).cls & kLowerish)) return with_contraction(t_.run_end(k, kLowerish));
+    if (k < t_.size() && (cls & kLowerish)) return with_contraction(t_.run_end(k + len, kLowerish));
     if (last_both == Cursor::npos) return Cursor::npos;
     return with_contraction(last_both + last_both_len);
   }
