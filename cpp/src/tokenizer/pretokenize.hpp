@@ -177,20 +177,52 @@ struct AsciiScan {
   }
   // End of the run of bytes in [lo, hi] (ASCII) starting at i. Eight bytes at a time (SWAR): the run
   // end comes from a bit scan instead of a per-byte loop, whose exit branch mispredicts once per piece.
+  static constexpr std::uint64_t kOnes = 0x0101010101010101ull, kHighBits = 0x80 * kOnes;
+  // The high bit of each byte of w that is not in [lo, hi] (ASCII), the others clear.
+  template <unsigned char lo, unsigned char hi>
+  static std::uint64_t outside(std::uint64_t w) {
+    const std::uint64_t low7 = w & ~kHighBits;                 // lanes cannot carry
+    const std::uint64_t ge_lo = low7 + (0x80 - lo) * kOnes;    // high bit: byte >= lo
+    const std::uint64_t gt_hi = low7 + (0x7F - hi) * kOnes;    // high bit: byte > hi
+    return ~(ge_lo & ~gt_hi & ~w) & kHighBits;
+  }
   template <unsigned char lo, unsigned char hi>
   std::size_t range_run(std::size_t i) const {
-    constexpr std::uint64_t ones = 0x0101010101010101ull, high_bits = 0x80 * ones;
     for (; i + 8 <= n; i += 8) {
       std::uint64_t w;
       std::memcpy(&w, s + i, 8);
-      const std::uint64_t low7 = w & ~high_bits;                      // lanes cannot carry
-      const std::uint64_t ge_lo = low7 + (0x80 - lo) * ones;          // high bit: byte >= lo
-      const std::uint64_t gt_hi = low7 + (0x7F - hi) * ones;          // high bit: byte > hi
-      const std::uint64_t out = ~(ge_lo & ~gt_hi & ~w) & high_bits;   // high bit: not in range
-      if (out != 0) return i + static_cast<std::size_t>(__builtin_ctzll(out) >> 3);
+      if (const std::uint64_t out = outside<lo, hi>(w)) return i + static_cast<std::size_t>(__builtin_ctzll(out) >> 3);
     }
     while (i < n && s[i] >= lo && s[i] <= hi) ++i;
     return i;
+  }
+  // End of the run of ASCII letters (either case) starting at i.
+  std::size_t letter_run(std::size_t i) const {
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s + i, 8);
+      // Setting bit 5 maps A-Z onto a-z and no other ASCII byte into a-z.
+      if (const std::uint64_t out = outside<'a', 'z'>(w | 0x20 * kOnes)) {
+        return i + static_cast<std::size_t>(__builtin_ctzll(out) >> 3);
+      }
+    }
+    while (i < n && kByteKind.of[s[i]] <= kbUpper) ++i;
+    return i;
+  }
+  // End of [A-Z]*[a-z]* starting at j: both runs from one load when they end within 8 bytes.
+  std::size_t case_run(std::size_t j) const {
+    if (j + 8 <= n) {
+      std::uint64_t w;
+      std::memcpy(&w, s + j, 8);
+      const std::uint64_t not_upper = outside<'A', 'Z'>(w);
+      if (not_upper != 0) {
+        const int upper_bytes = __builtin_ctzll(not_upper) >> 3;
+        const std::uint64_t not_lower = outside<'a', 'z'>(w) & (~std::uint64_t{0} << (8 * upper_bytes));
+        if (not_lower != 0) return j + static_cast<std::size_t>(__builtin_ctzll(not_lower) >> 3);
+        return range_run<'a', 'z'>(j + 8);
+      }
+    }
+    return range_run<'a', 'z'>(range_run<'A', 'Z'>(j));
   }
   bool high(std::size_t i) const { return i < n && s[i] >= 0x80; }
   // \p{N}{1,3} over ASCII digits starting at i.
@@ -279,8 +311,7 @@ inline std::size_t cl100k_ascii_piece(const Cursor& t, const AsciiScan& a, std::
   } else {
     return a.whitespace(i, /*end_first=*/true);
   }
-  std::size_t e = j + 1;
-  while (e < a.n && kByteKind.of[a.s[e]] <= kbUpper) ++e;
+  const std::size_t e = a.letter_run(j);
   return a.high(e) ? Cursor::npos : e;
 }
 
@@ -389,7 +420,7 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
   } else {
     return a.whitespace(i, /*end_first=*/false);
   }
-  std::size_t e = a.range_run<'a', 'z'>(a.range_run<'A', 'Z'>(j));
+  std::size_t e = a.case_run(j);
   if (e < a.n) {
     if (a.s[e] >= 0x80) return Cursor::npos;
     if (a.s[e] == '\'') {
