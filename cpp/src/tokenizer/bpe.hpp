@@ -69,7 +69,9 @@ inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint
     h = (h ^ (h >> 29) ^ load64(p + n - 8)) * 0x94d049bb133111ebull;
     h = (h ^ (h >> 32)) * 0xd6e8feb86659fd93ull;
   }
-  return h ^ (h >> 31);
+  h ^= h >> 32;
+  h *= 0xd6e8feb86659fd93ull;
+  return h ^ (h >> 32);
 }
 
 // Per-thread memory of the tokens of recent pieces (one token or many). Real text repeats a small
