@@ -127,6 +127,22 @@ class PieceCache {
 
   PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1) {}
 
+  // The rank of token pair (a, b), remembered in a direct-mapped table (192 KiB, in L2) in front of
+  // `lookup` (the vocabulary's pair table, megabytes): merging novel text asks about the same pairs
+  // again and again (the characters of a script, a repeated run). Entries are facts about the
+  // vocabulary, so they outlive a wipe of the piece table.
+  template <class Lookup>
+  Rank pair_rank(Rank a, Rank b, const Lookup& lookup) {
+    if (!pairs_) pairs_ = std::make_unique<PairMemo>();
+    const std::uint64_t key = (std::uint64_t{a} << 20 | b) + 1;
+    const std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> (64 - kPairMemoBits);
+    if (pairs_->key[i] != key) {
+      pairs_->key[i] = key;
+      pairs_->rank[i] = lookup(a, b);
+    }
+    return pairs_->rank[i];
+  }
+
  private:
   static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
   static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 2 MiB of slots at most
@@ -170,6 +186,12 @@ class PieceCache {
   std::size_t mask_;
   std::vector<Rank> arena_;
   std::size_t entries_ = 0;
+  static constexpr int kPairMemoBits = 14;
+  struct PairMemo {
+    std::uint64_t key[std::size_t{1} << kPairMemoBits];  // (a << 20 | b) + 1; 0: empty
+    Rank rank[std::size_t{1} << kPairMemoBits];
+  };
+  std::unique_ptr<PairMemo> pairs_;  // zero-filled on first use
 };
 
 class Vocabulary {
@@ -217,9 +239,9 @@ class Vocabulary {
     const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
     const std::uint64_t h = hash_bytes(p, n, head);
     if (n > PieceCache::kMaxBytes) {
-      Rank whole = find(p, n, head, h);
+      Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
       if (whole != kNoRank) return out.push(whole);
-      for (Rank r : merge_long(p, n)) out.push(r);
+      for (Rank r : merge_long(p, n, cache)) out.push(r);
       return;
     }
     std::uint32_t count = 0;
@@ -228,11 +250,11 @@ class Vocabulary {
       return;
     }
     Rank tokens[PieceCache::kMaxBytes];
-    tokens[0] = find(p, n, head, h);
+    tokens[0] = maybe_token(h) ? find(p, n, head, h) : kNoRank;
     if (tokens[0] != kNoRank) {
       count = 1;  // tiktoken's shortcut: a piece that is one token is not merged
     } else {
-      count = static_cast<std::uint32_t>(merge_short(p, n, tokens));
+      count = static_cast<std::uint32_t>(merge_short(p, n, tokens, cache));
     }
     cache.insert(p, n, head, h, tokens, count);
     for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
@@ -265,6 +287,11 @@ class Vocabulary {
     }
   }
 
+  // False when no ordinary token has hash h: most novel pieces (text never seen by the piece cache)
+  // are not tokens, and this bit set (256 KiB) answers without a miss in the token table (megabytes).
+  bool maybe_token(std::uint64_t h) const { return (token_bits_[(h >> 6) & kTokenBitsMask] >> (h & 63)) & 1; }
+  static constexpr std::size_t kTokenBitsMask = (std::size_t{1} << 15) - 1;  // 2^21 bits
+
   // The rank of the concatenation of tokens a and b, or kNoRank.
   Rank pair_rank(Rank a, Rank b) const {
     const std::uint64_t key = (std::uint64_t{1} << 43) | (std::uint64_t{a} << 20) | b;
@@ -276,8 +303,8 @@ class Vocabulary {
   }
 
   // Merges a piece of 3..kMaxBytes bytes into `tokens`; returns how many.
-  std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens) const;
-  std::vector<Rank> merge_long(const unsigned char* p, std::size_t n) const;
+  std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
+  std::vector<Rank> merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const;
   void build_tables(const std::string& name);
   void add_specials(const std::vector<std::pair<std::string, Rank>>& specials);
 
@@ -290,6 +317,7 @@ class Vocabulary {
   std::size_t pair_mask_ = 0;
   int pair_shift_ = 64;
   std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
+  std::vector<std::uint64_t> token_bits_;  // see maybe_token
   Rank byte_rank_[256] = {};
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
 };
