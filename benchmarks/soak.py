@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -38,14 +39,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request  # module level: FastAPI resolves the route's annotations here
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "python"))  # middleware_app: the app the middleware tests use
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "soak.json"
 MIX = {"json": 0.35, "stream": 0.25, "repeat": 0.15, "refused": 0.1, "invalid": 0.05, "disconnect": 0.1}
+BROKE_KEY = "sk-soak-broke"  # a tenant whose budget is 0
 TOPICS = ["tides", "compilers", "bread", "volcanoes", "chess", "rivers", "owls", "jazz", "glaciers", "maps"]
 
 
@@ -53,18 +55,23 @@ TOPICS = ["tides", "compilers", "bread", "volcanoes", "chess", "rivers", "owls",
 
 
 def build_app(db: str) -> Any:
-    """The app under test: an OpenAI-compatible route on the simulated provider, the middleware in
-    front, and /soak/lag reporting the event loop's lateness since the last read."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
+    """The app under test: tests/python/middleware_app's app (an OpenAI-compatible route on the
+    simulated provider, the middleware in front) plus two routes for the sampler: /soak/lag (the
+    event loop's lateness since the last read) and /soak/memory (gc counts, the runtime's
+    containers, and with SOAK_TRACEMALLOC=1 the Python allocations grown since the first read)."""
+    from middleware_app import build_app as middleware_app
 
-    from tokenlane import Tokenlane, TokenlaneMiddleware
+    from tokenlane import Tokenlane
     from tokenlane.providers import SimulatedProvider
+    from tokenlane.stages.identify import tenant_without_record
 
-    provider = SimulatedProvider(ttft_s=0.02, tokens_per_s=4000)
-    runtime = Tokenlane(db=db, max_concurrency=64, tenant_budgets_usd={"broke": 0})
-    app = FastAPI()
+    runtime = Tokenlane(db=db, max_concurrency=64, tenant_budgets_usd={tenant_without_record(BROKE_KEY): 0})
+    app = middleware_app(runtime, provider=SimulatedProvider(ttft_s=0.02, tokens_per_s=4000))
     lag = {"max_ms": 0.0, "sum_ms": 0.0, "n": 0}
+    tracing = os.environ.get("SOAK_TRACEMALLOC") == "1"
+    baseline: list[Any] = []
+    if tracing:
+        tracemalloc.start(5)
 
     async def watch_loop() -> None:
         while True:
@@ -75,30 +82,41 @@ def build_app(db: str) -> Any:
             lag["sum_ms"] += late
             lag["n"] += 1
 
-    @app.on_event("startup")
-    async def start_watch() -> None:
-        app.state.watch = asyncio.get_running_loop().create_task(watch_loop())
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        body = await request.json()
-        if body.get("stream"):
-            async def events():
-                async for chunk in provider.stream_chat(body):
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return JSONResponse(await provider.chat(body))
-
     @app.get("/soak/lag")
     async def read_lag() -> dict[str, float]:
+        if not hasattr(app.state, "watch"):  # started by the sampler's first read, before the load
+            app.state.watch = asyncio.get_running_loop().create_task(watch_loop())
         out = {"max_ms": lag["max_ms"], "mean_ms": lag["sum_ms"] / max(1, lag["n"])}
         lag.update(max_ms=0.0, sum_ms=0.0, n=0)
         return out
 
-    app.add_middleware(TokenlaneMiddleware, runtime=runtime)
+    @app.get("/soak/memory")
+    def read_memory() -> dict[str, Any]:
+        out: dict[str, Any] = {"gc_objects": len(gc.get_objects()), "gc_collections": [g["collections"] for g in gc.get_stats()],
+                               "runtime": runtime_sizes(runtime)}
+        if tracing:
+            gc.collect()  # what a full collection frees is not a leak
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            if not baseline:
+                baseline.append(snap)
+            out["traced_kb"] = tracemalloc.get_traced_memory()[0] // 1024
+            out["grown"] = [{"kb": round(d.size_diff / 1024, 1), "count": d.count_diff,
+                             "where": [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(d.traceback)]}
+                            for d in snap.compare_to(baseline[0], "traceback")[:12]]
+        return out
+
     return app
+
+
+def runtime_sizes(rt: Any) -> dict[str, int]:
+    """The runtime's containers that could grow with traffic, and the metrics' label sets."""
+    sizes = {"budget_tenants": len(rt.budget._tenants), "budget_end_users": len(rt.budget._end_users),
+             "identify_keys": len(rt.identify_stage._keys), "jobs": len(rt.jobs._jobs),
+             "schedule_waiters": len(rt.schedule._waiters), "settling": len(rt.reconcile._settling),
+             "scheduler_running": len(rt.scheduler.snapshot(time.time(), 1000).get("running", []))}
+    if rt.metrics is not None:
+        sizes["metric_samples"] = sum(len(m.samples) for m in rt.metrics.registry.collect())
+    return sizes
 
 
 def serve(db: str, port: int) -> None:
@@ -116,18 +134,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def key_for(kind: str, rng: random.Random) -> str | None:
+    """The caller's API key: JSON requests come from 500 keys (each its own tenant), the refused
+    ones from the broke tenant's key, the rest from no key (the anonymous tenant)."""
+    if kind == "refused":
+        return BROKE_KEY
+    return f"sk-soak-{rng.randrange(500)}" if kind == "json" else None
+
+
 def body_for(kind: str, rng: random.Random) -> dict[str, Any]:
-    topic = "tides" if kind == "repeat" else rng.choice(TOPICS)
+    # Every prompt but the repeated one has its own shape (three topics out of ten, in any order,
+    # and a word count) and the end users are many: whatever the server keeps per distinct prompt
+    # or user (estimator history, caches, budgets, metric labels) would grow in this run.
+    if kind == "repeat":
+        prompt = "In two sentences, what is interesting about tides?"
+    else:
+        topics = ", ".join(rng.sample(TOPICS, 3))
+        prompt = f"In {rng.choice(['two', 'three', 'four'])} sentences, what links {topics}? ({rng.random():.6f})"
     body: dict[str, Any] = {
-        "model": "gpt-4o-mini", "max_tokens": rng.choice([16, 40, 80]), "user": f"user-{rng.randrange(20)}",
-        "messages": [{"role": "user", "content": f"In two sentences, what is interesting about {topic}? "
-                                                 f"(request {rng.random():.6f})" if kind != "repeat" else
-                      "In two sentences, what is interesting about tides?"}],
+        "model": "gpt-4o-mini", "max_tokens": rng.choice([16, 40, 80]), "user": f"user-{rng.randrange(5000)}",
+        "messages": [{"role": "user", "content": prompt}],
     }
     if kind in ("stream", "disconnect"):
         body["stream"] = True
-    if kind == "refused":
-        body["user"] = "broke"
     if kind == "invalid":
         body["n"] = 10_000
     return body
@@ -139,7 +168,7 @@ def proc_stats(pid: int) -> dict[str, int]:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
-    return {"rss_mb": rss_kb // 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    return {"rss_mb": round(rss_kb / 1024, 1), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
 def ledger_bytes(db: str) -> int:
@@ -160,17 +189,19 @@ async def one_request(client: Any, kind: str, rng: random.Random, window: dict[s
     import httpx
 
     body = body_for(kind, rng)
+    key = key_for(kind, rng)
+    headers = {"authorization": f"Bearer {key}"} if key else None
     t0 = time.perf_counter()
     status = 0
     try:
         if body.get("stream"):
-            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
                 status = r.status_code
                 async for _ in r.aiter_raw():
                     if kind == "disconnect":
                         break  # leaving the block closes the connection mid-stream
         else:
-            r = await client.post("/v1/chat/completions", json=body)
+            r = await client.post("/v1/chat/completions", json=body, headers=headers)
             status = r.status_code
     except httpx.HTTPError as exc:
         window["errors"].append(f"{kind}: {type(exc).__name__}")
@@ -197,6 +228,7 @@ async def drive(port: int, pid: int, db: str, seconds: float, rate: float, inter
     # The sampler has its own connection: a saturated load pool must not stop the measurements.
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client, \
             httpx.AsyncClient(base_url=base, timeout=60) as sampler:
+        await sampler.get("/soak/lag")  # starts the server's loop watcher before the load
         start = time.monotonic()
         window, tasks = new_window(), set()
         next_sample = start + interval
@@ -216,6 +248,10 @@ async def drive(port: int, pid: int, db: str, seconds: float, rate: float, inter
                     lag = (await sampler.get("/soak/lag")).json()
                 except httpx.HTTPError:
                     lag = {"max_ms": float("nan"), "mean_ms": float("nan")}
+                try:  # the first read is the baseline the allocations are compared to
+                    memory = (await sampler.get("/soak/memory")).json()
+                except httpx.HTTPError:
+                    memory = {"gc_objects": -1}
                 lat = sorted(window["latency_ms"]) or [0.0]
                 sample = {"t_s": round(now - start, 1), **proc_stats(pid), "ledger_kb": ledger_bytes(db) // 1024,
                           "lag_max_ms": round(lag["max_ms"], 1), "lag_mean_ms": round(lag["mean_ms"], 2),
@@ -223,11 +259,12 @@ async def drive(port: int, pid: int, db: str, seconds: float, rate: float, inter
                           "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[int(len(lat) * 0.99)], 1),
                           "status": window["status"], "errors": len(window["errors"]),
                           "unexpected": len(window["unexpected"]),
-                          "unexpected_examples": window["unexpected"][:3] + window["errors"][:3]}
+                          "unexpected_examples": window["unexpected"][:3] + window["errors"][:3],
+                          "py_objects": memory["gc_objects"], "memory": memory}
                 samples.append(sample)
                 print(f"| {sample['t_s']:.0f} | {sample['rss_mb']} | {sample['fds']} | {sample['ledger_kb']} "
                       f"| {sample['lag_max_ms']} | {sample['requests']} | {sample['p50_ms']} | {sample['p99_ms']} "
-                      f"| {sample['unexpected'] + sample['errors']} |", flush=True)
+                      f"| {sample['py_objects']} | {sample['unexpected'] + sample['errors']} |", flush=True)
                 window = new_window()
                 next_sample += interval
             await asyncio.sleep(0.005)
@@ -247,11 +284,12 @@ def check_ledger(db: str) -> dict[str, Any]:
             "still_queued": counts.get("queued", 0), "reserved_pico_usd": reserved}
 
 
-def run(minutes: float, rate: float, interval: float, seed: int = 1) -> dict[str, Any]:
+def run(minutes: float, rate: float, interval: float, seed: int = 1, trace_memory: bool = False) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="tokenlane-soak-")
     db = os.path.join(tmp, "soak.db")
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "benchmarks") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "benchmarks") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "SOAK_TRACEMALLOC": "1" if trace_memory else "0"}
     server = subprocess.Popen([sys.executable, "-c", f"import soak; soak.serve({db!r}, {port})"], env=env)
     try:
         for _ in range(600):  # wait for it to listen
@@ -260,13 +298,13 @@ def run(minutes: float, rate: float, interval: float, seed: int = 1) -> dict[str
                 break
             except OSError:
                 time.sleep(0.1)
-        print("| t (s) | RSS (MB) | fds | ledger (KB) | loop lag max (ms) | requests | p50 (ms) | p99 (ms) | unexpected |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| t (s) | RSS (MB) | fds | ledger (KB) | loop lag max (ms) | requests | p50 (ms) | p99 (ms) "
+              "| Python objects | unexpected |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         samples = asyncio.run(drive(port, server.pid, db, minutes * 60, rate, interval, seed))
-        time.sleep(5)  # let abandoned streams notice their client is gone before the server stops
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.terminate()  # SIGTERM: uvicorn stops taking requests, the middleware drains the rest
+        server.wait(timeout=60)
     ledger = check_ledger(db)
     after = [s for s in samples if s["t_s"] >= 0.3 * minutes * 60]
     total_requests = sum(s["requests"] for s in samples)
@@ -277,6 +315,9 @@ def run(minutes: float, rate: float, interval: float, seed: int = 1) -> dict[str
         "rss_mb_first_last": [after[0]["rss_mb"], after[-1]["rss_mb"]] if after else None,
         "rss_growth_mb_per_10min": round(slope_per_10min([(s["t_s"], s["rss_mb"]) for s in after]), 2),
         "fds_growth_per_10min": round(slope_per_10min([(s["t_s"], s["fds"]) for s in after]), 2),
+        "py_objects_growth_per_10min": round(slope_per_10min([(s["t_s"], s["py_objects"]) for s in after])),
+        "runtime_sizes_last": samples[-1]["memory"].get("runtime") if samples else None,
+        "python_allocations_grown": samples[-1]["memory"].get("grown") if samples else None,
         "ledger_kb_per_1000_requests": round(1000 * after[-1]["ledger_kb"] / max(1, total_requests), 1) if after else None,
         "p99_ms_median_of_samples": statistics.median(s["p99_ms"] for s in samples) if samples else None,
         "lag_max_ms": max((s["lag_max_ms"] for s in samples), default=None),
@@ -292,14 +333,19 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=10.0, help="requests per second")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--trace-memory", action="store_true",
+                   help="tracemalloc in the server: the Python allocations grown since the first sample (slower)")
     args = p.parse_args()
-    result = run(args.minutes, args.rate, args.interval)
+    result = run(args.minutes, args.rate, args.interval, trace_memory=args.trace_memory)
     s = result["summary"]
     print(f"\n{s['requests']:,} requests in {s['minutes']} min at {s['rate_per_s']}/s; unexpected outcomes: "
           f"{s['unexpected']}; after warm-up RSS {s['rss_mb_first_last']} MB "
           f"({s['rss_growth_mb_per_10min']:+} MB/10 min), fds {s['fds_growth_per_10min']:+}/10 min; "
           f"ledger {s['ledger_kb_per_1000_requests']} KB per 1,000 requests; loop lag max {s['lag_max_ms']} ms; "
-          f"ledger after the run: {s['ledger']}")
+          f"ledger after the run: {s['ledger']}; Python objects {s['py_objects_growth_per_10min']:+}/10 min; "
+          f"runtime containers at the end: {s['runtime_sizes_last']}")
+    for grown in s["python_allocations_grown"] or []:
+        print(f"  {grown['kb']:+9.1f} KB {grown['count']:+7d} blocks  {' <- '.join(grown['where'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 

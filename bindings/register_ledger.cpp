@@ -104,7 +104,30 @@ ReportFilter report_filter(std::optional<std::string> tenant, std::optional<std:
 
 }  // namespace
 
+static void register_journal_applier(py::module_& m) {
+  py::class_<JournalApplier>(m, "JournalApplier")
+      .def(py::init([](std::shared_ptr<Ledger> ledger, double batch_delay_s) {
+             return std::make_unique<JournalApplier>(std::move(ledger), batch_delay_s);
+           }),
+           py::arg("ledger"), py::arg("batch_delay_s"))
+      // Keeps the GIL: a copy under a mutex, never a hand-off to another thread.
+      .def("push", [](JournalApplier& a, const py::bytes& record) { return a.push(std::string(record)); })
+      .def("flush", [](JournalApplier& a, double timeout_s) { return unlocked([&] { return a.flush(timeout_s); }); })
+      .def("set_ledger", &JournalApplier::set_ledger)
+      .def("take_status", [](JournalApplier& a) {
+        JournalApplier::Status st = a.take_status();
+        py::dict d;
+        d["queued"] = st.queued;
+        d["applied"] = st.applied;
+        d["failures"] = st.failures;
+        d["last_error"] = st.last_error;
+        d["skipped"] = st.skipped;
+        return d;
+      });
+}
+
 void register_ledger(py::module_& m) {
+  register_journal_applier(m);
   using Opt = std::optional<std::string>;
   py::class_<Ledger, std::shared_ptr<Ledger>>(m, "Ledger")
       .def(py::init([](const std::string& path, int busy_timeout_ms) {
@@ -213,15 +236,30 @@ void register_ledger(py::module_& m) {
              unlocked([&] { l.release(tenant, reserved, now); });
            })
       .def("reserve_all",
-           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now) {
-             return unlocked([&] { return l.reserve_all(tenants, amount, now); });
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now,
+              const std::string& hold, const std::string& owner) {
+             return unlocked([&] { return l.reserve_all(tenants, amount, now, hold, owner); });
            })
       .def("settle_all",
            [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, std::int64_t actual,
-              double now) { unlocked([&] { l.settle_all(tenants, reserved, actual, now); }); })
+              double now, const std::string& hold) {
+             unlocked([&] { l.settle_all(tenants, reserved, actual, now, hold); });
+           })
       .def("release_all",
-           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now) {
-             unlocked([&] { l.release_all(tenants, reserved, now); });
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now,
+              const std::string& hold) { unlocked([&] { l.release_all(tenants, reserved, now, hold); }); })
+      // A few microseconds on its own connection: keeps the GIL (a release would be a hand-off).
+      .def("budget_version", &Ledger::budget_version)
+      // write-behind journal, crashed workers
+      .def("apply_journal",
+           [](Ledger& l, const py::bytes& records) {
+             std::string_view text = records;  // the bytes object outlives the call
+             return unlocked([&] { return l.apply_journal(text); });
+           })
+      .def("owners", [](const Ledger& l) { return unlocked([&] { return l.owners(); }); })
+      .def("reclaim",
+           [](Ledger& l, const std::string& owner, double now) {
+             return unlocked([&] { return l.reclaim(owner, now); }, to_dict);
            })
       .def("usage",
            [](const Ledger& l, const std::string& tenant, double now) {

@@ -45,6 +45,9 @@ class TokenlaneMiddleware:
             self.runtime.parse.add_extractor(pattern, fn)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._draining(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -67,6 +70,17 @@ class TokenlaneMiddleware:
             await rt.handle(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _draining(self, receive: Receive) -> Receive:
+        """The lifespan's receive: on shutdown, settles the requests in flight first
+        (:meth:`Tokenlane.drain`), then lets the app shut down its own resources."""
+        async def receive_and_drain() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.runtime.drain()
+            return message
+
+        return receive_and_drain
 
 
 async def _admin_refusal(rt: Tokenlane, headers: Mapping[str, str]) -> RequestError | None:

@@ -27,8 +27,9 @@ class RequestError(Exception):
 
 
 def ledger_unavailable(exc: Exception) -> RequestError:
-    """The ledger cannot answer a read the request needs (PostgreSQL down): 503, retry shortly."""
-    return RequestError(503, f"the ledger is unreachable: {exc}", type="service_unavailable",
+    """The ledger cannot answer a call the request needs (PostgreSQL down; SQLite locked, on a full
+    disk or read-only past the ledger thread's retries): 503, retry shortly."""
+    return RequestError(503, f"the ledger is unavailable: {exc}", type="service_unavailable",
                         code="ledger_unavailable", retry_after_s=1.0)
 
 

@@ -7,11 +7,14 @@ One connection per process, guarded by a lock: callers are the ledger thread and
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+log = logging.getLogger("tokenlane")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -59,23 +62,57 @@ class Sidecar:
 
     def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False,
-                                     isolation_level=None)  # autocommit; explicit BEGIN where needed
-        self._conn.row_factory = sqlite3.Row
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
+        self.before_read: Any = None  # as Ledger.before_read: reports see every answered request
+        self._conn = self._open()
+        self._ready = False
         with self._lock:
-            if path != ":memory:":
+            self._prepare()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, check_same_thread=False,
+                               isolation_level=None)  # autocommit; explicit BEGIN where needed
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _prepare(self) -> None:
+        """Creates the tables. A read-only file is no reason not to start (the ledger refuses with
+        503 meanwhile): the tables are created on first use once the file is writable."""
+        try:
+            if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            self._ready = True
+        except sqlite3.OperationalError as exc:
+            if not _read_only(exc):
+                raise
+            log.error("tokenlane: %s is read-only (%s); its extra tables wait until it is writable", self.path, exc)
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        if self.before_read is not None:
+            self.before_read()
         with self._lock:
-            yield self._conn
+            if not self._ready:  # SQLite keeps a connection opened on a read-only file read-only
+                self._conn.close()
+                self._conn = self._open()
+                self._prepare()
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                if _read_only(exc):
+                    self._ready = False  # a new connection next time: the file may be writable by then
+                raise
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _read_only(exc: Exception) -> bool:
+    """SQLite's "attempt to write a readonly database" (the file, or its directory, may not be written)."""
+    return "readonly database" in str(exc)
 
 
 __all__ = ["Sidecar", "where"]
