@@ -302,7 +302,10 @@ class LedgerThread:
             if self._closed:
                 self._apply_pending()
             else:
-                self._put(self._apply_later if future is None else self._apply_pending)
+                # Batches gather only behind a journal: without one (PostgreSQL) a response waits
+                # for its record, and the ledger calls queued behind it would wait too.
+                later = future is None and self.journal is not None
+                self._put(self._apply_later if later else self._apply_pending)
         return future
 
     def _record_native(self, line: bytes, durable: bool, after: Callable[[], Any] | None) -> Future[Any] | None:
