@@ -98,6 +98,18 @@ _RESERVE = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, wi
             f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
             f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s FROM r")
 
+# One level's settlement as one statement (no read on the client, so a batch of them is pipelined):
+# frees the reservation only while the request's hold is in force (%(hold)s NULL: no hold).
+_FREE = "(CASE WHEN %(hold)s::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE request_id = %(hold)s) THEN %(r)s ELSE 0 END)"
+_SETTLE_LEVEL = (
+    f"WITH old AS (SELECT reserved_pico_usd AS r0 FROM budgets WHERE tenant = %(t)s FOR UPDATE), "
+    f"up AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, reserved_pico_usd, "
+    f"updated_at) VALUES (%(t)s, NULL, 'total', 0, %(x)s, 0, %(now)s) ON CONFLICT (tenant) DO UPDATE SET "
+    f"spent_pico_usd = {_SPENT} + %(x)s, window_start = GREATEST(budgets.window_start, {_WS}), "
+    f"reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - {_FREE}, 0), updated_at = %(now)s RETURNING 1) "
+    f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
+    f"SELECT %(t)s, 'settle', %(x)s, COALESCE((SELECT LEAST({_FREE}, r0) FROM old), 0), %(now)s")
+
 _MEASURES = """COUNT(*) AS requests,
  COUNT(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
  COUNT(*) FILTER (WHERE r.status = 'failed') AS failed,
@@ -486,6 +498,29 @@ class PostgresLedger:
         sets = ", ".join(f"{k} = %({k})s" for k in fields)
         return conn.execute(f"UPDATE requests SET {sets} WHERE id = %(_id)s", {**fields, "_id": id}).rowcount == 1
 
+    def apply_journal(self, records: bytes) -> list[str]:
+        """Applies a batch of the runtime's ledger records (JSON lines: a request's row, its final
+        fields, the settlement of its levels) in one transaction, pipelined: a few network round
+        trips for the whole batch rather than several per record (spooled while the database is
+        down). Returns descriptions of records skipped as malformed."""
+        skipped: list[str] = []
+        statements: list[tuple[str, dict[str, Any]]] = []
+        for line in records.splitlines():
+            if not line.strip():
+                continue
+            try:
+                statements += _record_statements(json.loads(line))
+            except (InvalidArgumentError, ValueError, KeyError, TypeError) as exc:
+                skipped.append(f"{exc}: {line[:200]!r}")
+        if statements:
+            self._write("statements", {"statements": statements})
+        return skipped
+
+    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False) -> None:
+        with conn.pipeline():
+            for sql, params in statements:
+                conn.execute(sql, params)
+
     def get_request(self, id: str) -> dict[str, Any] | None:
         return self._read(lambda c: c.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE id = %s",
                                               (id,)).fetchone())
@@ -815,6 +850,36 @@ rq AS (UPDATE requests SET status = CASE WHEN status = 'queued' THEN 'cancelled'
        WHERE finished_at IS NULL AND status IN ('running', 'queued')
          AND (id IN (SELECT request_id FROM gone) OR owner IN (SELECT owner FROM dead)))
 SELECT (SELECT COUNT(*) FROM gone) AS n, (SELECT COUNT(*) FROM renewed) AS renewed"""
+
+
+def _record_statements(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The statements of one ledger record (see :meth:`PostgresLedger.apply_journal`): none reads."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if "row" in r:  # the decided row (or, with the final record, the row not inserted yet): once
+        row = dict(r["row"])
+        row.setdefault("created_at", time.time())
+        _check_request_fields(row)
+        out.append((f"INSERT INTO requests ({', '.join(row)}) VALUES ({', '.join(f'%({k})s' for k in row)}) "
+                    "ON CONFLICT (id) DO NOTHING", row))
+    if "final" in r:
+        fields = dict(r["final"])
+        fields.pop("id", None)
+        _check_request_fields(fields)
+        if fields:
+            out.append((f"UPDATE requests SET {', '.join(f'{k} = %({k})s' for k in fields)} WHERE id = %(_id)s",
+                        {**fields, "_id": r["id"]}))
+        levels = r.get("budgets") or []
+        for t in levels:
+            _check_tenant(t)
+        if levels:
+            now, hold = float(r["now"]), r["id"]
+            # The hold's row is locked first: a sweeper cannot release it between the levels.
+            out.append(("SELECT 1 FROM holds WHERE request_id = %(hold)s FOR UPDATE", {"hold": hold}))
+            for t in levels:
+                out.append((_SETTLE_LEVEL, {"t": t, "r": int(r.get("reserved") or 0), "x": int(r.get("actual") or 0),
+                                            "now": now, "hold": hold, **window_starts(now)}))
+            out.append(("DELETE FROM holds WHERE request_id = %(hold)s", {"hold": hold}))
+    return out
 
 
 def _end_hold(conn: Any, hold: str) -> bool:
