@@ -122,3 +122,32 @@ def _wait_listening(port: int, server: subprocess.Popen) -> None:
         except OSError:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.1)
+
+
+def test_drain_lets_requests_finish_within_the_grace_and_interrupts_the_rest(tmp_path):
+    """Tokenlane.drain's own grace period (a server that does not wait for its requests itself)."""
+    from tokenlane import Tokenlane
+    from tokenlane.providers import SimulatedProvider
+
+    from middleware_app import build_app
+
+    rt = Tokenlane(db=str(tmp_path / "ledger.db"), budget_usd=5)
+    app = build_app(rt, provider=SimulatedProvider(ttft_s=0.05, tokens_per_s=10))
+
+    async def scenario() -> tuple[object, object]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as client:
+            quick = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(3, "q")))
+            slow = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(None, "s")))
+            while len(rt._in_flight) < 2 or rt.ledger.status_counts()["running"] < 2:
+                await asyncio.sleep(0.02)
+            await rt.drain(grace_s=1.5)
+            return (await asyncio.gather(quick, slow, return_exceptions=True))
+
+    quick, slow = asyncio.run(scenario())
+    assert quick.status_code == 200
+    assert rt.ledger.get_request(quick.headers["x-tokenlane-request-id"])["status"] == "succeeded"
+    assert isinstance(slow, asyncio.CancelledError)
+    [row] = [r for r in rt.ledger.list_requests() if r["status"] != "succeeded"]
+    assert row["status"] == "failed" and "interrupted" in row["error"]
+    assert all(b["reserved_pico_usd"] == 0 for b in rt.ledger.list_budgets())
