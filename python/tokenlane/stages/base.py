@@ -165,7 +165,9 @@ class LedgerThread:
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs))
+        # Shielded: a caller cancelled while the call waits its turn (a client gone, a shutdown) must
+        # not take the write out of the queue, as cancelling the executor's future would.
+        return asyncio.shield(loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs)))
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`write`, from any thread; returns a concurrent Future."""

@@ -92,7 +92,9 @@ class Upstream:
                 finished.update(fields)
                 outcome.cost_pico_usd = fields["cost_pico_usd"]
                 try:
-                    await asyncio.wrap_future(written)  # the row is on disk before the response completes
+                    # The row is on disk before the response completes. Shielded: this task may be
+                    # cancelled here (the client hung up), and that must not cancel the queued write.
+                    await asyncio.shield(asyncio.wrap_future(written))
                 except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
                     log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
             return finished
