@@ -213,15 +213,30 @@ void register_ledger(py::module_& m) {
              unlocked([&] { l.release(tenant, reserved, now); });
            })
       .def("reserve_all",
-           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now) {
-             return unlocked([&] { return l.reserve_all(tenants, amount, now); });
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now,
+              const std::string& hold, const std::string& owner) {
+             return unlocked([&] { return l.reserve_all(tenants, amount, now, hold, owner); });
            })
       .def("settle_all",
            [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, std::int64_t actual,
-              double now) { unlocked([&] { l.settle_all(tenants, reserved, actual, now); }); })
+              double now, const std::string& hold) {
+             unlocked([&] { l.settle_all(tenants, reserved, actual, now, hold); });
+           })
       .def("release_all",
-           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now) {
-             unlocked([&] { l.release_all(tenants, reserved, now); });
+           [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now,
+              const std::string& hold) { unlocked([&] { l.release_all(tenants, reserved, now, hold); }); })
+      // A few microseconds on its own connection: keeps the GIL (a release would be a hand-off).
+      .def("budget_version", &Ledger::budget_version)
+      // write-behind journal, crashed workers
+      .def("apply_journal",
+           [](Ledger& l, const py::bytes& records) {
+             std::string_view text = records;  // the bytes object outlives the call
+             return unlocked([&] { return l.apply_journal(text); });
+           })
+      .def("owners", [](const Ledger& l) { return unlocked([&] { return l.owners(); }); })
+      .def("reclaim",
+           [](Ledger& l, const std::string& owner, double now) {
+             return unlocked([&] { return l.reclaim(owner, now); }, to_dict);
            })
       .def("usage",
            [](const Ledger& l, const std::string& tenant, double now) {

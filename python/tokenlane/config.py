@@ -40,6 +40,7 @@ class Settings:
     state_failure: str = "closed"               # Redis unreachable: "closed" (503) or "local" (1/N of each limit)
     state_replicas: int = 1                     # N, for state_failure="local"
     state_lease_s: float = 15.0                 # slots and reservations of a dead replica return after this
+    reclaim_interval_s: float = 10.0            # how often a worker frees dead workers' holds and rows (SQLite)
     policy: str = "default"
     budget_usd: Decimal | None = None           # default budget of every tenant
     end_user_budget_usd: Decimal | None = None  # default budget of every end user (inside its key's)
@@ -106,7 +107,7 @@ class Settings:
 
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
         "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes", "state_replicas"}
-_FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s", "shutdown_grace_s"}
+_FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s", "shutdown_grace_s", "reclaim_interval_s"}
 _MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}

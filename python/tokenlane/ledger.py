@@ -84,6 +84,15 @@ class Ledger:
     def __init__(self, url: str | os.PathLike[str] = "tokenlane.db", *, busy_timeout_ms: int = 10_000) -> None:
         self._busy_timeout_ms = busy_timeout_ms
         self._led = _core.Ledger(_sqlite_path(url), busy_timeout_ms)
+        # Set by a runtime that writes behind (its ledger thread's flush): request and budget
+        # reads through this object first wait for the records queued so far, so they see every
+        # request this process answered.
+        self.before_read: Any = None
+
+    def _sync(self) -> Any:
+        if self.before_read is not None:
+            self.before_read()
+        return self._led
 
     def reconnect(self) -> None:
         """Opens a new connection in place of this one (the old one closes once no call runs on it).
@@ -173,7 +182,7 @@ class Ledger:
         return self._led.update_request(id, fields)
 
     def get_request(self, id: str) -> dict[str, Any] | None:
-        return self._led.get_request(id)
+        return self._sync().get_request(id)
 
     def list_requests(
         self,
@@ -188,7 +197,7 @@ class Ledger:
         user_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """Requests newest first; `since` inclusive, `until` exclusive (on created_at)."""
-        return self._led.list_requests(
+        return self._sync().list_requests(
             tenant, status, model, user_id, _seconds(since), _seconds(until), limit, offset
         )
 
@@ -203,7 +212,7 @@ class Ledger:
         user_id: int | None = None,
     ) -> int:
         """How many rows list_requests would page through with the same filters."""
-        return self._led.count_requests(tenant, status, model, user_id, _seconds(since), _seconds(until))
+        return self._sync().count_requests(tenant, status, model, user_id, _seconds(since), _seconds(until))
 
     # ---- budgets -----------------------------------------------------------------------------
 
@@ -215,10 +224,10 @@ class Ledger:
 
     def get_budget(self, tenant: str) -> dict[str, Any] | None:
         """The stored row: tenant, limit_pico_usd, window, window_start, spent/reserved_pico_usd."""
-        return self._led.get_budget(tenant)
+        return self._sync().get_budget(tenant)
 
     def list_budgets(self) -> list[dict[str, Any]]:
-        return self._led.list_budgets()
+        return self._sync().list_budgets()
 
     def reserve(self, tenant: str, amount_pico_usd: int, now: float | None = None) -> bool:
         """Atomically reserves `amount` if spent + reserved + amount <= limit (or no limit)."""
@@ -232,27 +241,51 @@ class Ledger:
         """Releases a reservation without charging (refused, cancelled, failed before the call)."""
         self._led.release(tenant, reserved_pico_usd, _now(now))
 
-    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None) -> int:
+    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None, *,
+                    hold: str | None = None, owner: str | None = None) -> int:
         """Reserves `amount` at every tenant (the levels of one principal chain) or at none, in one
-        transaction: -1 when all had room, else the index of the first without room."""
-        return self._led.reserve_all(list(tenants), amount_pico_usd, _now(now))
+        transaction: -1 when all had room, else the index of the first without room. With `hold`
+        (the request id) and `owner` (the worker's token, :mod:`tokenlane.recovery`) the
+        reservation is recorded, so a dead worker's share can be reclaimed."""
+        return self._led.reserve_all(list(tenants), amount_pico_usd, _now(now), hold or "", owner or "")
 
     def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
-                   now: float | None = None) -> None:
-        """settle() at every tenant, in one transaction."""
-        self._led.settle_all(list(tenants), reserved_pico_usd, actual_pico_usd, _now(now))
+                   now: float | None = None, *, hold: str | None = None) -> None:
+        """settle() at every tenant, in one transaction (ending `hold` if given)."""
+        self._led.settle_all(list(tenants), reserved_pico_usd, actual_pico_usd, _now(now), hold or "")
 
-    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None) -> None:
-        """release() at every tenant, in one transaction."""
-        self._led.release_all(list(tenants), reserved_pico_usd, _now(now))
+    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None, *,
+                    hold: str | None = None) -> None:
+        """release() at every tenant, in one transaction (ending `hold` if given)."""
+        self._led.release_all(list(tenants), reserved_pico_usd, _now(now), hold or "")
+
+    def budget_version(self) -> int:
+        """Changes whenever any process sets a budget's limit; -1 when unknown right now. Cheap
+        (its own connection, no wait): call it on every request."""
+        return self._led.budget_version()
+
+    # ---- write-behind and crashed workers ------------------------------------------------------
+
+    def apply_journal(self, records: bytes) -> list[str]:
+        """Applies journal records (JSON lines; see the C++ ledger's ``apply_journal``) in one
+        transaction, each exactly once; returns descriptions of records skipped as malformed."""
+        return self._led.apply_journal(records)
+
+    def owners(self) -> list[str]:
+        """Owner tokens of budget holds and unfinished request rows."""
+        return self._led.owners()
+
+    def reclaim(self, owner: str, now: float | None = None) -> dict[str, int]:
+        """Frees a dead owner's holds and fails its unfinished rows: {holds, requests, released_pico_usd}."""
+        return self._led.reclaim(owner, _now(now))
 
     def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
         """spent/reserved/limit/remaining_pico_usd, requests, window, window_start, resets_at."""
-        return self._led.usage(tenant, _now(now))
+        return self._sync().usage(tenant, _now(now))
 
     def budget_events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The budget audit trail, newest first (reserve, settle, release, set_budget)."""
-        return self._led.budget_events(tenant, limit)
+        return self._sync().budget_events(tenant, limit)
 
     # ---- configuration -----------------------------------------------------------------------
 
@@ -295,7 +328,7 @@ class Ledger:
         user_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """One row per UTC day ("day": "YYYY-MM-DD") with counts, tokens, costs, queue wait."""
-        return self._led.report_by_day(tenant, user_id, _seconds(since), _seconds(until))
+        return self._sync().report_by_day(tenant, user_id, _seconds(since), _seconds(until))
 
     def report_by_model(
         self,
@@ -306,7 +339,7 @@ class Ledger:
         user_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """One row per model, most expensive first."""
-        return self._led.report_by_model(tenant, user_id, _seconds(since), _seconds(until))
+        return self._sync().report_by_model(tenant, user_id, _seconds(since), _seconds(until))
 
     def report_by_user(
         self,
@@ -317,7 +350,7 @@ class Ledger:
         user_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """One row per (user_id, tenant) with the user's email, most expensive first."""
-        return self._led.report_by_user(tenant, user_id, _seconds(since), _seconds(until))
+        return self._sync().report_by_user(tenant, user_id, _seconds(since), _seconds(until))
 
     def status_counts(
         self,
@@ -328,4 +361,4 @@ class Ledger:
         user_id: int | None = None,
     ) -> dict[str, int]:
         """{status: count} with every known status present."""
-        return self._led.status_counts(tenant, user_id, _seconds(since), _seconds(until))
+        return self._sync().status_counts(tenant, user_id, _seconds(since), _seconds(until))

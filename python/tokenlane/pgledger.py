@@ -49,7 +49,8 @@ _REQUEST_COLUMNS = (
     "est_output_p50", "est_output_p90", "est_cost_pico_usd", "reserved_pico_usd", "input_tokens",
     "output_tokens", "cached_input_tokens", "reasoning_tokens", "cost_pico_usd", "error", "prompt_preview",
     "response_preview", "cache", "cache_saved_pico_usd", "prompt_cache_saved_pico_usd", "untrimmed_input_tokens",
-    "end_user", "requested_model", "route_rule", "attempts", "fallbacks", "batch", "unrouted_cost_pico_usd")
+    "end_user", "requested_model", "route_rule", "attempts", "fallbacks", "batch", "unrouted_cost_pico_usd",
+    "owner")
 _STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled", "deferred")
 _USER_COLUMNS = ("id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled <> 0 AS disabled, "
                  "created_at")
@@ -122,7 +123,7 @@ def _check_amount(what: str, value: int) -> None:
 
 _REAL_COLUMNS = {"deadline_s", "created_at", "started_at", "finished_at", "queue_ms"}
 _TEXT_COLUMNS = {"id", "tenant", "route", "model", "status", "decision", "reason", "priority", "error",
-                 "prompt_preview", "response_preview", "cache", "end_user", "requested_model", "route_rule"}
+                 "prompt_preview", "response_preview", "cache", "end_user", "requested_model", "route_rule", "owner"}
 
 
 def _check_request_fields(fields: dict[str, Any]) -> None:
@@ -543,9 +544,11 @@ class PostgresLedger:
         params = {"t": tenant, "a": amount_pico_usd, "now": now, **window_starts(now)}
         return bool(self._read(lambda c: c.execute(_RESERVE, params).rowcount == 1))
 
-    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None) -> int:
+    def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None, *,
+                    hold: str | None = None, owner: str | None = None) -> int:
         """Reserves at every tenant (the levels of one principal chain) or at none, in one
-        transaction: -1 when all had room, else the index of the first without room."""
+        transaction: -1 when all had room, else the index of the first without room. (``hold`` and
+        ``owner`` are accepted for the SQLite ledger's interface; holds are not recorded here yet.)"""
         for t in tenants:
             _check_tenant(t)
         _check_amount("amount_pico_usd", amount_pico_usd)
@@ -569,7 +572,7 @@ class PostgresLedger:
         return int(self._read(run))
 
     def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
-                   now: float | None = None) -> None:
+                   now: float | None = None, *, hold: str | None = None) -> None:
         """settle() at every tenant, in one transaction (spooled while the database is down)."""
         for t in tenants:
             _check_tenant(t)
@@ -583,7 +586,8 @@ class PostgresLedger:
         for tenant in tenants:
             self._apply_settle(conn, tenant, reserved, actual, now)
 
-    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None) -> None:
+    def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None, *,
+                    hold: str | None = None) -> None:
         """release() at every tenant, in one transaction (spooled while the database is down)."""
         for t in tenants:
             _check_tenant(t)

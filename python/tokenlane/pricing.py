@@ -25,6 +25,12 @@ PICO_PER_USD = 10**12
 DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "prices.json"
 
 _MONEY_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "total")
+
+
+@functools.lru_cache(maxsize=None)
+def _cost_fields(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, looked up once (dataclasses.fields builds them on every call)."""
+    return tuple(f.name for f in fields(cls))
 _COUNT_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
@@ -68,7 +74,7 @@ class Cost:
     @classmethod
     def _from_core(cls, d: Mapping[str, Any]) -> Cost:
         money = {f"{k}_pico_usd": d[k] for k in _MONEY_FIELDS}
-        rest = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        rest = {name: d[name] for name in _cost_fields(cls) if name in d}
         return cls(**rest, **money)
 
     @property

@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from decimal import Decimal
@@ -36,6 +35,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text
+from .recovery import Journal, journal_dir, owner_token, sweep
 from .scheduler import Scheduler
 from .batch import BatchLane
 from .state import LocalState, State
@@ -64,6 +64,7 @@ from .stages import (
     TierCaps,
     Upstream,
 )
+from .stages.base import new_request_id
 from .stages.cache import CachePlan, entry_for, hit_body
 
 
@@ -92,11 +93,28 @@ class Tokenlane:
                                                 **limits)
         self.metrics = Metrics() if s.metrics else None
         self.clock = clock
-        self.thread = LedgerThread(on_error=self._ledger_error)
+        # This process's ledger writer: write-behind through a journal file beside a SQLite ledger
+        # (tokenlane.recovery), and every reclaim_interval_s the reclaim of dead workers' leftovers.
+        journal_home = journal_dir(self.ledger.path) if isinstance(self.ledger, Ledger) else None
+        if journal_home is not None:
+            sweep(self.ledger, journal_home, owner_token(), clock())  # a dead predecessor's work, first
+        journal = None
+        if journal_home is not None:
+            try:
+                journal = Journal(journal_home, owner_token())
+            except OSError as exc:  # no journal (read-only or full disk): responses wait for the ledger
+                log.error("tokenlane: no write-behind journal in %s (%s): responses wait for the ledger", journal_home, exc)
+        self.thread = LedgerThread(
+            on_error=self._ledger_error, ledger=self.ledger, journal=journal,
+            sweep=(lambda: sweep(self.ledger, journal_home, owner_token(), self.clock())) if journal_home else None,
+            sweep_s=s.reclaim_interval_s)
+        if isinstance(self.ledger, Ledger):
+            self.ledger.before_read = self.thread.flush  # reads see every request this process answered
         # Tables beside the ledger's own (alert marks, request tags) in the same file; with the
         # ledger on PostgreSQL they stay in a local SQLite file of this replica (not shared yet).
         self.sidecar = Sidecar(self.ledger.path if isinstance(self.ledger, Ledger) else "tokenlane-sidecar.db")
         self.tags = TagStore(self.sidecar)
+        self.sidecar.before_read = self.thread.flush
         # The stages, in request order.
         self.parse = Parse(s.max_body_bytes)
         self.identify_stage = Identify(s, self.ledger, identify)
@@ -287,7 +305,7 @@ class Tokenlane:
         if self.reconcile._settling:
             await asyncio.wait(set(self.reconcile._settling), timeout=10.0)
         try:  # a barrier: the ledger thread runs calls in order, so every earlier write is done
-            await asyncio.wait_for(self.write(lambda: None), timeout=max(10.0, self.thread.retry_s + 5.0))
+            await asyncio.wait_for(asyncio.to_thread(self.thread.flush), timeout=max(10.0, self.thread.retry_s + 5.0))
         except (asyncio.TimeoutError, StorageError):
             log.error("tokenlane: ledger writes still pending at shutdown")
 
@@ -360,12 +378,9 @@ class Tokenlane:
                    job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> Outcome | None:
         """Schedules a priced request and runs it (None: refused or deferred)."""
         def decided(decision: Any) -> None:
-            # Written by the ledger's one writer thread, in order: before any later update of the row.
+            # Queued for the ledger's one writer thread, in order: before any later update of the row.
             status = {"admit": "running", "queue": "queued", "defer": "deferred"}.get(decision.kind, "rejected")
-            row = self.reconcile.ledger_row(priced, status, decision)
-            self.write(self.ledger.insert_request, row).add_done_callback(
-                lambda done: done.cancelled() or done.exception() is None
-                or log.error("tokenlane: ledger row not written: %s", row))
+            self.reconcile.decided(priced, status, decision)
             if priced.tags:
                 self.write(self.tags.record, priced.id, priced.tags)
             if on_decision:
@@ -392,10 +407,12 @@ class Tokenlane:
                     disconnected.cancel()
                 raise
         except RequestError as exc:
-            with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
-                await self.write(self.ledger.update_request, priced.id,
-                                 status="cancelled" if exc.status == 499 else "rejected",
-                                 reason=exc.code, finished_at=self.clock(), error=exc.message)
+            _, wait = self.reconcile.finish_row(priced, {"status": "cancelled" if exc.status == 499 else "rejected",
+                                                         "reason": exc.code, "finished_at": self.clock(),
+                                                         "error": exc.message})
+            if wait is not None:
+                with contextlib.suppress(StorageError):  # already logged and counted by the ledger thread
+                    await asyncio.wrap_future(wait)
             if self.observe is not None and exc.status != 499:
                 # insufficient_quota: the budget refused (the scheduler's view or the ledger's reservation).
                 self.observe.refused(priced, budget=exc.code == "insufficient_quota")
@@ -429,15 +446,14 @@ class Tokenlane:
         if p.hold is not None:
             hold, p.hold, p.reserved_ledger = p.hold, None, 0
             self.state.release(hold, now)
-        self.write(self.ledger.update_request, p.id, status="cancelled", reason="interrupted", finished_at=now,
-                   error=why)
+        self.reconcile.finish_row(p, {"status": "cancelled", "reason": "interrupted", "finished_at": now, "error": why})
 
     async def _serve_hit(self, plan: CachePlan, request: LLMRequest, data: Any, identity: Identity, scope: Scope,
                          send: Send, job: Job | None, on_decision: Callable[[dict[str, Any]], None] | None) -> None:
         """Answers from the cache: no model call, $0, a ledger row with the saving."""
         assert plan.entry is not None
         now = self.clock()
-        request_id = job.id if job else f"req_{uuid.uuid4().hex}"
+        request_id = job.id if job else new_request_id()
         saved = plan.entry.cost_pico_usd
         body, content_type = hit_body(plan, request, data)
         row = {"id": request_id, "tenant": identity.tenant, "user_id": identity.user_id, "key_id": identity.key_id,
@@ -448,7 +464,11 @@ class Tokenlane:
                "cache": "hit", "cache_saved_pico_usd": saved}
         if not self.settings.redact_prompts:
             row["prompt_preview"] = request.text()[:2000]
-        await self.write(self.ledger.insert_request, row)  # on disk before the response completes
+        row["owner"] = owner_token()
+        # Journaled (on disk) before the response completes; without a journal, written first.
+        wait = self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(request_id).encode(), json.dumps(row).encode()))
+        if wait is not None:
+            await asyncio.wrap_future(wait)
         if on_decision:
             on_decision({"decision": "admit", "reason": "cache_hit", "message": f"served from the cache ({plan.reason})"})
         headers = [(b"x-tokenlane-request-id", request_id.encode()), (b"x-tokenlane-cache", b"hit"),

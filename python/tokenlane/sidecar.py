@@ -64,6 +64,7 @@ class Sidecar:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
+        self.before_read: Any = None  # as Ledger.before_read: reports see every answered request
         self._conn = self._open()
         self._ready = False
         with self._lock:
@@ -90,6 +91,8 @@ class Sidecar:
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        if self.before_read is not None:
+            self.before_read()
         with self._lock:
             if not self._ready:  # SQLite keeps a connection opened on a read-only file read-only
                 self._conn.close()

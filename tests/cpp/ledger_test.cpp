@@ -627,3 +627,40 @@ TEST_CASE("ledger: one connection shared by several threads", "[ledger][threads]
   CHECK(u.integer("reserved_pico_usd") == 0);
   CHECK(u.integer("spent_pico_usd") == 200 * 60);
 }
+
+TEST_CASE("ledger: journal records apply once; a dead owner's holds and rows are reclaimed", "[ledger]") {
+  TempDb tmp;
+  Ledger led(tmp.str());
+  const double now = 1'700'000'000.0;
+  led.set_budget("acme", std::int64_t{1'000'000}, BudgetWindow::day, now);
+  const std::int64_t v = led.budget_version();
+  CHECK(v >= 1);
+  led.set_budget("acme", std::int64_t{2'000'000}, BudgetWindow::day, now);
+  CHECK(led.budget_version() == v + 1);  // another connection would see it too
+
+  REQUIRE(led.reserve_all({"acme", "acme/user:bo"}, 5000, now, "req_1", "host:1:2") == -1);
+  REQUIRE(led.reserve_all({"acme"}, 700, now, "req_2", "host:1:2") == -1);
+  const std::string record =
+      R"({"id":"req_1","row":{"status":"running","tenant":"acme","owner":"host:1:2","created_at":1.0},)"
+      R"("final":{"status":"succeeded","finished_at":2.0,"cost_pico_usd":1200},)"
+      R"("budgets":["acme","acme/user:bo"],"reserved":5000,"actual":1200,"now":1700000000.0})";
+  CHECK(led.apply_journal(record + "\n" + "not json\n").size() == 1);  // the bad line is skipped alone
+  CHECK(led.apply_journal(record + "\n").empty());                     // a replay changes nothing
+  CHECK(led.get_request("req_1")->text("status") == "succeeded");
+  CHECK(led.get_budget("acme")->integer("spent_pico_usd") == 1200);
+  CHECK(led.get_budget("acme")->integer("reserved_pico_usd") == 700);  // req_2's hold is still there
+  CHECK(led.get_budget("acme/user:bo")->integer("reserved_pico_usd") == 0);
+
+  LedgerRow running;
+  running.set("id", std::string("req_3")).set("status", std::string("running")).set("owner", std::string("host:1:2"));
+  led.insert_request(running);
+  CHECK(led.owners() == std::vector<std::string>{"host:1:2"});
+  const LedgerRow freed = led.reclaim("host:1:2", now);
+  CHECK(freed.integer("holds") == 1);
+  CHECK(freed.integer("requests") == 1);
+  CHECK(freed.integer("released_pico_usd") == 700);
+  CHECK(led.get_budget("acme")->integer("reserved_pico_usd") == 0);
+  CHECK(led.get_request("req_3")->text("status") == "failed");
+  CHECK(led.owners().empty());
+  CHECK(led.reclaim("host:1:2", now).integer("holds") == 0);  // idempotent
+}

@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "scheduler/id_table.hpp"
+#include "scheduler/ordered_index.hpp"
 #include "tokenlane/error.hpp"
 #include "tokenlane/scheduler.hpp"
 
@@ -687,4 +689,71 @@ TEST_CASE("one scheduler driven from several threads keeps its limits and leaks 
   CHECK(s.running_count() == 0);
   CHECK(s.queued_count() == 0);
   CHECK(s.usage("t0", now).reserved == Money());
+}
+
+// The scheduler's private ordered sets (counted B+tree) and id table, against std::set / std::map on
+// random operation sequences long enough to split, merge and collapse several tree levels.
+TEST_CASE("ordered index and id table agree with the standard containers", "[scheduler][property]") {
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 4; ++round) {
+    detail::OrderedIndex<std::pair<int, int>> tree;
+    std::set<std::pair<int, int>> ref;
+    const int range = round % 2 ? 300 : 100000;  // dense (many collisions) and sparse keys
+    const int steps = 60000;
+    for (int step = 0; step < steps; ++step) {
+      // Grow for the first half, then shrink to empty, with random and front erases.
+      const bool grow = step < steps / 2;
+      const int op = static_cast<int>(rng() % 10);
+      const std::pair<int, int> k{static_cast<int>(rng() % static_cast<unsigned>(range)), static_cast<int>(rng() % 3)};
+      if ((grow && op < 6) || (!grow && op < 3)) {
+        const auto expected = static_cast<std::size_t>(std::distance(ref.begin(), ref.lower_bound(k)));
+        if (ref.insert(k).second) REQUIRE(tree.insert(k) == expected);
+      } else if (op < 8 || ref.empty()) {
+        REQUIRE(tree.erase(k) == (ref.erase(k) == 1));
+      } else {
+        REQUIRE(tree.front() == *ref.begin());
+        REQUIRE(tree.erase(*ref.begin()));
+        ref.erase(ref.begin());
+      }
+      REQUIRE(tree.size() == ref.size());
+      if (step % 997 == 0) {
+        REQUIRE(std::equal(tree.begin(), tree.end(), ref.begin(), ref.end()));
+        for (int q = 0; q < 20; ++q) {
+          const std::pair<int, int> probe{static_cast<int>(rng() % static_cast<unsigned>(range)), 1};
+          REQUIRE(tree.rank(probe) == static_cast<std::size_t>(std::distance(ref.begin(), ref.lower_bound(probe))));
+        }
+      }
+    }
+    while (!ref.empty()) {  // drain by the front, as a queue does
+      REQUIRE(tree.front() == *ref.begin());
+      REQUIRE(tree.erase(*ref.begin()));
+      ref.erase(ref.begin());
+      REQUIRE(tree.size() == ref.size());
+    }
+    REQUIRE(tree.empty());
+    REQUIRE(tree.begin() == tree.end());
+  }
+
+  detail::IdTable ids;
+  std::vector<std::string> names(5000);
+  std::map<std::string, std::uint32_t> ref;
+  const auto id_of = [&](std::uint32_t slot) -> const std::string& { return names[slot]; };
+  for (int step = 0; step < 200000; ++step) {
+    const std::string id = "r" + std::to_string(rng() % 3000);
+    const std::uint32_t h = detail::IdTable::hash(id);
+    const auto it = ref.find(id);
+    REQUIRE(ids.find(h, id, id_of) == (it == ref.end() ? detail::IdTable::kNone : it->second));
+    if (it == ref.end()) {
+      const auto slot = static_cast<std::uint32_t>(rng() % names.size());
+      if (!names[slot].empty()) continue;  // slot in use
+      names[slot] = id;
+      ids.insert(h, slot);
+      ref.emplace(id, slot);
+    } else if (rng() % 2) {
+      ids.erase(h, it->second);
+      names[it->second].clear();
+      ref.erase(it);
+    }
+    REQUIRE(ids.size() == ref.size());
+  }
 }

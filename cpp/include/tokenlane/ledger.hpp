@@ -166,10 +166,20 @@ class Ledger {
   // The same on several tenants (the levels of one principal chain, 1 to 16) in one transaction:
   // reserve_all takes the amount at every level or at none, returning -1 when all had room, else
   // the index of the first level without room.
-  int reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now);
+  // With a `hold` (the request's id) and its `owner` (the worker process: see reclaim below),
+  // reserve_all also records the hold in the same transaction; settle_all and release_all with that
+  // hold delete it, so a worker that dies leaves a record of exactly what it held.
+  int reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now,
+                  const std::string& hold = {}, const std::string& owner = {});
   void settle_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd,
-                  std::int64_t actual_pico_usd, double now);
-  void release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now);
+                  std::int64_t actual_pico_usd, double now, const std::string& hold = {});
+  void release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now,
+                   const std::string& hold = {});
+  // A counter every set_budget bumps (in its transaction), read on a connection of its own so it
+  // never waits behind this process's writer: a caller that saw the same version twice knows no
+  // limit was set or changed in between, in any process. -1 when the file could not be read at
+  // once (the caller then assumes a budget may apply).
+  std::int64_t budget_version() const;
   // spent_pico_usd, reserved_pico_usd, limit_pico_usd (NULL = none), remaining_pico_usd (NULL = no
   // limit; never negative), requests (rows created in this window), window, window_start,
   // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
@@ -179,6 +189,22 @@ class Ledger {
   // the reservation it freed), at. Freed amounts are what was really freed, so replaying the
   // events in id order reproduces the counters.
   std::vector<LedgerRow> budget_events(const std::optional<std::string>& tenant, std::int64_t limit) const;
+
+  // ---- write-behind journal and crashed workers.
+  // Applies journal records (one JSON object per line) in one write transaction, each exactly once:
+  //   {"id": request id, "row": {...insert...}, "final": {...update...},
+  //    "budgets": [levels], "reserved": pico-USD, "actual": pico-USD, "now": seconds}
+  // "row" is inserted unless the id exists; "final" (with the settlement of "budgets": the
+  // request's hold if it has one, else "reserved", is freed and "actual" charged at every level)
+  // is applied unless the row is already finished (finished_at set), so replaying a journal twice
+  // changes nothing. A record that is malformed or names bad columns is skipped (inside its own
+  // savepoint) and described in the returned list; storage failures roll the batch back and throw.
+  std::vector<std::string> apply_journal(std::string_view records);
+  // The owners (worker process tokens) of holds and of unfinished request rows.
+  std::vector<std::string> owners() const;
+  // Frees a dead owner's holds at every level and marks its unfinished rows failed, in one
+  // transaction: holds, requests (how many), released_pico_usd (the sum over holds).
+  LedgerRow reclaim(const std::string& owner, double now);
 
   // ---- configuration: values are JSON text (validated); every change is kept in the history.
   std::optional<std::string> get_config(const std::string& key) const;

@@ -15,6 +15,9 @@ namespace tokenlane {
 
 using ledger_detail::bind_value;
 using ledger_detail::read_row;
+using ledger_detail::release_row;
+using ledger_detail::reserve_row;
+using ledger_detail::settle_row;
 using ledger_detail::WriteTransaction;
 
 namespace {
@@ -127,6 +130,8 @@ SQLite::Statement& st = *st_h;
       st.exec();
     }
     log_event(*impl_, tenant, "set_budget", limit, LedgerValue(), now);
+    impl_->db.exec("INSERT INTO ledger_meta (key, value) VALUES ('budget_version', 1) "
+                   "ON CONFLICT (key) DO UPDATE SET value = value + 1");
     tx.commit();
   });
 }
@@ -151,11 +156,9 @@ SQLite::Statement& st = *st_h;
   });
 }
 
-namespace {
-
 // One level's reserve / settle / release, inside the caller's write transaction.
 
-bool reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amount_pico_usd, double now) {
+bool ledger_detail::reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amount_pico_usd, double now) {
   // A tenant without a row gets an unlimited one, so its spend is still counted. For an existing
   // row the DO UPDATE's WHERE is the budget check, evaluated on the row as it is now.
   auto st_h = impl.prepare("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
@@ -175,7 +178,7 @@ bool reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amo
   return ok;
 }
 
-void settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd,
+void ledger_detail::settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd,
                 std::int64_t actual_pico_usd, double now) {
   const std::int64_t freed = freeable(impl, tenant, reserved_pico_usd);
   // Reservations are never driven below zero: a double settle cannot free someone else's share.
@@ -195,7 +198,7 @@ void settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t rese
   log_event(impl, tenant, "settle", actual_pico_usd, freed, now);
 }
 
-void release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd, double now) {
+void ledger_detail::release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd, double now) {
   const std::int64_t freed = freeable(impl, tenant, reserved_pico_usd);
   auto st_h = impl.prepare("UPDATE budgets SET reserved_pico_usd = MAX(reserved_pico_usd - ?1, 0), updated_at = ?2 "
                            "WHERE tenant = ?3");
@@ -205,6 +208,8 @@ void release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t res
   st.bind(3, tenant);
   if (st.exec() == 1) log_event(impl, tenant, "release", freed, LedgerValue(), now);
 }
+
+namespace {
 
 void check_levels(const std::vector<std::string>& tenants) {
   if (tenants.empty() || tenants.size() > 16) throw Error(ErrorCode::invalid_argument, "give 1 to 16 tenants");
@@ -217,7 +222,8 @@ bool Ledger::reserve(const std::string& tenant, std::int64_t amount_pico_usd, do
   return reserve_all({tenant}, amount_pico_usd, now) < 0;
 }
 
-int Ledger::reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now) {
+int Ledger::reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now,
+                        const std::string& hold, const std::string& owner) {
   check_levels(tenants);
   check_amount("amount_pico_usd", amount_pico_usd);
   checked_seconds(now);
@@ -227,6 +233,7 @@ int Ledger::reserve_all(const std::vector<std::string>& tenants, std::int64_t am
     WriteTransaction tx(impl_->db);
     for (std::size_t i = 0; i < tenants.size(); ++i)
       if (!reserve_row(*impl_, tenants[i], amount_pico_usd, now)) return static_cast<int>(i);
+    if (!hold.empty()) ledger_detail::add_hold(*impl_, hold, owner, tenants, amount_pico_usd, now);
     tx.commit();
     return -1;
   });
@@ -238,13 +245,14 @@ void Ledger::settle(const std::string& tenant, std::int64_t reserved_pico_usd, s
 }
 
 void Ledger::settle_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd,
-                        std::int64_t actual_pico_usd, double now) {
+                        std::int64_t actual_pico_usd, double now, const std::string& hold) {
   check_levels(tenants);
   check_amount("reserved_pico_usd", reserved_pico_usd);
   check_amount("actual_pico_usd", actual_pico_usd);
   checked_seconds(now);
   impl_->locked("settle", [&] {
     WriteTransaction tx(impl_->db);
+    if (!hold.empty()) ledger_detail::take_hold(*impl_, hold);
     for (const std::string& t : tenants) settle_row(*impl_, t, reserved_pico_usd, actual_pico_usd, now);
     tx.commit();
   });
@@ -254,12 +262,14 @@ void Ledger::release(const std::string& tenant, std::int64_t reserved_pico_usd, 
   release_all({tenant}, reserved_pico_usd, now);
 }
 
-void Ledger::release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now) {
+void Ledger::release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now,
+                         const std::string& hold) {
   check_levels(tenants);
   check_amount("reserved_pico_usd", reserved_pico_usd);
   checked_seconds(now);
   impl_->locked("release", [&] {
     WriteTransaction tx(impl_->db);
+    if (!hold.empty()) ledger_detail::take_hold(*impl_, hold);
     for (const std::string& t : tenants) release_row(*impl_, t, reserved_pico_usd, now);
     tx.commit();
   });

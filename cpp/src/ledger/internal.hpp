@@ -8,6 +8,8 @@
 #include <initializer_list>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <vector>
 #include <unordered_map>
 #include <string>
 #include <string_view>
@@ -53,6 +55,12 @@ struct Ledger::Impl {
     bool busy = false;
   };
   std::unordered_map<std::string, CachedStatement> statements;
+
+  // A second connection for budget_version(), so that read never queues behind this process's
+  // writer (opened on first use; a private in-memory ledger reads its one connection instead).
+  mutable std::mutex reader_mutex;
+  mutable std::unique_ptr<SQLite::Database> reader;
+  mutable std::unique_ptr<SQLite::Statement> reader_version;
 
   // Runs `f` under the lock; SQLite failures become Error(storage) naming `what`.
   template <class F>
@@ -105,6 +113,24 @@ class Where {
 
 // Where-clause for the report filters on the requests table aliased `r`.
 Where report_where(const ReportFilter& f);
+
+// A request column's value, validated (unknown names, wrong types and bad values throw
+// Error(invalid_argument)); integers widened to real where the column is real.
+LedgerValue checked_request_field(const std::string& name, const LedgerValue& value);
+
+// One level's budget operations, inside the caller's write transaction (budgets.cpp).
+bool reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amount_pico_usd, double now);
+void settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd,
+                std::int64_t actual_pico_usd, double now);
+void release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd, double now);
+// Hold bookkeeping (journal.cpp): record, and find + delete (nullopt when the hold is unknown).
+void add_hold(Ledger::Impl& impl, const std::string& hold, const std::string& owner,
+              const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now);
+struct HeldBudget {
+  std::vector<std::string> tenants;
+  std::int64_t amount_pico_usd = 0;
+};
+std::optional<HeldBudget> take_hold(Ledger::Impl& impl, const std::string& hold);
 
 }  // namespace ledger_detail
 }  // namespace tokenlane

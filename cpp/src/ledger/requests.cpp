@@ -22,7 +22,7 @@ struct Column {
 };
 
 // Every writable column of `requests`, in table order.
-constexpr std::array<Column, 40> kRequestColumns = {{
+constexpr std::array<Column, 41> kRequestColumns = {{
     {"id", Kind::text},
     {"tenant", Kind::text},
     {"user_id", Kind::integer},
@@ -63,6 +63,7 @@ constexpr std::array<Column, 40> kRequestColumns = {{
     {"fallbacks", Kind::integer},
     {"batch", Kind::integer},
     {"unrouted_cost_pico_usd", Kind::integer},
+    {"owner", Kind::text},
 }};
 
 constexpr std::array<std::string_view, 7> kStatuses = {"queued",   "running",  "succeeded", "failed",
@@ -169,6 +170,10 @@ Where request_where(const RequestFilter& f) {
 }
 
 }  // namespace
+
+LedgerValue ledger_detail::checked_request_field(const std::string& name, const LedgerValue& value) {
+  return checked(name, value);
+}
 
 void Ledger::insert_request(const LedgerRow& row) {
   std::vector<std::pair<std::string, LedgerValue>> values;

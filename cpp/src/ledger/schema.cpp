@@ -129,6 +129,24 @@ ALTER TABLE requests ADD COLUMN batch INTEGER;          -- 1: sent through the p
 ALTER TABLE requests ADD COLUMN unrouted_cost_pico_usd INTEGER;
 CREATE INDEX requests_route_rule ON requests(route_rule);
 )sql"},
+      {5, "crash recovery: the worker process that owns a request row or a budget hold; the budget version", R"sql(
+ALTER TABLE requests ADD COLUMN owner TEXT;             -- the worker process (host:pid:start) that runs it
+CREATE INDEX requests_open_owner ON requests(owner) WHERE finished_at IS NULL;
+-- One row per reservation in force: what a worker holds, so that a dead worker's share is freed.
+CREATE TABLE holds (
+  request_id      TEXT PRIMARY KEY,
+  owner           TEXT NOT NULL,
+  budgets         TEXT NOT NULL,                    -- JSON array of the levels reserved at
+  amount_pico_usd INTEGER NOT NULL,
+  created_at      REAL NOT NULL
+);
+CREATE INDEX holds_owner ON holds(owner);
+-- Counters read on every request: budget_version changes whenever any budget's limit is set.
+CREATE TABLE ledger_meta (
+  key   TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
+)sql"},
   };
   return steps;
 }

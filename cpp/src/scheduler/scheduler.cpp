@@ -1,11 +1,14 @@
 // The scheduler state machine. Layout (all under one mutex):
-//  - request records live in a slab (vector + free list), found by id through a hash map;
-//  - each tenant keeps its queued requests in a std::set ordered by the policy key, so a tenant's
-//    head is its best request; tenants are ordered in `tenant_order_` by a tenant key (the head's
+//  - request records live in a slab (vector + free list), found by id through a flat hash table of
+//    slots (id_table.hpp);
+//  - each tenant keeps its queued requests in an ordered set by the policy key, so a tenant's
+//    head is its best request; tenants are ordered in `tenant_order` by a tenant key (the head's
 //    key, or the VTC counter for the fair orders), so picking the next request is O(log n) and a
 //    tenant blocked by its own limits is skipped without scanning its requests;
-//  - `index_` holds every queued request in the global key order for O(log n) queue positions;
+//  - `index` holds every queued request in the global key order for O(log n) queue positions;
 //  - the deferred lane is one ordered set.
+// The ordered sets are counted B+trees with pooled nodes (ordered_index.hpp), so a warm scheduler
+// allocates nothing per request beyond the strings its API returns.
 // Policy keys are static per request (aging is linear in arrival time, and slack ordering only
 // needs deadline − predicted service), so no key changes while a request waits.
 #include <algorithm>
@@ -14,11 +17,10 @@
 #include <deque>
 #include <limits>
 #include <mutex>
-#include <set>
 #include <tuple>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "id_table.hpp"
 #include "ordered_index.hpp"
 #include "tokenlane/error.hpp"
 #include "tokenlane/scheduler.hpp"
@@ -96,7 +98,9 @@ struct Rec {
   bool budget_deferred = false;
   bool promoted = false;  // a batch request moved from the lane to the queue (batch_max_defer_s)
   std::uint32_t tenant = 0;
+  std::uint32_t run_pos = 0;  // index in Impl::running while running
   double laned_at = 0;    // when it entered the deferred lane
+  double urgent_k = 0;    // combined: its key in Impl::urgent (latest start time)
   double submitted_at = 0, started_at = 0, pred_service = 0;
   Key key;
   Money reserved;
@@ -107,10 +111,7 @@ struct Tenant {
   std::string name;
   double weight = 1.0, counter = 0.0;
   double mean_output = std::numeric_limits<double>::quiet_NaN();  // EMA of its actual output tokens
-  // Queued requests as a binary min-heap with lazy deletion: removed entries stay until they reach
-  // the top (Rec::in_queue and the sequence number tell live from stale). nq counts live ones.
-  std::vector<Key> heap;
-  std::size_t nq = 0;
+  detail::OrderedIndex<Key> queue;  // its queued requests, in policy order
   std::uint32_t running = 0;
   std::uint64_t deferred = 0;
   Money reserved, spent_all;
@@ -139,23 +140,23 @@ struct Scheduler::Impl {
 
   std::vector<Rec> recs;
   std::vector<std::uint32_t> free_slots;
-  std::unordered_map<std::string, std::uint32_t> ids;
+  detail::IdTable ids;  // live ids → slots
   std::vector<Tenant> tenants;
   std::unordered_map<std::string, std::uint32_t> tenant_ids;
 
-  std::set<TenantKey> tenant_order;
-  std::set<std::pair<double, std::uint32_t>> active_counters;  // VTC counters of backlogged tenants
+  detail::OrderedIndex<TenantKey> tenant_order;
+  detail::OrderedIndex<std::pair<double, std::uint32_t>> active_counters;  // VTC counters of backlogged tenants
   detail::OrderedIndex<Key> index;
-  std::set<Key> deferred;
+  detail::OrderedIndex<Key> deferred;
   // Capacity-deferred requests by (entered the lane, seq, slot), for promotion after batch_max_defer_s.
-  std::set<std::tuple<double, std::uint64_t, std::uint32_t>> lane_age;
+  detail::OrderedIndex<std::tuple<double, std::uint64_t, std::uint32_t>> lane_age;
   std::deque<std::pair<std::uint64_t, std::uint32_t>> wait_fifo;  // (seq, slot) for max_wait
-  std::unordered_set<std::uint32_t> running;
+  std::vector<std::uint32_t> running;  // slots, unordered (Rec::run_pos is each one's index)
   std::vector<std::uint32_t> scratch;
   bool any_budget = false;
-  // combined: every queued request by latest start time (deadline − predicted service), a min-heap
-  // with lazy deletion like the tenant heaps, to let requests about to miss their deadline go first.
-  std::vector<Key> urgent;
+  // combined: the queued requests by latest start time (deadline − predicted service), to let
+  // requests about to miss their deadline go first; hopeless ones (past it) leave it for good.
+  detail::OrderedIndex<Key> urgent;
   std::vector<std::string> ready_outbox;
   std::vector<std::pair<std::string, Decision>> rejected_outbox;
 
@@ -176,6 +177,13 @@ struct Scheduler::Impl {
     if (cfg.rpm) rpm.init(*cfg.rpm);
     if (cfg.tpm) tpm.init(*cfg.tpm);
   }
+
+  // The id of a slot, for the id table's comparisons.
+  struct IdOf {
+    const Impl* m;
+    const std::string& operator()(std::uint32_t slot) const { return m->recs[slot].req.id; }
+  };
+  IdOf id_of() const { return IdOf{this}; }
 
   bool fair_order() const { return cfg.policy == Policy::fair || cfg.policy == Policy::combined; }
   bool uses_lane() const { return cfg.policy != Policy::fifo; }
@@ -266,18 +274,14 @@ struct Scheduler::Impl {
     return key;
   }
 
-  static bool heap_cmp(const Key& a, const Key& b) { return b < a; }
-  bool alive(const Key& k) const {
-    const Rec& r = recs[k.slot];
-    return r.live && r.in_queue && r.key.seq == k.seq;
-  }
-  // The best live queued request of a tenant with nq > 0 (drops stale entries from the top).
-  const Key* head_of(Tenant& t) {
-    while (!alive(t.heap.front())) {
-      std::pop_heap(t.heap.begin(), t.heap.end(), heap_cmp);
-      t.heap.pop_back();
-    }
-    return &t.heap.front();
+  // The best queued request of a tenant with a non-empty queue.
+  static const Key* head_of(const Tenant& t) { return &t.queue.front(); }
+  static Key urgent_key(const Rec& r) {
+    Key u;
+    u.k = r.urgent_k;
+    u.seq = r.key.seq;
+    u.slot = r.key.slot;
+    return u;
   }
 
   // ---- tenant ordering -------------------------------------------------------------------------
@@ -292,7 +296,7 @@ struct Scheduler::Impl {
       active_counters.erase({t.counter_key, ti});
       t.in_counters = false;
     }
-    if (t.nq == 0) return;
+    if (t.queue.empty()) return;
     const Key& head = *head_of(t);
     TenantKey k;
     k.tenant = ti;
@@ -315,38 +319,29 @@ struct Scheduler::Impl {
 
   // ---- queue membership --------------------------------------------------------------------------
 
-  void enqueue(std::uint32_t slot, bool lift = true) {
+  // Returns the request's position in the queue (requests ahead of it in the policy order).
+  std::size_t enqueue(std::uint32_t slot, bool lift = true) {
     Rec& r = recs[slot];
     Tenant& t = tenants[r.tenant];
     r.state = RequestState::queued;
     r.key = make_key(r, slot);
-    if (lift && t.nq == 0 && fair_order() && !active_counters.empty()) {
+    if (lift && t.queue.empty() && fair_order() && !active_counters.empty()) {
       // VTC's lift: a tenant returning from idle starts at the least counter of the backlogged
       // tenants, so idle time is not banked as credit.
-      t.counter = std::max(t.counter, active_counters.begin()->first);
+      t.counter = std::max(t.counter, active_counters.front().first);
     }
-    const bool new_head = t.nq == 0 || r.key < *head_of(t);
+    const bool new_head = t.queue.empty() || r.key < *head_of(t);
     r.in_queue = true;
     queued_work += r.pred_service;
-    t.heap.push_back(r.key);
-    std::push_heap(t.heap.begin(), t.heap.end(), heap_cmp);
-    t.nq++;
-    index.insert(r.key);
+    t.queue.insert(r.key);
+    const std::size_t position = index.insert(r.key);
     if (new_head) reindex(t);
     if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
     if (cfg.policy == Policy::combined) {
-      Key u;
-      u.k = effective_deadline(r) - r.pred_service;
-      u.seq = r.key.seq;
-      u.slot = slot;
-      urgent.push_back(u);
-      std::push_heap(urgent.begin(), urgent.end(), heap_cmp);
-      if (urgent.size() > 2 * index.size() + 64) {
-        urgent.erase(std::remove_if(urgent.begin(), urgent.end(), [&](const Key& k) { return !alive(k); }),
-                     urgent.end());
-        std::make_heap(urgent.begin(), urgent.end(), heap_cmp);
-      }
+      r.urgent_k = effective_deadline(r) - r.pred_service;
+      urgent.insert(urgent_key(r));
     }
+    return position;
   }
 
   void unqueue(std::uint32_t slot) {
@@ -355,15 +350,9 @@ struct Scheduler::Impl {
     const bool was_head = head_of(t)->seq == r.key.seq;
     r.in_queue = false;
     queued_work = index.size() > 1 ? std::max(0.0, queued_work - r.pred_service) : 0.0;
-    t.nq--;
-    if (t.nq == 0) {
-      t.heap.clear();
-    } else if (t.heap.size() > 2 * t.nq + 64) {  // many stale entries: compact
-      t.heap.erase(std::remove_if(t.heap.begin(), t.heap.end(), [&](const Key& k) { return !alive(k); }),
-                   t.heap.end());
-      std::make_heap(t.heap.begin(), t.heap.end(), heap_cmp);
-    }
+    t.queue.erase(r.key);
     index.erase(r.key);
+    if (cfg.policy == Policy::combined) urgent.erase(urgent_key(r));  // absent if it was hopeless
     if (was_head) reindex(t);
   }
 
@@ -378,7 +367,7 @@ struct Scheduler::Impl {
     r.key.cls = 0;
     deferred.insert(r.key);
     tenants[r.tenant].deferred++;
-    if (!budget_deferred && std::isfinite(cfg.batch_max_defer_s)) lane_age.emplace(r.laned_at, r.key.seq, slot);
+    if (!budget_deferred && std::isfinite(cfg.batch_max_defer_s)) lane_age.insert({r.laned_at, r.key.seq, slot});
   }
 
   void unlane(std::uint32_t slot) {
@@ -391,7 +380,7 @@ struct Scheduler::Impl {
   // Moves capacity-deferred requests that waited batch_max_defer_s into the queue (see the option).
   void promote(double now) {
     while (!lane_age.empty()) {
-      const auto [laned, seq, slot] = *lane_age.begin();
+      const auto [laned, seq, slot] = lane_age.front();
       if (laned + cfg.batch_max_defer_s > now) break;
       unlane(slot);
       recs[slot].promoted = true;
@@ -401,7 +390,7 @@ struct Scheduler::Impl {
 
   void free_rec(std::uint32_t slot) {
     Rec& r = recs[slot];
-    ids.erase(r.req.id);
+    ids.erase(detail::IdTable::hash(r.req.id), slot);
     r.live = false;
     r.in_queue = false;
     r.state = RequestState::queued;
@@ -472,9 +461,10 @@ struct Scheduler::Impl {
     r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.req.input_tokens) + cfg.vtc_output_weight * out) /
                     t.weight;
     t.counter += r.vtc_charged;
-    if (fair_order() && t.nq != 0) reindex(t);
+    if (fair_order() && !t.queue.empty()) reindex(t);
     t.running++;
-    running.insert(slot);
+    r.run_pos = static_cast<std::uint32_t>(running.size());
+    running.push_back(slot);
     n_started++;
   }
 
@@ -506,9 +496,12 @@ struct Scheduler::Impl {
       if (t.tpm.on) t.tpm.level += token_correction;
     }
     t.counter += vtc_correction;
-    if (fair_order() && t.nq != 0) reindex(t);
+    if (fair_order() && !t.queue.empty()) reindex(t);
     t.running--;
-    running.erase(slot);
+    const std::uint32_t moved = running.back();  // swap-remove
+    running[r.run_pos] = moved;
+    recs[moved].run_pos = r.run_pos;
+    running.pop_back();
   }
 
   void learn(const Rec& r, double now, std::uint64_t out_tok) {
@@ -574,10 +567,7 @@ struct Scheduler::Impl {
       // A request whose latest start time is within urgency_s goes first, across classes and
       // tenants, if it can still make its deadline; hopeless ones leave this heap (they keep their
       // place in the normal order).
-      while (!urgent.empty() && (!alive(urgent.front()) || urgent.front().k < now)) {
-        std::pop_heap(urgent.begin(), urgent.end(), heap_cmp);
-        urgent.pop_back();
-      }
+      while (!urgent.empty() && urgent.front().k < now) urgent.erase(Key(urgent.front()));
       if (!urgent.empty() && urgent.front().k - now <= cfg.urgency_s) {
         const std::uint32_t slot = urgent.front().slot;
         Rec& r = recs[slot];
@@ -624,7 +614,7 @@ struct Scheduler::Impl {
     for (std::uint32_t ti : ts) {
       Tenant& t = tenants[ti];
       if (t.budget) roll(*t.budget, now);
-      while (t.nq != 0) {
+      while (!t.queue.empty()) {
         const std::uint32_t slot = head_of(t)->slot;
         const Rec& r = recs[slot];
         if (expired(r, now)) {
@@ -709,17 +699,9 @@ struct Scheduler::Impl {
   }
 
   Decision submit(const ScheduledRequest& req, double now) {
-    // One hash lookup both checks the id and claims it; rejections below release it.
-    const auto claimed = ids.try_emplace(req.id, kNone);  // not a structured binding: clang 14 cannot name one in a local class
-    const auto id_it = claimed.first;
-    if (!claimed.second) throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
-    struct Unclaim {
-      Impl* m;
-      decltype(id_it) it;
-      ~Unclaim() {
-        if (m) m->ids.erase(it);
-      }
-    } unclaim{this, id_it};
+    const std::uint32_t id_hash = detail::IdTable::hash(req.id);
+    if (ids.find(id_hash, req.id, id_of()) != kNone)
+      throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
     n_submitted++;
     Tenant& t = tenant_of(req.tenant);
     refill(t, now);
@@ -763,8 +745,7 @@ struct Scheduler::Impl {
     r.key = Key{};
     r.key.seq = ++seq;
     r.reserved = Money();
-    id_it->second = slot;
-    unclaim.m = nullptr;  // free_rec releases the id from here on
+    ids.insert(id_hash, slot);  // free_rec releases it
     cost_sum += static_cast<double>(req.cost_p50.pico());
     cost_n++;
 
@@ -809,9 +790,8 @@ struct Scheduler::Impl {
       free_rec(slot);
       return rej;
     }
-    enqueue(slot);
+    const std::uint64_t pos = enqueue(slot);
     n_queued++;
-    const std::uint64_t pos = index.rank(r.key);
     d.kind = DecisionKind::queue;
     d.reason = "queued";
     d.position = pos;
@@ -897,10 +877,7 @@ struct Scheduler::Impl {
     return std::max(best, now);
   }
 
-  std::uint32_t live_slot(const std::string& id) const {
-    auto it = ids.find(id);
-    return it == ids.end() ? kNone : it->second;
-  }
+  std::uint32_t live_slot(const std::string& id) const { return ids.find(detail::IdTable::hash(id), id, id_of()); }
 };
 
 // ---- public wrappers ---------------------------------------------------------------------------
@@ -1116,7 +1093,7 @@ SchedulerSnapshot Scheduler::snapshot(double now, std::size_t max_items) {
     if (pos >= max_items) break;
     s.deferred.push_back(entry(k.slot, pos++));
   }
-  std::vector<std::uint32_t> run(m.running.begin(), m.running.end());
+  std::vector<std::uint32_t> run(m.running);
   std::sort(run.begin(), run.end(), [&](std::uint32_t a, std::uint32_t b) {
     const Rec& x = m.recs[a];
     const Rec& y = m.recs[b];
@@ -1128,10 +1105,10 @@ SchedulerSnapshot Scheduler::snapshot(double now, std::size_t max_items) {
     s.running.push_back(entry(slot, pos++));
   }
   for (const Tenant& t : m.tenants) {
-    if (t.nq == 0 && t.deferred == 0 && t.running == 0 && t.reserved.pico() == 0) continue;
+    if (t.queue.empty() && t.deferred == 0 && t.running == 0 && t.reserved.pico() == 0) continue;
     TenantSnapshot ts;
     ts.tenant = t.name;
-    ts.queued = t.nq;
+    ts.queued = t.queue.size();
     ts.deferred = t.deferred;
     ts.running = t.running;
     ts.reserved = t.reserved;

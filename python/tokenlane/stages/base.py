@@ -5,15 +5,39 @@ thread that makes this process's ledger calls (:class:`LedgerThread`)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import json
+import logging
+import os
+import queue
+import threading
 import time
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core import StorageError
+from .._core import InvalidArgumentError, StorageError
 from ..formats import LLMRequest
 from ..providers import UsageReports
+
+log = logging.getLogger("tokenlane")
+
+
+_random = bytearray()
+
+
+def new_request_id() -> str:
+    """``req_`` and 128 random bits in hex, as unguessable as ``uuid4`` (a job's id is its status
+    URL's only secret). The random bytes are read 256 ids at a time: each ``os.urandom`` call lets
+    go of the GIL, a hand-off to the ledger thread that every request would otherwise pay."""
+    global _random
+    if not _random:
+        _random = bytearray(os.urandom(16 * 256))
+    chunk = _random[-16:]
+    del _random[-16:]
+    return "req_" + chunk.hex()
 
 
 @dataclass
@@ -102,6 +126,7 @@ class Priced:
     clamped_max_tokens: int | None = None     # x-tokenlane-max-tokens-clamped
     untrimmed_input_tokens: int | None = None  # prompt tokens before trimming
     predicted_cached_tokens: int = 0          # provider prompt cache, predicted (priced at the cached rate)
+    row_json: str | None = None               # the ledger row as decided, JSON (reused by the final record)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
@@ -132,20 +157,66 @@ class Outcome:
     cost_pico_usd: int | None = None   # the actual cost, once reconciled
 
 
+# How long the ledger thread lets records gather before it applies a batch: rows reach SQLite (and
+# other processes) this much later; this process's own reads wait for them (LedgerThread.flush).
+BATCH_DELAY_S = 0.01
+
+
 class LedgerThread:
     """One thread does every ledger call of this process, in submission order, off the event loop
     (the ledger serialises on its connection anyway; order keeps a row's insert before its update).
+
+    **Write-behind.** A request's ledger writes are *records* (:meth:`record`): one JSON line each,
+    appended to this process's journal with one ``write()`` (:mod:`tokenlane.recovery`) before the
+    response goes out, and applied by this thread in batches, one transaction per batch, each record
+    exactly once (``Ledger.apply_journal``). Nothing the response waits for crosses to this thread.
+    Reads through the ledger (``Ledger.before_read`` = :meth:`flush`) first wait for the records
+    queued so far. A ledger without ``apply_journal`` (PostgreSQL: replicas on other hosts, no local
+    journal) gets the same records applied call by call, and the caller awaits them.
 
     A call that fails with a storage error (database locked past its busy timeout, disk full,
     read-only file) is retried on this thread with backoff for up to ``retry_s``: later calls wait
     behind it, so order holds, and the process resumes by itself when the condition clears. Each
     failure goes to ``on_error`` (a metric and a log line); after ``retry_s`` the error is raised to
-    the caller. Every ledger call is one transaction, rolled back on failure, so a retry is safe."""
+    the caller (a batch of records is kept, and retried with the next one). Every ledger call is one
+    transaction, rolled back on failure, so a retry is safe. ``sweep`` (if given) runs on this
+    thread every ``sweep_s`` seconds (dead workers' reclaim)."""
 
-    def __init__(self, retry_s: float = 30.0, on_error: Callable[[str, BaseException], None] | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenlane-ledger")
+    def __init__(self, retry_s: float = 30.0, on_error: Callable[[str, BaseException], None] | None = None, *,
+                 ledger: Any = None, journal: Any = None, sweep: Callable[[], Any] | None = None,
+                 sweep_s: float = 10.0) -> None:
         self.retry_s = retry_s
         self.on_error = on_error
+        self.ledger = ledger
+        self.journal = journal  # tokenlane.recovery.Journal; None: records live in memory until applied
+        self.sweep, self.sweep_s = sweep, sweep_s
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._lock = threading.Lock()  # the records, their futures and the journal file
+        self._records: list[bytes] = []
+        self._after: list[tuple[Future[Any], Callable[[], Any] | None]] = []
+        self._scheduled = False   # an apply job is queued
+        self._queued = 0          # records queued so far, and applied so far (for flush)
+        self._applied = 0
+        self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
+        self._closed = False
+        _open_threads.add(self)
+
+    @property
+    def write_behind(self) -> bool:
+        """True when records are durable once :meth:`record` returns (a journal file)."""
+        return self.journal is not None
+
+    # --- calls ----------------------------------------------------------------------------------
+
+    def _put(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="tokenlane-ledger", daemon=True)
+                    self._thread.start()
+        self._jobs.put(job)
 
     def _durable(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.retry_s
@@ -162,16 +233,201 @@ class LedgerThread:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Runs a blocking ledger call on the ledger thread; await the result when it matters."""
-        loop = asyncio.get_running_loop()
-        # Shielded: a caller cancelled while the call waits its turn (a client gone, a shutdown) must
-        # not take the write out of the queue, as cancelling the executor's future would.
-        return asyncio.shield(loop.run_in_executor(self._pool, lambda: self._durable(fn, *args, **kwargs)))
-
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        """Like :meth:`write`, from any thread; returns a concurrent Future."""
-        return self._pool.submit(self._durable, fn, *args, **kwargs)
+        """Runs a blocking ledger call on the ledger thread (from any thread); returns its Future.
+        A submitted call always runs: its future cannot be cancelled. (A task awaiting it is
+        cancelled when its client hangs up, e.g. just after a stream's last event; the row's final
+        update, queued behind the settlement, must still happen, or the row stays ``running``.)"""
+        future: Future[Any] = _Uncancellable()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._durable(fn, *args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        if self._closed:
+            job()
+        else:
+            self._put(job)
+        return future
+
+    def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Like :meth:`submit`, from the event loop: await the result when it matters (cancelling
+        the awaiting task does not cancel the call)."""
+        return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    # --- records (write-behind) -----------------------------------------------------------------
+
+    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None) -> Future[Any] | None:
+        """Queues one journal record (a JSON object and a newline) for the next batch. ``durable``:
+        appended to the journal file first, so from now on a ``kill -9`` cannot lose it (raises
+        OSError when the file cannot be written). Returns a Future of ``after()`` (run on this
+        thread once the record is applied) when ``after`` is given or the record is not durable
+        before it is applied (no journal: await it before answering); else None."""
+        future: Future[Any] | None = None
+        with self._lock:
+            journaled = False
+            if durable and self.journal is not None:
+                try:
+                    self.journal.append(line)
+                    journaled = True
+                except OSError as exc:  # disk full, file too large: then the caller waits for the ledger
+                    if self.on_error is not None:
+                        self.on_error("journal", exc)
+            self._records.append(line)
+            self._queued += 1
+            if after is not None or (durable and not journaled):
+                future = _Uncancellable()
+                self._after.append((future, after))
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            if self._closed:
+                self._apply_pending()
+            else:
+                self._put(self._apply_later if future is None else self._apply_pending)
+        return future
+
+    def _apply_later(self) -> None:
+        # The first record since the last batch: let more arrive (the GIL is free meanwhile), so
+        # this thread takes the GIL once per batch rather than once per request.
+        time.sleep(BATCH_DELAY_S)
+        self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            batch, after, self._records, self._after = self._records, self._after, [], []
+            self._scheduled = False
+            applied_to = self._queued
+            if self.journal is not None:
+                old = self.journal.rotate()
+                if old is not None:
+                    self._retired.append(old)
+        if not batch:
+            return
+        try:
+            skipped = self._durable(self._apply, b"".join(batch))
+        except StorageError as exc:
+            # Kept, in order, for the next batch (journaled ones are in the file too). A caller
+            # waiting to answer until its record is written is told now: it answers and logs.
+            waiting = [(future, fn) for future, fn in after if fn is None]
+            with self._lock:
+                self._records[:0] = batch
+                self._after[:0] = [(future, fn) for future, fn in after if fn is not None]
+            log.error("tokenlane: %d ledger records kept until the ledger comes back: %s", len(batch), exc)
+            for future, _ in waiting:
+                future.set_exception(exc)
+            return
+        except BaseException as exc:  # a bug: never lose the futures' waiters
+            for future, _ in after:
+                future.set_exception(exc)
+            raise
+        for problem in skipped:
+            log.error("tokenlane: ledger record skipped: %s", problem)
+        self._applied = max(self._applied, applied_to)
+        for future, fn in after:
+            try:
+                future.set_result(fn() if fn is not None else None)
+            except BaseException as exc:
+                future.set_exception(exc)
+        retired, self._retired = self._retired, []
+        for path in retired:
+            path.unlink(missing_ok=True)
+
+    def _apply(self, data: bytes) -> list[str]:
+        apply = getattr(self.ledger, "apply_journal", None)
+        if apply is not None:
+            return apply(data)
+        return apply_records(self.ledger, data)
+
+    def flush(self) -> None:
+        """Returns once every record queued before the call is applied (from any thread)."""
+        if self._applied >= self._queued:
+            return
+        if threading.current_thread() is self._thread or self._closed or self._thread is None:
+            self._apply_pending()
+            return
+        self.submit(lambda: None).result()
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_sweep = time.monotonic() + (self.sweep_s if self.sweep else 3600.0)
+        while True:
+            try:
+                job = self._jobs.get(timeout=max(0.0, next_sweep - time.monotonic()))
+            except queue.Empty:
+                job = self._apply_pending  # idle: a batch kept back by an outage gets its retry
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # never let one job end the thread
+                log.exception("tokenlane: ledger thread job failed")
+            if self.sweep is not None and time.monotonic() >= next_sweep:
+                try:
+                    self.sweep()
+                except BaseException:
+                    log.exception("tokenlane: reclaiming dead workers failed (retried later)")
+                next_sweep = time.monotonic() + self.sweep_s
+            elif self.sweep is None:
+                next_sweep = time.monotonic() + 3600.0
+
+    def close(self) -> None:
+        """Applies what is queued and stops the thread (at exit; later calls run inline)."""
+        if self._closed:
+            return
+        if self._thread is not None and self._thread.is_alive():
+            done = self.submit(self._apply_pending)
+            self._jobs.put(None)
+            try:
+                done.result(timeout=self.retry_s + 5)
+            except Exception:  # noqa: BLE001 - at exit: report, never hang
+                log.exception("tokenlane: ledger records left unapplied at exit (in the journal)")
+            self._thread.join(timeout=5)
+        self._closed = True
+        self._apply_pending()
+        if self.journal is not None:
+            self.journal.close(remove=not self._records)
 
 
-__all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "end_user_principal", "level_of"]
+def apply_records(ledger: Any, data: bytes) -> list[str]:
+    """Journal records applied call by call, for a ledger without ``apply_journal`` (PostgreSQL)."""
+    skipped = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        try:
+            if "row" in r and ledger.get_request(r["id"]) is None:
+                ledger.insert_request(r["row"])
+            if "final" in r:
+                ledger.update_request(r["id"], **r["final"])
+                if r.get("budgets"):
+                    ledger.settle_all(r["budgets"], r.get("reserved") or 0, r.get("actual") or 0, r["now"],
+                                      hold=r["id"])
+        except InvalidArgumentError as exc:
+            skipped.append(f"{exc}: {line[:200]!r}")
+    return skipped
+
+
+class _Uncancellable(Future):  # type: ignore[type-arg]
+    def cancel(self) -> bool:
+        return False
+
+
+_open_threads: weakref.WeakSet[LedgerThread] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit, every ledger thread applies what it still holds (what a SIGTERM'd worker answered)."""
+    for thread in list(_open_threads):
+        thread.close()
+
+
+__all__ = ["Identity", "LedgerThread", "Outcome", "Priced", "apply_records", "end_user_principal", "level_of",
+           "new_request_id"]

@@ -83,7 +83,7 @@ class Batch:
             job.status = "failed"
             log.warning("tokenlane batch request %s failed: %s", p.id, exc)
         _, written = self.reconcile(p, outcome)
-        await asyncio.shield(asyncio.wrap_future(written))  # a cancelled caller must not drop the write
+        await asyncio.wrap_future(written)
         if job.done is not None:
             job.done.set()
 

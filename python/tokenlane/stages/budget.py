@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..errors import RequestError, ledger_unavailable
 from ..ledger import Ledger
 from ..pricing import PICO_PER_USD, usd_text
 from ..scheduler import Scheduler
-from ..state import Hold, Rate, Slots, State
+from ..state import Hold, LocalState, Rate, Slots, State
 from .base import Identity, LedgerThread, Priced, end_user_principal, level_of
 
 
@@ -39,6 +40,8 @@ class Budget:
         # principal → {"tpm", "rpm", "concurrency"}: limits at any level of the hierarchy
         self._limits: dict[str, dict[str, int]] = dict(ledger.get_config(LIMITS_KEY, {}) or {})
         self._budget_limits: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for Redis
+        self._limits_version: int | None = None  # the ledger's budget version _limited_principals is of
+        self._limited_principals: set[str] = set()
 
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
@@ -159,6 +162,13 @@ class Budget:
             principal = end_user_principal(p.identity.owner, end_user)
             if principal not in self._end_users:
                 await self.thread.write(self._setup_end_user, principal, now)
+        if hold.amount_pico_usd > 0 and not await self._limited(hold.budgets):
+            # No level has a limit, in any process: nothing to reserve (spend is still settled at
+            # every level), so no ledger transaction for the request to wait for.
+            hold = replace(hold, amount_pico_usd=0)
+            if not hold.rates and not hold.slots:
+                p.hold = hold
+                return
         acquiring = asyncio.ensure_future(self.state.acquire(hold, now))
         try:
             denied = await asyncio.shield(acquiring)
@@ -182,6 +192,21 @@ class Budget:
         p.reserved_ledger = hold.amount_pico_usd
         p.hold = hold
 
+    async def _limited(self, levels: tuple[str, ...]) -> bool:
+        """Whether any of ``levels`` has a budget limit. The ledger's budget version (bumped by
+        every set_budget, in any process; a few microseconds to read) says when this process's
+        set of limited principals is stale; a ledger without one (PostgreSQL) or an unreadable
+        version always counts as limited."""
+        version_of = getattr(self.ledger, "budget_version", None)
+        version = version_of() if version_of is not None else -1
+        if version < 0:
+            return True
+        if version != self._limits_version:
+            budgets = await self.thread.write(self.ledger.list_budgets)
+            self._limited_principals = {b["tenant"] for b in budgets if b["limit_pico_usd"] is not None}
+            self._limits_version = version
+        return any(level in self._limited_principals for level in levels)
+
     def _setup_end_user(self, principal: str, now: float) -> None:
         """Gives an end user the default end-user budget unless one is set (blocking)."""
         if principal in self._end_users:
@@ -203,6 +228,20 @@ class Budget:
             u["end_user"] = u["principal"][len(prefix):]
         users.sort(key=lambda u: -u["spent_pico_usd"])
         return {"levels": levels, "end_users": users[:end_users]}
+
+    @property
+    def settles_in_record(self) -> bool:
+        """True on one host (budgets in this host's ledger): the request's final ledger record
+        settles them (see :meth:`give_back`), else :meth:`settle` does."""
+        return isinstance(self.state, LocalState)
+
+    def give_back(self, p: Priced, tokens: int, now: float) -> tuple[str, ...]:
+        """Frees the request's in-process rate and slot share; returns the levels its final ledger
+        record settles (the hold's, or the whole chain: every level's spend is on the ledger)."""
+        held, p.hold = p.hold or Hold(id=p.id, budgets=p.identity.chain()), None
+        assert isinstance(self.state, LocalState)
+        self.state.give_back(held, tokens, now)
+        return tuple(held.budgets)
 
     def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
         """Charges the actual cost at every level and frees the rest (started at once; await the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from ..asgi_io import Send
 from ..errors import decision_dict
 from ..ledger import Ledger
 from ..scheduler import Scheduler
-from .base import Identity, LedgerThread, Priced
+from .base import Identity, LedgerThread, Priced, new_request_id
 
 log = logging.getLogger("tokenlane")
 
@@ -86,7 +85,7 @@ class Jobs:
             "client": ("tokenlane-job", 0), "server": ("tokenlane", 0),
             "tokenlane.identity": Identity(tenant=tenant, user_id=user_id),
         }
-        job = Job(id=f"req_{uuid.uuid4().hex}", scope=scope, body=raw, done=asyncio.Event())
+        job = Job(id=new_request_id(), scope=scope, body=raw, done=asyncio.Event())
         self.keep(job)
         decided: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._spawn(self._start(job, decided))

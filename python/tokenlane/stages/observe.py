@@ -55,19 +55,26 @@ class Observe:
             return []
         return self.alerts.check(tenant, self.ledger.usage(tenant, now), now, refused=refused)
 
+    def waits_for_row(self, tenant: str) -> bool:
+        """Whether :meth:`reconciled` needs the row written first (an alert check or a span):
+        else the request's ledger record carries no callback back to the event loop."""
+        return self.telemetry is not None or (self.alerts is not None and self.alerts.enabled
+                                              and self.has_budget(tenant))
+
     # --- event loop --------------------------------------------------------------------------------
 
-    def reconciled(self, p: Priced, fields: dict[str, Any], written: Future[Any]) -> None:
-        """After reconcile (on the event loop): anomalies now; alerts and spans once the row is written."""
+    def reconciled(self, p: Priced, fields: dict[str, Any], written: Future[Any] | None) -> None:
+        """After reconcile (on the event loop): anomalies now; alerts and spans once the row is
+        written (``written``: the future of :meth:`settled` run then; None when not wanted)."""
         self._loop = asyncio.get_running_loop()
         failed = fields["status"] != "succeeded"
         if self.anomalies is not None:
             self._feed(p, fields["finished_at"], cost_usd=fields["cost_pico_usd"] / PICO_PER_USD,
                        input_tokens=fields["input_tokens"], output_tokens=fields["output_tokens"],
                        est_output_tokens=p.est_p50 or None, error=failed)
-        if self.alerts is not None or self.telemetry is not None:
+        if written is not None and (self.alerts is not None or self.telemetry is not None):
             loop = self._loop
-            written.add_done_callback(lambda f: loop.call_soon_threadsafe(self._written, p, fields, f))
+            written.add_done_callback(lambda f: _call_soon(loop, self._written, p, fields, f))
 
     def refused(self, p: Priced, budget: bool) -> None:
         """A refused request (on the event loop); ``budget``: the budget refused it (the 100 % alert)."""
@@ -77,7 +84,7 @@ class Observe:
         if budget and self.alerts is not None:
             loop = self._loop
             future = self.thread.submit(lambda: self.settled(p.identity.tenant, self.clock(), refused=True))
-            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._deliver_all, f))
+            future.add_done_callback(lambda f: _call_soon(loop, self._deliver_all, f))
 
     def _feed(self, p: Priced, at: float, **signals: Any) -> None:
         keys = [f"tenant:{p.identity.tenant}", f"route:{p.route}"]
@@ -112,6 +119,15 @@ class Observe:
         """Waits for the deliveries in flight (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Hands a ledger-thread result to the event loop, unless that loop has ended meanwhile."""
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
 
 def _trace(p: Priced, fields: dict[str, Any], reconciled: float) -> RequestTrace:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping
 
 from ..config import PRIORITIES, Settings
@@ -12,7 +11,7 @@ from ..estimators import Estimator
 from ..formats import LLMRequest, count_input_tokens
 from ..pricing import Pricing
 from ..tags import HEADER, TagError, merge_tags, parse_tags
-from .base import Identity, Priced
+from .base import Identity, Priced, new_request_id
 from .prompt_cache import MIN_CACHED_TOKENS, PromptCachePredictor
 
 # Worst-case output when neither the request nor the price table bounds it.
@@ -92,7 +91,7 @@ class Price:
             return start + out * per_output
 
         return Priced(
-            id=request_id or f"req_{uuid.uuid4().hex}", route=route, request=request, identity=identity,
+            id=request_id or new_request_id(), route=route, request=request, identity=identity,
             input_tokens=counted.tokens, input_exact=counted.exact, est_p50=p50, est_p90=p90, est_source=source,
             max_output=max_output * request.n, cost_p50=price(p50), cost_p90=price(p90),
             cost_max=price(max_output * request.n, uncached), priority=priority, deadline_s=deadline_s, arrival=now,

@@ -5,10 +5,12 @@ ledger row, feeds the estimator, updates the metrics and logs one line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 from ..config import Settings
@@ -17,6 +19,7 @@ from ..formats import count_output_tokens
 from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
+from ..recovery import owner_token
 from .base import LedgerThread, Outcome, Priced
 from .prompt_cache import prompt_cache_saving
 from .budget import Budget
@@ -49,11 +52,13 @@ class Reconcile:
         self.metrics = metrics
         self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
+        self._series: dict[str, SimpleNamespace] = {}  # model → its metric series
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
         return {
+            "owner": owner_token(),
             "id": p.id, "tenant": p.identity.tenant, "user_id": p.identity.user_id, "key_id": p.identity.key_id,
             "end_user": p.identity.end_user,
             "route": p.route, "model": p.request.model, "status": status,
@@ -66,11 +71,33 @@ class Reconcile:
             "cache": p.cache, "untrimmed_input_tokens": p.untrimmed_input_tokens,
         }
 
-    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any]]:
+    def decided(self, p: Priced, status: str, decision: Any) -> None:
+        """Queues the request's row as decided (not journaled: until the request is answered, its
+        row only shows it running; a worker that dies before then is reclaimed)."""
+        p.row_json = json.dumps(self.ledger_row(p, status, decision))
+        self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode()),
+                           durable=False)
+
+    def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
+                   actual: int = 0, after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
+        """Journals the request's final record: its row (inserted if the decision's insert has not
+        been applied yet), the final ``fields``, and the settlement of ``levels`` (the hold, or
+        ``reserved``, freed; ``actual`` charged), applied together exactly once. Returns (the Future
+        of ``after``, a Future to await before answering when the record is not durable yet)."""
+        if p.row_json is None:
+            p.row_json = json.dumps(self.ledger_row(p, "running"))
+        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"now":%r' % (json.dumps(levels).encode(), reserved, actual,
+                                                                          fields["finished_at"])) if levels else b""
+        line = b'{"id":%s,"row":%s,"final":%s%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode(),
+                                                         json.dumps(fields).encode(), settle)
+        written = self.thread.record(line, after=after)
+        return written, (None if self.thread.write_behind else written)
+
+    def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any] | None]:
         """Charges the actual cost, releases the rest, records, learns. Call it on the event loop:
-        the ledger writes go to the ledger thread; wait for the returned future before the response
-        completes (on one host the budgets are settled by then too). Returns the fields of the
-        ledger row and that future."""
+        the request's final record is journaled before this returns (one ``write()``; the ledger
+        thread applies it later). Returns the fields of the ledger row and, when the record is not
+        durable yet (no journal: PostgreSQL), a future to wait for before the response completes."""
         now = self.clock()
         model = p.request.model
         cost = None
@@ -123,13 +150,20 @@ class Reconcile:
             fields["prompt_cache_saved_pico_usd"] = saved
         if not self.settings.redact_prompts and outcome.text:
             fields["response_preview"] = outcome.text[:2000]
-        # The settlement starts now (on one host: the ledger thread, so before the row's update and
-        # the alert check below); it is kept until done, so nothing can drop it.
-        settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual,
-                                                           cost.input_tokens + cost.output_tokens, now))
-        self._settling.add(settled)
-        settled.add_done_callback(self._settling.discard)
-        written = self.thread.submit(self._record, p.identity.tenant, p.id, now, dict(fields))
+        tokens = cost.input_tokens + cost.output_tokens
+        if self.budget.settles_in_record:
+            # On one host the ledger's budgets are settled by the request's own journal record,
+            # together with its row: exactly once, with nothing for the response to wait for.
+            levels = self.budget.give_back(p, tokens, now)
+        else:  # shared state (Redis): settled there, in the background, kept until done
+            levels = ()
+            settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual, tokens, now))
+            self._settling.add(settled)
+            settled.add_done_callback(self._settling.discard)
+        tenant = p.identity.tenant
+        after = ((lambda: self.observe.settled(tenant, now))  # type: ignore[union-attr]
+                 if self.observe is not None and self.observe.waits_for_row(tenant) else None)
+        written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual, after=after)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
@@ -137,32 +171,42 @@ class Reconcile:
                                    input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
         if self.metrics:
             m = self.metrics
-            for kind, n in (("input", cost.input_tokens), ("output", cost.output_tokens),
-                            ("cache_read", cost.cached_input_tokens), ("reasoning", cost.reasoning_tokens)):
+            c = self._series.get(model) or self._series_of(model)
+            for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
+                                            cost.reasoning_tokens)):
                 if n:
-                    m.tokens.labels(kind, model).inc(n)
-            m.token_usage.labels("input", model).observe(cost.input_tokens)
-            m.token_usage.labels("output", model).observe(cost.output_tokens)
-            m.cost.labels(model).inc(actual / PICO_PER_USD)
+                    series.inc(n)
+            c.usage_input.observe(cost.input_tokens)
+            c.usage_output.observe(cost.output_tokens)
+            c.cost.inc(actual / PICO_PER_USD)
             if saved:
                 m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
             if succeeded and p.est_p50 and cost.output_tokens:
-                m.estimate_error.labels(model).observe(math.log2(cost.output_tokens / p.est_p50))
+                c.estimate_error.observe(math.log2(cost.output_tokens / p.est_p50))
                 if cost.output_tokens <= p.est_p90:
-                    m.p90_covered.labels(model).inc()
+                    c.p90_covered.inc()
         log.info("tokenlane request done", extra={"tokenlane": {
             "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
             "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
             "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
             **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
         if self.observe is not None:
-            self.observe.reconciled(p, fields, written)
-        return fields, written
+            self.observe.reconciled(p, fields, written if after is not None else None)
+        return fields, wait
 
-    def _record(self, tenant: str, request_id: str, now: float, fields: dict[str, Any]) -> list[Any]:
-        """The ledger side of reconcile (ledger thread); returns the budget alerts it fired."""
-        self.ledger.update_request(request_id, **fields)
-        return self.observe.settled(tenant, now) if self.observe is not None else []
+
+    def _series_of(self, model: str) -> SimpleNamespace:
+        """The metric series of one model (``labels()`` looks them up each call: kept per model)."""
+        m = self.metrics
+        assert m is not None
+        if len(self._series) > 1000:  # model names come from requests: stay bounded
+            self._series.clear()
+        c = self._series[model] = SimpleNamespace(
+            tokens=tuple(m.tokens.labels(kind, model) for kind in ("input", "output", "cache_read", "reasoning")),
+            usage_input=m.token_usage.labels("input", model), usage_output=m.token_usage.labels("output", model),
+            cost=m.cost.labels(model), estimate_error=m.estimate_error.labels(model),
+            p90_covered=m.p90_covered.labels(model))
+        return c
 
 
 __all__ = ["Reconcile"]

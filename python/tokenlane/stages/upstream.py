@@ -24,7 +24,7 @@ from ..scheduler import Scheduler
 from .base import Outcome, Priced
 from .reconcile import fallbacks
 
-ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any]]]
+ReconcileFn = Callable[[Priced, Outcome], tuple[dict[str, Any], Future[Any] | None]]
 log = logging.getLogger("tokenlane")
 
 
@@ -88,15 +88,16 @@ class Upstream:
 
         async def finish() -> dict[str, Any]:
             if not finished:
-                fields, written = self.reconcile(p, outcome)
+                # The row is journaled (on disk) before the response completes; without a
+                # journal (PostgreSQL) we wait for the ledger itself.
+                fields, wait = self.reconcile(p, outcome)
                 finished.update(fields)
                 outcome.cost_pico_usd = fields["cost_pico_usd"]
-                try:
-                    # The row is on disk before the response completes. Shielded: this task may be
-                    # cancelled here (the client hung up), and that must not cancel the queued write.
-                    await asyncio.shield(asyncio.wrap_future(written))
-                except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
-                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
+                if wait is not None:
+                    try:
+                        await asyncio.wrap_future(wait)
+                    except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
+                        log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
             return finished
 
         async def inner_receive() -> dict[str, Any]:
@@ -189,16 +190,17 @@ class Upstream:
                     outcome.error = None
                 elif outcome.error is None:
                     outcome.error = "response not completed"
-                fields, written = self.reconcile(p, outcome)
+                fields, wait = self.reconcile(p, outcome)
                 finished.update(fields)
-                try:
-                    # The write is queued on the ledger thread and completes without us; waiting
-                    # longer would hold the event loop while the ledger retries an outage.
-                    written.result(timeout=5.0)
-                except FutureTimeout:
-                    log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
-                except StorageError:
-                    log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
+                if wait is not None:
+                    try:
+                        # The write is queued on the ledger thread and completes without us; waiting
+                        # longer would hold the event loop while the ledger retries an outage.
+                        wait.result(timeout=5.0)
+                    except FutureTimeout:
+                        log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
+                    except StorageError:
+                        log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
         return outcome
 
 

@@ -4,8 +4,9 @@ Budgets live in the SQLite ledger, which every worker process of the host shares
 are reserved in one write transaction (``Ledger.reserve_all``), so workers cannot overspend
 together at any level. Rate buckets and concurrency slots live in this process (each worker
 enforces them for itself, as the scheduler does); they die with it, so they need no lease. Budget
-reservations in the ledger carry no lease: a worker killed mid-request leaves its reservation
-until an operator releases it (the Redis backend leases them).
+reservations in the ledger are recorded as holds with their owner (the worker process): a worker
+killed mid-request leaves them until another worker's reclaim frees them
+(:mod:`tokenlane.recovery`; the Redis backend leases them instead).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from functools import partial
 from typing import Any
 
 from ..ledger import Ledger
+from ..recovery import owner_token
 from .base import Denied, Hold, State
 
 MINUTE = 60.0
@@ -37,7 +40,9 @@ class LocalState(State):
         if denied is not None:
             return denied
         if hold.budgets and hold.amount_pico_usd > 0:
-            failed = await self._run(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now)
+            # Recorded with this worker as its owner: reclaimed if the worker dies (tokenlane.recovery).
+            failed = await self._run(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now,
+                                             hold=hold.id, owner=owner_token()))
             if failed >= 0:
                 self._give_back_local(hold, now, count_rates=True)
                 usage = await self._run(self.ledger.usage, hold.budgets[failed], now)
@@ -47,16 +52,22 @@ class LocalState(State):
         return None
 
     def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> Awaitable[None]:
-        self._give_back_local(hold, now, count_rates=False, correction=actual_tokens - hold.tokens)
+        self.give_back(hold, actual_tokens, now)
         if not hold.budgets:
             return _done()
-        return self._run(self.ledger.settle_all, list(hold.budgets), hold.amount_pico_usd, actual_pico_usd, now)
+        return self._run(partial(self.ledger.settle_all, list(hold.budgets), hold.amount_pico_usd, actual_pico_usd,
+                                 now, hold=hold.id))
+
+    def give_back(self, hold: Hold, actual_tokens: int, now: float) -> None:
+        """The in-process part of :meth:`settle` (the runtime settles the ledger part in the
+        request's final journal record, with its row)."""
+        self._give_back_local(hold, now, count_rates=False, correction=actual_tokens - hold.tokens)
 
     def release(self, hold: Hold, now: float) -> Awaitable[None]:
         self._give_back_local(hold, now, count_rates=True)
         if not hold.budgets or hold.amount_pico_usd <= 0:
             return _done()
-        return self._run(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now)
+        return self._run(partial(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now, hold=hold.id))
 
     async def renew(self, holds: Sequence[Hold], now: float) -> None:
         return None  # in-process holds end with the process; ledger reservations have no lease here

@@ -1,0 +1,256 @@
+// Write-behind and crash recovery: journal records applied in batches, each exactly once; budget
+// holds recorded with the worker that owns them, so a dead worker's share can be freed.
+#include <sqlite3.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "internal.hpp"
+
+namespace tokenlane {
+
+using ledger_detail::WriteTransaction;
+using nlohmann::json;
+
+namespace ledger_detail {
+
+void add_hold(Ledger::Impl& impl, const std::string& hold, const std::string& owner,
+              const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now) {
+  auto st_h = impl.prepare(
+      "INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at) VALUES (?, ?, ?, ?, ?) "
+      "ON CONFLICT (request_id) DO UPDATE SET amount_pico_usd = amount_pico_usd + excluded.amount_pico_usd");
+  SQLite::Statement& st = *st_h;
+  st.bind(1, hold);
+  st.bind(2, owner);
+  st.bind(3, json(tenants).dump());
+  st.bind(4, amount_pico_usd);
+  st.bind(5, now);
+  st.exec();
+}
+
+std::optional<HeldBudget> take_hold(Ledger::Impl& impl, const std::string& hold) {
+  HeldBudget held;
+  {
+    auto st_h = impl.prepare("SELECT budgets, amount_pico_usd FROM holds WHERE request_id = ?");
+    SQLite::Statement& st = *st_h;
+    st.bind(1, hold);
+    if (!st.executeStep()) return std::nullopt;
+    held.tenants = json::parse(st.getColumn(0).getString()).get<std::vector<std::string>>();
+    held.amount_pico_usd = st.getColumn(1).getInt64();
+  }
+  auto st_h = impl.prepare("DELETE FROM holds WHERE request_id = ?");
+  (*st_h).bind(1, hold);
+  (*st_h).exec();
+  return held;
+}
+
+}  // namespace ledger_detail
+
+namespace {
+
+LedgerValue to_value(const std::string& name, const json& v) {
+  switch (v.type()) {
+    case json::value_t::null:
+      return std::monostate{};
+    case json::value_t::boolean:
+      return v.get<bool>();
+    case json::value_t::number_integer:
+      return v.get<std::int64_t>();
+    case json::value_t::number_unsigned: {
+      const auto u = v.get<std::uint64_t>();
+      if (u > static_cast<std::uint64_t>(INT64_MAX))
+        throw Error(ErrorCode::invalid_argument, "field \"" + name + "\" does not fit in 64 bits");
+      return static_cast<std::int64_t>(u);
+    }
+    case json::value_t::number_float:
+      return v.get<double>();
+    case json::value_t::string:
+      return v.get<std::string>();
+    default:
+      throw Error(ErrorCode::invalid_argument, "field \"" + name + "\" must be null, a number or a string");
+  }
+}
+
+// The validated (column, value) pairs of a JSON object of request fields.
+std::vector<std::pair<std::string, LedgerValue>> fields_of(const json& obj) {
+  if (!obj.is_object()) throw Error(ErrorCode::invalid_argument, "request fields must be an object");
+  std::vector<std::pair<std::string, LedgerValue>> out;
+  for (const auto& [name, value] : obj.items())
+    out.emplace_back(name, ledger_detail::checked_request_field(name, to_value(name, value)));
+  return out;
+}
+
+void insert_if_absent(Ledger::Impl& impl, const std::string& id, const json& row) {
+  auto values = fields_of(row);
+  bool has_created = false;
+  std::string names = "id", marks = "?";
+  for (const auto& [name, value] : values) {
+    if (name == "id") continue;
+    has_created = has_created || name == "created_at";
+    names += ", " + name;
+    marks += ", ?";
+  }
+  if (!has_created) {
+    values.emplace_back("created_at", ledger_detail::wall_now());
+    names += ", created_at";
+    marks += ", ?";
+  }
+  auto st_h = impl.prepare("INSERT INTO requests (" + names + ") VALUES (" + marks + ") ON CONFLICT (id) DO NOTHING");
+  SQLite::Statement& st = *st_h;
+  st.bind(1, id);
+  int i = 2;
+  for (const auto& [name, value] : values)
+    if (name != "id") ledger_detail::bind_value(st, i++, value);
+  st.exec();
+}
+
+// False when the row is already finished: this record's final part was applied before.
+bool update_unfinished(Ledger::Impl& impl, const std::string& id, const json& fields) {
+  const auto values = fields_of(fields);
+  std::string sets;
+  for (const auto& [name, value] : values) {
+    if (name == "id") throw Error(ErrorCode::invalid_argument, "a request's id cannot be changed");
+    sets += (sets.empty() ? "" : ", ") + name + " = ?";
+  }
+  if (sets.empty()) throw Error(ErrorCode::invalid_argument, "a final record needs fields (finished_at at least)");
+  auto st_h = impl.prepare("UPDATE requests SET " + sets + " WHERE id = ? AND finished_at IS NULL");
+  SQLite::Statement& st = *st_h;
+  int i = 1;
+  for (const auto& [name, value] : values) ledger_detail::bind_value(st, i++, value);
+  st.bind(i, id);
+  return st.exec() == 1;
+}
+
+std::int64_t amount(const json& record, const char* name) {
+  const auto it = record.find(name);
+  if (it == record.end() || it->is_null()) return 0;
+  const std::int64_t v = it->get<std::int64_t>();
+  if (v < 0 || v > (std::int64_t{1} << 61))
+    throw Error(ErrorCode::invalid_argument, std::string(name) + " must be between 0 and 2^61 pico-USD");
+  return v;
+}
+
+void apply_record(Ledger::Impl& impl, const json& record) {
+  if (!record.is_object()) throw Error(ErrorCode::invalid_argument, "a journal record must be an object");
+  const std::string id = record.at("id").get<std::string>();
+  if (id.empty() || id.size() > 200) throw Error(ErrorCode::invalid_argument, "request id must be 1 to 200 characters");
+  if (const auto row = record.find("row"); row != record.end()) insert_if_absent(impl, id, *row);
+  const auto final_fields = record.find("final");
+  if (final_fields == record.end() || !update_unfinished(impl, id, *final_fields)) return;
+  const auto budgets = record.find("budgets");
+  if (budgets == record.end() || budgets->empty()) return;
+  const auto levels = budgets->get<std::vector<std::string>>();
+  if (levels.size() > 16) throw Error(ErrorCode::invalid_argument, "give 1 to 16 budget levels");
+  const double now = record.at("now").get<double>();
+  const std::int64_t actual = amount(record, "actual");
+  const auto held = ledger_detail::take_hold(impl, id);
+  const std::int64_t reserved = held ? held->amount_pico_usd : amount(record, "reserved");
+  for (const std::string& level : levels) ledger_detail::settle_row(impl, level, reserved, actual, now);
+}
+
+}  // namespace
+
+std::vector<std::string> Ledger::apply_journal(std::string_view records) {
+  std::vector<std::string> skipped;
+  impl_->locked("apply_journal", [&] {
+    WriteTransaction tx(impl_->db);
+    std::size_t start = 0;
+    while (start < records.size()) {
+      std::size_t end = records.find('\n', start);
+      if (end == std::string_view::npos) end = records.size();
+      const std::string_view line = records.substr(start, end - start);
+      start = end + 1;
+      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+      // Each record in a savepoint of its own: a bad one is skipped whole, the batch goes on.
+      impl_->db.exec("SAVEPOINT journal_record");
+      try {
+        apply_record(*impl_, json::parse(line));
+        impl_->db.exec("RELEASE journal_record");
+      } catch (const SQLite::Exception&) {
+        throw;  // storage: the whole batch rolls back and the caller retries it
+      } catch (const std::exception& e) {
+        impl_->db.exec("ROLLBACK TO journal_record");
+        impl_->db.exec("RELEASE journal_record");
+        skipped.push_back(std::string(e.what()) + ": " + std::string(line.substr(0, 200)));
+      }
+    }
+    tx.commit();
+  });
+  return skipped;
+}
+
+std::vector<std::string> Ledger::owners() const {
+  return impl_->locked("owners", [&] {
+    auto st_h = impl_->prepare("SELECT owner FROM holds UNION "
+                               "SELECT owner FROM requests WHERE finished_at IS NULL AND owner IS NOT NULL");
+    SQLite::Statement& st = *st_h;
+    std::vector<std::string> out;
+    while (st.executeStep()) out.push_back(st.getColumn(0).getString());
+    return out;
+  });
+}
+
+LedgerRow Ledger::reclaim(const std::string& owner, double now) {
+  if (owner.empty()) throw Error(ErrorCode::invalid_argument, "owner is empty");
+  return impl_->locked("reclaim", [&] {
+    WriteTransaction tx(impl_->db);
+    std::vector<std::string> holds;
+    {
+      auto st_h = impl_->prepare("SELECT request_id FROM holds WHERE owner = ?");
+      (*st_h).bind(1, owner);
+      while ((*st_h).executeStep()) holds.push_back((*st_h).getColumn(0).getString());
+    }
+    std::int64_t released = 0;
+    for (const std::string& hold : holds) {
+      const auto held = ledger_detail::take_hold(*impl_, hold);
+      if (!held) continue;
+      for (const std::string& level : held->tenants) ledger_detail::release_row(*impl_, level, held->amount_pico_usd, now);
+      released += held->amount_pico_usd;
+    }
+    auto st_h = impl_->prepare(
+        "UPDATE requests SET status = CASE WHEN status = 'queued' OR status = 'deferred' THEN 'cancelled' "
+        "ELSE 'failed' END, finished_at = ?, reason = COALESCE(reason, 'worker_died'), "
+        "error = 'the worker process ended (killed or crashed) before this request finished' "
+        "WHERE owner = ? AND finished_at IS NULL");
+    SQLite::Statement& st = *st_h;
+    st.bind(1, now);
+    st.bind(2, owner);
+    const std::int64_t requests = st.exec();
+    tx.commit();
+    LedgerRow out;
+    out.set("holds", static_cast<std::int64_t>(holds.size())).set("requests", requests).set("released_pico_usd", released);
+    return out;
+  });
+}
+
+std::int64_t Ledger::budget_version() const {
+  constexpr const char* kSql = "SELECT value FROM ledger_meta WHERE key = 'budget_version'";
+  auto read = [](SQLite::Statement& st) -> std::int64_t {
+    const std::int64_t v = st.executeStep() ? st.getColumn(0).getInt64() : 0;
+    st.reset();  // never keep a read snapshot open
+    return v;
+  };
+  if (impl_->path == ":memory:") {
+    std::unique_lock<std::mutex> lock(impl_->mutex, std::try_to_lock);
+    if (!lock.owns_lock()) return -1;
+    try {
+      SQLite::Statement st(impl_->db, kSql);
+      return read(st);
+    } catch (const SQLite::Exception&) {
+      return -1;
+    }
+  }
+  std::lock_guard<std::mutex> lock(impl_->reader_mutex);
+  try {
+    if (!impl_->reader) {  // no busy timeout: a locked moment reads as "unknown"
+      impl_->reader = std::make_unique<SQLite::Database>(impl_->path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX);
+      impl_->reader_version = std::make_unique<SQLite::Statement>(*impl_->reader, kSql);
+    }
+    return read(*impl_->reader_version);
+  } catch (const SQLite::Exception&) {
+    if (impl_->reader_version) impl_->reader_version->tryReset();
+    return -1;
+  }
+}
+
+}  // namespace tokenlane
