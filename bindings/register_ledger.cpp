@@ -104,7 +104,30 @@ ReportFilter report_filter(std::optional<std::string> tenant, std::optional<std:
 
 }  // namespace
 
+static void register_journal_applier(py::module_& m) {
+  py::class_<JournalApplier>(m, "JournalApplier")
+      .def(py::init([](std::shared_ptr<Ledger> ledger, double batch_delay_s) {
+             return std::make_unique<JournalApplier>(std::move(ledger), batch_delay_s);
+           }),
+           py::arg("ledger"), py::arg("batch_delay_s"))
+      // Keeps the GIL: a copy under a mutex, never a hand-off to another thread.
+      .def("push", [](JournalApplier& a, const py::bytes& record) { return a.push(std::string(record)); })
+      .def("flush", [](JournalApplier& a, double timeout_s) { return unlocked([&] { return a.flush(timeout_s); }); })
+      .def("set_ledger", &JournalApplier::set_ledger)
+      .def("take_status", [](JournalApplier& a) {
+        JournalApplier::Status st = a.take_status();
+        py::dict d;
+        d["queued"] = st.queued;
+        d["applied"] = st.applied;
+        d["failures"] = st.failures;
+        d["last_error"] = st.last_error;
+        d["skipped"] = st.skipped;
+        return d;
+      });
+}
+
 void register_ledger(py::module_& m) {
+  register_journal_applier(m);
   using Opt = std::optional<std::string>;
   py::class_<Ledger, std::shared_ptr<Ledger>>(m, "Ledger")
       .def(py::init([](const std::string& path, int busy_timeout_ms) {

@@ -24,7 +24,10 @@
 // over a network file system does not give the locking guarantees the budgets rely on).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <string>
@@ -231,6 +234,46 @@ class Ledger {
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// Write-behind: applies journal records to a Ledger in batches, on a thread of its own, so that
+// the process that queues them never waits (nor hands its interpreter lock over) for the database.
+// push() takes a record and returns at once; the thread lets records gather for `batch_delay_s`,
+// applies them with Ledger::apply_journal (one transaction), and on a storage failure keeps the
+// batch and retries it with backoff (50 ms doubling to 2 s) until it is applied or the applier is
+// destroyed. flush() waits (and cuts the delay short) until the records pushed before it are applied.
+class JournalApplier {
+ public:
+  JournalApplier(std::shared_ptr<Ledger> ledger, double batch_delay_s);
+  ~JournalApplier();  // applies what is queued (a few retries at most), then stops
+  JournalApplier(const JournalApplier&) = delete;
+  JournalApplier& operator=(const JournalApplier&) = delete;
+
+  // Queues one record (a JSON object and its newline); returns its sequence number (1, 2, ...).
+  std::uint64_t push(std::string record);
+  // True once every record pushed before the call is applied; false after `timeout_s`.
+  bool flush(double timeout_s);
+  struct Status {
+    std::uint64_t queued = 0, applied = 0;  // sequence numbers
+    std::uint64_t failures = 0;             // failed batch attempts since the last take_status
+    std::string last_error;
+    std::vector<std::string> skipped;       // malformed records skipped since the last take_status
+  };
+  Status take_status();
+  // Applies through another connection from the next batch on (after a reconnect).
+  void set_ledger(std::shared_ptr<Ledger> ledger);
+
+ private:
+  void run();
+  std::shared_ptr<Ledger> ledger_;
+  double delay_s_;
+  std::mutex mutex_;
+  std::condition_variable wake_, applied_cv_;
+  std::string pending_;
+  std::uint64_t queued_ = 0, applied_ = 0, urgent_ = 0, flushes_ = 0;
+  bool stop_ = false;
+  Status status_;
+  std::thread thread_;
 };
 
 }  // namespace tokenlane

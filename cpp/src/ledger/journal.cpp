@@ -254,3 +254,104 @@ std::int64_t Ledger::budget_version() const {
 }
 
 }  // namespace tokenlane
+
+namespace tokenlane {
+
+JournalApplier::JournalApplier(std::shared_ptr<Ledger> ledger, double batch_delay_s)
+    : ledger_(std::move(ledger)), delay_s_(batch_delay_s) {
+  if (!ledger_) throw Error(ErrorCode::invalid_argument, "JournalApplier needs a ledger");
+  if (!(batch_delay_s >= 0)) throw Error(ErrorCode::invalid_argument, "batch_delay_s must be >= 0");
+  thread_ = std::thread([this] { run(); });
+}
+
+JournalApplier::~JournalApplier() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+std::uint64_t JournalApplier::push(std::string record) {
+  std::uint64_t seq = 0;
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    first = pending_.empty();
+    pending_ += record;
+    seq = ++queued_;
+  }
+  if (first) wake_.notify_one();
+  return seq;
+}
+
+bool JournalApplier::flush(double timeout_s) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const std::uint64_t target = queued_;
+  if (applied_ >= target) return true;
+  urgent_ = std::max(urgent_, target);
+  ++flushes_;
+  wake_.notify_one();
+  return applied_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return applied_ >= target; });
+}
+
+JournalApplier::Status JournalApplier::take_status() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Status out = status_;
+  out.queued = queued_;
+  out.applied = applied_;
+  status_.failures = 0;
+  status_.skipped.clear();
+  return out;
+}
+
+void JournalApplier::set_ledger(std::shared_ptr<Ledger> ledger) {
+  if (!ledger) throw Error(ErrorCode::invalid_argument, "JournalApplier needs a ledger");
+  std::lock_guard<std::mutex> lock(mutex_);
+  ledger_ = std::move(ledger);
+}
+
+void JournalApplier::run() {
+  using namespace std::chrono;
+  std::unique_lock<std::mutex> lock(mutex_);
+  double backoff = 0.05;
+  int retries_left_at_stop = 3;
+  while (true) {
+    wake_.wait(lock, [&] { return stop_ || !pending_.empty(); });
+    if (pending_.empty()) return;  // stopped with nothing left
+    // Let more records gather, unless someone waits for them or we are stopping.
+    wake_.wait_for(lock, duration<double>(delay_s_), [&] { return stop_ || urgent_ > applied_; });
+    std::string batch;
+    batch.swap(pending_);
+    const std::uint64_t upto = queued_;
+    const std::shared_ptr<Ledger> ledger = ledger_;
+    lock.unlock();
+    std::vector<std::string> skipped;
+    std::string error;
+    try {
+      skipped = ledger->apply_journal(batch);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    lock.lock();
+    if (error.empty()) {
+      applied_ = upto;
+      backoff = 0.05;
+      for (std::string& s : skipped) status_.skipped.push_back(std::move(s));
+      applied_cv_.notify_all();
+      continue;
+    }
+    // Kept, in order, ahead of what arrived meanwhile; retried after a pause.
+    pending_.insert(0, batch);
+    ++status_.failures;
+    status_.last_error = error;
+    if (stop_ && --retries_left_at_stop < 0) return;  // at exit: the journal file still holds them
+    // A new flush (a reader waiting) cuts the pause short: the condition may have cleared.
+    const std::uint64_t flushes = flushes_;
+    wake_.wait_for(lock, duration<double>(backoff), [&] { return stop_ || flushes_ != flushes; });
+    backoff = std::min(backoff * 2, 2.0);
+  }
+}
+
+}  // namespace tokenlane

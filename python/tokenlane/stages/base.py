@@ -201,6 +201,17 @@ class LedgerThread:
         self._applied = 0
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
         self._closed = False
+        self._queued_at_call = 0
+        # A SQLite ledger: the core applies the records on a native thread of its own (no GIL: the
+        # event loop never hands its lock over for them); other ledgers: this thread, in batches.
+        core = getattr(ledger, "_led", None)
+        self._native: Any = None
+        if core is not None and hasattr(ledger, "apply_journal"):
+            from .. import _core
+
+            self._native = _core.JournalApplier(core, BATCH_DELAY_S)
+        self._native_ledger = core
+        self._native_retired: list[tuple[int, Any]] = []  # (last record's sequence, journal file)
         _open_threads.add(self)
 
     @property
@@ -244,6 +255,7 @@ class LedgerThread:
             if not future.set_running_or_notify_cancel():
                 return
             try:
+                self._flush_native()  # a call sees every record queued before it
                 future.set_result(self._durable(fn, *args, **kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
@@ -267,6 +279,8 @@ class LedgerThread:
         OSError when the file cannot be written). Returns a Future of ``after()`` (run on this
         thread once the record is applied) when ``after`` is given or the record is not durable
         before it is applied (no journal: await it before answering); else None."""
+        if self._native is not None:
+            return self._record_native(line, durable, after)
         future: Future[Any] | None = None
         with self._lock:
             journaled = False
@@ -290,6 +304,61 @@ class LedgerThread:
             else:
                 self._put(self._apply_later if future is None else self._apply_pending)
         return future
+
+    def _record_native(self, line: bytes, durable: bool, after: Callable[[], Any] | None) -> Future[Any] | None:
+        journaled = False
+        with self._lock:  # the file's order is the applier's order
+            if durable and self.journal is not None:
+                try:
+                    self.journal.append(line)
+                    journaled = True
+                except OSError as exc:  # disk full, file too large: then the caller waits for the ledger
+                    if self.on_error is not None:
+                        self.on_error("journal", exc)
+            seq = self._native.push(line)
+            self._queued = seq
+            if journaled:
+                old = self.journal.rotate()
+                if old is not None:
+                    self._native_retired.append((seq, old))
+        if after is None and (journaled or not durable):
+            return None
+        return self.submit(self._await_native, after, must_apply=durable and not journaled)
+
+    def _await_native(self, after: Callable[[], Any] | None, must_apply: bool) -> Any:
+        """(On this thread, after the flush every call makes.) Raises StorageError when a record
+        that is in no journal is still not applied (the caller answers and logs it)."""
+        if must_apply and self._native.take_status()["applied"] < self._queued_at_call:
+            raise StorageError("the ledger did not take the record in time (kept, and retried)")
+        return after() if after is not None else None
+
+    def _flush_native(self, timeout_s: float | None = None) -> bool:
+        """Waits until the records queued so far are applied (at most ``timeout_s``, default
+        ``retry_s``); reports the applier's failures and skipped records."""
+        if self._native is None:
+            return True
+        self._queued_at_call = self._queued
+        done = self._native.flush(self.retry_s if timeout_s is None else timeout_s)
+        self._poll_native()
+        return done
+
+    def _poll_native(self) -> None:
+        status = self._native.take_status()
+        self._applied = status["applied"]
+        for problem in status["skipped"]:
+            log.error("tokenlane: ledger record skipped: %s", problem)
+        if status["failures"]:
+            exc = StorageError(status["last_error"])
+            if self.on_error is not None:
+                self.on_error("retried", exc)
+            log.error("tokenlane: %d ledger records kept until the ledger comes back: %s",
+                      status["queued"] - status["applied"], exc)
+            core = getattr(self.ledger, "_led", None)
+            if core is not None and core is not self._native_ledger:  # reconnected (read-only file fixed)
+                self._native.set_ledger(core)
+                self._native_ledger = core
+        while self._native_retired and self._native_retired[0][0] <= status["applied"]:
+            self._native_retired.pop(0)[1].unlink(missing_ok=True)
 
     def _apply_later(self) -> None:
         # The first record since the last batch: let more arrive (the GIL is free meanwhile), so
@@ -344,7 +413,12 @@ class LedgerThread:
         return apply_records(self.ledger, data)
 
     def flush(self) -> None:
-        """Returns once every record queued before the call is applied (from any thread)."""
+        """Returns once every record queued before the call is applied (from any thread; with a
+        ledger outage, after ``retry_s`` at most)."""
+        if self._native is not None:
+            if self._applied < self._queued:
+                self._flush_native()
+            return
         if self._applied >= self._queued:
             return
         if threading.current_thread() is self._thread or self._closed or self._thread is None:
@@ -357,10 +431,12 @@ class LedgerThread:
     def _loop(self) -> None:
         next_sweep = time.monotonic() + (self.sweep_s if self.sweep else 3600.0)
         while True:
+            wait = max(0.0, next_sweep - time.monotonic())
             try:
-                job = self._jobs.get(timeout=max(0.0, next_sweep - time.monotonic()))
+                job = self._jobs.get(timeout=min(wait, 1.0) if self._native is not None else wait)
             except queue.Empty:
-                job = self._apply_pending  # idle: a batch kept back by an outage gets its retry
+                # idle: a batch kept back by an outage gets its retry; the applier's news is read
+                job = self._poll_native if self._native is not None else self._apply_pending
             if job is None:
                 return
             try:
@@ -390,8 +466,12 @@ class LedgerThread:
             self._thread.join(timeout=5)
         self._closed = True
         self._apply_pending()
+        applied = True
+        if self._native is not None:
+            applied = self._flush_native(timeout_s=min(self.retry_s, 10.0))
+            self._native = None  # the applier stops (it applied all it could)
         if self.journal is not None:
-            self.journal.close(remove=not self._records)
+            self.journal.close(remove=applied and not self._records)
 
 
 def apply_records(ledger: Any, data: bytes) -> list[str]:

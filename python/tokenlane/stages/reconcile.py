@@ -185,11 +185,13 @@ class Reconcile:
                 c.estimate_error.observe(math.log2(cost.output_tokens / p.est_p50))
                 if cost.output_tokens <= p.est_p90:
                     c.p90_covered.inc()
-        log.info("tokenlane request done", extra={"tokenlane": {
-            "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
-            "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
-            "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50), "queue_ms": round(p.queue_ms, 3),
-            **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
+        if log.isEnabledFor(logging.INFO):  # building the record costs more than this check
+            log.info("tokenlane request done", extra={"tokenlane": {
+                "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
+                "input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens,
+                "cost_usd": usd_text(actual), "estimated_cost_usd": usd_text(p.cost_p50),
+                "queue_ms": round(p.queue_ms, 3),
+                **({} if self.settings.redact_prompts else {"prompt": p.request.text()[:2000]})}})
         if self.observe is not None:
             self.observe.reconciled(p, fields, written if after is not None else None)
         return fields, wait
