@@ -265,6 +265,7 @@ class Lib:
     count: Optional[Callable[[str], int]] = None
     encode_batch: Optional[Callable[[list[str]], list[list[int]]]] = None
     count_batch: Optional[Callable[[list[str]], list[int]]] = None
+    encoding_name: str = ""
 
     def mode(self, mode: str) -> Optional[Callable]:
         return getattr(self, mode)
@@ -295,7 +296,7 @@ def _load_tokenlane(enc: str, ctx: Context) -> Lib:
         import tokenlane
     e = tokenlane.get_encoding(enc)
     n = ctx.threads
-    return Lib("tokenlane", e.encode,
+    return Lib("tokenlane", e.encode, encoding_name=enc,
                count=getattr(e, "count", None),
                encode_batch=lambda docs: e.encode_batch(docs, num_threads=n),
                count_batch=(lambda docs: e.count_batch(docs, num_threads=n))
@@ -578,6 +579,24 @@ def bench_pathological(libs: list[Lib], cat: Category, reps: int, steps: list[in
     return cells
 
 
+def bench_scaling(lib: Lib, docs: list[str], threads: int, reps: int) -> list[dict]:
+    """tokenlane's batch modes on 1..threads threads (wall clock, best of reps): how they scale."""
+    import tokenlane
+    enc = tokenlane.get_encoding(lib.encoding_name)
+    nbytes = sum(len(d.encode("utf-8")) for d in docs)
+    rows = []
+    for mode in BATCH_MODES:
+        fn = getattr(enc, mode)
+        for n in sorted({1, threads}):
+            fn(docs, num_threads=n)  # warm-up: every thread's piece cache
+            best = math.inf
+            for _ in range(reps):
+                wall, _, _ = timed(lambda: fn(docs, num_threads=n))
+                best = min(best, wall)
+            rows.append({"mode": mode, "threads": n, "mb_per_s": nbytes / MB / best})
+    return rows
+
+
 # --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
@@ -614,6 +633,8 @@ def run(args: argparse.Namespace) -> dict:
     corpus = build_corpus(text_bytes, patho_chars)
 
     rows: list[dict] = []
+    scaling: list[dict] = []
+    load_before = os.getloadavg()
     for encoding in args.encodings.split(","):
         libs = load_libs(encoding, specs, ctx, status)
         names = [lib.name for lib in libs]
@@ -644,6 +665,11 @@ def run(args: argparse.Namespace) -> dict:
                     "size_chars": cell.size_chars, "capped": cell.capped,
                     "mismatching_docs": cell.mismatching_docs, "error": cell.error,
                 })
+        if "tokenlane" in names:
+            text_docs = [d for cat in corpus if not cat.pathological for d in cat.docs]
+            tl = libs[names.index("tokenlane")]
+            for row in bench_scaling(tl, text_docs, args.threads, args.reps):
+                scaling.append({"encoding": encoding, **row})
         del libs, reference_lib
 
     return {
@@ -652,7 +678,9 @@ def run(args: argparse.Namespace) -> dict:
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "threads": args.threads, "reps": args.reps,
             "quick": args.quick, "budget_s": args.budget, "mb_unit_bytes": int(MB), "clock": CLOCK,
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         },
+        "scaling": scaling,
         "libraries": status,
         "corpus": {c.name: {"docs": len(c.docs), "bytes": c.nbytes, "sources": c.sources} for c in corpus},
         "results": rows,
@@ -709,7 +737,10 @@ def report(results: dict) -> str:
     out = [f"# Tokenizer throughput (MB/s, 1 MB = 10^6 bytes of UTF-8; best of {meta['reps']})", "",
            f"Python {meta['python']}, {meta['platform']}, {meta['cpu_count']} CPUs, batch threads = {n}"
            + (", QUICK run" if meta["quick"] else "")
-           + (", single-thread modes timed by CPU time (--clock cpu)" if meta.get("clock") == "cpu" else ""), "",
+           + (", single-thread modes timed by CPU time (--clock cpu)" if meta.get("clock") == "cpu" else "")
+           + (", load average (1/5/15 min) %s before, %s after" % (
+               "/".join(f"{x:.1f}" for x in meta["loadavg_before"]),
+               "/".join(f"{x:.1f}" for x in meta["loadavg_after"])) if "loadavg_before" in meta else ""), "",
            "## Libraries", "", "| library | version | status | " + " | ".join(encodings) + " | API used |",
            "|---|---|---|" + "---|" * len(encodings) + "---|"]
     for name, info in libs.items():
@@ -776,6 +807,16 @@ def report(results: dict) -> str:
                     continue
                 size = _size(r["size_chars"]) + (" (capped)" if r["capped"] else "")
                 out.append(f"| {enc} | {c[6:]} | {name} | {size} | " + " | ".join(cols) + " |")
+    if results.get("scaling"):
+        out += ["", "## tokenlane batch scaling", "",
+                "All text categories in one batch call, wall clock (so other load on the machine counts), "
+                "GIL released; speed-up = MB/s on N threads ÷ MB/s on 1.", "",
+                "| encoding | mode | threads | MB/s | speed-up |", "|---|---|---|---|---|"]
+        one = {(r["encoding"], r["mode"]): r["mb_per_s"] for r in results["scaling"] if r["threads"] == 1}
+        for r in results["scaling"]:
+            base = one.get((r["encoding"], r["mode"]))
+            out.append(f"| {r['encoding']} | {r['mode']} | {r['threads']} | {r['mb_per_s']:.1f} | "
+                       + (f"{r['mb_per_s'] / base:.2f}×" if base else "-") + " |")
     if goals:
         out += ["", "tokenlane goal (pathological per-byte time ≤ 3× english prose):", ""] + goals
     elif "tokenlane" in libs:

@@ -31,6 +31,27 @@ class IntCache {
     Py_INCREF(o);
     return o;
   }
+  // The ids' ints, new references, into items[0, n); false (with a Python error set) on failure.
+  bool fill(const Rank* ids, std::size_t n, PyObject** items) {
+    // Local copies of the table: the stores into the list cannot then force reloads of them.
+    PyObject* const* table = ints_.data();
+    std::size_t size = ints_.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      PyObject* o = ids[i] < size ? table[ids[i]] : nullptr;
+      if (o != nullptr) {
+        Py_INCREF(o);
+      } else {
+        if ((o = get(ids[i])) == nullptr) {
+          for (std::size_t k = 0; k < i; ++k) Py_DECREF(items[k]);
+          return false;
+        }
+        table = ints_.data();
+        size = ints_.size();
+      }
+      items[i] = o;
+    }
+    return true;
+  }
 
  private:
   static constexpr Rank kLimit = 1u << 20;
@@ -41,13 +62,10 @@ py::list to_list(const Rank* ids, std::size_t n) {
   static IntCache* ints = new IntCache;  // never destroyed: the interpreter may be gone at exit
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(n));
   if (list == nullptr) throw py::error_already_set();
-  for (std::size_t i = 0; i < n; ++i) {
-    PyObject* o = ints->get(ids[i]);
-    if (o == nullptr) {
-      Py_DECREF(list);
-      throw py::error_already_set();
-    }
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), o);
+  if (!ints->fill(ids, n, reinterpret_cast<PyListObject*>(list)->ob_item)) {
+    std::fill_n(reinterpret_cast<PyListObject*>(list)->ob_item, n, nullptr);  // nothing to release
+    Py_DECREF(list);
+    throw py::error_already_set();
   }
   return py::reinterpret_steal<py::list>(list);
 }

@@ -11,6 +11,16 @@ When PostgreSQL is unreachable, writes (request rows, settlements, releases) go 
 once the database answers again. Each entry is applied in one transaction together with its
 ``(spool id, sequence)`` mark in ``tokenlane_spool_applied``, so a replay that is interrupted and
 repeated never applies an entry twice. Reads during an outage raise :class:`StorageError`.
+
+Budget reservations carry a lease. A reservation made with a ``hold`` (the request id) is recorded
+in ``holds`` with its owner (the replica process) and an expiry ``lease_s`` ahead. Every
+``lease_s / 3`` each replica runs one statement (:meth:`expire_holds`) that renews all of its own
+holds and releases every other replica's expired ones at every level they reserved (their rows,
+still unfinished, are marked failed): a replica killed with ``kill -9`` gives its reservations back
+within the lease time, and its unfinished rows end (running: failed, queued: cancelled; each
+replica renews a lease of its own in ``tokenlane_replicas`` in the same statement). Several
+replicas may run it at once: a hold is deleted, and so released, once. Settling or releasing a
+hold that has already expired frees nothing a second time.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Any
 
 from ._core import InvalidArgumentError, StorageError
 from ._core import Ledger as _CoreLedger
+from .recovery import owner_token
 from .windows import budget_window, unix_seconds as _seconds
 
 log = logging.getLogger("tokenlane")
@@ -86,6 +97,18 @@ _RESERVE = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, wi
             f"<= budgets.limit_pico_usd RETURNING 1) "
             f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
             f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s FROM r")
+
+# One level's settlement as one statement (no read on the client, so a batch of them is pipelined):
+# frees the reservation only while the request's hold is in force (%(hold)s NULL: no hold).
+_FREE = "(CASE WHEN %(hold)s::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE request_id = %(hold)s) THEN %(r)s ELSE 0 END)"
+_SETTLE_LEVEL = (
+    f"WITH old AS (SELECT reserved_pico_usd AS r0 FROM budgets WHERE tenant = %(t)s FOR UPDATE), "
+    f"up AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, reserved_pico_usd, "
+    f"updated_at) VALUES (%(t)s, NULL, 'total', 0, %(x)s, 0, %(now)s) ON CONFLICT (tenant) DO UPDATE SET "
+    f"spent_pico_usd = {_SPENT} + %(x)s, window_start = GREATEST(budgets.window_start, {_WS}), "
+    f"reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - {_FREE}, 0), updated_at = %(now)s RETURNING 1) "
+    f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
+    f"SELECT %(t)s, 'settle', %(x)s, COALESCE((SELECT LEAST({_FREE}, r0) FROM old), 0), %(now)s")
 
 _MEASURES = """COUNT(*) AS requests,
  COUNT(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
@@ -195,11 +218,12 @@ class PostgresLedger:
     ``tokenlane-spool.db`` in the working directory)."""
 
     def __init__(self, url: str, *, spool: str | None = None, pool_size: int = 8, timeout_s: float = 5.0,
-                 open_timeout_s: float = 60.0, **_ignored: Any) -> None:
+                 open_timeout_s: float = 60.0, lease_s: float = 15.0, **_ignored: Any) -> None:
         if psycopg is None:
             raise StorageError("a postgresql:// ledger needs psycopg: pip install 'tokenlane[scale]'")
         self.url = url
         self._timeout = timeout_s
+        self.lease_s = float(lease_s)  # of budget holds: see the module docstring
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=timeout_s, open=False,
                                     kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
                                     name="tokenlane-ledger")
@@ -271,12 +295,19 @@ class PostgresLedger:
         return None
 
     def _replay_loop(self) -> None:
+        leases_due = 0.0
         while not self._stop.wait(0.25):
             if self._down:
                 try:
                     self.replay()
                 except Exception:  # noqa: BLE001 - keep trying; the next round logs again
                     log.exception("tokenlane: spool replay failed")
+            elif time.monotonic() >= leases_due:
+                leases_due = time.monotonic() + self.lease_s / 3
+                try:
+                    self.expire_holds()
+                except (StorageError, psycopg.Error) as exc:  # a deadlock, an outage: next round
+                    log.warning("tokenlane: renewing budget holds failed (retried): %s", exc)
 
     def replay(self) -> int:
         """Applies spooled writes in order, each exactly once; returns how many were applied.
@@ -330,6 +361,11 @@ class PostgresLedger:
                     continue
                 conn.execute(postgres_dialect(sql))
                 conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, description, time.time()))
+            # PostgreSQL only: budget holds are leased (their expiry; see the module docstring).
+            conn.execute("ALTER TABLE holds ADD COLUMN IF NOT EXISTS expires_at DOUBLE PRECISION")
+            conn.execute("CREATE INDEX IF NOT EXISTS holds_expires ON holds(expires_at)")
+            conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_replicas (owner TEXT PRIMARY KEY, "
+                         "expires_at DOUBLE PRECISION NOT NULL)")
 
     @property
     def schema_version(self) -> int:
@@ -462,6 +498,29 @@ class PostgresLedger:
         sets = ", ".join(f"{k} = %({k})s" for k in fields)
         return conn.execute(f"UPDATE requests SET {sets} WHERE id = %(_id)s", {**fields, "_id": id}).rowcount == 1
 
+    def apply_journal(self, records: bytes) -> list[str]:
+        """Applies a batch of the runtime's ledger records (JSON lines: a request's row, its final
+        fields, the settlement of its levels) in one transaction, pipelined: a few network round
+        trips for the whole batch rather than several per record (spooled while the database is
+        down). Returns descriptions of records skipped as malformed."""
+        skipped: list[str] = []
+        statements: list[tuple[str, dict[str, Any]]] = []
+        for line in records.splitlines():
+            if not line.strip():
+                continue
+            try:
+                statements += _record_statements(json.loads(line))
+            except (InvalidArgumentError, ValueError, KeyError, TypeError) as exc:
+                skipped.append(f"{exc}: {line[:200]!r}")
+        if statements:
+            self._write("statements", {"statements": statements})
+        return skipped
+
+    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False) -> None:
+        with conn.pipeline():
+            for sql, params in statements:
+                conn.execute(sql, params)
+
     def get_request(self, id: str) -> dict[str, Any] | None:
         return self._read(lambda c: c.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE id = %s",
                                               (id,)).fetchone())
@@ -547,8 +606,9 @@ class PostgresLedger:
     def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None, *,
                     hold: str | None = None, owner: str | None = None) -> int:
         """Reserves at every tenant (the levels of one principal chain) or at none, in one
-        transaction: -1 when all had room, else the index of the first without room. (``hold`` and
-        ``owner`` are accepted for the SQLite ledger's interface; holds are not recorded here yet.)"""
+        transaction: -1 when all had room, else the index of the first without room. With ``hold``
+        (the request id) the reservation is recorded under a lease of ``lease_s`` held by ``owner``
+        (default: this process), renewed while this process runs (see the module docstring)."""
         for t in tenants:
             _check_tenant(t)
         _check_amount("amount_pico_usd", amount_pico_usd)
@@ -566,6 +626,11 @@ class PostgresLedger:
                         if c.execute(_RESERVE, params).rowcount != 1:
                             failed = i
                             raise _NoRoom
+                    if hold:
+                        c.execute("INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at, "
+                                  "expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                                  (hold, owner or owner_token(), json.dumps(list(tenants)), amount_pico_usd, now,
+                                   time.time() + self.lease_s))
             except _NoRoom:
                 pass  # rolled back: nothing reserved anywhere
             return failed
@@ -579,10 +644,12 @@ class PostgresLedger:
         _check_amount("reserved_pico_usd", reserved_pico_usd)
         _check_amount("actual_pico_usd", actual_pico_usd)
         self._write("settle_all", {"tenants": list(tenants), "reserved": reserved_pico_usd, "actual": actual_pico_usd,
-                                   "now": time.time() if now is None else float(now)})
+                                   "now": time.time() if now is None else float(now), "hold": hold})
 
     def _apply_settle_all(self, conn: Any, tenants: list[str], reserved: int, actual: int, now: float,
-                          replayed: bool = False) -> None:
+                          replayed: bool = False, hold: str | None = None) -> None:
+        if hold and not _end_hold(conn, hold):
+            reserved = 0  # its lease expired and another replica released it: free nothing twice
         for tenant in tenants:
             self._apply_settle(conn, tenant, reserved, actual, now)
 
@@ -593,10 +660,12 @@ class PostgresLedger:
             _check_tenant(t)
         _check_amount("reserved_pico_usd", reserved_pico_usd)
         self._write("release_all", {"tenants": list(tenants), "reserved": reserved_pico_usd,
-                                    "now": time.time() if now is None else float(now)})
+                                    "now": time.time() if now is None else float(now), "hold": hold})
 
     def _apply_release_all(self, conn: Any, tenants: list[str], reserved: int, now: float,
-                           replayed: bool = False) -> None:
+                           replayed: bool = False, hold: str | None = None) -> None:
+        if hold and not _end_hold(conn, hold):
+            return  # already released when its lease expired
         for tenant in tenants:
             self._apply_release(conn, tenant, reserved, now)
 
@@ -635,6 +704,23 @@ class PostgresLedger:
                      "WHERE tenant = %s", (reserved, now, tenant))
         conn.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
                      "VALUES (%s, 'release', %s, NULL, %s)", (tenant, min(reserved, old["reserved_pico_usd"]), now))
+
+    def expire_holds(self, now: float | None = None) -> int:
+        """Renews this process's budget holds and releases every other owner's expired ones, in
+        one statement (see the module docstring; the runtime's replay thread calls it every
+        ``lease_s / 3``). Returns how many holds it released."""
+        now = time.time() if now is None else float(now)
+        params = {"me": owner_token(), "now": now, "until": now + self.lease_s}
+        return int(self._read(lambda c: c.execute(_EXPIRE_HOLDS, params).fetchone()["n"]))
+
+    def holds(self) -> list[dict[str, Any]]:
+        """Budget reservations in force: request_id, owner, budgets (the levels), amount_pico_usd,
+        created_at, expires_at."""
+        rows = self._read(lambda c: c.execute("SELECT request_id, owner, budgets, amount_pico_usd, created_at, "
+                                              "expires_at FROM holds ORDER BY created_at").fetchall())
+        for r in rows:
+            r["budgets"] = json.loads(r["budgets"])
+        return rows
 
     def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else float(now)
@@ -742,6 +828,63 @@ class PostgresLedger:
         out = dict.fromkeys(_STATUSES, 0)
         out.update({r["status"]: int(r["n"]) for r in rows})
         return out
+
+
+# Renew this owner's lease and holds; release other owners' expired holds at every level they
+# reserved (a hold is deleted once, so concurrent sweepers release it once); end the unfinished rows
+# of expired holds and of owners whose lease expired (running: failed, queued: cancelled).
+_EXPIRE_HOLDS = """WITH me AS (INSERT INTO tokenlane_replicas (owner, expires_at) VALUES (%(me)s, %(until)s)
+        ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at RETURNING 1),
+dead AS (DELETE FROM tokenlane_replicas WHERE expires_at < %(now)s AND owner <> %(me)s RETURNING owner),
+renewed AS (UPDATE holds SET expires_at = %(until)s WHERE owner = %(me)s RETURNING 1),
+gone AS (DELETE FROM holds WHERE expires_at < %(now)s AND owner <> %(me)s
+         RETURNING request_id, budgets, amount_pico_usd),
+lv AS (SELECT t.tenant, SUM(g.amount_pico_usd)::bigint AS a
+       FROM gone g CROSS JOIN LATERAL jsonb_array_elements_text(g.budgets::jsonb) AS t(tenant) GROUP BY t.tenant),
+upd AS (UPDATE budgets b SET reserved_pico_usd = GREATEST(b.reserved_pico_usd - lv.a, 0), updated_at = %(now)s
+        FROM lv WHERE b.tenant = lv.tenant RETURNING b.tenant, lv.a),
+ev AS (INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at)
+       SELECT tenant, 'release', a, NULL, %(now)s FROM upd),
+rq AS (UPDATE requests SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE 'failed' END,
+       finished_at = %(now)s, error = 'replica lost: its lease expired'
+       WHERE finished_at IS NULL AND status IN ('running', 'queued')
+         AND (id IN (SELECT request_id FROM gone) OR owner IN (SELECT owner FROM dead)))
+SELECT (SELECT COUNT(*) FROM gone) AS n, (SELECT COUNT(*) FROM renewed) AS renewed"""
+
+
+def _record_statements(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The statements of one ledger record (see :meth:`PostgresLedger.apply_journal`): none reads."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if "row" in r:  # the decided row (or, with the final record, the row not inserted yet): once
+        row = dict(r["row"])
+        row.setdefault("created_at", time.time())
+        _check_request_fields(row)
+        out.append((f"INSERT INTO requests ({', '.join(row)}) VALUES ({', '.join(f'%({k})s' for k in row)}) "
+                    "ON CONFLICT (id) DO NOTHING", row))
+    if "final" in r:
+        fields = dict(r["final"])
+        fields.pop("id", None)
+        _check_request_fields(fields)
+        if fields:
+            out.append((f"UPDATE requests SET {', '.join(f'{k} = %({k})s' for k in fields)} WHERE id = %(_id)s",
+                        {**fields, "_id": r["id"]}))
+        levels = r.get("budgets") or []
+        for t in levels:
+            _check_tenant(t)
+        if levels:
+            now, hold = float(r["now"]), r["id"]
+            # The hold's row is locked first: a sweeper cannot release it between the levels.
+            out.append(("SELECT 1 FROM holds WHERE request_id = %(hold)s FOR UPDATE", {"hold": hold}))
+            for t in levels:
+                out.append((_SETTLE_LEVEL, {"t": t, "r": int(r.get("reserved") or 0), "x": int(r.get("actual") or 0),
+                                            "now": now, "hold": hold, **window_starts(now)}))
+            out.append(("DELETE FROM holds WHERE request_id = %(hold)s", {"hold": hold}))
+    return out
+
+
+def _end_hold(conn: Any, hold: str) -> bool:
+    """Deletes a hold; False when there was none (its lease expired and it was released)."""
+    return bool(conn.execute("DELETE FROM holds WHERE request_id = %s", (hold,)).rowcount)
 
 
 def _safe(url: str) -> str:

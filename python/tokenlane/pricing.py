@@ -237,6 +237,15 @@ class Pricing:
             )
         )
 
+    def total_pico_usd(self, model: str, input_tokens: int = 0, output_tokens: int = 0,
+                       cached_input_tokens: int = 0) -> int:
+        """``cost(...).total_pico_usd`` without building the :class:`Cost` (the pricing stage
+        prices every request this way: it needs totals only)."""
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                            ("cached_input_tokens", cached_input_tokens)):
+            _check_count(name, value)
+        return self._core.cost(model, input_tokens, output_tokens, cached_input_tokens, 0, 0, False)["total"]
+
     def cost_of_usage(self, model: str, usage: Any, batch: bool = False) -> Cost:
         """The cost of a finished request from the provider's raw ``usage`` object (a dict, a JSON
         string, an SDK object with ``model_dump()``, or a whole response holding ``usage``).

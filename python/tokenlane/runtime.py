@@ -31,7 +31,7 @@ from .config import Settings, load_settings
 from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
 from .formats import LLMRequest
-from .ledger import Ledger
+from .ledger import Ledger, is_postgres_url
 from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text
@@ -83,7 +83,8 @@ class Tokenlane:
         s = self.settings
         self.pricing = pricing or (Pricing.load(s.pricing) if s.pricing else Pricing.default())
         self.estimator = estimator or Estimator.default()
-        self.ledger = ledger or Ledger(s.db)
+        # On PostgreSQL budget holds are leased (state_lease_s): a killed replica's come back.
+        self.ledger = ledger or Ledger(s.db, **({"lease_s": s.state_lease_s} if is_postgres_url(s.db) else {}))
         # With shared state the limits are global (Redis holds them for every replica): this
         # process's scheduler only orders and queues.
         limits = {} if s.state else dict(

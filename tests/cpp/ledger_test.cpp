@@ -664,3 +664,18 @@ TEST_CASE("ledger: journal records apply once; a dead owner's holds and rows are
   CHECK(led.owners().empty());
   CHECK(led.reclaim("host:1:2", now).integer("holds") == 0);  // idempotent
 }
+
+TEST_CASE("ledger: the journal applier applies pushed records in batches, flush waits for them", "[ledger]") {
+  TempDb tmp;
+  auto led = std::make_shared<Ledger>(tmp.str());
+  {
+    JournalApplier applier(led, 10.0);  // a long delay: only flush (or the end) makes it apply
+    for (int i = 0; i < 50; ++i)
+      applier.push(R"({"id":"req_)" + std::to_string(i) + R"(","row":{"status":"running"}})" + "\n");
+    CHECK(applier.flush(30.0));
+    CHECK(led->count_requests(RequestFilter{}) == 50);
+    applier.push("not json\n");
+    applier.push(R"({"id":"req_last","row":{"status":"running"}})" "\n");
+  }  // destroyed: applies what is left
+  CHECK(led->get_request("req_last").has_value());
+}

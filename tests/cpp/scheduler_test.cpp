@@ -707,7 +707,7 @@ TEST_CASE("ordered index and id table agree with the standard containers", "[sch
       const std::pair<int, int> k{static_cast<int>(rng() % static_cast<unsigned>(range)), static_cast<int>(rng() % 3)};
       if ((grow && op < 6) || (!grow && op < 3)) {
         const auto expected = static_cast<std::size_t>(std::distance(ref.begin(), ref.lower_bound(k)));
-        if (ref.insert(k).second) REQUIRE(tree.insert(k) == expected);
+        if (ref.insert(k).second) REQUIRE(tree.insert_ranked(k) == expected);
       } else if (op < 8 || ref.empty()) {
         REQUIRE(tree.erase(k) == (ref.erase(k) == 1));
       } else {

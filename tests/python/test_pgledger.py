@@ -114,3 +114,32 @@ def test_replay_interrupted_after_commit_is_not_applied_twice(pg_url: str, tmp_p
         led._apply_settle(conn, **args)
     assert led.replay() == 1
     assert led.usage("t", NOON)["spent_pico_usd"] == 1200
+
+
+def test_budget_holds_are_leased_renewed_and_released_once_when_they_expire(pg_url: str, tmp_path: Path) -> None:
+    """A replica's reservations carry a lease: its own sweep renews them; another replica's
+    (here a dead one: an owner token of no live process) are released at every level once
+    expired, by one statement that several replicas may run; a late settle frees nothing twice."""
+    led = Ledger(pg_url, spool=str(tmp_path / "s.db"), lease_s=2.0)
+    other = Ledger(pg_url, spool=str(tmp_path / "o.db"), lease_s=2.0)
+    led.set_budget("org", 10_000, window="day")
+    chain = ["org", "key:k"]
+    now = time.time()
+    assert led.reserve_all(chain, 600, now, hold="req-dead", owner="elsewhere:1:1") == -1
+    assert led.reserve_all(chain, 300, now, hold="req-live") == -1  # owned by this process
+    led.insert_request({"id": "req-dead", "status": "running", "tenant": "key:k"})
+    assert {h["request_id"]: h["budgets"] for h in led.holds()} == {"req-dead": chain, "req-live": chain}
+    assert led.expire_holds(now) == 0  # nothing expired yet
+    later = now + 5  # past the lease: the dead owner's hold goes, this process's was renewed
+    assert led.expire_holds(later) + other.expire_holds(later) == 1  # released once, whoever ran it
+    assert [h["request_id"] for h in led.holds()] == ["req-live"]
+    assert all(h["expires_at"] > later for h in led.holds())
+    assert [led.get_budget(t)["reserved_pico_usd"] for t in chain] == [300, 300]
+    assert led.get_request("req-dead")["status"] == "failed"
+    # The dead request's settle arrives after all (a stalled replica): it charges, frees nothing twice.
+    led.settle_all(chain, 600, 100, later, hold="req-dead")
+    led.settle_all(chain, 300, 200, later, hold="req-live")
+    assert [led.get_budget(t)["reserved_pico_usd"] for t in chain] == [0, 0]
+    assert led.usage("org", later)["spent_pico_usd"] == 300 and led.holds() == []
+    led.close()
+    other.close()

@@ -66,38 +66,16 @@ class OrderedIndex {
     std::uint32_t pos_ = 0;
   };
 
-  // Inserts k, which must not be present; returns its rank (elements ordered before it).
-  std::size_t insert(const Key& k) {
-    std::size_t rank = 0;
-    if (size_ == 0) {
-      clear();
-      root_ = new_leaf();
-      first_ = root_;
-    }
-    const Split s = insert_at(root_, height_, k, rank);
-    if (s.node != kNil) {  // the root split: grow a level
-      const Key low = min_of(root_, height_);
-      const std::uint32_t old = root_;
-      const std::uint32_t left_count = static_cast<std::uint32_t>(size_ + 1 - s.count);
-      root_ = new_inner();
-      Inner& r = inners_[root_];
-      r.n = 2;
-      r.child[0] = old;
-      r.count[0] = left_count;
-      r.sep[0] = low;
-      r.child[1] = s.node;
-      r.count[1] = s.count;
-      r.sep[1] = s.sep;
-      ++height_;
-    }
-    ++size_;
-    return rank;
-  }
+  // Inserts k, which must not be present.
+  void insert(const Key& k) { insert_impl<false>(k); }
+  // The same, returning k's rank (elements ordered before it) from the same descent.
+  std::size_t insert_ranked(const Key& k) { return insert_impl<true>(k); }
 
   // Removes k; false if it was not there.
   bool erase(const Key& k) {
     if (size_ == 0 || !erase_at(root_, height_, k)) return false;
-    if (--size_ == 0) {
+    --size_;
+    if (size_ == 0 && height_ > 0) {
       clear();
       return true;
     }
@@ -118,11 +96,11 @@ class OrderedIndex {
     for (std::uint32_t h = height_; h > 0; --h) {
       const Inner& in = inners_[node];
       const std::uint32_t i = child_for(in, k);
-      for (std::uint32_t j = 0; j < i; ++j) rank += in.count[j];
+      rank += counted(in, i);
       node = in.child[i];
     }
     const Leaf& l = leaves_[node];
-    return rank + static_cast<std::size_t>(std::lower_bound(l.keys, l.keys + l.n, k, less_) - l.keys);
+    return rank + lower(l.keys, l.n, k);
   }
 
   void clear() {
@@ -141,17 +119,59 @@ class OrderedIndex {
   iterator end() const { return iterator(this, kNil); }
 
  private:
+  template <bool kRank>
+  std::size_t insert_impl(const Key& k) {
+    std::size_t rank = 0;
+    if (root_ == kNil) {  // (an emptied one-leaf tree keeps its leaf)
+      root_ = new_leaf();
+      first_ = root_;
+    }
+    const Split s = insert_at<kRank>(root_, height_, k, rank);
+    if (s.node != kNil) {  // the root split: grow a level
+      const Key low = min_of(root_, height_);
+      const std::uint32_t old = root_;
+      const std::uint32_t left_count = static_cast<std::uint32_t>(size_ + 1 - s.count);
+      root_ = new_inner();
+      Inner& r = inners_[root_];
+      r.n = 2;
+      r.child[0] = old;
+      r.count[0] = left_count;
+      r.sep[0] = low;
+      r.child[1] = s.node;
+      r.count[1] = s.count;
+      r.sep[1] = s.sep;
+      ++height_;
+    }
+    ++size_;
+    return rank;
+  }
+
   struct Split {
     std::uint32_t node = kNil;  // the new right sibling, if the node split
     std::uint32_t count = 0;    // its element count
     Key sep{};                  // its smallest key
   };
 
+  // Elements under the children before child i.
+  static std::size_t counted(const Inner& in, std::uint32_t i) {
+    std::size_t sum = 0;
+    for (std::uint32_t j = 0; j < i; ++j) sum += in.count[j];
+    return sum;
+  }
+
   bool eq(const Key& a, const Key& b) const { return !less_(a, b) && !less_(b, a); }
+
+  // lower: the first position in a[0, n) not less than k; upper: the first greater than k.
+  std::uint32_t lower(const Key* a, std::uint32_t n, const Key& k) const {
+    return static_cast<std::uint32_t>(std::lower_bound(a, a + n, k, less_) - a);
+  }
+  std::uint32_t upper(const Key* a, std::uint32_t n, const Key& k) const {
+    return static_cast<std::uint32_t>(std::upper_bound(a, a + n, k, less_) - a);
+  }
 
   // The child whose range holds k: the last with sep <= k (the first if k is below every sep).
   std::uint32_t child_for(const Inner& in, const Key& k) const {
-    const std::uint32_t i = static_cast<std::uint32_t>(std::upper_bound(in.sep, in.sep + in.n, k, less_) - in.sep);
+    const std::uint32_t i = upper(in.sep, in.n, k);
     return i == 0 ? 0 : i - 1;
   }
 
@@ -186,12 +206,13 @@ class OrderedIndex {
     return id;
   }
 
+  template <bool kRank>
   Split insert_at(std::uint32_t node, std::uint32_t height, const Key& k, std::size_t& rank) {
     if (height == 0) {
       std::uint32_t pos;
       {
         Leaf& l = leaves_[node];
-        pos = static_cast<std::uint32_t>(std::lower_bound(l.keys, l.keys + l.n, k, less_) - l.keys);
+        pos = lower(l.keys, l.n, k);
         rank += pos;
         if (l.n < kCap) {
           std::copy_backward(l.keys + pos, l.keys + l.n, l.keys + l.n + 1);
@@ -225,10 +246,10 @@ class OrderedIndex {
       Inner& in = inners_[node];
       i = child_for(in, k);
       if (less_(k, in.sep[i])) in.sep[i] = k;  // only for i == 0: a new smallest key
-      for (std::uint32_t j = 0; j < i; ++j) rank += in.count[j];
+      if (kRank) rank += counted(in, i);
       child = in.child[i];
     }
-    const Split s = insert_at(child, height - 1, k, rank);
+    const Split s = insert_at<kRank>(child, height - 1, k, rank);
     {
       Inner& in = inners_[node];
       ++in.count[i];
@@ -274,7 +295,7 @@ class OrderedIndex {
   bool erase_at(std::uint32_t node, std::uint32_t height, const Key& k) {
     if (height == 0) {
       Leaf& l = leaves_[node];
-      Key* it = std::lower_bound(l.keys, l.keys + l.n, k, less_);
+      Key* it = l.keys + lower(l.keys, l.n, k);
       if (it == l.keys + l.n || !eq(*it, k)) return false;
       std::copy(it + 1, l.keys + l.n, it);
       --l.n;

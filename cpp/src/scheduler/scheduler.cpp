@@ -31,11 +31,12 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
 
+// Fields ordered for size (24 bytes; the order compares cls first).
 struct Key {
-  int cls = 0;
   double k = 0;
   std::uint64_t seq = 0;
   std::uint32_t slot = 0;  // payload, not part of the order (seq is unique)
+  int cls = 0;
   bool operator<(const Key& o) const {
     if (cls != o.cls) return cls < o.cls;
     if (k != o.k) return k < o.k;
@@ -44,10 +45,10 @@ struct Key {
 };
 
 struct TenantKey {
-  int cls = 0;
   double a = 0, b = 0;
   std::uint64_t seq = 0;
   std::uint32_t tenant = 0;
+  int cls = 0;
   bool operator<(const TenantKey& o) const {
     if (cls != o.cls) return cls < o.cls;
     if (a != o.a) return a < o.a;
@@ -334,7 +335,7 @@ struct Scheduler::Impl {
     r.in_queue = true;
     queued_work += r.pred_service;
     t.queue.insert(r.key);
-    const std::size_t position = index.insert(r.key);
+    const std::size_t position = index.insert_ranked(r.key);
     if (new_head) reindex(t);
     if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
     if (cfg.policy == Policy::combined) {

@@ -135,13 +135,16 @@ void Vocabulary::build_tables(const std::string& name) {
   slots_.assign(cap, Slot{});
   mask_ = cap - 1;
   shift_ = 64 - bits;
+  token_bits_.assign(kTokenBitsMask + 1, 0);
   for (Rank r = 0; r < spans_.size(); ++r) {
     const Span& t = spans_[r];
     if (t.off == kAbsent) continue;
     const unsigned char* p = bytes + t.off;
     if (find_rank(p, t.len) != kNoRank) corrupt(name, r, "the same bytes appear under two ranks");
     std::uint64_t head = head_bytes(p, t.len);
-    std::size_t i = hash_bytes(p, t.len, head) >> shift_;
+    const std::uint64_t h = hash_bytes(p, t.len, head);
+    token_bits_[(h >> 6) & kTokenBitsMask] |= std::uint64_t{1} << (h & 63);
+    std::size_t i = h >> shift_;
     while (slots_[i].len != 0) i = (i + 1) & mask_;
     slots_[i] = {head, r, t.len};
   }
@@ -201,7 +204,8 @@ PieceCache& Vocabulary::thread_cache() const {
   return *caches.cache[k];
 }
 
-std::size_t Vocabulary::merge_short(const unsigned char* p, std::size_t n, Rank* tok) const {
+std::size_t Vocabulary::merge_short(const unsigned char* p, std::size_t n, Rank* tok, PieceCache& cache) const {
+  auto rank_of = [&](Rank a, Rank b) { return cache.pair_rank(a, b, [this](Rank x, Rank y) { return pair_rank(x, y); }); };
   // Part i has token tok[i]; pair[i] is the rank of parts i and i+1 merged (kNoRank: not a token).
   Rank pair[PieceCache::kMaxBytes];
   std::size_t m = n;
@@ -215,9 +219,9 @@ std::size_t Vocabulary::merge_short(const unsigned char* p, std::size_t n, Rank*
     --m;
     std::memmove(tok + best + 1, tok + best + 2, (m - best - 1) * sizeof tok[0]);
     std::memmove(pair + best + 1, pair + best + 2, (m - best - 1) * sizeof pair[0]);
-    if (best + 1 < m) pair[best] = pair_rank(tok[best], tok[best + 1]);
+    if (best + 1 < m) pair[best] = rank_of(tok[best], tok[best + 1]);
     else pair[best] = kNoRank;
-    if (best > 0) pair[best - 1] = pair_rank(tok[best - 1], tok[best]);
+    if (best > 0) pair[best - 1] = rank_of(tok[best - 1], tok[best]);
   }
   return m;
 }
@@ -296,7 +300,7 @@ class MergeQueue {
 
 }  // namespace
 
-std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) const {
+std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const {
   // Parts are linked by their first byte position; node[i].pair is the rank of the part at i merged
   // with its successor. Queue entries go stale when a pair changes and are then skipped. The node
   // fields live together so that one merge touches few cache lines.
@@ -310,12 +314,16 @@ std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n) 
   for (std::size_t i = 0; i < n; ++i) {
     node[i] = {static_cast<std::uint32_t>(i + 1), static_cast<std::uint32_t>(i - 1), byte_rank_[p[i]], kNoRank};
   }
+  auto rank_of = [&](Rank a, Rank b) { return cache.pair_rank(a, b, [this](Rank x, Rank y) { return pair_rank(x, y); }); };
   auto update = [&](std::uint32_t i) {
     Node& a = node[i];
-    a.pair = a.next < n ? pair_rank(a.tok, node[a.next].tok) : kNoRank;
+    a.pair = a.next < n ? rank_of(a.tok, node[a.next].tok) : kNoRank;
     if (a.pair != kNoRank) queue.push(a.pair, i);
   };
-  for (std::uint32_t i = 0; i + 1 < n; ++i) update(i);
+  for (std::uint32_t i = 0; i + 1 < n; ++i) {  // byte pairs: straight from the 64K table
+    node[i].pair = byte_pair_[(p[i] << 8) | p[i + 1]];
+    if (node[i].pair != kNoRank) queue.push(node[i].pair, i);
+  }
   Rank r;
   std::uint32_t i;
   while (queue.pop(r, i)) {

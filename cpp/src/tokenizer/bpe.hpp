@@ -54,21 +54,24 @@ inline bool equal_after_head(const unsigned char* a, const unsigned char* b, std
   return load64(a + n - 8) == load64(b + n - 8);
 }
 
-inline std::uint64_t mix64(std::uint64_t h) {
-  h ^= h >> 32;
-  h *= 0xd6e8feb86659fd93ull;
-  h ^= h >> 32;
-  return h;
+// head_bytes when at least 8 bytes are readable at p: one load and a mask.
+inline std::uint64_t head_bytes_padded(const unsigned char* p, std::size_t n) {
+  const std::uint64_t w = load64(p);
+  return n >= 8 ? w : w & ((std::uint64_t{1} << (8 * n)) - 1);
 }
 
-// Hash of a byte string given its head_bytes.
+// Hash of a byte string given its head_bytes. One multiply for the usual piece of <= 8 bytes; the
+// final fold brings the product's well-mixed high bits down to the low bits the cache indexes by.
 inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t head) {
   std::uint64_t h = (head ^ (n * 0x9E3779B97F4A7C15ull)) * 0xbf58476d1ce4e5b9ull;
   if (n > 8) {
     for (std::size_t i = 8; i + 8 < n; i += 8) h = (h ^ (h >> 29) ^ load64(p + i)) * 0x94d049bb133111ebull;
     h = (h ^ (h >> 29) ^ load64(p + n - 8)) * 0x94d049bb133111ebull;
+    h = (h ^ (h >> 32)) * 0xd6e8feb86659fd93ull;
   }
-  return mix64(h);
+  h ^= h >> 32;
+  h *= 0xd6e8feb86659fd93ull;
+  return h ^ (h >> 32);
 }
 
 // Per-thread memory of the tokens of recent pieces (one token or many). Real text repeats a small
@@ -124,6 +127,22 @@ class PieceCache {
 
   PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1) {}
 
+  // The rank of token pair (a, b), remembered in a direct-mapped table (192 KiB, in L2) in front of
+  // `lookup` (the vocabulary's pair table, megabytes): merging novel text asks about the same pairs
+  // again and again (the characters of a script, a repeated run). Entries are facts about the
+  // vocabulary, so they outlive a wipe of the piece table.
+  template <class Lookup>
+  Rank pair_rank(Rank a, Rank b, const Lookup& lookup) {
+    if (!pairs_) pairs_ = std::make_unique<PairMemo>();
+    const std::uint64_t key = (std::uint64_t{a} << 20 | b) + 1;
+    const std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> (64 - kPairMemoBits);
+    if (pairs_->key[i] != key) {
+      pairs_->key[i] = key;
+      pairs_->rank[i] = lookup(a, b);
+    }
+    return pairs_->rank[i];
+  }
+
  private:
   static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
   static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 2 MiB of slots at most
@@ -167,6 +186,12 @@ class PieceCache {
   std::size_t mask_;
   std::vector<Rank> arena_;
   std::size_t entries_ = 0;
+  static constexpr int kPairMemoBits = 14;
+  struct PairMemo {
+    std::uint64_t key[std::size_t{1} << kPairMemoBits];  // (a << 20 | b) + 1; 0: empty
+    Rank rank[std::size_t{1} << kPairMemoBits];
+  };
+  std::unique_ptr<PairMemo> pairs_;  // zero-filled on first use
 };
 
 class Vocabulary {
@@ -199,16 +224,24 @@ class Vocabulary {
   // This thread's piece cache for this vocabulary; fetch once per call, not per piece.
   PieceCache& thread_cache() const;
 
-  // Appends the tokens of one piece to `out` (anything with push(Rank)).
+  // Appends the tokens of one piece to `out` (anything with push(Rank)); the bytes up to `end` are
+  // readable (the rest of the text).
   template <class Out>
-  void encode_piece(const unsigned char* p, std::size_t n, PieceCache& cache, Out& out) const {
+  void encode_piece(const unsigned char* p, std::size_t n, const unsigned char* end, PieceCache& cache,
+                    Out& out) const {
     if (n == 1) return out.push(byte_rank_[p[0]]);
-    const std::uint64_t head = head_bytes(p, n);
+    if (n == 2) {  // one token if the two bytes are one, else two: no cache needed
+      const Rank r = byte_pair_[(p[0] << 8) | p[1]];
+      if (r != kNoRank) return out.push(r);
+      out.push(byte_rank_[p[0]]);
+      return out.push(byte_rank_[p[1]]);
+    }
+    const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
     const std::uint64_t h = hash_bytes(p, n, head);
     if (n > PieceCache::kMaxBytes) {
-      Rank whole = find(p, n, head, h);
+      Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
       if (whole != kNoRank) return out.push(whole);
-      for (Rank r : merge_long(p, n)) out.push(r);
+      for (Rank r : merge_long(p, n, cache)) out.push(r);
       return;
     }
     std::uint32_t count = 0;
@@ -217,11 +250,11 @@ class Vocabulary {
       return;
     }
     Rank tokens[PieceCache::kMaxBytes];
-    tokens[0] = find(p, n, head, h);
+    tokens[0] = maybe_token(h) ? find(p, n, head, h) : kNoRank;
     if (tokens[0] != kNoRank) {
       count = 1;  // tiktoken's shortcut: a piece that is one token is not merged
     } else {
-      count = static_cast<std::uint32_t>(merge_short(p, n, tokens));
+      count = static_cast<std::uint32_t>(merge_short(p, n, tokens, cache));
     }
     cache.insert(p, n, head, h, tokens, count);
     for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
@@ -254,6 +287,11 @@ class Vocabulary {
     }
   }
 
+  // False when no ordinary token has hash h: most novel pieces (text never seen by the piece cache)
+  // are not tokens, and this bit set (256 KiB) answers without a miss in the token table (megabytes).
+  bool maybe_token(std::uint64_t h) const { return (token_bits_[(h >> 6) & kTokenBitsMask] >> (h & 63)) & 1; }
+  static constexpr std::size_t kTokenBitsMask = (std::size_t{1} << 15) - 1;  // 2^21 bits
+
   // The rank of the concatenation of tokens a and b, or kNoRank.
   Rank pair_rank(Rank a, Rank b) const {
     const std::uint64_t key = (std::uint64_t{1} << 43) | (std::uint64_t{a} << 20) | b;
@@ -265,8 +303,8 @@ class Vocabulary {
   }
 
   // Merges a piece of 3..kMaxBytes bytes into `tokens`; returns how many.
-  std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens) const;
-  std::vector<Rank> merge_long(const unsigned char* p, std::size_t n) const;
+  std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
+  std::vector<Rank> merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const;
   void build_tables(const std::string& name);
   void add_specials(const std::vector<std::pair<std::string, Rank>>& specials);
 
@@ -279,6 +317,7 @@ class Vocabulary {
   std::size_t pair_mask_ = 0;
   int pair_shift_ = 64;
   std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
+  std::vector<std::uint64_t> token_bits_;  // see maybe_token
   Rank byte_rank_[256] = {};
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
 };

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <queue>
 #include <sstream>
 #include <thread>
@@ -26,9 +27,13 @@ struct Encoding::Impl {
   // Calls out.push(rank) for every token of the ordinary (no special tokens) text.
   template <class Out>
   void encode_ordinary(std::string_view text, Out& out) const {
+    encode_ordinary(text, out, vocab.thread_cache());
+  }
+  template <class Out>
+  void encode_ordinary(std::string_view text, Out& out, detail::PieceCache& cache) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    detail::PieceCache& cache = vocab.thread_cache();
-    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, cache, out); };
+    const unsigned char* end = s + text.size();
+    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, end, cache, out); };
     switch (spec.pretokenizer) {
       case PretokenizerKind::gpt2:
         detail::split_gpt2(s, text.size(), piece);
@@ -46,13 +51,17 @@ struct Encoding::Impl {
   // ordinary text between specials is split on its own, as tiktoken does.
   template <class Out>
   void encode(std::string_view text, const SpecialSet& allowed, Out& out) const {
-    if (allowed.empty()) return encode_ordinary(text, out);
+    encode(text, allowed, out, vocab.thread_cache());
+  }
+  template <class Out>
+  void encode(std::string_view text, const SpecialSet& allowed, Out& out, detail::PieceCache& cache) const {
+    if (allowed.empty()) return encode_ordinary(text, out, cache);
     detail::SpecialMatcher local;
     const detail::SpecialMatcher& matcher = matcher_for(allowed, local);
     while (!text.empty()) {
       auto [pos, special] = matcher.find(text);
-      if (pos == std::string_view::npos) return encode_ordinary(text, out);
-      encode_ordinary(text.substr(0, pos), out);
+      if (pos == std::string_view::npos) return encode_ordinary(text, out, cache);
+      encode_ordinary(text.substr(0, pos), out, cache);
       out.push(special_rank(special));
       text.remove_prefix(pos + special.size());
     }
@@ -80,6 +89,22 @@ struct Encoding::Impl {
                 "'" + std::string(text) + "' is not a special token of " + spec.name);
   }
 
+  // Piece caches for batch workers. Batch threads live for one call, and a thread's own cache dies
+  // with it; these outlive the call, so the next batch starts warm (one per concurrent worker).
+  std::unique_ptr<detail::PieceCache> take_cache() const {
+    std::lock_guard<std::mutex> lock(spare_mutex);
+    if (spare_caches.empty()) return std::make_unique<detail::PieceCache>();
+    auto cache = std::move(spare_caches.back());
+    spare_caches.pop_back();
+    return cache;
+  }
+  void give_back(std::unique_ptr<detail::PieceCache> cache) const {
+    std::lock_guard<std::mutex> lock(spare_mutex);
+    spare_caches.push_back(std::move(cache));
+  }
+  mutable std::mutex spare_mutex;
+  mutable std::vector<std::unique_ptr<detail::PieceCache>> spare_caches;
+
   void check_specials(const SpecialSet& allowed) const {
     if (&allowed == &special_strings) return;
     for (const std::string& s : allowed) special_rank(s);
@@ -98,24 +123,30 @@ struct CountOut {
   void push(Rank) { ++n; }
 };
 
-// Runs fn(i) for i in [0, n) on up to `threads` threads; the first exception is rethrown.
+// Runs fn(i, cache) for i in [0, n) on up to `threads` threads, each with a piece cache of its own
+// (the calling thread's, or one kept by the encoding for batch workers); the first exception is
+// rethrown.
 template <class Fn>
-void parallel_for(std::size_t n, unsigned threads, Fn fn) {
+void parallel_for(const Encoding::Impl& impl, std::size_t n, unsigned threads, Fn fn) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<unsigned>(std::min<std::size_t>(threads, n));
   if (threads <= 1) {
-    for (std::size_t i = 0; i < n; ++i) fn(i);
+    detail::PieceCache& cache = impl.vocab.thread_cache();
+    for (std::size_t i = 0; i < n; ++i) fn(i, cache);
     return;
   }
   std::atomic<std::size_t> next{0};
   std::exception_ptr error;
   std::atomic<bool> failed{false};
   auto work = [&] {
+    std::unique_ptr<detail::PieceCache> cache;
     try {
-      for (std::size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i);
+      cache = impl.take_cache();
+      for (std::size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i, *cache);
     } catch (...) {
       if (!failed.exchange(true)) error = std::current_exception();
     }
+    if (cache) impl.give_back(std::move(cache));
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
@@ -229,10 +260,10 @@ std::vector<std::vector<Rank>> Encoding::encode_batch(const std::vector<std::str
                                                       unsigned num_threads) const {
   impl_->check_specials(allowed);
   std::vector<std::vector<Rank>> result(texts.size());
-  parallel_for(texts.size(), num_threads, [&](std::size_t i) {
+  parallel_for(*impl_, texts.size(), num_threads, [&](std::size_t i, detail::PieceCache& cache) {
     result[i].reserve(texts[i].size() / 4 + 4);
     VectorOut out{result[i]};
-    impl_->encode(texts[i], allowed, out);
+    impl_->encode(texts[i], allowed, out, cache);
   });
   return result;
 }
@@ -242,9 +273,9 @@ std::vector<std::size_t> Encoding::count_batch(const std::vector<std::string_vie
                                                unsigned num_threads) const {
   impl_->check_specials(allowed);
   std::vector<std::size_t> result(texts.size());
-  parallel_for(texts.size(), num_threads, [&](std::size_t i) {
+  parallel_for(*impl_, texts.size(), num_threads, [&](std::size_t i, detail::PieceCache& cache) {
     CountOut out;
-    impl_->encode(texts[i], allowed, out);
+    impl_->encode(texts[i], allowed, out, cache);
     result[i] = out.n;
   });
   return result;

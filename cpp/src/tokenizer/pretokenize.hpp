@@ -7,8 +7,16 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 
 #include "unicode.hpp"
+
+// The general (any Unicode) paths are kept out of line, so that the hot ASCII loops stay small.
+#if defined(__GNUC__) || defined(__clang__)
+#define TOKENLANE_NOINLINE __attribute__((noinline))
+#else
+#define TOKENLANE_NOINLINE
+#endif
 
 namespace tokenlane::detail {
 
@@ -19,33 +27,42 @@ class Cursor {
   Char at(std::size_t i) const { return decode_char(s_ + i, s_ + n_); }
   unsigned char byte(std::size_t i) const { return s_[i]; }
 
+  // The class flags and byte length of the character at i (i < size()), as at(i) gives them: two-
+  // and three-byte characters (most non-Latin scripts) are decoded inline, the rest out of line.
+  TOKENLANE_ALWAYS_INLINE std::uint8_t class_at(std::size_t i, std::uint32_t& len) const {
+    const unsigned char b = s_[i];
+    if (b < 0x80) {
+      len = 1;
+      return kAscii.flags[b];
+    }
+    if (b >= 0xC2 && b < 0xE0 && i + 1 < n_ && (s_[i + 1] & 0xC0) == 0x80) {
+      len = 2;
+      return class_of((std::uint32_t{b} & 0x1F) << 6 | (s_[i + 1] & 0x3F));
+    }
+    if ((b & 0xF0) == 0xE0 && i + 2 < n_ && (s_[i + 1] & 0xC0) == 0x80 && (s_[i + 2] & 0xC0) == 0x80) {
+      len = 3;
+      return class_of((std::uint32_t{b} & 0x0F) << 12 | (s_[i + 1] & 0x3Fu) << 6 | (s_[i + 2] & 0x3F));
+    }
+    const Char c = at(i);
+    len = c.len;
+    return c.cls;
+  }
+
   // End of the run of characters starting at i whose flags intersect `any`.
   std::size_t run_end(std::size_t i, std::uint8_t any) const {
     while (i < n_) {
-      unsigned char b = s_[i];
-      if (b < 0x80) {
-        if (!(kAscii.flags[b] & any)) break;
-        ++i;
-        continue;
-      }
-      Char c = at(i);
-      if (!(c.cls & any)) break;
-      i += c.len;
+      std::uint32_t len;
+      if (!(class_at(i, len) & any)) break;
+      i += len;
     }
     return i;
   }
   // End of the run of "punctuation" ([^\s\p{L}\p{N}]) starting at i.
   std::size_t punct_end(std::size_t i) const {
     while (i < n_) {
-      unsigned char b = s_[i];
-      if (b < 0x80) {
-        if (kAscii.flags[b] & (kLetter | kNumber | kSpace)) break;
-        ++i;
-        continue;
-      }
-      Char c = at(i);
-      if (c.cls & (kLetter | kNumber | kSpace)) break;
-      i += c.len;
+      std::uint32_t len;
+      if (class_at(i, len) & (kLetter | kNumber | kSpace)) break;
+      i += len;
     }
     return i;
   }
@@ -125,6 +142,118 @@ inline std::size_t whitespace_piece_end(const Cursor& t, std::size_t i, bool end
   return i + t.at(i).len;
 }
 
+// What one byte says about the piece it is in, for the ASCII fast paths below (derived from kAscii,
+// so the two tables cannot disagree). Every non-ASCII byte is kHigh: the general path decides.
+enum ByteKind : std::uint8_t { kbLower, kbUpper, kbDigit, kbSpace, kbOtherSpace, kbNewline, kbPunct, kbHigh, kbEnd };
+struct ByteKinds {
+  std::uint8_t of[256];
+  constexpr ByteKinds() : of() {
+    for (int b = 0; b < 256; ++b) {
+      std::uint8_t f = b < 128 ? kAscii.flags[b] : 0;
+      std::uint8_t k = kbPunct;
+      if (b >= 128) k = kbHigh;
+      else if (f & kLowerish) k = kbLower;
+      else if (f & kUpperish) k = kbUpper;
+      else if (f & kNumber) k = kbDigit;
+      else if (b == ' ') k = kbSpace;
+      else if (b == '\r' || b == '\n') k = kbNewline;
+      else if (f & kSpace) k = kbOtherSpace;
+      of[b] = k;
+    }
+  }
+};
+inline constexpr ByteKinds kByteKind{};
+
+// The ASCII fast paths return the end of the piece starting at i when every byte that decides it is
+// ASCII, else npos (the general path, which handles every case, then decides). They cover the same
+// alternatives in the same order as the general paths, specialised to ASCII classes.
+struct AsciiScan {
+  const unsigned char* s;
+  std::size_t n;
+  std::uint8_t kind(std::size_t i) const { return i < n ? kByteKind.of[s[i]] : std::uint8_t{kbEnd}; }
+  std::size_t run(std::size_t i, std::uint8_t k) const {
+    while (i < n && kByteKind.of[s[i]] == k) ++i;
+    return i;
+  }
+  // End of the run of bytes in [lo, hi] (ASCII) starting at i. Eight bytes at a time (SWAR): the run
+  // end comes from a bit scan instead of a per-byte loop, whose exit branch mispredicts once per piece.
+  static constexpr std::uint64_t kOnes = 0x0101010101010101ull, kHighBits = 0x80 * kOnes;
+  // The high bit of each byte of w that is not in [lo, hi] (ASCII), the others clear.
+  template <unsigned char lo, unsigned char hi>
+  static std::uint64_t outside(std::uint64_t w) {
+    const std::uint64_t low7 = w & ~kHighBits;                 // lanes cannot carry
+    const std::uint64_t ge_lo = low7 + (0x80 - lo) * kOnes;    // high bit: byte >= lo
+    const std::uint64_t gt_hi = low7 + (0x7F - hi) * kOnes;    // high bit: byte > hi
+    return ~(ge_lo & ~gt_hi & ~w) & kHighBits;
+  }
+  template <unsigned char lo, unsigned char hi>
+  std::size_t range_run(std::size_t i) const {
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s + i, 8);
+      if (const std::uint64_t out = outside<lo, hi>(w)) return i + static_cast<std::size_t>(__builtin_ctzll(out) >> 3);
+    }
+    while (i < n && s[i] >= lo && s[i] <= hi) ++i;
+    return i;
+  }
+  // End of the run of ASCII letters (either case) starting at i.
+  std::size_t letter_run(std::size_t i) const {
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s + i, 8);
+      // Setting bit 5 maps A-Z onto a-z and no other ASCII byte into a-z.
+      if (const std::uint64_t out = outside<'a', 'z'>(w | 0x20 * kOnes)) {
+        return i + static_cast<std::size_t>(__builtin_ctzll(out) >> 3);
+      }
+    }
+    while (i < n && kByteKind.of[s[i]] <= kbUpper) ++i;
+    return i;
+  }
+  // End of [A-Z]*[a-z]* starting at j: both runs from one load when they end within 8 bytes.
+  std::size_t case_run(std::size_t j) const {
+    if (j + 8 <= n) {
+      std::uint64_t w;
+      std::memcpy(&w, s + j, 8);
+      const std::uint64_t not_upper = outside<'A', 'Z'>(w);
+      if (not_upper != 0) {
+        const int upper_bytes = __builtin_ctzll(not_upper) >> 3;
+        const std::uint64_t not_lower = outside<'a', 'z'>(w) & (~std::uint64_t{0} << (8 * upper_bytes));
+        if (not_lower != 0) return j + static_cast<std::size_t>(__builtin_ctzll(not_lower) >> 3);
+        return range_run<'a', 'z'>(j + 8);
+      }
+    }
+    return range_run<'a', 'z'>(range_run<'A', 'Z'>(j));
+  }
+  bool high(std::size_t i) const { return i < n && s[i] >= 0x80; }
+  // \p{N}{1,3} over ASCII digits starting at i.
+  std::size_t digits(std::size_t i) const {
+    std::size_t e = i + 1;
+    if (kind(e) == kbDigit && kind(++e) == kbDigit) return e + 1;
+    return high(e) ? Cursor::npos : e;  // a non-ASCII digit may follow
+  }
+  // [^\s\p{L}\p{N}]+ then any run of the `tail` bytes, over ASCII, starting at p.
+  std::size_t punct(std::size_t p, bool slash) const {
+    std::size_t e = run(p, kbPunct);
+    if (high(e)) return Cursor::npos;
+    while (e < n && (s[e] == '\n' || s[e] == '\r' || (slash && s[e] == '/'))) ++e;
+    return e;
+  }
+  // The whitespace alternatives (see whitespace_piece_end) over an ASCII whitespace run at i.
+  std::size_t whitespace(std::size_t i, bool end_first) const {
+    std::size_t e = i, last_newline = Cursor::npos;
+    for (; e < n; ++e) {
+      std::uint8_t k = kByteKind.of[s[e]];
+      if (k == kbNewline) last_newline = e;
+      else if (k != kbSpace && k != kbOtherSpace) break;
+    }
+    if (high(e)) return Cursor::npos;  // a non-ASCII space may continue the run
+    if (end_first && e == n) return e;
+    if (last_newline != Cursor::npos) return last_newline + 1;
+    if (e == n || e == i + 1) return e;
+    return e - 1;
+  }
+};
+
 // r50k_base / p50k_base:
 //   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
 template <class Sink>
@@ -161,54 +290,64 @@ void split_gpt2(const unsigned char* s, std::size_t n, Sink&& sink) {
   }
 }
 
+// cl100k_base, ASCII fast path (see AsciiScan).
+inline std::size_t cl100k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i) {
+  const std::uint8_t k0 = a.kind(i), k1 = a.kind(i + 1);
+  std::size_t j;  // where the letters start
+  if (k0 <= kbUpper) {
+    j = i;
+  } else if (a.s[i] == '\'' && t.contraction(i + 1, true) != 0) {
+    return i + 1 + t.contraction(i + 1, true);  // '(?i:[sdmt]|ll|ve|re)
+  } else if ((k0 == kbSpace || k0 == kbOtherSpace || k0 == kbPunct) && k1 <= kbUpper) {
+    j = i + 1;  // [^\r\n\p{L}\p{N}]?+\p{L}++
+  } else if (k0 == kbDigit) {
+    return a.digits(i);
+  } else if (k0 == kbHigh || k1 == kbHigh) {
+    return Cursor::npos;  // a non-ASCII letter, number or space may be involved
+  } else if (k0 == kbPunct) {
+    return a.punct(i, false);
+  } else if (k0 == kbSpace && k1 == kbPunct) {
+    return a.punct(i + 1, false);
+  } else {
+    return a.whitespace(i, /*end_first=*/true);
+  }
+  const std::size_t e = a.letter_run(j);
+  return a.high(e) ? Cursor::npos : e;
+}
+
 // cl100k_base:
 //   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+
 //   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
+// The general path: the end of the piece starting at i, for any text.
+TOKENLANE_NOINLINE inline std::size_t cl100k_piece_end(const Cursor& t, std::size_t i) {
+  const std::size_t n = t.size();
+  Char c = t.at(i);
+  // '(?i:[sdmt]|ll|ve|re)
+  if (c.cp == '\'') {
+    if (std::size_t k = t.contraction(i + 1, true)) return i + 1 + k;
+  }
+  // [^\r\n\p{L}\p{N}]?+\p{L}++
+  if (c.cls & kLetter) return t.run_end(i, kLetter);
+  const bool prefix = !(c.cls & kNumber) && !is_newline(c.cp);
+  if (prefix && i + c.len < n && (t.at(i + c.len).cls & kLetter)) return t.run_end(i + c.len, kLetter);
+  // \p{N}{1,3}+
+  if (c.cls & kNumber) return t.bounded_run_end(i, kNumber, 3);
+  //  ?[^\s\p{L}\p{N}]++[\r\n]*+
+  if (is_punct(c)) return t.ascii_run_end(t.punct_end(i), "\r\n");
+  if (c.cp == ' ' && i + 1 < n && is_punct(t.at(i + 1))) return t.ascii_run_end(t.punct_end(i + 1), "\r\n");
+  // \s++$|\s*[\r\n]|\s+(?!\S)|\s
+  return whitespace_piece_end(t, i, /*end_first=*/true, /*newline_rule=*/true);
+}
+
 template <class Sink>
 void split_cl100k(const unsigned char* s, std::size_t n, Sink&& sink) {
-  Cursor t(s, n);
-  std::size_t i = 0;
-  while (i < n) {
-    std::size_t start = i;
-    Char c = t.at(i);
-    // '(?i:[sdmt]|ll|ve|re)
-    if (c.cp == '\'') {
-      if (std::size_t k = t.contraction(i + 1, true)) {
-        i += 1 + k;
-        sink(start, i);
-        continue;
-      }
-    }
-    // [^\r\n\p{L}\p{N}]?+\p{L}++
-    if (c.cls & kLetter) {
-      i = t.run_end(i, kLetter);
-      sink(start, i);
-      continue;
-    }
-    const bool prefix = !(c.cls & kNumber) && !is_newline(c.cp);
-    if (prefix && i + c.len < n && (t.at(i + c.len).cls & kLetter)) {
-      i = t.run_end(i + c.len, kLetter);
-      sink(start, i);
-      continue;
-    }
-    // \p{N}{1,3}+
-    if (c.cls & kNumber) {
-      i = t.bounded_run_end(i, kNumber, 3);
-      sink(start, i);
-      continue;
-    }
-    //  ?[^\s\p{L}\p{N}]++[\r\n]*+
-    std::size_t p = Cursor::npos;
-    if (is_punct(c)) p = i;
-    else if (c.cp == ' ' && i + 1 < n && is_punct(t.at(i + 1))) p = i + 1;
-    if (p != Cursor::npos) {
-      i = t.ascii_run_end(t.punct_end(p), "\r\n");
-      sink(start, i);
-      continue;
-    }
-    // \s++$|\s*[\r\n]|\s+(?!\S)|\s
-    i = whitespace_piece_end(t, i, /*end_first=*/true, /*newline_rule=*/true);
-    sink(start, i);
+  const Cursor t(s, n);
+  const AsciiScan a{s, n};
+  for (std::size_t i = 0; i < n;) {
+    std::size_t e = cl100k_ascii_piece(t, a, i);
+    if (e == Cursor::npos) e = cl100k_piece_end(t, i);
+    sink(i, e);
+    i = e;
   }
 }
 
@@ -229,16 +368,18 @@ class O200kWords {
     std::size_t k = j;
     std::size_t last_both = Cursor::npos;
     std::uint32_t last_both_len = 0;
+    std::uint8_t cls = 0;
+    std::uint32_t len = 0;
     while (k < t_.size()) {
-      Char c = t_.at(k);
-      if (!(c.cls & kUpperish)) break;
-      if (c.cls & kLowerish) {
+      cls = t_.class_at(k, len);
+      if (!(cls & kUpperish)) break;
+      if (cls & kLowerish) {
         last_both = k;
-        last_both_len = c.len;
+        last_both_len = len;
       }
-      k += c.len;
+      k += len;
     }
-    if (k < t_.size() && (t_.at(k).cls & kLowerish)) return with_contraction(t_.run_end(k, kLowerish));
+    if (k < t_.size() && (cls & kLowerish)) return with_contraction(t_.run_end(k + len, kLowerish));
     if (last_both == Cursor::npos) return Cursor::npos;
     return with_contraction(last_both + last_both_len);
   }
@@ -258,51 +399,65 @@ class O200kWords {
   const Cursor& t_;
 };
 
+// o200k_base, ASCII fast path (see AsciiScan). An ASCII word is what A (upper* lower+) or else B
+// (upper+) match; it goes to the general path when a non-ASCII byte follows it (a letter or mark
+// may continue it).
+inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i) {
+  const std::uint8_t k0 = a.kind(i), k1 = a.kind(i + 1);
+  std::size_t j;  // where the letters start
+  if (k0 <= kbUpper) {
+    j = i;
+  } else if ((k0 == kbSpace || k0 == kbOtherSpace || k0 == kbPunct) && k1 <= kbUpper) {
+    j = i + 1;  // the optional [^\r\n\p{L}\p{N}] prefix
+  } else if (k0 == kbDigit) {
+    return a.digits(i);
+  } else if (k0 == kbHigh || k1 == kbHigh) {
+    return Cursor::npos;
+  } else if (k0 == kbPunct) {
+    return a.punct(i, true);
+  } else if (k0 == kbSpace && k1 == kbPunct) {
+    return a.punct(i + 1, true);
+  } else {
+    return a.whitespace(i, /*end_first=*/false);
+  }
+  std::size_t e = a.case_run(j);
+  if (e < a.n) {
+    if (a.s[e] >= 0x80) return Cursor::npos;
+    if (a.s[e] == '\'') {
+      if (std::size_t k = t.contraction(e + 1, true)) e += 1 + k;
+    }
+  }
+  return e;
+}
+
+// The general path: the end of the piece starting at i, for any text.
+TOKENLANE_NOINLINE inline std::size_t o200k_piece_end(const Cursor& t, std::size_t i) {
+  const std::size_t n = t.size();
+  const O200kWords words(t);
+  Char c = t.at(i);
+  const bool prefix = !(c.cls & (kLetter | kNumber)) && !is_newline(c.cp);
+  const bool wordish = c.cls & (kLetter | kMark);
+  std::size_t e = Cursor::npos;
+  if (prefix && i + c.len < n) e = words.a(i + c.len);
+  if (e == Cursor::npos && wordish) e = words.a(i);
+  if (e == Cursor::npos && prefix && i + c.len < n) e = words.b(i + c.len);
+  if (e == Cursor::npos && wordish) e = words.b(i);
+  if (e != Cursor::npos) return e;
+  if (c.cls & kNumber) return t.bounded_run_end(i, kNumber, 3);
+  if (is_punct(c)) return t.ascii_run_end(t.punct_end(i), "\r\n/");
+  if (c.cp == ' ' && i + 1 < n && is_punct(t.at(i + 1))) return t.ascii_run_end(t.punct_end(i + 1), "\r\n/");
+  return whitespace_piece_end(t, i, /*end_first=*/false, /*newline_rule=*/true);
+}
+
 template <class Sink>
 void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
-  Cursor t(s, n);
-  O200kWords words(t);
-  std::size_t i = 0;
-  while (i < n) {
-    std::size_t start = i;
-    // Fast path for the most common piece, an ASCII word with an optional leading space: what A
-    // (upper* lower+) or else B (upper+) match when every byte involved is ASCII. A word followed by
-    // a non-ASCII byte (a letter or mark may continue it) or an apostrophe (a contraction may
-    // follow) takes the general path.
-    {
-      std::size_t j = i + (s[i] == ' ');
-      if (j < n && is_ascii_letter(s[j])) {
-        std::size_t u = j;
-        while (u < n && s[u] >= 'A' && s[u] <= 'Z') ++u;
-        std::size_t e = u;
-        while (e < n && s[e] >= 'a' && s[e] <= 'z') ++e;
-        if (e == n || (s[e] < 0x80 && s[e] != '\'')) {
-          sink(start, e);
-          i = e;
-          continue;
-        }
-      }
-    }
-    Char c = t.at(i);
-    const bool prefix = !(c.cls & (kLetter | kNumber)) && !is_newline(c.cp);
-    const bool wordish = c.cls & (kLetter | kMark);
-    std::size_t e = Cursor::npos;
-    if (prefix && i + c.len < n) e = words.a(i + c.len);
-    if (e == Cursor::npos && wordish) e = words.a(i);
-    if (e == Cursor::npos && prefix && i + c.len < n) e = words.b(i + c.len);
-    if (e == Cursor::npos && wordish) e = words.b(i);
-    if (e != Cursor::npos) {
-      i = e;
-    } else if (c.cls & kNumber) {
-      i = t.bounded_run_end(i, kNumber, 3);
-    } else if (is_punct(c)) {
-      i = t.ascii_run_end(t.punct_end(i), "\r\n/");
-    } else if (c.cp == ' ' && i + 1 < n && is_punct(t.at(i + 1))) {
-      i = t.ascii_run_end(t.punct_end(i + 1), "\r\n/");
-    } else {
-      i = whitespace_piece_end(t, i, /*end_first=*/false, /*newline_rule=*/true);
-    }
-    sink(start, i);
+  const Cursor t(s, n);
+  const AsciiScan a{s, n};
+  for (std::size_t i = 0; i < n;) {
+    std::size_t e = o200k_ascii_piece(t, a, i);
+    if (e == Cursor::npos) e = o200k_piece_end(t, i);
+    sink(i, e);
+    i = e;
   }
 }
 

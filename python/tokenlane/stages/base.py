@@ -202,6 +202,7 @@ class LedgerThread:
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
         self._closed = False
         self._queued_at_call = 0
+        self._jobs_pending = 0  # jobs put and not yet run (flush waits for them)
         # A SQLite ledger: the core applies the records on a native thread of its own (no GIL: the
         # event loop never hands its lock over for them); other ledgers: this thread, in batches.
         core = getattr(ledger, "_led", None)
@@ -227,6 +228,8 @@ class LedgerThread:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, name="tokenlane-ledger", daemon=True)
                     self._thread.start()
+        with self._start_lock:
+            self._jobs_pending += 1
         self._jobs.put(job)
 
     def _durable(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -302,7 +305,10 @@ class LedgerThread:
             if self._closed:
                 self._apply_pending()
             else:
-                self._put(self._apply_later if future is None else self._apply_pending)
+                # Batches gather only behind a journal: without one (PostgreSQL) a response waits
+                # for its record, and the ledger calls queued behind it would wait too.
+                later = future is None and self.journal is not None
+                self._put(self._apply_later if later else self._apply_pending)
         return future
 
     def _record_native(self, line: bytes, durable: bool, after: Callable[[], Any] | None) -> Future[Any] | None:
@@ -416,8 +422,10 @@ class LedgerThread:
         """Returns once every record queued before the call is applied (from any thread; with a
         ledger outage, after ``retry_s`` at most)."""
         if self._native is not None:
-            if self._applied < self._queued:
+            if threading.current_thread() is self._thread or self._closed or self._thread is None:
                 self._flush_native()
+            elif self._jobs_pending or self._applied < self._queued:
+                self.submit(lambda: None).result()  # calls queued before (tags, ...) and the records
             return
         if self._applied >= self._queued:
             return
@@ -432,9 +440,11 @@ class LedgerThread:
         next_sweep = time.monotonic() + (self.sweep_s if self.sweep else 3600.0)
         while True:
             wait = max(0.0, next_sweep - time.monotonic())
+            queued = True
             try:
                 job = self._jobs.get(timeout=min(wait, 1.0) if self._native is not None else wait)
             except queue.Empty:
+                queued = False
                 # idle: a batch kept back by an outage gets its retry; the applier's news is read
                 job = self._poll_native if self._native is not None else self._apply_pending
             if job is None:
@@ -443,6 +453,10 @@ class LedgerThread:
                 job()
             except BaseException:  # never let one job end the thread
                 log.exception("tokenlane: ledger thread job failed")
+            finally:
+                if queued:
+                    with self._start_lock:
+                        self._jobs_pending -= 1
             if self.sweep is not None and time.monotonic() >= next_sweep:
                 try:
                     self.sweep()

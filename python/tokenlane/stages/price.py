@@ -79,13 +79,13 @@ class Price:
 
         # The price tier depends on the prompt only, so cost is linear in output tokens: two exact
         # lookups price every output count.
-        base = self.pricing.cost(request.model, input_tokens=counted.tokens, cached_input_tokens=cached).total_pico_usd
-        per_output = self.pricing.cost(request.model, input_tokens=counted.tokens, output_tokens=1,
-                                       cached_input_tokens=cached).total_pico_usd - base
+        total = self.pricing.total_pico_usd
+        base = total(request.model, counted.tokens, 0, cached)
+        per_output = total(request.model, counted.tokens, 1, cached) - base
 
         # The worst case never counts on the provider's cache (a prediction can be wrong), so a
         # budget that reserves it stays a hard cap.
-        uncached = base if not cached else self.pricing.cost(request.model, input_tokens=counted.tokens).total_pico_usd
+        uncached = base if not cached else total(request.model, counted.tokens)
 
         def price(out: int, start: int = base) -> int:
             return start + out * per_output
