@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
 import os
@@ -93,7 +94,7 @@ def build_app(db: str) -> Any:
     @app.get("/soak/memory")
     def read_memory() -> dict[str, Any]:
         out: dict[str, Any] = {"gc_objects": len(gc.get_objects()), "gc_collections": [g["collections"] for g in gc.get_stats()],
-                               "runtime": runtime_sizes(runtime)}
+                               "runtime": runtime_sizes(runtime), **native_memory()}
         if tracing:
             gc.collect()  # what a full collection frees is not a leak
             snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -106,6 +107,30 @@ def build_app(db: str) -> Any:
         return out
 
     return app
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def native_memory() -> dict[str, int]:
+    """KB in use by SQLite (all connections: the core and Python's sqlite3 share libsqlite3) and
+    by malloc (glibc), beside Python's own objects; empty where these libraries differ."""
+    out: dict[str, int] = {}
+    try:
+        sqlite = ctypes.CDLL("libsqlite3.so.0")
+        used, peak = ctypes.c_int64(), ctypes.c_int64()
+        if sqlite.sqlite3_status64(0, ctypes.byref(used), ctypes.byref(peak), 0) == 0:  # MEMORY_USED
+            out["sqlite_kb"] = used.value // 1024
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        out["malloc_kb"] = (info.uordblks + info.hblkhd) // 1024
+        out["malloc_free_kb"] = info.fordblks // 1024
+    except (OSError, AttributeError):
+        pass
+    return out
 
 
 def runtime_sizes(rt: Any) -> dict[str, int]:
@@ -264,7 +289,8 @@ async def drive(port: int, pid: int, db: str, seconds: float, rate: float, inter
                 samples.append(sample)
                 print(f"| {sample['t_s']:.0f} | {sample['rss_mb']} | {sample['fds']} | {sample['ledger_kb']} "
                       f"| {sample['lag_max_ms']} | {sample['requests']} | {sample['p50_ms']} | {sample['p99_ms']} "
-                      f"| {sample['py_objects']} | {sample['unexpected'] + sample['errors']} |", flush=True)
+                      f"| {sample['py_objects']} | {memory.get('sqlite_kb', '')} | {memory.get('malloc_kb', '')} "
+                      f"| {sample['unexpected'] + sample['errors']} |", flush=True)
                 window = new_window()
                 next_sample += interval
             await asyncio.sleep(0.005)
@@ -299,8 +325,8 @@ def run(minutes: float, rate: float, interval: float, seed: int = 1, trace_memor
             except OSError:
                 time.sleep(0.1)
         print("| t (s) | RSS (MB) | fds | ledger (KB) | loop lag max (ms) | requests | p50 (ms) | p99 (ms) "
-              "| Python objects | unexpected |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "| Python objects | SQLite (KB) | malloc (KB) | unexpected |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         samples = asyncio.run(drive(port, server.pid, db, minutes * 60, rate, interval, seed))
     finally:
         server.terminate()  # SIGTERM: uvicorn stops taking requests, the middleware drains the rest

@@ -281,6 +281,7 @@ def test_disk_full_refuses_with_503_keeps_answered_rows_and_recovers(disk):
         assert after.status_code == 200
         for rid in (after.headers["x-tokenlane-request-id"], lost.headers["x-tokenlane-request-id"]):
             wait_for(lambda: reader.get_request(rid)["status"] == "succeeded", f"row {rid} not written")
+        assert all(b["reserved_pico_usd"] == 0 for b in reader.list_budgets()), reader.list_budgets()
     finally:
         server.stop()
 

@@ -47,11 +47,13 @@ def test_sigterm_under_load_finishes_what_it_can_and_settles_the_rest(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "SHUTDOWN_DB": db, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "test_shutdown:app_factory",
-                               "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "2"],
-                              env=env, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "server.log"  # a file, not a pipe nobody drains while the server runs
+    with open(log_path, "w") as log_file:
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "test_shutdown:app_factory",
+                                   "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "2"],
+                                  env=env, stderr=log_file)
     try:
-        _wait_listening(port, server)
+        _wait_listening(port, server, log_path)
 
         async def load() -> dict[str, list]:
             out: dict[str, list] = {"short": [], "long": [], "queued": []}
@@ -86,8 +88,7 @@ def test_sigterm_under_load_finishes_what_it_can_and_settles_the_rest(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
-    log = server.stderr.read()
-    server.stderr.close()
+    log = log_path.read_text()
     assert server.returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal it handled
 
     led = Ledger(db)
@@ -112,13 +113,89 @@ def test_sigterm_under_load_finishes_what_it_can_and_settles_the_rest(tmp_path):
     assert all(r["reason"] == "interrupted" for r in never_ran)
 
 
-def _wait_listening(port: int, server: subprocess.Popen) -> None:
+def _wait_listening(port: int, server: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + 60
     while True:
-        assert server.poll() is None, server.stderr.read()
+        assert server.poll() is None, log_path.read_text()
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.1)
+
+
+def test_drain_lets_requests_finish_within_the_grace_and_interrupts_the_rest(tmp_path):
+    """Tokenlane.drain's own grace period (a server that does not wait for its requests itself)."""
+    from tokenlane import Tokenlane
+    from tokenlane.providers import SimulatedProvider
+
+    from middleware_app import build_app
+
+    rt = Tokenlane(db=str(tmp_path / "ledger.db"), budget_usd=5)
+    app = build_app(rt, provider=SimulatedProvider(ttft_s=0.05, tokens_per_s=10))
+
+    async def scenario() -> tuple[object, object]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as client:
+            quick = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(3, "q")))
+            slow = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(None, "s")))
+            while len(rt._in_flight) < 2 or rt.ledger.status_counts()["running"] < 2:
+                await asyncio.sleep(0.02)
+            await rt.drain(grace_s=1.5)
+            return (await asyncio.gather(quick, slow, return_exceptions=True))
+
+    quick, slow = asyncio.run(scenario())
+    assert quick.status_code == 200
+    assert rt.ledger.get_request(quick.headers["x-tokenlane-request-id"])["status"] == "succeeded"
+    assert isinstance(slow, asyncio.CancelledError)
+    [row] = [r for r in rt.ledger.list_requests() if r["status"] != "succeeded"]
+    assert row["status"] == "failed" and "interrupted" in row["error"]
+    assert all(b["reserved_pico_usd"] == 0 for b in rt.ledger.list_budgets())
+
+
+def test_a_request_cancelled_while_its_row_waits_for_the_ledger_thread_still_gets_its_row(tmp_path):
+    """The soak's rare row left 'running': a stream's handler cancelled (its client gone) while the
+    row's final write waited its turn on a busy ledger thread took the write out of the queue."""
+    import json as _json
+
+    from tokenlane import Tokenlane
+    from tokenlane.providers import SimulatedProvider
+
+    from middleware_app import build_app
+
+    rt = Tokenlane(db=str(tmp_path / "ledger.db"))
+    app = build_app(rt, provider=SimulatedProvider(ttft_s=0.0, tokens_per_s=1000))
+    body = _json.dumps(chat(16, "u", stream=True)).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "server": ("app", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+    async def scenario() -> str:
+        started: dict[str, str] = {}
+        sent = asyncio.Event()
+
+        async def receive() -> dict:
+            if not started:
+                started["body"] = "given"
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client never says it left: the server cancels the task
+            return {}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                started["id"] = dict(message["headers"])[b"x-tokenlane-request-id"].decode()
+                rt.thread.submit(time.sleep, 1.0)  # the ledger thread is busy when the row's write comes
+                sent.set()
+
+        task = asyncio.ensure_future(app(scope, receive, send))
+        await sent.wait()
+        await asyncio.sleep(0.3)  # the stream ended; its row's write waits behind the busy thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rt.write(lambda: None)  # everything queued before is done
+        return started["id"]
+
+    request_id = asyncio.run(scenario())
+    assert rt.ledger.get_request(request_id)["status"] != "running"

@@ -24,6 +24,7 @@ from .base import Identity, LedgerThread, Priced, end_user_principal, level_of
 
 
 LIMITS_KEY = "principal_limits"  # ledger configuration key of the per-principal limits
+MAX_KNOWN_TENANTS = 100_000      # tenants whose budget this process has set up (a cache)
 
 
 class Budget:
@@ -79,6 +80,10 @@ class Budget:
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
             self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
+        if len(self._tenants) >= MAX_KNOWN_TENANTS:
+            # Every unknown API key is a tenant: forget them all (each is set up again on its next
+            # request, one ledger read) rather than grow with a client that invents keys.
+            self._tenants.clear()
         self._tenants[tenant] = limited
         return limited
 
