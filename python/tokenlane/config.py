@@ -70,6 +70,7 @@ class Settings:
     redact_prompts: bool = True                 # keep prompts out of logs and the ledger
     metrics: bool = True                        # serve GET /metrics
     metrics_access: str = "public"              # who may read it: "public", or "admin" (an admin's API key)
+    usage_access: str = "own"                   # GET /tokenlane/usage and /report: "own", "admin" or "off"
     alert_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])  # budget fractions; [] = off
     alert_forecast: bool = True                 # also alert when the burn rate will exhaust a budget early
     alert_webhook: str | None = None            # POST each alert here (JSON, HMAC-signed with the secret)
@@ -212,6 +213,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{where}: expected a redis://host:port/db URL, got {value!r}")
     if name == "metrics_access":
         return _choice(where, value, ("public", "admin"))
+    if name == "usage_access":
+        return _choice(where, value, ("own", "admin", "off"))
     if name == "budget_reserve":
         return _choice(where, value, ("p90", "max"))
     if name == "default_priority":
