@@ -316,6 +316,8 @@ class Tokenlane:
             await asyncio.wait(pending, timeout=10.0)  # each settles itself (Upstream, _run)
         if self.reconcile._settling:
             await asyncio.wait(set(self.reconcile._settling), timeout=10.0)
+        if self.reconcile.learner is not None:  # the estimator's updates of the answered requests
+            await asyncio.to_thread(self.reconcile.learner.flush)
         try:  # a barrier: the ledger thread runs calls in order, so every earlier write is done
             await asyncio.wait_for(asyncio.to_thread(self.thread.flush), timeout=max(10.0, self.thread.retry_s + 5.0))
         except (asyncio.TimeoutError, StorageError):

@@ -13,12 +13,14 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
+from .. import _core
 from ..config import Settings
 from ..estimators import Estimator
 from ..formats import count_output_tokens
 from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
+from ..records import truncated
 from ..recovery import owner_token
 from .base import LedgerThread, Outcome, Priced
 from .prompt_cache import prompt_cache_saving
@@ -54,6 +56,10 @@ class Reconcile:
         self._settling: set[asyncio.Task[None]] = set()
         self._series: dict[str, SimpleNamespace] = {}  # model → its metric series
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
+        # Requests the fast path prepared teach the estimator on a native thread, after the
+        # response (tokenlane/prepare.hpp); the others here, on the event loop.
+        core = getattr(estimator, "_core", None)
+        self.learner = _core.BackgroundObserver(core) if isinstance(core, _core.Estimator) else None
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -172,9 +178,14 @@ class Reconcile:
                                         reserved_tokens=reserved_tokens, tokens=tokens, after=after)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
-            self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
-                                   context={"route": p.route, "tenant": p.identity.tenant},
-                                   input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
+            per_completion = max(1, cost.output_tokens // p.request.n)
+            if p.prepared is not None and self.learner is not None:
+                self.learner.observe(p.prepared, per_completion,
+                                     truncated(per_completion, p.request.max_tokens or None))
+            else:
+                self.estimator.observe(p.request.estimator_input(), model, per_completion,
+                                       context={"route": p.route, "tenant": p.identity.tenant},
+                                       input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
         if self.metrics:
             m = self.metrics
             c = self._series.get(model) or self._series_of(model)
