@@ -15,9 +15,9 @@
 //   observer.observe(p, /*output_tokens=*/312, /*truncated=*/false);   // returns at once
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
@@ -72,11 +72,15 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
                                            const Pricing& pricing, const PlainChat& chat, const PrepareQuery& query);
 
 // Feeds an estimator the actual output of answered requests on a thread of its own, so the thread
-// that answers never waits for online learning. Learning is best effort: past `max_queued`
-// waiting updates, new ones are dropped (and counted) rather than grow without bound.
+// that answers never waits for online learning. Updates are applied in batches every `batch_delay`
+// (or once `kBatch` wait): waking the thread for each request would be a hand-off the answering
+// thread pays for (the OS lets a woken thread preempt its waker). Learning is best effort: past
+// `max_queued` waiting updates, new ones are dropped (and counted) rather than grow without bound.
 class BackgroundObserver {
  public:
-  explicit BackgroundObserver(std::shared_ptr<Estimator> estimator, std::size_t max_queued = 10000);
+  static constexpr std::size_t kBatch = 256;
+  explicit BackgroundObserver(std::shared_ptr<Estimator> estimator, std::size_t max_queued = 10000,
+                              std::chrono::milliseconds batch_delay = std::chrono::milliseconds(10));
   ~BackgroundObserver();  // applies what is queued, then stops
   BackgroundObserver(const BackgroundObserver&) = delete;
   BackgroundObserver& operator=(const BackgroundObserver&) = delete;
@@ -97,11 +101,14 @@ class BackgroundObserver {
 
   std::shared_ptr<Estimator> estimator_;
   std::size_t max_queued_;
+  std::chrono::milliseconds batch_delay_;
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;
-  std::deque<Update> queue_;
+  std::vector<Update> queue_;
   std::uint64_t queued_ = 0, applied_ = 0, dropped_ = 0;
-  bool stopping_ = false;
+  bool stopping_ = false, flushing_ = false;
+  bool idle_ = false;  // the thread sleeps until notified (after kIdleRounds empty batches)
+  static constexpr int kIdleRounds = 100;
   std::thread thread_;
 };
 

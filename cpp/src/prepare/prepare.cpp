@@ -81,8 +81,9 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
   return out;
 }
 
-BackgroundObserver::BackgroundObserver(std::shared_ptr<Estimator> estimator, std::size_t max_queued)
-    : estimator_(std::move(estimator)), max_queued_(max_queued) {}
+BackgroundObserver::BackgroundObserver(std::shared_ptr<Estimator> estimator, std::size_t max_queued,
+                                       std::chrono::milliseconds batch_delay)
+    : estimator_(std::move(estimator)), max_queued_(max_queued), batch_delay_(batch_delay) {}
 
 BackgroundObserver::~BackgroundObserver() {
   {
@@ -95,6 +96,7 @@ BackgroundObserver::~BackgroundObserver() {
 
 void BackgroundObserver::observe(std::shared_ptr<const PreparedChat> request, std::uint64_t output_tokens,
                                  bool truncated) {
+  bool full = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (queue_.size() >= max_queued_) {
@@ -104,13 +106,16 @@ void BackgroundObserver::observe(std::shared_ptr<const PreparedChat> request, st
     queue_.push_back({std::move(request), output_tokens, truncated});
     ++queued_;
     if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    full = queue_.size() == kBatch || idle_;
   }
-  wake_.notify_one();
+  if (full) wake_.notify_one();  // else the thread's own timer picks the update up
 }
 
 void BackgroundObserver::flush() {
   std::unique_lock<std::mutex> lock(mu_);
   const std::uint64_t target = queued_;
+  flushing_ = true;
+  wake_.notify_one();
   done_.wait(lock, [&] { return applied_ >= target || !thread_.joinable(); });
 }
 
@@ -120,26 +125,42 @@ std::uint64_t BackgroundObserver::dropped() const {
 }
 
 void BackgroundObserver::run() {
+  std::vector<Update> batch;
+  int empty_rounds = 0;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping, and everything applied
-    Update u = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    EstimateQuery q;
-    q.prompt = u.request->prompt;
-    q.model = u.request->model;
-    q.input_tokens = u.request->input_tokens;
-    q.route = u.request->route;
-    q.tenant = u.request->tenant;
-    try {
-      estimator_->observe(q, u.output_tokens, u.truncated);
-    } catch (...) {  // an update the estimator refuses is skipped: learning is best effort
+    if (idle_) {  // no traffic for a while: sleep until an update or a flush arrives
+      wake_.wait(lock, [&] { return stopping_ || flushing_ || !queue_.empty(); });
+      idle_ = false;
+    } else {
+      wake_.wait_for(lock, batch_delay_, [&] { return stopping_ || flushing_ || queue_.size() >= kBatch; });
     }
-    u.request.reset();
+    if (queue_.empty()) {
+      flushing_ = false;
+      if (stopping_) return;  // everything queued is applied
+      idle_ = ++empty_rounds >= kIdleRounds;
+      continue;
+    }
+    empty_rounds = 0;
+    batch.swap(queue_);
+    lock.unlock();
+    for (Update& u : batch) {
+      EstimateQuery q;
+      q.prompt = u.request->prompt;
+      q.model = u.request->model;
+      q.input_tokens = u.request->input_tokens;
+      q.route = u.request->route;
+      q.tenant = u.request->tenant;
+      try {
+        estimator_->observe(q, u.output_tokens, u.truncated);
+      } catch (...) {  // an update the estimator refuses is skipped: learning is best effort
+      }
+    }
+    const std::size_t applied = batch.size();
+    batch.clear();
     lock.lock();
-    ++applied_;
+    applied_ += applied;
+    if (queue_.empty()) flushing_ = false;
     done_.notify_all();
   }
 }
