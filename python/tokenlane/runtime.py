@@ -234,9 +234,12 @@ class Tokenlane:
         """The ledger's record of an API key, cached for 30 s (blocking: call from a thread)."""
         return self.identify_stage.api_key_record(key)
 
-    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str = "day") -> None:
-        """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler."""
-        self.budget.set_budget(tenant, limit_usd, window, self.clock())
+    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str = "day", *,
+                   limit_tokens: int | None = None) -> None:
+        """Sets the whole budget of a principal at any level (``org:…``, ``team:…``, a tenant,
+        ``apikey:…``, an end user) in the ledger and the scheduler: its USD limit and its token
+        limit (input + output tokens) over ``window``, ``None`` for no limit of that unit."""
+        self.budget.set_budget(tenant, limit_usd, window, self.clock(), limit_tokens)
 
     def set_limits(self, principal: str, *, tpm: int | None = None, rpm: int | None = None,
                    concurrency: int | None = None) -> None:
@@ -471,7 +474,7 @@ class Tokenlane:
         now = self.clock()
         self.schedule.cancel(p.id)
         if p.hold is not None:
-            hold, p.hold, p.reserved_ledger = p.hold, None, 0
+            hold, p.hold, p.reserved_ledger, p.reserved_tokens = p.hold, None, 0, 0
             self.state.release(hold, now)
         self.reconcile.finish_row(p, {"status": "cancelled", "reason": "interrupted", "finished_at": now, "error": why})
 

@@ -85,15 +85,18 @@ class Reconcile:
                            durable=False)
 
     def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
-                   actual: int = 0, after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
+                   actual: int = 0, reserved_tokens: int = 0, tokens: int = 0,
+                   after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
         """Journals the request's final record: its row (inserted if the decision's insert has not
         been applied yet), the final ``fields``, and the settlement of ``levels`` (the hold, or
-        ``reserved``, freed; ``actual`` charged), applied together exactly once. Returns (the Future
-        of ``after``, a Future to await before answering when the record is not durable yet)."""
+        ``reserved`` pico-USD and ``reserved_tokens``, freed; ``actual`` pico-USD and ``tokens``
+        charged), applied together exactly once. Returns (the Future of ``after``, a Future to await
+        before answering when the record is not durable yet)."""
         if p.row_json is None:
             p.row_json = json.dumps(self.ledger_row(p, "running"))
-        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"now":%r' % (json.dumps(levels).encode(), reserved, actual,
-                                                                          fields["finished_at"])) if levels else b""
+        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"reserved_tokens":%d,"tokens":%d,"now":%r' % (
+            json.dumps(levels).encode(), reserved, actual, reserved_tokens, tokens, fields["finished_at"])
+                  ) if levels else b""
         line = b'{"id":%s,"row":%s,"final":%s%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode(),
                                                          json.dumps(fields).encode(), settle)
         written = self.thread.record(line, after=after)
@@ -129,6 +132,7 @@ class Reconcile:
         actual = cost.total_pico_usd
         self.schedule.complete(p, now, actual, cost.input_tokens, cost.output_tokens)
         reserved_ledger, p.reserved_ledger = p.reserved_ledger, 0
+        reserved_tokens, p.reserved_tokens = p.reserved_tokens, 0
         succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400
         fields = dict(
             status="succeeded" if succeeded else "failed", finished_at=now,
@@ -163,13 +167,15 @@ class Reconcile:
             levels = self.budget.give_back(p, tokens, now)
         else:  # shared state (Redis): settled there, in the background, kept until done
             levels = ()
-            settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual, tokens, now))
+            settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual, tokens, now,
+                                                               reserved_tokens=reserved_tokens))
             self._settling.add(settled)
             settled.add_done_callback(self._settling.discard)
         tenant = p.identity.tenant
         after = ((lambda: self.observe.settled(tenant, now))  # type: ignore[union-attr]
                  if self.observe is not None and self.observe.waits_for_row(tenant) else None)
-        written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual, after=after)
+        written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual,
+                                        reserved_tokens=reserved_tokens, tokens=tokens, after=after)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             per_completion = max(1, cost.output_tokens // p.request.n)
