@@ -97,6 +97,17 @@ async def _admin_refusal(rt: Tokenlane, headers: Mapping[str, str]) -> RequestEr
     return None
 
 
+async def _spend_read_refusal(rt: Tokenlane, headers: Mapping[str, str]) -> RequestError | None:
+    """``usage_access``: "own" lets every caller read its own spend, "admin" only admin keys,
+    "off" serves neither route (a service that shows spend its own way)."""
+    access = rt.settings.usage_access
+    if access == "off":
+        return RequestError(404, "spend reads are turned off here (usage_access='off')", code="not_found")
+    if access == "admin":
+        return await _admin_refusal(rt, headers)
+    return None
+
+
 def _first(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[0] if values else None
@@ -135,11 +146,14 @@ async def _usage(rt: Tokenlane, scope: Scope, send: Send, headers: dict[str, str
 
 async def _own_route(rt: Tokenlane, scope: Scope, send: Send, sub: str) -> None:
     headers = request_headers(scope)
-    if sub == "/usage":
-        await _usage(rt, scope, send, headers)
-        return
-    if sub == "/report":
-        await _report(rt, scope, headers, send)
+    if sub in ("/usage", "/report"):
+        refusal = await _spend_read_refusal(rt, headers)
+        if refusal is not None:
+            await send_error(send, refusal)
+        elif sub == "/usage":
+            await _usage(rt, scope, send, headers)
+        else:
+            await _report(rt, scope, headers, send)
         return
     if sub == "/queue":
         refusal = await _admin_refusal(rt, headers)

@@ -185,3 +185,24 @@ def test_a_level_another_worker_already_reserved_at_without_a_limit_is_served(tm
     second = Tokenlane(db=db)
     with TestClient(build_app(second)) as client:
         assert client.post("/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+
+
+def test_usage_and_metrics_exposure_is_configurable(tmp_path):
+    def reads(**settings):
+        rt = Tokenlane(db=str(tmp_path / f"{len(settings)}-{sorted(settings.values())}.db"), **settings)
+        keys = _team(rt, tmp_path)
+        member = {"Authorization": f"Bearer {keys['ann@acme.test'][1]}"}
+        admin = {"Authorization": f"Bearer {keys['root'][1]}"}
+        with TestClient(build_app(rt)) as client:
+            return {(path, who): client.get(path, headers=headers).status_code
+                    for path in ("/tokenlane/usage", "/tokenlane/report", "/metrics")
+                    for who, headers in (("anonymous", {}), ("member", member), ("admin", admin))}
+
+    default = reads()
+    assert set(default.values()) == {200}  # own spend and public metrics
+    locked = reads(usage_access="admin", metrics_access="admin")
+    for path in ("/tokenlane/usage", "/tokenlane/report", "/metrics"):
+        assert (locked[path, "anonymous"], locked[path, "member"], locked[path, "admin"]) == (401, 403, 200)
+    off = reads(usage_access="off")
+    assert off["/tokenlane/usage", "admin"] == off["/tokenlane/report", "member"] == 404
+    assert off["/metrics", "anonymous"] == 200
