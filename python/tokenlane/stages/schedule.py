@@ -33,6 +33,7 @@ class Schedule:
         self._kick: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._decision_series: dict[tuple[str, str, str], Any] = {}  # labels() looks them up each call
 
     async def __call__(self, p: Priced, disconnected: DisconnectWatch | asyncio.Future[Any] | None = None,
                        on_decision: Callable[[Any], None] | None = None) -> Any:
@@ -96,7 +97,13 @@ class Schedule:
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
         if self.metrics:
-            self.metrics.requests.labels(decision.kind, decision.reason, p.request.model).inc()
+            key = (decision.kind, decision.reason, p.request.model)
+            series = self._decision_series.get(key)
+            if series is None:
+                if len(self._decision_series) > 10_000:  # model names come from requests: stay bounded
+                    self._decision_series.clear()
+                series = self._decision_series[key] = self.metrics.requests.labels(*key)
+            series.inc()
 
     def _ensure_dispatcher(self) -> None:
         loop = asyncio.get_running_loop()
