@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import socket
 import statistics
 import sys
@@ -114,18 +115,31 @@ def in_process(body: bytes, n: int, db: str) -> dict[str, Any]:
     plain, wrapped = build_app(False, None), build_app(True, db)
     times: dict[str, list[float]] = {"without": [], "with": []}
     cpu: dict[str, list[float]] = {"without": [], "with": []}  # this thread's CPU time per request
+    # Per request: was the thread preempted by the OS (an involuntary context switch: the machine),
+    # or did it block (a voluntary one: waiting for the GIL, a lock or I/O: tokenlane)?
+    switches: dict[str, list[tuple[int, int]]] = {"without": [], "with": []}
+    other_cpu_s = 0.0  # CPU time of the process's other threads (ledger applier, estimator updates)
 
     async def run() -> None:
+        nonlocal other_cpu_s
         for app in (plain, wrapped):  # warm-up (lifespan-free apps; first call builds the stack)
             for _ in range(50):
                 assert await call_asgi(app, body) == 200
+        p0, t0_all = time.process_time(), time.thread_time()
         for _ in range(n):
             for name, app in (("without", plain), ("with", wrapped)):
+                r0 = resource.getrusage(resource.RUSAGE_THREAD)
                 t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
                 status = await call_asgi(app, body)
                 times[name].append((time.perf_counter_ns() - t0) / 1000.0)
                 cpu[name].append((time.thread_time_ns() - c0) / 1000.0)
+                r1 = resource.getrusage(resource.RUSAGE_THREAD)
+                switches[name].append((r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw))
                 assert status == 200, status
+                # A server's event loop turns between requests: work a request left for later
+                # (callbacks, other tasks) runs here, outside the measured time.
+                await asyncio.sleep(0)
+        other_cpu_s = (time.process_time() - p0) - (time.thread_time() - t0_all)
 
     asyncio.run(run())
     out = {}
@@ -136,6 +150,14 @@ def in_process(body: bytes, n: int, db: str) -> dict[str, Any]:
     # 4 ms scheduler ticks); the thread's CPU time is the request's own work.
     out["cpu"] = {name: {"p50_us": statistics.median(ts), "p99_us": pct(ts, 0.99)} for name, ts in cpu.items()}
     out["slow_over_1ms"] = {name: sum(t > 1000 for t in ts) / len(ts) for name, ts in times.items()}
+    # The slow requests (over 1 ms wall), by what delayed them.
+    out["slow_causes"] = {}
+    for name, ts in times.items():
+        slow = [sw for t, sw in zip(ts, switches[name]) if t > 1000]
+        out["slow_causes"][name] = {
+            "preempted": sum(1 for inv, _ in slow if inv), "blocked_only": sum(1 for inv, vol in slow if vol and not inv),
+            "neither": sum(1 for inv, vol in slow if not inv and not vol)}
+    out["background_cpu_us_per_request"] = other_cpu_s * 1e6 / n
     return out
 
 
@@ -232,6 +254,12 @@ def main() -> int:
           f"{c['without']['p99_us']:.0f} µs, with {c['with']['p50_us']:.0f} / {c['with']['p99_us']:.0f} µs (p50 / p99); "
           f"requests over 1 ms wall: {100 * ip['slow_over_1ms']['without']:.1f} % without, "
           f"{100 * ip['slow_over_1ms']['with']:.1f} % with; load average {os.getloadavg()[0]:.1f}")
+    sc = ip["slow_causes"]
+    print(f"requests over 1 ms, by cause (preempted by the OS / blocked on the GIL, a lock or I/O and never "
+          f"preempted / neither): without {sc['without']['preempted']} / {sc['without']['blocked_only']} / "
+          f"{sc['without']['neither']}, with {sc['with']['preempted']} / {sc['with']['blocked_only']} / "
+          f"{sc['with']['neither']}; the process's other threads (ledger applier, estimator updates) used "
+          f"{ip['background_cpu_us_per_request']:.0f} µs of CPU per request")
     if lb:
         print(f"\nThroughput ceiling (loopback, 32 concurrent clients, client and server share the 2 cores): "
               f"{lb['without']['rps']:.0f} req/s without, {lb['with']['rps']:.0f} req/s with "

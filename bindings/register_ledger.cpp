@@ -214,9 +214,9 @@ void register_ledger(py::module_& m) {
       // budgets
       .def("set_budget",
            [](Ledger& l, const std::string& tenant, std::optional<std::int64_t> limit, const std::string& window,
-              double now) {
+              double now, std::optional<std::int64_t> limit_tokens) {
              const BudgetWindow w = parse_budget_window(window);
-             unlocked([&] { l.set_budget(tenant, limit, w, now); });
+             unlocked([&] { l.set_budget(tenant, limit, w, now, limit_tokens); });
            })
       .def("get_budget",
            [](const Ledger& l, const std::string& tenant) {
@@ -224,30 +224,33 @@ void register_ledger(py::module_& m) {
            })
       .def("list_budgets", [](const Ledger& l) { return unlocked([&] { return l.list_budgets(); }, to_list); })
       .def("reserve",
-           [](Ledger& l, const std::string& tenant, std::int64_t amount, double now) {
-             return unlocked([&] { return l.reserve(tenant, amount, now); });
+           [](Ledger& l, const std::string& tenant, std::int64_t amount, double now, std::int64_t tokens) {
+             return unlocked([&] { return l.reserve(tenant, amount, now, tokens); });
            })
       .def("settle",
-           [](Ledger& l, const std::string& tenant, std::int64_t reserved, std::int64_t actual, double now) {
-             unlocked([&] { l.settle(tenant, reserved, actual, now); });
+           [](Ledger& l, const std::string& tenant, std::int64_t reserved, std::int64_t actual, double now,
+              std::int64_t reserved_tokens, std::int64_t actual_tokens) {
+             unlocked([&] { l.settle(tenant, reserved, actual, now, reserved_tokens, actual_tokens); });
            })
       .def("release",
-           [](Ledger& l, const std::string& tenant, std::int64_t reserved, double now) {
-             unlocked([&] { l.release(tenant, reserved, now); });
+           [](Ledger& l, const std::string& tenant, std::int64_t reserved, double now, std::int64_t reserved_tokens) {
+             unlocked([&] { l.release(tenant, reserved, now, reserved_tokens); });
            })
       .def("reserve_all",
            [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t amount, double now,
-              const std::string& hold, const std::string& owner) {
-             return unlocked([&] { return l.reserve_all(tenants, amount, now, hold, owner); });
+              const std::string& hold, const std::string& owner, std::int64_t tokens) {
+             return unlocked([&] { return l.reserve_all(tenants, amount, now, hold, owner, tokens); });
            })
       .def("settle_all",
            [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, std::int64_t actual,
-              double now, const std::string& hold) {
-             unlocked([&] { l.settle_all(tenants, reserved, actual, now, hold); });
+              double now, const std::string& hold, std::int64_t reserved_tokens, std::int64_t actual_tokens) {
+             unlocked([&] { l.settle_all(tenants, reserved, actual, now, hold, reserved_tokens, actual_tokens); });
            })
       .def("release_all",
            [](Ledger& l, const std::vector<std::string>& tenants, std::int64_t reserved, double now,
-              const std::string& hold) { unlocked([&] { l.release_all(tenants, reserved, now, hold); }); })
+              const std::string& hold, std::int64_t reserved_tokens) {
+             unlocked([&] { l.release_all(tenants, reserved, now, hold, reserved_tokens); });
+           })
       // A few microseconds on its own connection: keeps the GIL (a release would be a hand-off).
       .def("budget_version", &Ledger::budget_version)
       // write-behind journal, crashed workers

@@ -149,9 +149,12 @@ def apply_pricing(tl: Any, overrides: dict[str, Any]) -> None:
     tl.pricing = type(tl.pricing).default().with_overrides(overrides)
 
 
-def set_user_budget(tl: Any, tenant: str, limit_pico_usd: int | None, window: str) -> None:
-    """Both sides at once: the ledger (shared by worker processes) and this process's scheduler."""
-    tl.set_budget(tenant, None if limit_pico_usd is None else Decimal(limit_pico_usd) / PICO_PER_USD, window)
+def set_user_budget(tl: Any, tenant: str, limit_pico_usd: int | None, window: str,
+                    limit_tokens: int | None = None) -> None:
+    """Both sides at once: the ledger (shared by worker processes) and this process's scheduler.
+    A budget is a USD limit, a token limit (prompt + output tokens), or both, over one window."""
+    tl.set_budget(tenant, None if limit_pico_usd is None else Decimal(limit_pico_usd) / PICO_PER_USD, window,
+                  limit_tokens=limit_tokens)
 
 
 def apply_default_budget(tl: Any, tenant: str) -> None:

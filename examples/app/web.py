@@ -33,6 +33,14 @@ def usd(pico: int | None, digits: int = 6) -> str:
     return "$" + text
 
 
+def usd_input(pico: int | None) -> str:
+    """Pico-dollars as the exact amount a form field takes back ("" for none)."""
+    if pico is None or isinstance(pico, Undefined):
+        return ""
+    text = format(Decimal(int(pico)) / PICO, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def price(value: Any) -> str:
     """A Decimal price per million tokens as plain dollars ($10, $0.075), never 1E+1."""
     if value is None or isinstance(value, Undefined):
@@ -71,7 +79,7 @@ def ms(value: float | None) -> str:
     return f"{value / 1000:.1f} s"
 
 
-templates.env.filters.update(price=price, usd=usd, num=num, when=when, short=short, ms=ms)
+templates.env.filters.update(price=price, usd=usd, usd_input=usd_input, num=num, when=when, short=short, ms=ms)
 templates.env.globals["STATUS_CLASSES"] = {
     "succeeded": "ok",
     "running": "info",

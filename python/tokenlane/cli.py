@@ -138,7 +138,7 @@ def _cell(value: object) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .reports import COLUMNS, document, parse_period, report
+    from .reports import COLUMNS, document, parse_period, report, summary
 
     db = args.db or load_settings(args.config).db
     path = db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
@@ -156,12 +156,31 @@ def _report(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         return 0
     header = [args.by] + [title for _, title in COLUMNS]
-    table = [[_cell(r[args.by])] + [_cell(r[k]) for k, _ in COLUMNS] for r in rows]
+    _print_table(header, [[_cell(r[args.by])] + [_cell(r[k]) for k, _ in COLUMNS] for r in rows])
+    budgets = summary(path, since=since, until=until, tenant=args.tenant)["budgets"]
+    if budgets:  # spend in each budget's current window, against its limits
+        print("\nbudgets")
+        _print_table(["principal", "window", "USD", "tokens"], [
+            [b["principal"], b["window"], _budget_cell(b["spent_usd"], b["limit_usd"]),
+             _budget_cell(b["spent_tokens"], b["limit_tokens"], tokens=True)] for b in budgets])
+    return 0
+
+
+def _budget_cell(spent: float | int, limit: float | int | None, *, tokens: bool = False) -> str:
+    """"$0.041 of $1" or "3,000 of 10,000 tokens" (no limit: the spend alone)."""
+    from .pricing import PICO_PER_USD, usd_text
+
+    if tokens:
+        return f"{spent:,}" + ("" if limit is None else f" of {limit:,}") + " tokens"
+    money = lambda usd: "$" + usd_text(round(usd * PICO_PER_USD))  # noqa: E731
+    return money(spent) + ("" if limit is None else f" of {money(limit)}")
+
+
+def _print_table(header: list[str], table: list[list[str]]) -> None:
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for line in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,10 @@ class Settings:
     budget_window: str = "day"
     budget_reserve: str = "max"                 # what the ledger reserves: "max" (a hard cap) or the "p90" cost
     tenant_budgets_usd: dict[str, Decimal] = field(default_factory=dict)
+    # Token budgets (input + output tokens, same window as USD): the same three, optional.
+    budget_tokens: int | None = None
+    end_user_budget_tokens: int | None = None
+    tenant_budgets_tokens: dict[str, int] = field(default_factory=dict)
     max_concurrency: int | None = None
     tenant_max_concurrency: int | None = None
     tpm: int | None = None
@@ -107,12 +111,13 @@ class Settings:
 
 
 _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm", "tenant_rpm",
-        "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes", "state_replicas"}
+        "max_queue", "max_body_bytes", "max_input_tokens", "cache_max_entries", "cache_max_bytes", "state_replicas",
+        "budget_tokens", "end_user_budget_tokens"}
 _FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s", "shutdown_grace_s", "reclaim_interval_s"}
 _MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
          "predict_prompt_cache"}
-_MAPS = {"tenant_budgets_usd", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings", "routes", "model_groups",
+_MAPS = {"tenant_budgets_usd", "tenant_budgets_tokens", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings", "routes", "model_groups",
          "upstreams", "fallbacks"}
 
 
@@ -144,6 +149,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = USD amount")
         return {str(k): _money(f"{where}[{k}]", v) for k, v in value.items()}
+    if name == "tenant_budgets_tokens":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of tenant = tokens")
+        return {str(k): _coerce("budget_tokens", v, f"{source}, {name}[{k}]") for k, v in value.items()}
     if name == "tenant_priorities":
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table of tenant = priority")

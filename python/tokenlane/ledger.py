@@ -217,47 +217,56 @@ class Ledger:
     # ---- budgets -----------------------------------------------------------------------------
 
     def set_budget(
-        self, tenant: str, limit_pico_usd: int | None, window: str = "day", now: float | None = None
+        self, tenant: str, limit_pico_usd: int | None, window: str = "day", now: float | None = None, *,
+        limit_tokens: int | None = None,
     ) -> None:
-        """Sets a tenant's limit per UTC "hour" | "day" | "month" | "total" (None: unlimited)."""
-        self._led.set_budget(tenant, limit_pico_usd, window, _now(now))
+        """Sets a tenant's whole budget per UTC "hour" | "day" | "month" | "total": its USD limit
+        and its token limit (input + output tokens), each None for no limit of that unit."""
+        self._led.set_budget(tenant, limit_pico_usd, window, _now(now), limit_tokens)
 
     def get_budget(self, tenant: str) -> dict[str, Any] | None:
-        """The stored row: tenant, limit_pico_usd, window, window_start, spent/reserved_pico_usd."""
+        """The stored row: tenant, limit_pico_usd, limit_tokens, window, window_start,
+        spent/reserved_pico_usd, spent/reserved_tokens."""
         return self._sync().get_budget(tenant)
 
     def list_budgets(self) -> list[dict[str, Any]]:
         return self._sync().list_budgets()
 
-    def reserve(self, tenant: str, amount_pico_usd: int, now: float | None = None) -> bool:
-        """Atomically reserves `amount` if spent + reserved + amount <= limit (or no limit)."""
-        return self._led.reserve(tenant, amount_pico_usd, _now(now))
+    def reserve(self, tenant: str, amount_pico_usd: int, now: float | None = None, *, tokens: int = 0) -> bool:
+        """Atomically reserves `amount` (and `tokens`) if spent + reserved + amount <= limit for
+        each unit that has a limit."""
+        return self._led.reserve(tenant, amount_pico_usd, _now(now), tokens)
 
-    def settle(self, tenant: str, reserved_pico_usd: int, actual_pico_usd: int, now: float | None = None) -> None:
-        """Releases the reservation and charges the actual cost in the window of `now`."""
-        self._led.settle(tenant, reserved_pico_usd, actual_pico_usd, _now(now))
+    def settle(self, tenant: str, reserved_pico_usd: int, actual_pico_usd: int, now: float | None = None, *,
+               reserved_tokens: int = 0, actual_tokens: int = 0) -> None:
+        """Releases the reservation and charges the actual cost (and tokens) in the window of `now`."""
+        self._led.settle(tenant, reserved_pico_usd, actual_pico_usd, _now(now), reserved_tokens, actual_tokens)
 
-    def release(self, tenant: str, reserved_pico_usd: int, now: float | None = None) -> None:
+    def release(self, tenant: str, reserved_pico_usd: int, now: float | None = None, *,
+                reserved_tokens: int = 0) -> None:
         """Releases a reservation without charging (refused, cancelled, failed before the call)."""
-        self._led.release(tenant, reserved_pico_usd, _now(now))
+        self._led.release(tenant, reserved_pico_usd, _now(now), reserved_tokens)
 
     def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None, *,
-                    hold: str | None = None, owner: str | None = None) -> int:
-        """Reserves `amount` at every tenant (the levels of one principal chain) or at none, in one
-        transaction: -1 when all had room, else the index of the first without room. With `hold`
-        (the request id) and `owner` (the worker's token, :mod:`tokenlane.recovery`) the
-        reservation is recorded, so a dead worker's share can be reclaimed."""
-        return self._led.reserve_all(list(tenants), amount_pico_usd, _now(now), hold or "", owner or "")
+                    hold: str | None = None, owner: str | None = None, tokens: int = 0) -> int:
+        """Reserves `amount` and `tokens` at every tenant (the levels of one principal chain) or at
+        none, in one transaction: -1 when all had room, else the index of the first without room
+        (its usage() says which unit). With `hold` (the request id) and `owner` (the worker's token,
+        :mod:`tokenlane.recovery`) the reservation is recorded, so a dead worker's share can be
+        reclaimed."""
+        return self._led.reserve_all(list(tenants), amount_pico_usd, _now(now), hold or "", owner or "", tokens)
 
     def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
-                   now: float | None = None, *, hold: str | None = None) -> None:
+                   now: float | None = None, *, hold: str | None = None, reserved_tokens: int = 0,
+                   actual_tokens: int = 0) -> None:
         """settle() at every tenant, in one transaction (ending `hold` if given)."""
-        self._led.settle_all(list(tenants), reserved_pico_usd, actual_pico_usd, _now(now), hold or "")
+        self._led.settle_all(list(tenants), reserved_pico_usd, actual_pico_usd, _now(now), hold or "",
+                             reserved_tokens, actual_tokens)
 
     def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None, *,
-                    hold: str | None = None) -> None:
+                    hold: str | None = None, reserved_tokens: int = 0) -> None:
         """release() at every tenant, in one transaction (ending `hold` if given)."""
-        self._led.release_all(list(tenants), reserved_pico_usd, _now(now), hold or "")
+        self._led.release_all(list(tenants), reserved_pico_usd, _now(now), hold or "", reserved_tokens)
 
     def budget_version(self) -> int:
         """Changes whenever any process sets a budget's limit; -1 when unknown right now. Cheap
@@ -276,11 +285,13 @@ class Ledger:
         return self._led.owners()
 
     def reclaim(self, owner: str, now: float | None = None) -> dict[str, int]:
-        """Frees a dead owner's holds and fails its unfinished rows: {holds, requests, released_pico_usd}."""
+        """Frees a dead owner's holds and fails its unfinished rows: {holds, requests,
+        released_pico_usd, released_tokens}."""
         return self._led.reclaim(owner, _now(now))
 
     def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        """spent/reserved/limit/remaining_pico_usd, requests, window, window_start, resets_at."""
+        """spent/reserved/limit/remaining_pico_usd, the same in tokens (spent/reserved/limit/
+        remaining_tokens), requests, window, window_start, resets_at."""
         return self._sync().usage(tenant, _now(now))
 
     def budget_events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

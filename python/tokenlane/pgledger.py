@@ -8,9 +8,14 @@ ledger writer does.
 
 When PostgreSQL is unreachable, writes (request rows, settlements, releases) go to a local spool
 (an SQLite file, synchronous=FULL, so a written entry survives a crash) and are replayed in order
-once the database answers again. Each entry is applied in one transaction together with its
-``(spool id, sequence)`` mark in ``tokenlane_spool_applied``, so a replay that is interrupted and
-repeated never applies an entry twice. Reads during an outage raise :class:`StorageError`.
+once the database answers again. Every write carries a mark (a random id) that its transaction
+inserts into ``tokenlane_writes``: a write whose connection failed may still have committed (the
+server stopped between its commit and its answer), so it is spooled with its mark, and the replay
+applies it only if the mark is not there yet, in one transaction with the mark. No write is ever
+applied twice, not even a settlement (which adds to the spend), whether the first attempt or an
+interrupted replay committed. The marks of writes that committed and were answered are deleted a
+few seconds later (no spool holds them), the others after a week. Reads during an outage raise
+:class:`StorageError`.
 
 Budget reservations carry a lease. A reservation made with a ``hold`` (the request id) is recorded
 in ``holds`` with its owner (the replica process) and an expiry ``lease_s`` ahead. Every
@@ -65,9 +70,13 @@ _REQUEST_COLUMNS = (
 _STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled", "deferred")
 _USER_COLUMNS = ("id, email, name, role, COALESCE(tenant, email) AS tenant, team, org, disabled <> 0 AS disabled, "
                  "created_at")
-_BUDGET_COLUMNS = "tenant, limit_pico_usd, period AS window, window_start, spent_pico_usd, reserved_pico_usd, updated_at"
+_BUDGET_COLUMNS = ("tenant, limit_pico_usd, limit_tokens, period AS window, window_start, spent_pico_usd, "
+                   "reserved_pico_usd, spent_tokens, reserved_tokens, updated_at")
 _KEY = re.compile(r"tl-[A-Za-z0-9_-]{40}")
 _WRITES = ("insert_request", "update_request", "settle", "release")  # what the spool keeps
+# A write's mark, inserted by the transaction that applies it (see the module docstring).
+_MARK = "INSERT INTO tokenlane_writes (id, at) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+MARKS_KEPT_S = 7 * 86400.0  # a mark whose process died before it could delete it
 
 
 def postgres_dialect(sql: str) -> str:
@@ -86,29 +95,41 @@ def window_starts(now: float) -> dict[str, int]:
 # A budget row's window start for `now` and its spend counted in that window (SQL fragments).
 _WS = "(CASE budgets.period WHEN 'hour' THEN %(h)s WHEN 'day' THEN %(d)s WHEN 'month' THEN %(m)s ELSE 0 END)"
 _SPENT = f"(CASE WHEN {_WS} > budgets.window_start THEN 0 ELSE budgets.spent_pico_usd END)"
+_SPENT_TOKENS = f"(CASE WHEN {_WS} > budgets.window_start THEN 0 ELSE budgets.spent_tokens END)"
 
-# A conditional reservation and its audit event, one statement: both commit or neither.
+# A conditional reservation of both units (pico-USD %(a)s, tokens %(k)s) and its audit event, one
+# statement: both commit or neither.
 _RESERVE = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-            f"reserved_pico_usd, updated_at) VALUES (%(t)s, NULL, 'total', 0, 0, %(a)s, %(now)s) "
-            f"ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = {_SPENT}, "
+            f"reserved_pico_usd, updated_at, reserved_tokens) VALUES (%(t)s, NULL, 'total', 0, 0, %(a)s, %(now)s, %(k)s) "
+            f"ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = {_SPENT}, spent_tokens = {_SPENT_TOKENS}, "
             f"window_start = GREATEST(budgets.window_start, {_WS}), "
-            f"reserved_pico_usd = budgets.reserved_pico_usd + %(a)s, updated_at = %(now)s "
-            f"WHERE budgets.limit_pico_usd IS NULL OR {_SPENT} + budgets.reserved_pico_usd + %(a)s "
-            f"<= budgets.limit_pico_usd RETURNING 1) "
-            f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-            f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s FROM r")
+            f"reserved_pico_usd = budgets.reserved_pico_usd + %(a)s, "
+            f"reserved_tokens = budgets.reserved_tokens + %(k)s, updated_at = %(now)s "
+            f"WHERE (budgets.limit_pico_usd IS NULL OR {_SPENT} + budgets.reserved_pico_usd + %(a)s "
+            f"<= budgets.limit_pico_usd) AND (budgets.limit_tokens IS NULL OR "
+            f"{_SPENT_TOKENS} + budgets.reserved_tokens + %(k)s <= budgets.limit_tokens) RETURNING 1) "
+            f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens) "
+            f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s, %(k)s FROM r")
 
 # One level's settlement as one statement (no read on the client, so a batch of them is pipelined):
-# frees the reservation only while the request's hold is in force (%(hold)s NULL: no hold).
-_FREE = "(CASE WHEN %(hold)s::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE request_id = %(hold)s) THEN %(r)s ELSE 0 END)"
+# frees the reservation (pico-USD %(r)s, tokens %(rk)s) only while the request's hold is in force
+# (%(hold)s NULL: no hold); charges %(x)s pico-USD and %(xk)s tokens.
+_HELD = "(%(hold)s::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE request_id = %(hold)s))"
+_FREE = f"(CASE WHEN {_HELD} THEN %(r)s ELSE 0 END)"
+_FREE_TOKENS = f"(CASE WHEN {_HELD} THEN %(rk)s ELSE 0 END)"
 _SETTLE_LEVEL = (
-    f"WITH old AS (SELECT reserved_pico_usd AS r0 FROM budgets WHERE tenant = %(t)s FOR UPDATE), "
+    f"WITH old AS (SELECT reserved_pico_usd AS r0, reserved_tokens AS rk0 FROM budgets WHERE tenant = %(t)s "
+    f"FOR UPDATE), "
     f"up AS (INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, reserved_pico_usd, "
-    f"updated_at) VALUES (%(t)s, NULL, 'total', 0, %(x)s, 0, %(now)s) ON CONFLICT (tenant) DO UPDATE SET "
-    f"spent_pico_usd = {_SPENT} + %(x)s, window_start = GREATEST(budgets.window_start, {_WS}), "
-    f"reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - {_FREE}, 0), updated_at = %(now)s RETURNING 1) "
-    f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-    f"SELECT %(t)s, 'settle', %(x)s, COALESCE((SELECT LEAST({_FREE}, r0) FROM old), 0), %(now)s")
+    f"updated_at, spent_tokens) VALUES (%(t)s, NULL, 'total', 0, %(x)s, 0, %(now)s, %(xk)s) "
+    f"ON CONFLICT (tenant) DO UPDATE SET "
+    f"spent_pico_usd = {_SPENT} + %(x)s, spent_tokens = {_SPENT_TOKENS} + %(xk)s, "
+    f"window_start = GREATEST(budgets.window_start, {_WS}), "
+    f"reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - {_FREE}, 0), "
+    f"reserved_tokens = GREATEST(budgets.reserved_tokens - {_FREE_TOKENS}, 0), updated_at = %(now)s RETURNING 1) "
+    f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens, reserved_tokens) "
+    f"SELECT %(t)s, 'settle', %(x)s, COALESCE((SELECT LEAST({_FREE}, r0) FROM old), 0), %(now)s, %(xk)s, "
+    f"COALESCE((SELECT LEAST({_FREE_TOKENS}, rk0) FROM old), 0)")
 
 _MEASURES = """COUNT(*) AS requests,
  COUNT(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
@@ -139,9 +160,9 @@ def _check_tenant(tenant: str) -> None:
         raise InvalidArgumentError("tenant must be 1 to 200 characters")
 
 
-def _check_amount(what: str, value: int) -> None:
+def _check_amount(what: str, value: int, unit: str = "pico-USD") -> None:
     if not isinstance(value, int) or value < 0 or value > 1 << 61:
-        raise InvalidArgumentError(f"{what} must be between 0 and 2^61 pico-USD, got {value!r}")
+        raise InvalidArgumentError(f"{what} must be between 0 and 2^61 {unit}, got {value!r}")
 
 
 _REAL_COLUMNS = {"deadline_s", "created_at", "started_at", "finished_at", "queue_ms"}
@@ -235,6 +256,9 @@ class PostgresLedger:
             raise StorageError(f"cannot open ledger {_safe(url)}: {exc}") from None
         self._spool = Spool(spool or os.environ.get("TOKENLANE_SPOOL") or "tokenlane-spool.db")
         self._down = len(self._spool) > 0  # writes left from a previous run go first
+        self._outage = threading.Lock()  # spooling vs. the replay's "spool empty: back to direct"
+        self._done_marks: list[str] = []  # marks of writes no spool holds: deleted by the replay thread
+        self._marks_lock = threading.Lock()
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay_loop, name="tokenlane-spool", daemon=True)
         self._replayer.start()
@@ -282,17 +306,42 @@ class PostgresLedger:
 
     def _write(self, op: str, args: dict[str, Any]) -> Any:
         """A ledger write: straight to PostgreSQL, or to the spool while it is down (or has a
-        backlog, so that order holds)."""
+        backlog, so that order holds). A write whose connection fails is spooled with its mark:
+        it may have committed all the same, and then its replay applies nothing."""
+        mark = uuid.uuid4().hex
         if not self._down:
             try:
                 with self._conn(transaction=True) as conn:
-                    return getattr(self, "_apply_" + op)(conn, **args)
+                    if op == "statements":  # the mark rides in the same pipeline
+                        result = self._apply_statements(conn, **args, mark=mark)
+                    else:
+                        conn.execute(_MARK, (mark, time.time()))
+                        result = getattr(self, "_apply_" + op)(conn, **args)
+                self._mark_done(mark)  # committed, and known to be: no replay will look for it
+                return result
             except _Down as exc:
-                self._down = True
                 log.warning("tokenlane: PostgreSQL ledger unreachable (%s); spooling writes to %s",
                             exc, self._spool.path)
-        self._spool.append(op, args)
+        with self._outage:
+            self._spool.append(op, {**args, "_mark": mark})
+            self._down = True  # even if the replay just emptied the spool: this entry needs it
         return None
+
+    def _mark_done(self, mark: str) -> None:
+        with self._marks_lock:
+            self._done_marks.append(mark)
+
+    def _forget_marks(self) -> None:
+        """Deletes the marks of writes that no spool holds (answered commits), and week-old ones."""
+        with self._marks_lock:
+            marks, self._done_marks = self._done_marks, []
+        try:
+            with self._conn() as conn:
+                conn.execute("DELETE FROM tokenlane_writes WHERE id = ANY(%s) OR at < %s",
+                             (marks, time.time() - MARKS_KEPT_S))
+        except (_Down, psycopg.Error):
+            with self._marks_lock:
+                self._done_marks[:0] = marks  # next round
 
     def _replay_loop(self) -> None:
         leases_due = 0.0
@@ -308,6 +357,7 @@ class PostgresLedger:
                     self.expire_holds()
                 except (StorageError, psycopg.Error) as exc:  # a deadlock, an outage: next round
                     log.warning("tokenlane: renewing budget holds failed (retried): %s", exc)
+                self._forget_marks()
 
     def replay(self) -> int:
         """Applies spooled writes in order, each exactly once; returns how many were applied.
@@ -316,24 +366,30 @@ class PostgresLedger:
         while True:
             batch = self._spool.head()
             if not batch:
-                if self._down:
-                    log.warning("tokenlane: PostgreSQL ledger is back; spool replayed")
-                self._down = False
+                with self._outage:
+                    if len(self._spool):
+                        continue  # spooled meanwhile
+                    if self._down:
+                        log.warning("tokenlane: PostgreSQL ledger is back; spool replayed")
+                    self._down = False
                 return applied
             for seq, op, args in batch:
+                mark = args.pop("_mark", None) or f"{self._spool.id}:{seq}"  # spooled before marks
                 try:
                     with self._conn(transaction=True) as conn:
-                        fresh = conn.execute(
-                            "INSERT INTO tokenlane_spool_applied (spool, seq, at) VALUES (%s, %s, %s) "
-                            "ON CONFLICT DO NOTHING", (self._spool.id, seq, time.time())).rowcount == 1
+                        # Not there: neither the first attempt nor an earlier replay committed it.
+                        fresh = conn.execute(_MARK, (mark, time.time())).rowcount == 1
                         if fresh:
                             getattr(self, "_apply_" + op)(conn, replayed=True, **args)
+                    if not fresh:
+                        log.warning("tokenlane: spooled ledger write %s had committed before its connection "
+                                    "failed; not applied again", op)
                 except _Down:
                     return applied
                 except InvalidArgumentError as exc:  # it would have failed without the outage too
                     log.error("tokenlane: spooled ledger write %s %s cannot be applied: %s", op, args, exc)
                     fresh = False
-                self._spool.drop(seq)
+                self._spool.drop(seq)  # (its mark stays: another process may share the spool file)
                 applied += fresh
 
     def spooled(self) -> int:
@@ -345,8 +401,9 @@ class PostgresLedger:
             conn.execute("SELECT pg_advisory_xact_lock(7461636)")  # replicas starting together migrate once
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, "
                          "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_spool_applied (spool TEXT NOT NULL, seq BIGINT NOT NULL, "
-                         "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (spool, seq))")
+            conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_writes (id TEXT PRIMARY KEY, "
+                         "at DOUBLE PRECISION NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS tokenlane_writes_at ON tokenlane_writes(at)")
             conn.execute("DO $$ BEGIN CREATE COLLATION tokenlane_nocase (provider = icu, "
                          "locale = 'und-u-ks-level2', deterministic = false); "
                          "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
@@ -516,8 +573,11 @@ class PostgresLedger:
             self._write("statements", {"statements": statements})
         return skipped
 
-    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False) -> None:
+    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False,
+                          mark: str | None = None) -> None:
         with conn.pipeline():
+            if mark is not None:
+                conn.execute(_MARK, (mark, time.time()))
             for sql, params in statements:
                 conn.execute(sql, params)
 
@@ -562,10 +622,12 @@ class PostgresLedger:
     # ---- budgets -----------------------------------------------------------------------------
 
     def set_budget(self, tenant: str, limit_pico_usd: int | None, window: str = "day",
-                   now: float | None = None) -> None:
+                   now: float | None = None, *, limit_tokens: int | None = None) -> None:
         _check_tenant(tenant)
         if limit_pico_usd is not None:
             _check_amount("limit_pico_usd", limit_pico_usd)
+        if limit_tokens is not None:
+            _check_amount("limit_tokens", limit_tokens, "tokens")
         if window not in ("hour", "day", "month", "total"):
             raise InvalidArgumentError(f"unknown budget window '{window}'; expected one of hour, day, month, total")
         now = time.time() if now is None else float(now)
@@ -575,18 +637,22 @@ class PostgresLedger:
             with c.transaction():
                 old = c.execute("SELECT period FROM budgets WHERE tenant = %s FOR UPDATE", (tenant,)).fetchone()
                 if old and old["period"] == window:
-                    c.execute("UPDATE budgets SET limit_pico_usd = %s, updated_at = %s WHERE tenant = %s",
-                              (limit_pico_usd, now, tenant))
+                    c.execute("UPDATE budgets SET limit_pico_usd = %s, limit_tokens = %s, updated_at = %s "
+                              "WHERE tenant = %s", (limit_pico_usd, limit_tokens, now, tenant))
                 else:
-                    spent = c.execute("SELECT COALESCE(SUM(amount_pico_usd), 0)::bigint AS s FROM budget_events "
-                                      "WHERE tenant = %s AND kind = 'settle' AND at >= %s", (tenant, ws)).fetchone()["s"]
+                    spent = c.execute("SELECT COALESCE(SUM(amount_pico_usd), 0)::bigint AS s, "
+                                      "COALESCE(SUM(tokens), 0)::bigint AS k FROM budget_events "
+                                      "WHERE tenant = %s AND kind = 'settle' AND at >= %s", (tenant, ws)).fetchone()
                     c.execute("INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-                              "reserved_pico_usd, updated_at) VALUES (%(t)s, %(l)s, %(p)s, %(ws)s, %(s)s, 0, %(now)s) "
+                              "reserved_pico_usd, updated_at, limit_tokens, spent_tokens) "
+                              "VALUES (%(t)s, %(l)s, %(p)s, %(ws)s, %(s)s, 0, %(now)s, %(lk)s, %(k)s) "
                               "ON CONFLICT (tenant) DO UPDATE SET limit_pico_usd = %(l)s, period = %(p)s, "
-                              "window_start = %(ws)s, spent_pico_usd = %(s)s, updated_at = %(now)s",
-                              {"t": tenant, "l": limit_pico_usd, "p": window, "ws": ws, "s": spent, "now": now})
-                c.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-                          "VALUES (%s, 'set_budget', %s, NULL, %s)", (tenant, limit_pico_usd, now))
+                              "window_start = %(ws)s, spent_pico_usd = %(s)s, updated_at = %(now)s, "
+                              "limit_tokens = %(lk)s, spent_tokens = %(k)s",
+                              {"t": tenant, "l": limit_pico_usd, "p": window, "ws": ws, "s": spent["s"], "now": now,
+                               "lk": limit_tokens, "k": spent["k"]})
+                c.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens) "
+                          "VALUES (%s, 'set_budget', %s, NULL, %s, %s)", (tenant, limit_pico_usd, now, limit_tokens))
         self._read(run)
 
     def get_budget(self, tenant: str) -> dict[str, Any] | None:
@@ -596,22 +662,25 @@ class PostgresLedger:
     def list_budgets(self) -> list[dict[str, Any]]:
         return self._read(lambda c: c.execute(f"SELECT {_BUDGET_COLUMNS} FROM budgets ORDER BY tenant").fetchall())
 
-    def reserve(self, tenant: str, amount_pico_usd: int, now: float | None = None) -> bool:
+    def reserve(self, tenant: str, amount_pico_usd: int, now: float | None = None, *, tokens: int = 0) -> bool:
         _check_tenant(tenant)
         _check_amount("amount_pico_usd", amount_pico_usd)
+        _check_amount("tokens", tokens, "tokens")
         now = time.time() if now is None else float(now)
-        params = {"t": tenant, "a": amount_pico_usd, "now": now, **window_starts(now)}
+        params = {"t": tenant, "a": amount_pico_usd, "k": tokens, "now": now, **window_starts(now)}
         return bool(self._read(lambda c: c.execute(_RESERVE, params).rowcount == 1))
 
     def reserve_all(self, tenants: list[str], amount_pico_usd: int, now: float | None = None, *,
-                    hold: str | None = None, owner: str | None = None) -> int:
-        """Reserves at every tenant (the levels of one principal chain) or at none, in one
-        transaction: -1 when all had room, else the index of the first without room. With ``hold``
+                    hold: str | None = None, owner: str | None = None, tokens: int = 0) -> int:
+        """Reserves ``amount_pico_usd`` and ``tokens`` at every tenant (the levels of one principal
+        chain) or at none, in one transaction: -1 when all had room, else the index of the first
+        without room (its usage() says which unit). With ``hold``
         (the request id) the reservation is recorded under a lease of ``lease_s`` held by ``owner``
         (default: this process), renewed while this process runs (see the module docstring)."""
         for t in tenants:
             _check_tenant(t)
         _check_amount("amount_pico_usd", amount_pico_usd)
+        _check_amount("tokens", tokens, "tokens")
         now = time.time() if now is None else float(now)
 
         class _NoRoom(Exception):
@@ -622,88 +691,99 @@ class PostgresLedger:
             try:
                 with c.transaction():
                     for i, tenant in enumerate(tenants):
-                        params = {"t": tenant, "a": amount_pico_usd, "now": now, **window_starts(now)}
+                        params = {"t": tenant, "a": amount_pico_usd, "k": tokens, "now": now, **window_starts(now)}
                         if c.execute(_RESERVE, params).rowcount != 1:
                             failed = i
                             raise _NoRoom
                     if hold:
                         c.execute("INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at, "
-                                  "expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                                  "expires_at, tokens) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                                  "ON CONFLICT (request_id) DO NOTHING",
                                   (hold, owner or owner_token(), json.dumps(list(tenants)), amount_pico_usd, now,
-                                   time.time() + self.lease_s))
+                                   time.time() + self.lease_s, tokens))
             except _NoRoom:
                 pass  # rolled back: nothing reserved anywhere
             return failed
         return int(self._read(run))
 
     def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
-                   now: float | None = None, *, hold: str | None = None) -> None:
+                   now: float | None = None, *, hold: str | None = None, reserved_tokens: int = 0,
+                   actual_tokens: int = 0) -> None:
         """settle() at every tenant, in one transaction (spooled while the database is down)."""
         for t in tenants:
             _check_tenant(t)
         _check_amount("reserved_pico_usd", reserved_pico_usd)
         _check_amount("actual_pico_usd", actual_pico_usd)
+        _check_amount("reserved_tokens", reserved_tokens, "tokens")
+        _check_amount("actual_tokens", actual_tokens, "tokens")
         self._write("settle_all", {"tenants": list(tenants), "reserved": reserved_pico_usd, "actual": actual_pico_usd,
-                                   "now": time.time() if now is None else float(now), "hold": hold})
+                                   "now": time.time() if now is None else float(now), "hold": hold,
+                                   "reserved_tokens": reserved_tokens, "actual_tokens": actual_tokens})
 
     def _apply_settle_all(self, conn: Any, tenants: list[str], reserved: int, actual: int, now: float,
-                          replayed: bool = False, hold: str | None = None) -> None:
+                          replayed: bool = False, hold: str | None = None, reserved_tokens: int = 0,
+                          actual_tokens: int = 0) -> None:
         if hold and not _end_hold(conn, hold):
-            reserved = 0  # its lease expired and another replica released it: free nothing twice
+            # its lease expired and another replica released it: free nothing twice
+            reserved = reserved_tokens = 0
         for tenant in tenants:
-            self._apply_settle(conn, tenant, reserved, actual, now)
+            self._apply_settle(conn, tenant, reserved, actual, now, reserved_tokens=reserved_tokens,
+                               actual_tokens=actual_tokens)
 
     def release_all(self, tenants: list[str], reserved_pico_usd: int, now: float | None = None, *,
-                    hold: str | None = None) -> None:
+                    hold: str | None = None, reserved_tokens: int = 0) -> None:
         """release() at every tenant, in one transaction (spooled while the database is down)."""
         for t in tenants:
             _check_tenant(t)
         _check_amount("reserved_pico_usd", reserved_pico_usd)
+        _check_amount("reserved_tokens", reserved_tokens, "tokens")
         self._write("release_all", {"tenants": list(tenants), "reserved": reserved_pico_usd,
-                                    "now": time.time() if now is None else float(now), "hold": hold})
+                                    "now": time.time() if now is None else float(now), "hold": hold,
+                                    "reserved_tokens": reserved_tokens})
 
     def _apply_release_all(self, conn: Any, tenants: list[str], reserved: int, now: float,
-                           replayed: bool = False, hold: str | None = None) -> None:
+                           replayed: bool = False, hold: str | None = None, reserved_tokens: int = 0) -> None:
         if hold and not _end_hold(conn, hold):
             return  # already released when its lease expired
         for tenant in tenants:
-            self._apply_release(conn, tenant, reserved, now)
+            self._apply_release(conn, tenant, reserved, now, reserved_tokens=reserved_tokens)
 
-    def settle(self, tenant: str, reserved_pico_usd: int, actual_pico_usd: int, now: float | None = None) -> None:
+    def settle(self, tenant: str, reserved_pico_usd: int, actual_pico_usd: int, now: float | None = None, *,
+               reserved_tokens: int = 0, actual_tokens: int = 0) -> None:
         _check_tenant(tenant)
         _check_amount("reserved_pico_usd", reserved_pico_usd)
         _check_amount("actual_pico_usd", actual_pico_usd)
+        _check_amount("reserved_tokens", reserved_tokens, "tokens")
+        _check_amount("actual_tokens", actual_tokens, "tokens")
         self._write("settle", {"tenant": tenant, "reserved": reserved_pico_usd, "actual": actual_pico_usd,
-                               "now": time.time() if now is None else float(now)})
+                               "now": time.time() if now is None else float(now),
+                               "reserved_tokens": reserved_tokens, "actual_tokens": actual_tokens})
 
     def _apply_settle(self, conn: Any, tenant: str, reserved: int, actual: int, now: float,
-                      replayed: bool = False) -> None:
-        params = {"t": tenant, "r": reserved, "x": actual, "now": now, **window_starts(now)}
-        old = conn.execute("SELECT reserved_pico_usd FROM budgets WHERE tenant = %(t)s FOR UPDATE", params).fetchone()
-        conn.execute(f"INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, "
-                     f"reserved_pico_usd, updated_at) VALUES (%(t)s, NULL, 'total', 0, %(x)s, 0, %(now)s) "
-                     f"ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = {_SPENT} + %(x)s, "
-                     f"window_start = GREATEST(budgets.window_start, {_WS}), "
-                     f"reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - %(r)s, 0), updated_at = %(now)s",
-                     params)
-        freed = min(reserved, old["reserved_pico_usd"]) if old else 0
-        conn.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-                     "VALUES (%s, 'settle', %s, %s, %s)", (tenant, actual, freed, now))
+                      replayed: bool = False, reserved_tokens: int = 0, actual_tokens: int = 0) -> None:
+        conn.execute(_SETTLE_LEVEL, {"t": tenant, "r": reserved, "x": actual, "rk": reserved_tokens,
+                                     "xk": actual_tokens, "now": now, "hold": None, **window_starts(now)})
 
-    def release(self, tenant: str, reserved_pico_usd: int, now: float | None = None) -> None:
+    def release(self, tenant: str, reserved_pico_usd: int, now: float | None = None, *,
+                reserved_tokens: int = 0) -> None:
         _check_tenant(tenant)
         _check_amount("reserved_pico_usd", reserved_pico_usd)
+        _check_amount("reserved_tokens", reserved_tokens, "tokens")
         self._write("release", {"tenant": tenant, "reserved": reserved_pico_usd,
-                                "now": time.time() if now is None else float(now)})
+                                "now": time.time() if now is None else float(now), "reserved_tokens": reserved_tokens})
 
-    def _apply_release(self, conn: Any, tenant: str, reserved: int, now: float, replayed: bool = False) -> None:
-        old = conn.execute("SELECT reserved_pico_usd FROM budgets WHERE tenant = %s FOR UPDATE", (tenant,)).fetchone()
+    def _apply_release(self, conn: Any, tenant: str, reserved: int, now: float, replayed: bool = False,
+                       reserved_tokens: int = 0) -> None:
+        old = conn.execute("SELECT reserved_pico_usd, reserved_tokens FROM budgets WHERE tenant = %s FOR UPDATE",
+                           (tenant,)).fetchone()
         if old is None:
             return
-        conn.execute("UPDATE budgets SET reserved_pico_usd = GREATEST(reserved_pico_usd - %s, 0), updated_at = %s "
-                     "WHERE tenant = %s", (reserved, now, tenant))
-        conn.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at) "
-                     "VALUES (%s, 'release', %s, NULL, %s)", (tenant, min(reserved, old["reserved_pico_usd"]), now))
+        conn.execute("UPDATE budgets SET reserved_pico_usd = GREATEST(reserved_pico_usd - %s, 0), "
+                     "reserved_tokens = GREATEST(reserved_tokens - %s, 0), updated_at = %s WHERE tenant = %s",
+                     (reserved, reserved_tokens, now, tenant))
+        conn.execute("INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens) "
+                     "VALUES (%s, 'release', %s, NULL, %s, %s)",
+                     (tenant, min(reserved, old["reserved_pico_usd"]), now, min(reserved_tokens, old["reserved_tokens"])))
 
     def expire_holds(self, now: float | None = None) -> int:
         """Renews this process's budget holds and releases every other owner's expired ones, in
@@ -715,9 +795,9 @@ class PostgresLedger:
 
     def holds(self) -> list[dict[str, Any]]:
         """Budget reservations in force: request_id, owner, budgets (the levels), amount_pico_usd,
-        created_at, expires_at."""
-        rows = self._read(lambda c: c.execute("SELECT request_id, owner, budgets, amount_pico_usd, created_at, "
-                                              "expires_at FROM holds ORDER BY created_at").fetchall())
+        tokens, created_at, expires_at."""
+        rows = self._read(lambda c: c.execute("SELECT request_id, owner, budgets, amount_pico_usd, tokens, "
+                                              "created_at, expires_at FROM holds ORDER BY created_at").fetchall())
         for r in rows:
             r["budgets"] = json.loads(r["budgets"])
         return rows
@@ -727,25 +807,27 @@ class PostgresLedger:
         budget = self.get_budget(tenant)
         period = budget["window"] if budget else "total"
         start, resets_at = budget_window(period, now)
-        spent = reserved = 0
-        limit = remaining = None
-        if budget:
-            spent = 0 if start > budget["window_start"] else budget["spent_pico_usd"]
-            reserved = budget["reserved_pico_usd"]
-            if budget["limit_pico_usd"] is not None:
-                limit = budget["limit_pico_usd"]
-                remaining = max(limit - spent - reserved, 0)
+        out: dict[str, Any] = {"tenant": tenant}
+        for unit in ("pico_usd", "tokens"):  # spent (as seen from `now`), reserved, limit, remaining
+            spent = reserved = 0
+            limit = remaining = None
+            if budget:
+                spent = 0 if start > budget["window_start"] else budget[f"spent_{unit}"]
+                reserved = budget[f"reserved_{unit}"]
+                if budget[f"limit_{unit}"] is not None:
+                    limit = budget[f"limit_{unit}"]
+                    remaining = max(limit - spent - reserved, 0)
+            out.update({f"spent_{unit}": spent, f"reserved_{unit}": reserved, f"limit_{unit}": limit,
+                        f"remaining_{unit}": remaining})
         requests = self._read(lambda c: c.execute("SELECT COUNT(*) AS n FROM requests WHERE tenant = %s AND "
                                                   "created_at >= %s", (tenant, start)).fetchone()["n"])
-        return {"tenant": tenant, "spent_pico_usd": spent, "reserved_pico_usd": reserved, "limit_pico_usd": limit,
-                "remaining_pico_usd": remaining, "requests": int(requests), "window": period, "window_start": start,
-                "resets_at": resets_at}
+        return {**out, "requests": int(requests), "window": period, "window_start": start, "resets_at": resets_at}
 
     def budget_events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if not 1 <= limit <= 10_000:
             raise InvalidArgumentError("limit must be between 1 and 10000")
         return self._read(lambda c: c.execute(
-            "SELECT id, tenant, kind, amount_pico_usd, reserved_pico_usd, at FROM budget_events "
+            "SELECT id, tenant, kind, amount_pico_usd, reserved_pico_usd, tokens, reserved_tokens, at FROM budget_events "
             "WHERE (%(t)s::text IS NULL OR tenant = %(t)s) ORDER BY id DESC LIMIT %(n)s",
             {"t": tenant, "n": limit}).fetchall())
 
@@ -838,13 +920,14 @@ _EXPIRE_HOLDS = """WITH me AS (INSERT INTO tokenlane_replicas (owner, expires_at
 dead AS (DELETE FROM tokenlane_replicas WHERE expires_at < %(now)s AND owner <> %(me)s RETURNING owner),
 renewed AS (UPDATE holds SET expires_at = %(until)s WHERE owner = %(me)s RETURNING 1),
 gone AS (DELETE FROM holds WHERE expires_at < %(now)s AND owner <> %(me)s
-         RETURNING request_id, budgets, amount_pico_usd),
-lv AS (SELECT t.tenant, SUM(g.amount_pico_usd)::bigint AS a
+         RETURNING request_id, budgets, amount_pico_usd, tokens),
+lv AS (SELECT t.tenant, SUM(g.amount_pico_usd)::bigint AS a, SUM(g.tokens)::bigint AS k
        FROM gone g CROSS JOIN LATERAL jsonb_array_elements_text(g.budgets::jsonb) AS t(tenant) GROUP BY t.tenant),
-upd AS (UPDATE budgets b SET reserved_pico_usd = GREATEST(b.reserved_pico_usd - lv.a, 0), updated_at = %(now)s
-        FROM lv WHERE b.tenant = lv.tenant RETURNING b.tenant, lv.a),
-ev AS (INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at)
-       SELECT tenant, 'release', a, NULL, %(now)s FROM upd),
+upd AS (UPDATE budgets b SET reserved_pico_usd = GREATEST(b.reserved_pico_usd - lv.a, 0),
+        reserved_tokens = GREATEST(b.reserved_tokens - lv.k, 0), updated_at = %(now)s
+        FROM lv WHERE b.tenant = lv.tenant RETURNING b.tenant, lv.a, lv.k),
+ev AS (INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens)
+       SELECT tenant, 'release', a, NULL, %(now)s, k FROM upd),
 rq AS (UPDATE requests SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE 'failed' END,
        finished_at = %(now)s, error = 'replica lost: its lease expired'
        WHERE finished_at IS NULL AND status IN ('running', 'queued')
@@ -875,9 +958,10 @@ def _record_statements(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             now, hold = float(r["now"]), r["id"]
             # The hold's row is locked first: a sweeper cannot release it between the levels.
             out.append(("SELECT 1 FROM holds WHERE request_id = %(hold)s FOR UPDATE", {"hold": hold}))
+            amounts = {"r": int(r.get("reserved") or 0), "x": int(r.get("actual") or 0),
+                       "rk": int(r.get("reserved_tokens") or 0), "xk": int(r.get("tokens") or 0)}
             for t in levels:
-                out.append((_SETTLE_LEVEL, {"t": t, "r": int(r.get("reserved") or 0), "x": int(r.get("actual") or 0),
-                                            "now": now, "hold": hold, **window_starts(now)}))
+                out.append((_SETTLE_LEVEL, {"t": t, **amounts, "now": now, "hold": hold, **window_starts(now)}))
             out.append(("DELETE FROM holds WHERE request_id = %(hold)s", {"hold": hold}))
     return out
 

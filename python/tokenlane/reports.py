@@ -145,7 +145,8 @@ def summary(db: Sidecar | str, *, since: float | None = None, until: float | Non
         reasons = {r["reason"] or "unknown": r["n"] for r in c.execute(
             f"SELECT r.reason AS reason, COUNT(*) AS n FROM requests r{where}"
             f"{' AND' if where else ' WHERE'} r.status = 'rejected' GROUP BY r.reason ORDER BY n DESC", args)}
-        budget_sql = "SELECT tenant, limit_pico_usd, period, window_start, spent_pico_usd FROM budgets"
+        budget_sql = ("SELECT tenant, limit_pico_usd, period, window_start, spent_pico_usd, limit_tokens, spent_tokens "
+                      "FROM budgets")
         budgets = [dict(b) for b in c.execute(budget_sql + (" WHERE tenant = ?" if tenant else ""),
                                               [tenant] if tenant else [])]
     row["requests"] = row["requests"] or 0
@@ -165,6 +166,8 @@ def summary(db: Sidecar | str, *, since: float | None = None, until: float | Non
         "spent_usd": b["spent_pico_usd"] / PICO_PER_USD,
         "limit_usd": None if b["limit_pico_usd"] is None else b["limit_pico_usd"] / PICO_PER_USD,
         "spent_fraction": (b["spent_pico_usd"] / b["limit_pico_usd"]) if b["limit_pico_usd"] else None,
+        "spent_tokens": b["spent_tokens"], "limit_tokens": b["limit_tokens"],
+        "spent_tokens_fraction": (b["spent_tokens"] / b["limit_tokens"]) if b["limit_tokens"] else None,
     } for b in budgets]
     return kpis
 

@@ -26,7 +26,7 @@ from . import reports
 from ._core import StorageError
 from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
-from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
+from .asgi_io import DisconnectWatch, Receive, Scope, Send, request_headers, respond, respond_json, send_error
 from .config import Settings, load_settings
 from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
@@ -234,9 +234,12 @@ class Tokenlane:
         """The ledger's record of an API key, cached for 30 s (blocking: call from a thread)."""
         return self.identify_stage.api_key_record(key)
 
-    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str = "day") -> None:
-        """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler."""
-        self.budget.set_budget(tenant, limit_usd, window, self.clock())
+    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str = "day", *,
+                   limit_tokens: int | None = None) -> None:
+        """Sets the whole budget of a principal at any level (``org:…``, ``team:…``, a tenant,
+        ``apikey:…``, an end user) in the ledger and the scheduler: its USD limit and its token
+        limit (input + output tokens) over ``window``, ``None`` for no limit of that unit."""
+        self.budget.set_budget(tenant, limit_usd, window, self.clock(), limit_tokens)
 
     def set_limits(self, principal: str, *, tpm: int | None = None, rpm: int | None = None,
                    concurrency: int | None = None) -> None:
@@ -313,6 +316,8 @@ class Tokenlane:
             await asyncio.wait(pending, timeout=10.0)  # each settles itself (Upstream, _run)
         if self.reconcile._settling:
             await asyncio.wait(set(self.reconcile._settling), timeout=10.0)
+        if self.reconcile.learner is not None:  # the estimator's updates of the answered requests
+            await asyncio.to_thread(self.reconcile.learner.flush)
         try:  # a barrier: the ledger thread runs calls in order, so every earlier write is done
             await asyncio.wait_for(asyncio.to_thread(self.thread.flush), timeout=max(10.0, self.thread.retry_s + 5.0))
         except (asyncio.TimeoutError, StorageError):
@@ -404,7 +409,7 @@ class Tokenlane:
                 await send_error(send, exc, [(b"x-tokenlane-request-id", priced.id.encode())])
             return
 
-        disconnected = None if job else asyncio.ensure_future(wait_disconnect(receive))
+        disconnected = None if job else DisconnectWatch(receive)
         try:
             try:
                 decision = await self.schedule(priced, disconnected, decided)
@@ -447,7 +452,8 @@ class Tokenlane:
             return None
         if job is not None:
             job.priced = priced
-        return await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+        return await self.upstream(priced, scope, body, send, receive=receive,
+                                   disconnected=disconnected.future if disconnected else None)
 
     async def _share(self, job: Job, priced: Priced, scope: Scope) -> None:
         """Moves a deferred request from this process's lane to the lane every replica shares; when
@@ -468,7 +474,7 @@ class Tokenlane:
         now = self.clock()
         self.schedule.cancel(p.id)
         if p.hold is not None:
-            hold, p.hold, p.reserved_ledger = p.hold, None, 0
+            hold, p.hold, p.reserved_ledger, p.reserved_tokens = p.hold, None, 0, 0
             self.state.release(hold, now)
         self.reconcile.finish_row(p, {"status": "cancelled", "reason": "interrupted", "finished_at": now, "error": why})
 

@@ -513,6 +513,39 @@ TEST_CASE("ledger: window roll-over resets spent and keeps reservations", "[ledg
   }
 }
 
+TEST_CASE("ledger: token budgets are reserved, settled, rolled over and reclaimed like USD", "[ledger]") {
+  Ledger led(":memory:");
+  const double day2 = kNoon + 86400;
+  led.set_budget("team:a/b", std::nullopt, BudgetWindow::day, kNoon, 1000);  // tokens only
+  led.set_budget("org:a", 1'000'000, BudgetWindow::day, kNoon);              // USD only
+  const std::vector<std::string> chain = {"org:a", "team:a/b"};
+  CHECK(led.reserve_all(chain, 10, kNoon, "r1", "w:1:1", 700) == -1);
+  CHECK(led.reserve_all(chain, 10, kNoon, {}, {}, 301) == 1);  // no token room at the team: none taken
+  CHECK(led.usage("org:a", kNoon).integer("reserved_tokens") == 700);
+  CHECK(led.reserve_all(chain, 999'991, kNoon, {}, {}, 0) == 0);  // the organisation's USD is the limit there
+  // A journal record settles the hold's tokens: its reservation freed, the actual tokens charged.
+  CHECK(led.apply_journal(R"({"id":"r1","row":{"id":"r1","status":"running","tenant":"t"},"final":)"
+                          R"({"status":"succeeded","finished_at":1},"budgets":["org:a","team:a/b"],)"
+                          R"("reserved":10,"actual":7,"reserved_tokens":700,"tokens":420,"now":)" +
+                          std::to_string(kNoon) + "}\n").empty());
+  auto u = led.usage("team:a/b", kNoon);
+  CHECK(u.integer("spent_tokens") == 420);
+  CHECK(u.integer("reserved_tokens") == 0);
+  CHECK(u.integer("limit_tokens") == 1000);
+  CHECK(u.integer("remaining_tokens") == 580);
+  CHECK(u.is_null("limit_pico_usd"));
+  CHECK(led.usage("org:a", kNoon).is_null("limit_tokens"));
+  CHECK(led.usage("org:a", kNoon).integer("spent_tokens") == 420);  // tracked without a limit
+  // The next day starts at zero tokens; a dead worker's token hold is given back by reclaim.
+  CHECK(led.reserve_all(chain, 0, day2, "r2", "w:9:9", 1000) == -1);
+  CHECK(led.usage("team:a/b", day2).integer("spent_tokens") == 0);
+  const LedgerRow freed = led.reclaim("w:9:9", day2);
+  CHECK(freed.integer("released_tokens") == 1000);
+  CHECK(led.usage("team:a/b", day2).integer("reserved_tokens") == 0);
+  CHECK_THROWS(led.reserve_all(chain, 0, day2, {}, {}, -1));
+  CHECK_THROWS(led.set_budget("t", std::nullopt, BudgetWindow::day, kNoon, -1));
+}
+
 TEST_CASE("ledger: config values and history", "[ledger]") {
   Ledger led(":memory:");
   CHECK_FALSE(led.get_config("policy"));

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -41,7 +42,8 @@ def ledger_path(tmp_path):
             led.update_request(rid, input_tokens=inp, output_tokens=out, cost_pico_usd=int(cost * USD),
                                queue_ms=queue, finished_at=created + latency, cached_input_tokens=0)
         tags.record(rid, tg)
-    led.set_budget("acme", 1 * USD, "total", now=NOW)
+    led.set_budget("acme", 1 * USD, "total", now=NOW, limit_tokens=10_000)
+    led.settle("acme", 0, int(0.041 * USD), NOW, actual_tokens=3_000)  # the three acme rows' usage
     led.close()
     return path
 
@@ -78,12 +80,15 @@ def test_summary_has_refusals_and_budgets(ledger_path):
     assert s["refusal_rate"] == pytest.approx(0.2)
     [budget] = s["budgets"]
     assert budget["principal"] == "acme" and budget["limit_usd"] == 1.0
+    assert (budget["spent_tokens"], budget["limit_tokens"], budget["spent_tokens_fraction"]) == (3_000, 10_000, 0.3)
 
 
 def test_cli_report_table_csv_json(ledger_path, capsys):
     assert main(["report", "--db", ledger_path, "--by", "tag:feature", "--since", "2025-12-01"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[0] == "tag:feature" and "search" in table
+    # Below the table: each budget, spend against its limits in USD and in tokens.
+    assert re.search(r"acme\s+total\s+\$0\.041 of \$1\s+3,000 of 10,000 tokens", table), table
     assert main(["report", "--db", ledger_path, "--by", "model", "--since", "2025-12-01", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["model"] for r in rows] == ["gpt-4o", "gpt-4o-mini"]

@@ -31,4 +31,14 @@ inline constexpr std::size_t kImageTokensDefault = 765;  // detail "high"/"auto"
 std::size_t count_chat_tokens(const Encoding& encoding, std::string_view request_json,
                               std::string_view model);
 
+// The fixed costs of a chat request's framing for `model`: what count_chat_tokens adds to the
+// tokens of the message fields themselves (the middleware's fast path, tokenlane/prepare.hpp,
+// counts plain messages with these and must agree with count_chat_tokens).
+struct ChatFraming {
+  long per_message;    // every message
+  long per_name;       // a message with a "name" field
+  long reply_priming;  // once per request
+};
+ChatFraming chat_framing(const Encoding& encoding, std::string_view model);
+
 }  // namespace tokenlane

@@ -152,53 +152,62 @@ class Ledger {
   std::vector<LedgerRow> list_requests(const RequestFilter& filter) const;
   std::int64_t count_requests(const RequestFilter& filter) const;  // ignores limit/offset
 
-  // ---- budgets. Rows: tenant, limit_pico_usd (NULL = unlimited), window, window_start,
-  // spent_pico_usd, reserved_pico_usd, updated_at. Amounts are pico-USD, `now` Unix seconds.
-  // Sets (or replaces) a tenant's limit; nullopt means unlimited (spend is still tracked). When the
-  // window changes, spent is recomputed for the new window from the settle events.
+  // ---- budgets. Rows: tenant, limit_pico_usd (NULL = no USD limit), limit_tokens (NULL = no token
+  // limit), window, window_start, spent_pico_usd, reserved_pico_usd, spent_tokens, reserved_tokens,
+  // updated_at. Amounts are pico-USD, tokens are input + output tokens, `now` Unix seconds. A
+  // level's USD and token limits share its window; spend of both is tracked even without a limit.
+  // Sets (or replaces) a tenant's whole budget: its USD limit and its token limit (nullopt: none),
+  // over `window`. When the window changes, spent is recomputed for the new window from the settle
+  // events.
   void set_budget(const std::string& tenant, std::optional<std::int64_t> limit_pico_usd, BudgetWindow window,
-                  double now);
+                  double now, std::optional<std::int64_t> limit_tokens = std::nullopt);
   std::optional<LedgerRow> get_budget(const std::string& tenant) const;
   std::vector<LedgerRow> list_budgets() const;
-  // Atomically: if spent + reserved + amount <= limit in the window of `now` (or the tenant has no
-  // limit), reserved += amount and true; else false and nothing changes.
-  bool reserve(const std::string& tenant, std::int64_t amount_pico_usd, double now);
-  // reserved -= reserved_pico_usd (never below 0); spent += actual_pico_usd in the window of `now`.
-  void settle(const std::string& tenant, std::int64_t reserved_pico_usd, std::int64_t actual_pico_usd, double now);
-  void release(const std::string& tenant, std::int64_t reserved_pico_usd, double now);
+  // Atomically: if spent + reserved + amount <= limit for USD and for tokens in the window of `now`
+  // (a unit without a limit always has room), reserved += amount (both units) and true; else false
+  // and nothing changes.
+  bool reserve(const std::string& tenant, std::int64_t amount_pico_usd, double now, std::int64_t tokens = 0);
+  // reserved -= reserved (never below 0); spent += actual in the window of `now`; both units.
+  void settle(const std::string& tenant, std::int64_t reserved_pico_usd, std::int64_t actual_pico_usd, double now,
+              std::int64_t reserved_tokens = 0, std::int64_t actual_tokens = 0);
+  void release(const std::string& tenant, std::int64_t reserved_pico_usd, double now, std::int64_t reserved_tokens = 0);
   // The same on several tenants (the levels of one principal chain, 1 to 16) in one transaction:
-  // reserve_all takes the amount at every level or at none, returning -1 when all had room, else
-  // the index of the first level without room.
+  // reserve_all takes the amount (USD and tokens) at every level or at none, returning -1 when all
+  // had room, else the index of the first level without room (usage() says which unit).
   // With a `hold` (the request's id) and its `owner` (the worker process: see reclaim below),
   // reserve_all also records the hold in the same transaction; settle_all and release_all with that
   // hold delete it, so a worker that dies leaves a record of exactly what it held.
   int reserve_all(const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now,
-                  const std::string& hold = {}, const std::string& owner = {});
+                  const std::string& hold = {}, const std::string& owner = {}, std::int64_t tokens = 0);
   void settle_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd,
-                  std::int64_t actual_pico_usd, double now, const std::string& hold = {});
+                  std::int64_t actual_pico_usd, double now, const std::string& hold = {},
+                  std::int64_t reserved_tokens = 0, std::int64_t actual_tokens = 0);
   void release_all(const std::vector<std::string>& tenants, std::int64_t reserved_pico_usd, double now,
-                   const std::string& hold = {});
+                   const std::string& hold = {}, std::int64_t reserved_tokens = 0);
   // A counter every set_budget bumps (in its transaction), read on a connection of its own so it
   // never waits behind this process's writer: a caller that saw the same version twice knows no
   // limit was set or changed in between, in any process. -1 when the file could not be read at
   // once (the caller then assumes a budget may apply).
   std::int64_t budget_version() const;
   // spent_pico_usd, reserved_pico_usd, limit_pico_usd (NULL = none), remaining_pico_usd (NULL = no
-  // limit; never negative), requests (rows created in this window), window, window_start,
-  // resets_at (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
+  // limit; never negative), the same four for tokens (spent_tokens, reserved_tokens, limit_tokens,
+  // remaining_tokens), requests (rows created in this window), window, window_start, resets_at
+  // (NULL for "total"). A tenant with no row reads as unlimited with nothing spent.
   LedgerRow usage(const std::string& tenant, double now) const;
   // The audit trail, newest first: id, tenant, kind (reserve|settle|release|set_budget),
   // amount_pico_usd (reserved, charged, released, or the new limit), reserved_pico_usd (settle:
-  // the reservation it freed), at. Freed amounts are what was really freed, so replaying the
+  // the reservation it freed), tokens and reserved_tokens (the same in tokens), at. Freed amounts are what was really freed, so replaying the
   // events in id order reproduces the counters.
   std::vector<LedgerRow> budget_events(const std::optional<std::string>& tenant, std::int64_t limit) const;
 
   // ---- write-behind journal and crashed workers.
   // Applies journal records (one JSON object per line) in one write transaction, each exactly once:
   //   {"id": request id, "row": {...insert...}, "final": {...update...},
-  //    "budgets": [levels], "reserved": pico-USD, "actual": pico-USD, "now": seconds}
+  //    "budgets": [levels], "reserved": pico-USD, "actual": pico-USD,
+  //    "reserved_tokens": tokens, "tokens": actual tokens, "now": seconds}
   // "row" is inserted unless the id exists; "final" (with the settlement of "budgets": the
-  // request's hold if it has one, else "reserved", is freed and "actual" charged at every level)
+  // request's hold if it has one, else "reserved" / "reserved_tokens", is freed and "actual" /
+  // "tokens" charged at every level)
   // is applied unless the row is already finished (finished_at set), so replaying a journal twice
   // changes nothing. A record that is malformed or names bad columns is skipped (inside its own
   // savepoint) and described in the returned list; storage failures roll the batch back and throw.
@@ -206,7 +215,7 @@ class Ledger {
   // The owners (worker process tokens) of holds and of unfinished request rows.
   std::vector<std::string> owners() const;
   // Frees a dead owner's holds at every level and marks its unfinished rows failed, in one
-  // transaction: holds, requests (how many), released_pico_usd (the sum over holds).
+  // transaction: holds, requests (how many), released_pico_usd and released_tokens (sums over holds).
   LedgerRow reclaim(const std::string& owner, double now);
 
   // ---- configuration: values are JSON text (validated); every change is kept in the history.

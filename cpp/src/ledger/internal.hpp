@@ -118,17 +118,21 @@ Where report_where(const ReportFilter& f);
 // Error(invalid_argument)); integers widened to real where the column is real.
 LedgerValue checked_request_field(const std::string& name, const LedgerValue& value);
 
-// One level's budget operations, inside the caller's write transaction (budgets.cpp).
-bool reserve_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t amount_pico_usd, double now);
-void settle_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd,
-                std::int64_t actual_pico_usd, double now);
-void release_row(Ledger::Impl& impl, const std::string& tenant, std::int64_t reserved_pico_usd, double now);
+// One level's budget operations, inside the caller's write transaction (budgets.cpp). A Charge is
+// an amount in both units a budget counts: pico-USD and tokens (input + output).
+struct Charge {
+  std::int64_t pico_usd = 0;
+  std::int64_t tokens = 0;
+};
+bool reserve_row(Ledger::Impl& impl, const std::string& tenant, Charge amount, double now);
+void settle_row(Ledger::Impl& impl, const std::string& tenant, Charge reserved, Charge actual, double now);
+void release_row(Ledger::Impl& impl, const std::string& tenant, Charge reserved, double now);
 // Hold bookkeeping (journal.cpp): record, and find + delete (nullopt when the hold is unknown).
 void add_hold(Ledger::Impl& impl, const std::string& hold, const std::string& owner,
-              const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now);
+              const std::vector<std::string>& tenants, Charge amount, double now);
 struct HeldBudget {
   std::vector<std::string> tenants;
-  std::int64_t amount_pico_usd = 0;
+  Charge amount;
 };
 std::optional<HeldBudget> take_hold(Ledger::Impl& impl, const std::string& hold);
 

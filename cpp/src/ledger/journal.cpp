@@ -15,28 +15,30 @@ using nlohmann::json;
 namespace ledger_detail {
 
 void add_hold(Ledger::Impl& impl, const std::string& hold, const std::string& owner,
-              const std::vector<std::string>& tenants, std::int64_t amount_pico_usd, double now) {
+              const std::vector<std::string>& tenants, Charge amount, double now) {
   auto st_h = impl.prepare(
-      "INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at) VALUES (?, ?, ?, ?, ?) "
-      "ON CONFLICT (request_id) DO UPDATE SET amount_pico_usd = amount_pico_usd + excluded.amount_pico_usd");
+      "INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at, tokens) VALUES (?, ?, ?, ?, ?, ?) "
+      "ON CONFLICT (request_id) DO UPDATE SET amount_pico_usd = amount_pico_usd + excluded.amount_pico_usd, "
+      "tokens = tokens + excluded.tokens");
   SQLite::Statement& st = *st_h;
   st.bind(1, hold);
   st.bind(2, owner);
   st.bind(3, json(tenants).dump());
-  st.bind(4, amount_pico_usd);
+  st.bind(4, amount.pico_usd);
   st.bind(5, now);
+  st.bind(6, amount.tokens);
   st.exec();
 }
 
 std::optional<HeldBudget> take_hold(Ledger::Impl& impl, const std::string& hold) {
   HeldBudget held;
   {
-    auto st_h = impl.prepare("SELECT budgets, amount_pico_usd FROM holds WHERE request_id = ?");
+    auto st_h = impl.prepare("SELECT budgets, amount_pico_usd, tokens FROM holds WHERE request_id = ?");
     SQLite::Statement& st = *st_h;
     st.bind(1, hold);
     if (!st.executeStep()) return std::nullopt;
     held.tenants = json::parse(st.getColumn(0).getString()).get<std::vector<std::string>>();
-    held.amount_pico_usd = st.getColumn(1).getInt64();
+    held.amount = {st.getColumn(1).getInt64(), st.getColumn(2).getInt64()};
   }
   auto st_h = impl.prepare("DELETE FROM holds WHERE request_id = ?");
   (*st_h).bind(1, hold);
@@ -121,12 +123,12 @@ bool update_unfinished(Ledger::Impl& impl, const std::string& id, const json& fi
   return st.exec() == 1;
 }
 
-std::int64_t amount(const json& record, const char* name) {
+std::int64_t amount(const json& record, const char* name, const char* unit = "pico-USD") {
   const auto it = record.find(name);
   if (it == record.end() || it->is_null()) return 0;
   const std::int64_t v = it->get<std::int64_t>();
   if (v < 0 || v > (std::int64_t{1} << 61))
-    throw Error(ErrorCode::invalid_argument, std::string(name) + " must be between 0 and 2^61 pico-USD");
+    throw Error(ErrorCode::invalid_argument, std::string(name) + " must be between 0 and 2^61 " + unit);
   return v;
 }
 
@@ -142,9 +144,10 @@ void apply_record(Ledger::Impl& impl, const json& record) {
   const auto levels = budgets->get<std::vector<std::string>>();
   if (levels.size() > 16) throw Error(ErrorCode::invalid_argument, "give 1 to 16 budget levels");
   const double now = record.at("now").get<double>();
-  const std::int64_t actual = amount(record, "actual");
+  const ledger_detail::Charge actual{amount(record, "actual"), amount(record, "tokens", "tokens")};
   const auto held = ledger_detail::take_hold(impl, id);
-  const std::int64_t reserved = held ? held->amount_pico_usd : amount(record, "reserved");
+  const ledger_detail::Charge reserved =
+      held ? held->amount : ledger_detail::Charge{amount(record, "reserved"), amount(record, "reserved_tokens", "tokens")};
   for (const std::string& level : levels) ledger_detail::settle_row(impl, level, reserved, actual, now);
 }
 
@@ -200,12 +203,13 @@ LedgerRow Ledger::reclaim(const std::string& owner, double now) {
       (*st_h).bind(1, owner);
       while ((*st_h).executeStep()) holds.push_back((*st_h).getColumn(0).getString());
     }
-    std::int64_t released = 0;
+    std::int64_t released = 0, released_tokens = 0;
     for (const std::string& hold : holds) {
       const auto held = ledger_detail::take_hold(*impl_, hold);
       if (!held) continue;
-      for (const std::string& level : held->tenants) ledger_detail::release_row(*impl_, level, held->amount_pico_usd, now);
-      released += held->amount_pico_usd;
+      for (const std::string& level : held->tenants) ledger_detail::release_row(*impl_, level, held->amount, now);
+      released += held->amount.pico_usd;
+      released_tokens += held->amount.tokens;
     }
     auto st_h = impl_->prepare(
         "UPDATE requests SET status = CASE WHEN status = 'queued' OR status = 'deferred' THEN 'cancelled' "
@@ -218,7 +222,8 @@ LedgerRow Ledger::reclaim(const std::string& owner, double now) {
     const std::int64_t requests = st.exec();
     tx.commit();
     LedgerRow out;
-    out.set("holds", static_cast<std::int64_t>(holds.size())).set("requests", requests).set("released_pico_usd", released);
+    out.set("holds", static_cast<std::int64_t>(holds.size())).set("requests", requests).set("released_pico_usd", released)
+        .set("released_tokens", released_tokens);
     return out;
   });
 }

@@ -147,6 +147,15 @@ CREATE TABLE ledger_meta (
   value INTEGER NOT NULL
 );
 )sql"},
+      {6, "token budgets: a token limit beside the USD one at every level, tokens spent and reserved", R"sql(
+-- Tokens are input + output tokens, counted in the same window (period, window_start) as USD.
+ALTER TABLE budgets ADD COLUMN limit_tokens INTEGER;                        -- NULL: no token budget
+ALTER TABLE budgets ADD COLUMN spent_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE budgets ADD COLUMN reserved_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE budget_events ADD COLUMN tokens INTEGER;           -- reserved, charged, released, or the new token limit
+ALTER TABLE budget_events ADD COLUMN reserved_tokens INTEGER;  -- settle: the token reservation it freed
+ALTER TABLE holds ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;  -- reserved at every level of the hold
+)sql"},
   };
   return steps;
 }

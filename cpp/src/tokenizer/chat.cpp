@@ -155,4 +155,9 @@ std::size_t count_chat_tokens(const Encoding& encoding, std::string_view request
   return static_cast<std::size_t>(n < 0 ? 0 : n);
 }
 
+ChatFraming chat_framing(const Encoding& encoding, std::string_view model) {
+  const Rules r = rules_for(encoding, model);
+  return {r.per_message, r.per_name, r.reply_priming};
+}
+
 }  // namespace tokenlane

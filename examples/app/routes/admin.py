@@ -183,9 +183,14 @@ async def update_user(request: Request, uid: int = Path(ge=1, le=MAX_ID), user: 
             window = str(form.get("window", "day"))
             if window not in state.WINDOWS:
                 raise ValueError(f"The budget window is one of {', '.join(state.WINDOWS)}.")
-            limit = state.parse_usd(str(form.get("limit_usd", "")), "Budget")
-            await blocking(state.set_user_budget, tl, tenant, limit, window)
-            await blocking(state.set_cfg, led, f"budget.tenant.{tenant}", {"limit_pico_usd": limit, "window": window}, user["email"])
+            usd_text, tokens_text = str(form.get("limit_usd", "")).strip(), str(form.get("limit_tokens", ""))
+            limit = state.parse_usd(usd_text, "Budget") if usd_text else None
+            tokens = state.parse_limit(tokens_text, "Token budget")
+            if limit is None and tokens is None:
+                raise ValueError("Give a budget in USD, in tokens, or both.")
+            await blocking(state.set_user_budget, tl, tenant, limit, window, tokens)
+            await blocking(state.set_cfg, led, f"budget.tenant.{tenant}",
+                           {"limit_pico_usd": limit, "limit_tokens": tokens, "window": window}, user["email"])
             flash(request, f"Budget for {tenant} set.")
         elif action == "team":
             org, team = _name(form.get("org"), "Organisation"), _name(form.get("team"), "Team")
@@ -263,8 +268,9 @@ _PRINCIPAL = {"org": "org:", "team": "team:", "tenant": "", "key": "apikey:"}
 
 @router.post("/budgets", dependencies=[Depends(require_csrf)])
 async def set_budget(request: Request, user: dict[str, Any] = Depends(require_admin), principal: str = Form(...),
-                     limit_usd: str = Form(""), window: str = Form("day")) -> Response:
-    """A budget at any level: an organisation, a team, a member or an API key ("" removes it)."""
+                     limit_usd: str = Form(""), limit_tokens: str = Form(""), window: str = Form("day")) -> Response:
+    """A budget at any level: an organisation, a team, a member or an API key, in USD, in tokens
+    (prompt + output) or both over one window (both empty: removed)."""
     tl = request.app.state.tl
     try:
         if window not in state.WINDOWS:
@@ -273,12 +279,13 @@ async def set_budget(request: Request, user: dict[str, Any] = Depends(require_ad
         if principal not in known:
             raise ValueError(f"No organisation, team, member or key named {principal!r}.")
         limit = state.parse_usd(limit_usd, "Budget") if limit_usd.strip() else None
-        await blocking(state.set_user_budget, tl, principal, limit, window)
-        await blocking(state.set_cfg, tl.ledger, f"budget.principal.{principal}", {"limit_pico_usd": limit, "window": window},
-                       user["email"])
+        tokens = state.parse_limit(limit_tokens, "Token budget")
+        await blocking(state.set_user_budget, tl, principal, limit, window, tokens)
+        await blocking(state.set_cfg, tl.ledger, f"budget.principal.{principal}",
+                       {"limit_pico_usd": limit, "limit_tokens": tokens, "window": window}, user["email"])
     except ValueError as e:
         return await teams_page(request, error=str(e), status_code=400)
-    flash(request, f"Budget for {principal} {'set' if limit is not None else 'removed'}.")
+    flash(request, f"Budget for {principal} {'removed' if limit is None and tokens is None else 'set'}.")
     return RedirectResponse("/admin/teams", status_code=303)
 
 

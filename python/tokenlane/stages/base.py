@@ -113,6 +113,7 @@ class Priced:
     arrival: float
     admitted_at: float | None = None
     reserved_ledger: int = 0  # pico-USD reserved in the ledger (cross-process budget)
+    reserved_tokens: int = 0  # tokens reserved in the ledger (token budgets)
     state_mode: str | None = None  # with shared state: "shared", or "local" while Redis is unreachable
     rate_limits: dict[str, float] | None = None  # x-ratelimit values the shared state gave (else the scheduler's)
     requested_model: str | None = None  # set when routing served another model than the one asked for
@@ -127,6 +128,7 @@ class Priced:
     untrimmed_input_tokens: int | None = None  # prompt tokens before trimming
     predicted_cached_tokens: int = 0          # provider prompt cache, predicted (priced at the cached rate)
     row_json: str | None = None               # the ledger row as decided, JSON (reused by the final record)
+    prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
@@ -502,7 +504,8 @@ def apply_records(ledger: Any, data: bytes) -> list[str]:
                 ledger.update_request(r["id"], **r["final"])
                 if r.get("budgets"):
                     ledger.settle_all(r["budgets"], r.get("reserved") or 0, r.get("actual") or 0, r["now"],
-                                      hold=r["id"])
+                                      hold=r["id"], reserved_tokens=r.get("reserved_tokens") or 0,
+                                      actual_tokens=r.get("tokens") or 0)
         except InvalidArgumentError as exc:
             skipped.append(f"{exc}: {line[:200]!r}")
     return skipped

@@ -1,6 +1,7 @@
 """Stage: budgets over the principal hierarchy. A request is charged to every level of its
 identity's chain (organisation → team → tenant → API key → end user) and admitted only if all of
-them have room: one hold reserves at every level, all or nothing, through the shared state
+them have room, in USD and, where a level has a token budget, in tokens (input + output, the same
+window): one hold reserves both units at every level, all or nothing, through the shared state
 (:mod:`tokenlane.state`), the guard every worker process and replica shares. Loads (or creates from
 the settings) a tenant's budget once per process and keeps the scheduler's view of it; end users
 get ``end_user_budget_usd`` (inside their key's budget, never beside it)."""
@@ -70,13 +71,17 @@ class Budget:
         budget = self.ledger.get_budget(tenant)
         if budget is None:
             usd = s.tenant_budgets_usd.get(tenant, s.budget_usd)
-            if usd is not None:
-                self.ledger.set_budget(tenant, int(usd * PICO_PER_USD), s.budget_window)
+            tokens = s.tenant_budgets_tokens.get(tenant, s.budget_tokens)
+            if usd is not None or tokens is not None:
+                self.ledger.set_budget(tenant, None if usd is None else int(usd * PICO_PER_USD), s.budget_window,
+                                       limit_tokens=tokens)
                 budget = self.ledger.get_budget(tenant)
         # A row without a limit is no budget: reservations along a principal chain (maybe by another
         # worker or replica) write one for every level.
-        limited = budget is not None and budget["limit_pico_usd"] is not None
-        if limited:
+        limited = budget is not None and has_limit(budget)
+        if budget is not None and budget["limit_pico_usd"] is not None:
+            # The scheduler's own view (ordering, queueing until budget frees up) is in USD only; a
+            # token budget is enforced by the ledger's reservation alone.
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
             self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
@@ -87,20 +92,23 @@ class Budget:
         self._tenants[tenant] = limited
         return limited
 
-    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str, now: float) -> None:
-        """Sets (or with ``None`` removes) a tenant's budget in the ledger and the scheduler (blocking)."""
-        if limit_usd is None:
-            self.ledger.set_budget(tenant, None, window)
-            self.scheduler.set_budget(tenant, None, window)
-            self._tenants[tenant] = False
-            self._budget_limits.pop(tenant, None)
-            return
-        pico = int(Decimal(str(limit_usd)) * PICO_PER_USD)
-        self.ledger.set_budget(tenant, pico, window)
+    def set_budget(self, tenant: str, limit_usd: Decimal | float | str | None, window: str, now: float,
+                   limit_tokens: int | None = None) -> None:
+        """Sets a tenant's whole budget in the ledger and the scheduler (blocking): its USD limit
+        and its token limit (input + output tokens) over ``window``; ``None`` for no limit of that
+        unit (both ``None``: no budget, spend still tracked)."""
+        if limit_tokens is not None and (isinstance(limit_tokens, bool) or not isinstance(limit_tokens, int)
+                                         or limit_tokens < 0):
+            raise ValueError(f"limit_tokens must be a non-negative integer or None, got {limit_tokens!r}")
+        pico = None if limit_usd is None else int(Decimal(str(limit_usd)) * PICO_PER_USD)
+        self.ledger.set_budget(tenant, pico, window, limit_tokens=limit_tokens)
         self.scheduler.set_budget(tenant, pico, window)
-        self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
-        self._tenants[tenant] = True
-        self._budget_limits[tenant] = (pico, window)
+        if pico is None:
+            self._budget_limits.pop(tenant, None)
+        else:
+            self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
+            self._budget_limits[tenant] = (pico, window)
+        self._tenants[tenant] = pico is not None or limit_tokens is not None
 
     def usage(self, tenant: str, now: float) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
@@ -115,18 +123,25 @@ class Budget:
                 "remaining_usd": usd(remaining), "limit_usd": usd(limit), "requests": u["requests"],
                 "window": u.get("window"), "resets_at": u.get("resets_at"),
                 "spent_pico_usd": u["spent_pico_usd"], "reserved_pico_usd": u["reserved_pico_usd"],
-                "limit_pico_usd": limit, "remaining_pico_usd": remaining}
+                "limit_pico_usd": limit, "remaining_pico_usd": remaining,
+                "spent_tokens": u.get("spent_tokens", 0), "reserved_tokens": u.get("reserved_tokens", 0),
+                "limit_tokens": u.get("limit_tokens"), "remaining_tokens": u.get("remaining_tokens")}
 
     def amount(self, p: Priced) -> int:
         """What the ledger reserves for a request: its worst case (a hard cap) or its p90 cost."""
         return p.cost_max if self.settings.budget_reserve == "max" else p.cost_p90
+
+    def token_amount(self, p: Priced) -> int:
+        """The tokens the ledger reserves, the same way: the prompt plus ``max_tokens`` (the worst
+        case) or plus the p90 estimate of the output."""
+        return p.input_tokens + (p.max_output if self.settings.budget_reserve == "max" else p.est_p90)
 
     def hold(self, p: Priced) -> Hold:
         """What the request takes from the shared state: its amount at every level it is charged to,
         and a place in the TPM/RPM buckets and concurrency slots of every level that has limits."""
         chain = p.identity.chain()
         limits = [(level, self._limits[level]) for level in chain if level in self._limits]
-        return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p),
+        return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p), amount_tokens=self.token_amount(p),
                     rates=tuple(Rate(level, lim.get("tpm"), lim.get("rpm")) for level, lim in limits
                                 if lim.get("tpm") or lim.get("rpm")),
                     slots=tuple(Slots(level, lim["concurrency"]) for level, lim in limits if lim.get("concurrency")),
@@ -155,17 +170,18 @@ class Budget:
         scheduler's budget is this process's view of the tenant level; the shared state (on one
         host, one SQLite transaction) is the guard all processes share."""
         hold = self.hold(p)
-        if hold.amount_pico_usd <= 0 and not hold.rates and not hold.slots:
+        if hold.amount_pico_usd <= 0 and hold.amount_tokens <= 0 and not hold.rates and not hold.slots:
             return
         end_user = p.identity.end_user
-        if end_user and self.settings.end_user_budget_usd is not None:
+        if end_user and (self.settings.end_user_budget_usd is not None
+                         or self.settings.end_user_budget_tokens is not None):
             principal = end_user_principal(p.identity.owner, end_user)
             if principal not in self._end_users:
                 await self.thread.write(self._setup_end_user, principal, now)
-        if hold.amount_pico_usd > 0 and not await self._limited(hold.budgets):
+        if (hold.amount_pico_usd > 0 or hold.amount_tokens > 0) and not await self._limited(hold.budgets):
             # No level has a limit, in any process: nothing to reserve (spend is still settled at
             # every level), so no ledger transaction for the request to wait for.
-            hold = replace(hold, amount_pico_usd=0)
+            hold = replace(hold, amount_pico_usd=0, amount_tokens=0)
             if not hold.rates and not hold.slots:
                 p.hold = hold
                 return
@@ -182,14 +198,10 @@ class Budget:
                 429, f"{level_of(denied.key).replace('_', ' ')} {denied.key!r} is at its {what} limit",
                 type="rate_limit_exceeded", code="rate_limit_exceeded", retry_after_s=denied.retry_after_s)
         if denied is not None:
-            usage = denied.detail
-            raise RequestError(
-                429, f"budget of {level_of(denied.key).replace('_', ' ')} {denied.key!r} is used up for this "
-                f"{usage.get('window')} (spent {usd_text(usage.get('spent_pico_usd', 0))} USD, reserved "
-                f"{usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
-                f"{usd_text(hold.amount_pico_usd)} USD",
-                type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
+            raise RequestError(429, over_budget_message(denied.key, denied.detail, hold),
+                               type="insufficient_quota", code="insufficient_quota", retry_after_s=denied.retry_after_s)
         p.reserved_ledger = hold.amount_pico_usd
+        p.reserved_tokens = hold.amount_tokens
         p.hold = hold
 
     async def _limited(self, levels: tuple[str, ...]) -> bool:
@@ -203,7 +215,7 @@ class Budget:
             return True
         if version != self._limits_version:
             budgets = await self.thread.write(self.ledger.list_budgets)
-            self._limited_principals = {b["tenant"] for b in budgets if b["limit_pico_usd"] is not None}
+            self._limited_principals = {b["tenant"] for b in budgets if has_limit(b)}
             self._limits_version = version
         return any(level in self._limited_principals for level in levels)
 
@@ -211,9 +223,10 @@ class Budget:
         """Gives an end user the default end-user budget unless one is set (blocking)."""
         if principal in self._end_users:
             return
-        usd = self.settings.end_user_budget_usd
-        if usd is not None and self.ledger.get_budget(principal) is None:
-            self.ledger.set_budget(principal, int(usd * PICO_PER_USD), self.settings.budget_window, now)
+        usd, tokens = self.settings.end_user_budget_usd, self.settings.end_user_budget_tokens
+        if (usd is not None or tokens is not None) and self.ledger.get_budget(principal) is None:
+            self.ledger.set_budget(principal, None if usd is None else int(usd * PICO_PER_USD),
+                                   self.settings.budget_window, now, limit_tokens=tokens)
         if len(self._end_users) > 100_000:
             self._end_users.clear()
         self._end_users.add(principal)
@@ -243,13 +256,44 @@ class Budget:
         self.state.give_back(held, tokens, now)
         return tuple(held.budgets)
 
-    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float) -> Awaitable[None]:
-        """Charges the actual cost at every level and frees the rest (started at once; await the
-        result). Settled even without a budget (or a reservation), so every level's spend is on
-        the ledger."""
+    def settle(self, p: Priced, reserved: int, actual: int, tokens: int, now: float, *,
+               reserved_tokens: int = 0) -> Awaitable[None]:
+        """Charges the actual cost and tokens at every level and frees the rest (started at once;
+        await the result). Settled even without a budget (or a reservation), so every level's spend
+        is on the ledger."""
         held, p.hold = p.hold or Hold(id=p.id, budgets=p.identity.chain()), None
-        return self.state.settle(Hold(id=held.id, budgets=held.budgets, amount_pico_usd=reserved, rates=held.rates,
-                                      slots=held.slots, tokens=held.tokens), actual, tokens, now)
+        return self.state.settle(Hold(id=held.id, budgets=held.budgets, amount_pico_usd=reserved,
+                                      amount_tokens=reserved_tokens, rates=held.rates, slots=held.slots,
+                                      tokens=held.tokens), actual, tokens, now)
 
 
-__all__ = ["Budget"]
+def has_limit(budget: dict[str, Any]) -> bool:
+    """Whether a budget row limits anything (USD or tokens)."""
+    return budget["limit_pico_usd"] is not None or budget.get("limit_tokens") is not None
+
+
+def over_budget_message(principal: str, usage: dict[str, Any], hold: Hold) -> str:
+    """The refusal's message: which level ran out, and of which unit. ``usage`` is read after the
+    refusal, so other requests may have moved it meanwhile: the unit named is the one with a limit,
+    and with both, the one left with less room (as a share of its limit) for this request."""
+    level = f"{level_of(principal).replace('_', ' ')} {principal!r}"
+    window = usage.get("window")
+
+    def room(unit: str, amount: int) -> float | None:  # share of the limit left after this request
+        limit = usage.get(f"limit_{unit}")
+        if limit is None:
+            return None
+        left = limit - usage.get(f"spent_{unit}", 0) - usage.get(f"reserved_{unit}", 0) - amount
+        return left / limit if limit else -1.0
+
+    usd, tokens = room("pico_usd", hold.amount_pico_usd), room("tokens", hold.amount_tokens)
+    if tokens is not None and (usd is None or tokens < usd):
+        return (f"token budget of {level} is used up for this {window} (used {usage.get('spent_tokens', 0):,} "
+                f"tokens, reserved {usage.get('reserved_tokens', 0):,}, limit {usage.get('limit_tokens'):,}); this "
+                f"request may use up to {hold.amount_tokens:,} tokens (prompt and output)")
+    return (f"budget of {level} is used up for this {window} (spent {usd_text(usage.get('spent_pico_usd', 0))} "
+            f"USD, reserved {usd_text(usage.get('reserved_pico_usd', 0))} USD); this request may cost up to "
+            f"{usd_text(hold.amount_pico_usd)} USD")
+
+
+__all__ = ["Budget", "has_limit", "over_budget_message"]

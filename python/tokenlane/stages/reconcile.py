@@ -13,12 +13,14 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
+from .. import _core
 from ..config import Settings
 from ..estimators import Estimator
 from ..formats import count_output_tokens
 from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import PICO_PER_USD, Pricing, usd_text
+from ..records import truncated
 from ..recovery import owner_token
 from .base import LedgerThread, Outcome, Priced
 from .prompt_cache import prompt_cache_saving
@@ -54,6 +56,10 @@ class Reconcile:
         self._settling: set[asyncio.Task[None]] = set()
         self._series: dict[str, SimpleNamespace] = {}  # model → its metric series
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
+        # Requests the fast path prepared teach the estimator on a native thread, after the
+        # response (tokenlane/prepare.hpp); the others here, on the event loop.
+        core = getattr(estimator, "_core", None)
+        self.learner = _core.BackgroundObserver(core) if isinstance(core, _core.Estimator) else None
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -79,15 +85,18 @@ class Reconcile:
                            durable=False)
 
     def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
-                   actual: int = 0, after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
+                   actual: int = 0, reserved_tokens: int = 0, tokens: int = 0,
+                   after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
         """Journals the request's final record: its row (inserted if the decision's insert has not
         been applied yet), the final ``fields``, and the settlement of ``levels`` (the hold, or
-        ``reserved``, freed; ``actual`` charged), applied together exactly once. Returns (the Future
-        of ``after``, a Future to await before answering when the record is not durable yet)."""
+        ``reserved`` pico-USD and ``reserved_tokens``, freed; ``actual`` pico-USD and ``tokens``
+        charged), applied together exactly once. Returns (the Future of ``after``, a Future to await
+        before answering when the record is not durable yet)."""
         if p.row_json is None:
             p.row_json = json.dumps(self.ledger_row(p, "running"))
-        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"now":%r' % (json.dumps(levels).encode(), reserved, actual,
-                                                                          fields["finished_at"])) if levels else b""
+        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"reserved_tokens":%d,"tokens":%d,"now":%r' % (
+            json.dumps(levels).encode(), reserved, actual, reserved_tokens, tokens, fields["finished_at"])
+                  ) if levels else b""
         line = b'{"id":%s,"row":%s,"final":%s%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode(),
                                                          json.dumps(fields).encode(), settle)
         written = self.thread.record(line, after=after)
@@ -123,6 +132,7 @@ class Reconcile:
         actual = cost.total_pico_usd
         self.schedule.complete(p, now, actual, cost.input_tokens, cost.output_tokens)
         reserved_ledger, p.reserved_ledger = p.reserved_ledger, 0
+        reserved_tokens, p.reserved_tokens = p.reserved_tokens, 0
         succeeded = outcome.error is None and outcome.status is not None and outcome.status < 400
         fields = dict(
             status="succeeded" if succeeded else "failed", finished_at=now,
@@ -157,34 +167,27 @@ class Reconcile:
             levels = self.budget.give_back(p, tokens, now)
         else:  # shared state (Redis): settled there, in the background, kept until done
             levels = ()
-            settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual, tokens, now))
+            settled = asyncio.ensure_future(self.budget.settle(p, reserved_ledger, actual, tokens, now,
+                                                               reserved_tokens=reserved_tokens))
             self._settling.add(settled)
             settled.add_done_callback(self._settling.discard)
         tenant = p.identity.tenant
         after = ((lambda: self.observe.settled(tenant, now))  # type: ignore[union-attr]
                  if self.observe is not None and self.observe.waits_for_row(tenant) else None)
-        written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual, after=after)
+        written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual,
+                                        reserved_tokens=reserved_tokens, tokens=tokens, after=after)
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
-            self.estimator.observe(p.request.estimator_input(), model, max(1, cost.output_tokens // p.request.n),
-                                   context={"route": p.route, "tenant": p.identity.tenant},
-                                   input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
-        if self.metrics:
-            m = self.metrics
-            c = self._series.get(model) or self._series_of(model)
-            for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
-                                            cost.reasoning_tokens)):
-                if n:
-                    series.inc(n)
-            c.usage_input.observe(cost.input_tokens)
-            c.usage_output.observe(cost.output_tokens)
-            c.cost.inc(actual / PICO_PER_USD)
-            if saved:
-                m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
-            if succeeded and p.est_p50 and cost.output_tokens:
-                c.estimate_error.observe(math.log2(cost.output_tokens / p.est_p50))
-                if cost.output_tokens <= p.est_p90:
-                    c.p90_covered.inc()
+            per_completion = max(1, cost.output_tokens // p.request.n)
+            if p.prepared is not None and self.learner is not None:
+                self.learner.observe(p.prepared, per_completion,
+                                     truncated(per_completion, p.request.max_tokens or None))
+            else:
+                self.estimator.observe(p.request.estimator_input(), model, per_completion,
+                                       context={"route": p.route, "tenant": p.identity.tenant},
+                                       input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
+        if self.metrics:  # after the response: nothing the client waits for
+            _after_response(self._count, model, cost, actual, saved, succeeded, p.est_p50, p.est_p90)
         if log.isEnabledFor(logging.INFO):  # building the record costs more than this check
             log.info("tokenlane request done", extra={"tokenlane": {
                 "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
@@ -196,6 +199,26 @@ class Reconcile:
             self.observe.reconciled(p, fields, written if after is not None else None)
         return fields, wait
 
+
+    def _count(self, model: str, cost: Any, actual: int, saved: int, succeeded: bool, est_p50: int,
+               est_p90: int) -> None:
+        """The metrics of one reconciled request."""
+        m = self.metrics
+        assert m is not None
+        c = self._series.get(model) or self._series_of(model)
+        for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
+                                        cost.reasoning_tokens)):
+            if n:
+                series.inc(n)
+        c.usage_input.observe(cost.input_tokens)
+        c.usage_output.observe(cost.output_tokens)
+        c.cost.inc(actual / PICO_PER_USD)
+        if saved:
+            m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
+        if succeeded and est_p50 and cost.output_tokens:
+            c.estimate_error.observe(math.log2(cost.output_tokens / est_p50))
+            if cost.output_tokens <= est_p90:
+                c.p90_covered.inc()
 
     def _series_of(self, model: str) -> SimpleNamespace:
         """The metric series of one model (``labels()`` looks them up each call: kept per model)."""
@@ -209,6 +232,15 @@ class Reconcile:
             cost=m.cost.labels(model), estimate_error=m.estimate_error.labels(model),
             p90_covered=m.p90_covered.labels(model))
         return c
+
+
+def _after_response(fn: Callable[..., Any], *args: Any) -> None:
+    """Runs ``fn`` once the event loop is done with this step of the request (its response is on
+    its way), or at once outside a loop."""
+    try:
+        asyncio.get_running_loop().call_soon(fn, *args)
+    except RuntimeError:
+        fn(*args)
 
 
 __all__ = ["Reconcile"]

@@ -4,9 +4,9 @@ One request takes a :class:`Hold` when it is admitted and gives it back when it 
 needs one round trip at admission (:meth:`State.acquire`) and one at the end (:meth:`State.settle`
 or :meth:`State.release`):
 
-- **budgets**: the request's amount is reserved at *every* level of its principal chain
-  (organisation → team → member → API key → end user), all or nothing; settle charges the actual
-  cost at every level and frees the rest;
+- **budgets**: the request's amount (pico-USD, and tokens for token budgets) is reserved at
+  *every* level of its principal chain (organisation → team → member → API key → end user), all
+  or nothing; settle charges the actual cost and tokens at every level and frees the rest;
 - **rates**: TPM / RPM buckets (one minute, sliding), taken from all or none;
 - **slots**: concurrency slots, all or none.
 
@@ -49,6 +49,7 @@ class Hold:
     id: str                                 # the request id
     budgets: tuple[str, ...] = ()           # principals charged, top level first; all or none
     amount_pico_usd: int = 0                # reserved at every one of them
+    amount_tokens: int = 0                  # tokens (input + output) reserved at every one of them
     rates: tuple[Rate, ...] = ()
     slots: tuple[Slots, ...] = ()
     tokens: int = 0                         # what the rates count (prompt + expected output)
@@ -76,8 +77,9 @@ class State(ABC):
 
     @abstractmethod
     def settle(self, hold: Hold, actual_pico_usd: int, actual_tokens: int, now: float) -> Awaitable[None]:
-        """The request ended: charge ``actual`` at every budget level, free the rest of the
-        reservation and the slots, correct the token buckets by ``actual_tokens - hold.tokens``.
+        """The request ended: charge ``actual`` (and ``actual_tokens``) at every budget level, free
+        the rest of the reservation and the slots, correct the token buckets by
+        ``actual_tokens - hold.tokens``.
         Starts the work before returning (a task or a future, so it runs even if nobody awaits)."""
 
     @abstractmethod

@@ -39,10 +39,10 @@ class LocalState(State):
         denied = self._take_local(hold, now)
         if denied is not None:
             return denied
-        if hold.budgets and hold.amount_pico_usd > 0:
+        if hold.budgets and (hold.amount_pico_usd > 0 or hold.amount_tokens > 0):
             # Recorded with this worker as its owner: reclaimed if the worker dies (tokenlane.recovery).
             failed = await self._run(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now,
-                                             hold=hold.id, owner=owner_token()))
+                                             hold=hold.id, owner=owner_token(), tokens=hold.amount_tokens))
             if failed >= 0:
                 self._give_back_local(hold, now, count_rates=True)
                 usage = await self._run(self.ledger.usage, hold.budgets[failed], now)
@@ -56,7 +56,7 @@ class LocalState(State):
         if not hold.budgets:
             return _done()
         return self._run(partial(self.ledger.settle_all, list(hold.budgets), hold.amount_pico_usd, actual_pico_usd,
-                                 now, hold=hold.id))
+                                 now, hold=hold.id, reserved_tokens=hold.amount_tokens, actual_tokens=actual_tokens))
 
     def give_back(self, hold: Hold, actual_tokens: int, now: float) -> None:
         """The in-process part of :meth:`settle` (the runtime settles the ledger part in the
@@ -65,9 +65,10 @@ class LocalState(State):
 
     def release(self, hold: Hold, now: float) -> Awaitable[None]:
         self._give_back_local(hold, now, count_rates=True)
-        if not hold.budgets or hold.amount_pico_usd <= 0:
+        if not hold.budgets or (hold.amount_pico_usd <= 0 and hold.amount_tokens <= 0):
             return _done()
-        return self._run(partial(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now, hold=hold.id))
+        return self._run(partial(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now, hold=hold.id,
+                                 reserved_tokens=hold.amount_tokens))
 
     async def renew(self, holds: Sequence[Hold], now: float) -> None:
         return None  # in-process holds end with the process; ledger reservations have no lease here

@@ -1,0 +1,94 @@
+// Binds the middleware's fast path (tokenlane/prepare.hpp): chat messages cross as the parsed
+// Python list, read in place (no second JSON parse, no copies of the texts); the result crosses as
+// one tuple.
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "tokenlane/prepare.hpp"
+
+namespace tokenlane::bindings {
+namespace {
+
+// A str's UTF-8 without copying (cached in the str by CPython); nullopt for anything else and for
+// strings with lone surrogates, which only the general path reports correctly.
+std::optional<std::string_view> plain_utf8(PyObject* o) {
+  if (!PyUnicode_CheckExact(o)) return std::nullopt;
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(o, &size);
+  if (data == nullptr) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return std::string_view(data, static_cast<std::size_t>(size));
+}
+
+// Reads `messages` into `chat` when every message is a dict of strings with a role.
+bool read_plain(const py::handle& messages, PlainChat& chat) {
+  PyObject* list = messages.ptr();
+  if (!PyList_CheckExact(list)) return false;
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* m = PyList_GET_ITEM(list, i);
+    if (!PyDict_CheckExact(m)) return false;
+    Py_ssize_t pos = 0;
+    PyObject *key = nullptr, *value = nullptr;
+    bool has_role = false;
+    while (PyDict_Next(m, &pos, &key, &value)) {
+      auto k = plain_utf8(key);
+      auto v = plain_utf8(value);
+      if (!k || !v) return false;
+      has_role = has_role || *k == "role";
+      chat.fields.push_back({*k, *v});
+    }
+    if (!has_role) return false;
+    chat.end_message();
+  }
+  return true;
+}
+
+using Opt = std::optional<std::uint64_t>;
+
+py::object optional_int(const std::optional<std::uint64_t>& v) {
+  return v ? py::object(py::int_(*v)) : py::object(py::none());
+}
+
+}  // namespace
+
+void register_prepare(py::module_& m) {
+  py::class_<PreparedChat, std::shared_ptr<PreparedChat>>(m, "PreparedChat")
+      .def_readonly("input_tokens", &PreparedChat::input_tokens)
+      .def_readonly("prompt", &PreparedChat::prompt);
+
+  // (prepared, input_tokens, priced, max_input_tokens, max_output, p50, p90, source, cost_p50,
+  //  cost_p90, cost_max), or None when the messages are not plain (the caller takes the general path).
+  m.def("prepare_chat",
+        [](const Encoding& encoding, const Estimator& estimator, const Pricing& pricing, const py::handle& messages,
+           std::string_view model, std::string_view route, std::string_view tenant, Opt max_tokens, std::uint64_t n,
+           std::uint64_t default_max_output) -> py::object {
+          thread_local PlainChat chat;  // reused: its vectors keep their capacity
+          chat.fields.clear();
+          chat.message_ends.clear();
+          if (!read_plain(messages, chat) || chat.message_ends.empty()) return py::none();
+          std::size_t bytes = 0;
+          for (const auto& f : chat.fields) bytes += f.value.size();
+          std::shared_ptr<PreparedChat> p;
+          {
+            ReleaseGilIf release(bytes > kKeepGilBytes);
+            p = prepare_chat(encoding, estimator, pricing, chat,
+                             PrepareQuery{model, route, tenant, max_tokens, n, default_max_output});
+          }
+          chat.fields.clear();  // views into Python strings: never kept past the call
+          const PreparedChat& r = *p;
+          return py::make_tuple(p, r.input_tokens, r.priced, optional_int(r.max_input_tokens), r.max_output,
+                                r.estimate.p50 * n, r.estimate.p90 * n, r.estimate.source, r.cost_p50, r.cost_p90,
+                                r.cost_max);
+        });
+
+  py::class_<BackgroundObserver>(m, "BackgroundObserver")
+      .def(py::init<std::shared_ptr<Estimator>, std::size_t>(), py::arg("estimator"), py::arg("max_queued") = 10000)
+      .def("observe", &BackgroundObserver::observe)
+      .def("flush", &BackgroundObserver::flush, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("dropped", &BackgroundObserver::dropped);
+}
+
+}  // namespace tokenlane::bindings

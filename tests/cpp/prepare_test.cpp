@@ -1,0 +1,82 @@
+// The middleware's fast path agrees with the general path: count_chat_tokens on the body,
+// Estimator::estimate on the flattened prompt, Pricing::cost.
+#include <catch2/catch.hpp>
+
+#include "tokenlane/chat.hpp"
+#include "tokenlane/prepare.hpp"
+
+using namespace tokenlane;
+
+namespace {
+std::shared_ptr<const Pricing> table() {
+  static auto p = Pricing::from_file(std::string(TOKENLANE_SOURCE_DIR) + "/python/tokenlane/data/prices.json");
+  return p;
+}
+}  // namespace
+
+TEST_CASE("prepare_chat counts, estimates and prices as the general path does", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  PlainChat chat;
+  chat.add({{"role", "system"}, {"content", "You are terse."}});
+  chat.add({{"role", "user"}, {"name", "bob"}, {"content", "Explain BPE in one line, please."}});
+  const char* body = R"({"messages": [{"role": "system", "content": "You are terse."},
+      {"role": "user", "name": "bob", "content": "Explain BPE in one line, please."}]})";
+  PrepareQuery q{"gpt-4o-mini", "/chat", "acme", 100, 2, 4096};
+  auto p = prepare_chat(*enc, est, *table(), chat, q);
+
+  CHECK(p->input_tokens == count_chat_tokens(*enc, body, "gpt-4o-mini"));
+  CHECK(p->prompt == std::string("system\x1fYou are terse.\x1euser\x1f") + "Explain BPE in one line, please.");
+  REQUIRE(p->priced);
+  CHECK(p->max_output == 100);  // the request's cap, below the model's
+  EstimateQuery eq;
+  eq.prompt = p->prompt;
+  eq.model = "gpt-4o-mini";
+  eq.max_tokens = 100;
+  eq.model_max_output = table()->max_output_tokens("gpt-4o-mini");
+  eq.input_tokens = p->input_tokens;
+  eq.route = "/chat";
+  eq.tenant = "acme";
+  const Estimate e = est.estimate(eq);
+  CHECK(p->estimate.p50 == e.p50);
+  CHECK(p->estimate.p90 == e.p90);
+  CostQuery c;
+  c.input_tokens = p->input_tokens;
+  c.output_tokens = e.p90 * 2;  // both completions
+  CHECK(p->cost_p90 == table()->cost("gpt-4o-mini", c).total.pico());
+  c.output_tokens = 200;
+  CHECK(p->cost_max == table()->cost("gpt-4o-mini", c).total.pico());
+}
+
+TEST_CASE("prepare_chat leaves a model without a price unpriced", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  PlainChat chat;
+  chat.add({{"role", "user"}, {"content", "Hi"}});
+  auto p = prepare_chat(*enc, est, *table(), chat, {"no-such-model", "", "", std::nullopt, 1, 4096});
+  CHECK_FALSE(p->priced);
+  CHECK(p->input_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": "Hi"}])", "no-such-model"));
+}
+
+TEST_CASE("BackgroundObserver teaches the estimator on its own thread, as observe does", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  auto taught = std::make_shared<HistoryEstimator>();
+  HistoryEstimator direct;
+  PlainChat chat;
+  chat.add({{"role", "user"}, {"content", "Summarise the quarterly report."}});
+  auto p = prepare_chat(*enc, *taught, *table(), chat, {"gpt-4o-mini", "/sum", "acme", std::nullopt, 1, 4096});
+  BackgroundObserver observer(taught);
+  EstimateQuery q;
+  q.prompt = p->prompt;
+  q.model = "gpt-4o-mini";
+  q.input_tokens = p->input_tokens;
+  q.route = "/sum";
+  q.tenant = "acme";
+  for (std::uint64_t out : {321, 280, 400, 350}) {
+    observer.observe(p, out, false);
+    direct.observe(q, out);
+  }
+  observer.flush();
+  CHECK(taught->to_json() == direct.to_json());
+  CHECK(observer.dropped() == 0);
+}
