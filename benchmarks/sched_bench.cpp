@@ -1,6 +1,6 @@
 // Scheduler microbenchmark: submit + complete + pop_ready cycles with 100k requests queued, for every
 // policy, with 1 and 27 tenants. Built as tokenlane_sched_bench next to the tests, never run by them.
-//   build/cpp/tests/cpp/tokenlane_sched_bench [queued=100000] [cycles=1000000] [policy]
+//   build/cpp/tests/cpp/tokenlane_sched_bench [queued=100000] [cycles=1000000] [policy] [tenants]
 #include <ctime>
 #include <cstdio>
 #include <cstdlib>
@@ -16,10 +16,12 @@ int main(int argc, char** argv) {
   const long queued = argc > 1 ? std::atol(argv[1]) : 100000;
   const long cycles = argc > 2 ? std::atol(argv[2]) : 1000000;
   const std::string only = argc > 3 ? argv[3] : "";  // one policy (profiling), else all
+  const int only_tenants = argc > 4 ? std::atoi(argv[4]) : 0;  // one tenant count (profiling), else 1 and 27
   std::printf("| policy | tenants | queued | cycles/s (submit+complete+pop_ready) | calls/s (CPU time) |\n|---|---|---|---|---|\n");
   for (Policy p : {Policy::fifo, Policy::cost_priority, Policy::deadline, Policy::fair, Policy::combined}) {
     if (!only.empty() && to_string(p) != only) continue;
     for (int tenants : {1, 27}) {
+      if (only_tenants && tenants != only_tenants) continue;
       SchedulerConfig c;
       c.policy = p;
       c.max_concurrency = 64;

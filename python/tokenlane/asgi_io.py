@@ -3,6 +3,7 @@ OpenAI-shaped error responses, waiting for a client to hang up."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,5 +61,25 @@ async def wait_disconnect(receive: Receive) -> dict[str, Any]:
             return message
 
 
-__all__ = ["Receive", "Scope", "Send", "header", "request_headers", "respond", "respond_json", "send_error",
+class DisconnectWatch:
+    """Watches for the client hanging up, from the moment a request has to wait (queued). It is
+    started only then: an admitted request's app reads ``receive`` itself, and a watcher task per
+    request would be work every response waits for. Once started, the app reads the hang-up from
+    :attr:`future` (one reader of ``receive`` at a time)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.future: asyncio.Future[dict[str, Any]] | None = None
+
+    def start(self) -> asyncio.Future[dict[str, Any]]:
+        if self.future is None:
+            self.future = asyncio.ensure_future(wait_disconnect(self.receive))
+        return self.future
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
+__all__ = ["DisconnectWatch", "Receive", "Scope", "Send", "header", "request_headers", "respond", "respond_json", "send_error",
            "wait_disconnect", "with_content_length"]

@@ -26,7 +26,7 @@ from . import reports
 from ._core import StorageError
 from .alerts import Alerts, open_alert_marks
 from .anomalies import Anomalies
-from .asgi_io import Receive, Scope, Send, request_headers, respond, respond_json, send_error, wait_disconnect
+from .asgi_io import DisconnectWatch, Receive, Scope, Send, request_headers, respond, respond_json, send_error
 from .config import Settings, load_settings
 from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
@@ -410,7 +410,7 @@ class Tokenlane:
                 await send_error(send, exc, [(b"x-tokenlane-request-id", priced.id.encode())])
             return
 
-        disconnected = None if job else asyncio.ensure_future(wait_disconnect(receive))
+        disconnected = None if job else DisconnectWatch(receive)
         try:
             try:
                 decision = await self.schedule(priced, disconnected, decided)
@@ -453,7 +453,8 @@ class Tokenlane:
             return None
         if job is not None:
             job.priced = priced
-        return await self.upstream(priced, scope, body, send, receive=receive, disconnected=disconnected)
+        return await self.upstream(priced, scope, body, send, receive=receive,
+                                   disconnected=disconnected.future if disconnected else None)
 
     async def _share(self, job: Job, priced: Priced, scope: Scope) -> None:
         """Moves a deferred request from this process's lane to the lane every replica shares; when

@@ -117,3 +117,15 @@ def test_background_observer_teaches_as_observe_does() -> None:
                        input_tokens=p.input_tokens)
     learner.flush()
     assert taught.to_json() == direct.to_json() and learner.dropped == 0
+
+
+def test_an_estimator_that_overrides_observe_is_called_itself(tmp_path) -> None:
+    """The native update bypasses Python: an estimator subclass with its own ``observe`` keeps it."""
+    from tokenlane.runtime import Tokenlane
+
+    class Logged(tokenlane.HistoryEstimator):
+        def observe(self, *args, **kwargs):
+            super().observe(*args, **kwargs)
+
+    assert Tokenlane(db=str(tmp_path / "a.db"), estimator=Logged()).reconcile.learner is None
+    assert Tokenlane(db=str(tmp_path / "b.db")).reconcile.learner is not None

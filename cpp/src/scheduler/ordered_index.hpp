@@ -103,6 +103,23 @@ class OrderedIndex {
     return rank + lower(l.keys, l.n, k);
   }
 
+  // The first element not ordered before k.
+  iterator lower_bound(const Key& k) const {
+    if (size_ == 0) return end();
+    std::uint32_t node = root_;
+    for (std::uint32_t h = height_; h > 0; --h) {
+      const Inner& in = inners_[node];
+      node = in.child[child_for(in, k)];
+    }
+    iterator it(this, node);
+    it.pos_ = lower(leaves_[node].keys, leaves_[node].n, k);
+    if (it.pos_ == leaves_[node].n) {  // past this leaf's keys: the next leaf's first
+      it.leaf_ = leaves_[node].next;
+      it.pos_ = 0;
+    }
+    return it;
+  }
+
   void clear() {
     leaves_.clear();
     inners_.clear();

@@ -13,9 +13,11 @@
 // needs deadline − predicted service), so no key changes while a request waits.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <deque>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <tuple>
 #include <unordered_map>
@@ -91,21 +93,38 @@ struct Budget {
   double start = std::numeric_limits<double>::quiet_NaN();
 };
 
-struct Rec {
-  ScheduledRequest req;
+// Where a queued request's entry for the combined policy's urgency check is (see Impl::urgent).
+enum class UrgentAt : std::uint8_t { none, near, far };
+
+// A request's record. What picking and starting read comes first and is copied out of `req`, so a
+// request reaching the head of the queue (its record long cold) costs two cache lines, not six.
+struct alignas(64) Rec {
+  // line 0
+  Key key;
   RequestState state = RequestState::queued;
   bool live = false;
   bool in_queue = false;
   bool budget_deferred = false;
   bool promoted = false;  // a batch request moved from the lane to the queue (batch_max_defer_s)
+  UrgentAt urgent_at = UrgentAt::none;
+  Priority priority = Priority::standard;
   std::uint32_t tenant = 0;
   std::uint32_t run_pos = 0;  // index in Impl::running while running
+  std::uint64_t input_tokens = 0, est_output_p50 = 0;
+  Money cost_p90;
+  // line 1
+  std::optional<double> deadline_s;
+  Money cost_p50;
+  double submitted_at = 0, started_at = 0, pred_service = 0;
+  Money reserved;
+  double tokens_charged = 0;
+  // line 2 on (req.id first: pop_ready returns it)
+  ScheduledRequest req;  // as submitted (id, model and the snapshot's fields)
+  double vtc_charged = 0;
   double laned_at = 0;    // when it entered the deferred lane
   double urgent_k = 0;    // combined: its key in Impl::urgent (latest start time)
-  double submitted_at = 0, started_at = 0, pred_service = 0;
-  Key key;
-  Money reserved;
-  double tokens_charged = 0, vtc_charged = 0;
+  double* tpot = nullptr;  // its model's entry in Impl::tpot_by_model, if it had one at submit
+  std::uint32_t id_hash = 0;  // IdTable::hash(req.id), so freeing the record does not hash it again
 };
 
 struct Tenant {
@@ -120,8 +139,6 @@ struct Tenant {
   Bucket rpm, tpm;
   bool indexed = false;
   TenantKey tkey;
-  bool in_counters = false;
-  double counter_key = 0;
 };
 
 enum class Block { none, paused, concurrency, tenant_concurrency, rpm, tpm, budget_reserved, budget_spent };
@@ -146,7 +163,6 @@ struct Scheduler::Impl {
   std::unordered_map<std::string, std::uint32_t> tenant_ids;
 
   detail::OrderedIndex<TenantKey> tenant_order;
-  detail::OrderedIndex<std::pair<double, std::uint32_t>> active_counters;  // VTC counters of backlogged tenants
   detail::OrderedIndex<Key> index;
   detail::OrderedIndex<Key> deferred;
   // Capacity-deferred requests by (entered the lane, seq, slot), for promotion after batch_max_defer_s.
@@ -157,7 +173,13 @@ struct Scheduler::Impl {
   bool any_budget = false;
   // combined: the queued requests by latest start time (deadline − predicted service), to let
   // requests about to miss their deadline go first; hopeless ones (past it) leave it for good.
+  // Only entries within urgency_s of now can matter, so `urgent` holds those (every entry whose
+  // 1 s bucket of latest start time is <= urgent_horizon) and the rest wait unordered in
+  // `urgent_far` by bucket, moved over as the clock reaches them. A far entry of a request that
+  // left the queue is dropped when its bucket moves (it no longer matches a queued request).
   detail::OrderedIndex<Key> urgent;
+  std::map<double, std::vector<Key>> urgent_far;
+  double urgent_horizon = -kInf;
   std::vector<std::string> ready_outbox;
   std::vector<std::pair<std::string, Decision>> rejected_outbox;
 
@@ -168,6 +190,7 @@ struct Scheduler::Impl {
   std::uint64_t cost_n = 0;
   double mean_service = std::numeric_limits<double>::quiet_NaN();
   double queued_work = 0;  // predicted service seconds of the queued requests
+  // Learned seconds per output token by model (node-based: records keep pointers to the values).
   std::unordered_map<std::string, double> tpot_by_model;
 
   // counters
@@ -217,18 +240,21 @@ struct Scheduler::Impl {
     return std::max(0.0, budget_window_bounds(t.budget->window, now).second - now);
   }
 
-  double tpot(const std::string& model) const {
+  double* learned_tpot(const std::string& model) {
     auto it = tpot_by_model.find(model);
-    return it == tpot_by_model.end() ? cfg.tpot_s : it->second;
+    return it == tpot_by_model.end() ? nullptr : &it->second;
   }
-  double predict_service(const ScheduledRequest& r) const {
-    return cfg.ttft_s + tpot(r.model) * static_cast<double>(r.est_output_p50);
+  double predict_service(const ScheduledRequest& r, const double* tpot) const {
+    return cfg.ttft_s + (tpot ? *tpot : cfg.tpot_s) * static_cast<double>(r.est_output_p50);
   }
   double effective_deadline(const Rec& r) const {
-    if (r.req.deadline_s) return *r.req.deadline_s;
-    return r.submitted_at + cfg.class_slo_s[static_cast<int>(r.req.priority)];
+    if (r.deadline_s) return *r.deadline_s;
+    return r.submitted_at + cfg.class_slo_s[static_cast<int>(r.priority)];
   }
-  double tokens_of(const ScheduledRequest& r) const {
+  static double tokens_of(const Rec& r) {
+    return static_cast<double>(r.input_tokens) + static_cast<double>(r.est_output_p50);
+  }
+  static double tokens_of(const ScheduledRequest& r) {
     return static_cast<double>(r.input_tokens) + static_cast<double>(r.est_output_p50);
   }
 
@@ -256,7 +282,7 @@ struct Scheduler::Impl {
         break;
       case Policy::cost_priority: {
         const double ref = cost_n ? cost_sum / static_cast<double>(cost_n) : 0.0;
-        const double rel = ref > 0 ? static_cast<double>(r.req.cost_p50.pico()) / ref : 0.0;
+        const double rel = ref > 0 ? static_cast<double>(r.cost_p50.pico()) / ref : 0.0;
         key.k = t0 + cfg.cost_aging_s * rel;
         break;
       }
@@ -264,7 +290,7 @@ struct Scheduler::Impl {
         key.k = effective_deadline(r) - r.pred_service;
         break;
       case Policy::combined:
-        key.cls = static_cast<int>(r.req.priority);
+        key.cls = static_cast<int>(r.priority);
         key.k = std::min({t0 + cfg.sjf_aging * r.pred_service, effective_deadline(r) - r.pred_service, tail_bound(r)});
         break;
     }
@@ -273,6 +299,13 @@ struct Scheduler::Impl {
       key.k = t0;
     }
     return key;
+  }
+
+  // Lines 0-1 of a record are what picking and starting read, line 2 its id.
+  static_assert(offsetof(Rec, req) == 128, "keep Rec's hot fields in its first two cache lines");
+  void prefetch_rec(std::uint32_t slot, std::size_t bytes = sizeof(Rec)) const {
+    const char* p = reinterpret_cast<const char*>(&recs[slot]);
+    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
   }
 
   // The best queued request of a tenant with a non-empty queue.
@@ -285,37 +318,101 @@ struct Scheduler::Impl {
     return u;
   }
 
+  // ---- urgency (combined) -------------------------------------------------------------------------
+
+  static double urgent_bucket(double k) { return std::floor(k); }
+
+  void add_urgent(Rec& r) {
+    if (r.urgent_at == UrgentAt::far) return;  // its entry (the same key) is still waiting there
+    r.urgent_k = effective_deadline(r) - r.pred_service;
+    const double b = urgent_bucket(r.urgent_k);
+    if (b <= urgent_horizon) {
+      urgent.insert(urgent_key(r));
+      r.urgent_at = UrgentAt::near;
+    } else {
+      urgent_far[b].push_back(urgent_key(r));
+      r.urgent_at = UrgentAt::far;
+    }
+  }
+
+  // Moves the far entries that may be within urgency_s of `now` into `urgent`.
+  void advance_urgent(double now) {
+    const double horizon = urgent_bucket(now + cfg.urgency_s);
+    if (horizon <= urgent_horizon) return;
+    urgent_horizon = horizon;
+    while (!urgent_far.empty() && urgent_far.begin()->first <= horizon) {
+      const std::vector<Key>& bucket = urgent_far.begin()->second;
+      for (std::size_t i = 0; i < bucket.size(); ++i) {
+        if (i + 8 < bucket.size()) prefetch_rec(bucket[i + 8].slot, 64);  // records are cold by now
+        const Key& u = bucket[i];
+        Rec& r = recs[u.slot];
+        if (!r.live || r.key.seq != u.seq || r.urgent_at != UrgentAt::far) continue;  // another request's
+        if (r.in_queue) {
+          urgent.insert(u);
+          r.urgent_at = UrgentAt::near;
+        } else {
+          r.urgent_at = UrgentAt::none;
+        }
+      }
+      urgent_far.erase(urgent_far.begin());
+    }
+  }
+
+  void clear_urgent() {
+    urgent.clear();
+    urgent_far.clear();
+    urgent_horizon = -kInf;
+    for (Rec& r : recs) r.urgent_at = UrgentAt::none;
+  }
+
   // ---- tenant ordering -------------------------------------------------------------------------
 
+  // Places a tenant in tenant_order by its current head (and counter); out of it when its queue is
+  // empty. An entry whose key did not change stays where it is.
   void reindex(Tenant& t) {
     const std::uint32_t ti = tenant_idx(t);
-    if (t.indexed) {
-      tenant_order.erase(t.tkey);
-      t.indexed = false;
+    const bool fair = fair_order();
+    if (t.queue.empty()) {
+      if (t.indexed) {
+        tenant_order.erase(t.tkey);
+        t.indexed = false;
+      }
+      return;
     }
-    if (t.in_counters) {
-      active_counters.erase({t.counter_key, ti});
-      t.in_counters = false;
-    }
-    if (t.queue.empty()) return;
     const Key& head = *head_of(t);
+    prefetch_rec(head.slot, 192);  // pick() and start read it next (queued long ago: likely cold)
     TenantKey k;
     k.tenant = ti;
     k.seq = head.seq;
-    if (fair_order()) {
-      k.cls = head.cls;
+    k.cls = head.cls;
+    if (fair) {
       k.a = t.counter;
       k.b = head.k;
-      active_counters.insert({t.counter, ti});
-      t.in_counters = true;
-      t.counter_key = t.counter;
     } else {
-      k.cls = head.cls;
       k.a = head.k;
+    }
+    if (t.indexed) {
+      if (k.cls == t.tkey.cls && k.a == t.tkey.a && k.b == t.tkey.b && k.seq == t.tkey.seq) return;
+      tenant_order.erase(t.tkey);
     }
     t.tkey = k;
     tenant_order.insert(k);
     t.indexed = true;
+  }
+
+  // The least VTC counter among tenants with queued requests (fair orders; tenant_order not empty).
+  // tenant_order sorts by (class, counter, ...): the least is the first entry of one of the classes.
+  double least_counter() const {
+    double least = kInf;
+    for (int cls = 0; cls <= static_cast<int>(Priority::batch); ++cls) {
+      TenantKey first;
+      first.cls = cls;
+      first.a = -kInf;
+      first.b = -kInf;
+      const auto it = tenant_order.lower_bound(first);
+      if (it != tenant_order.end() && it->cls == cls) least = std::min(least, it->a);
+    }
+    return least;
   }
 
   // ---- queue membership --------------------------------------------------------------------------
@@ -326,10 +423,10 @@ struct Scheduler::Impl {
     Tenant& t = tenants[r.tenant];
     r.state = RequestState::queued;
     r.key = make_key(r, slot);
-    if (lift && t.queue.empty() && fair_order() && !active_counters.empty()) {
+    if (lift && t.queue.empty() && fair_order() && !tenant_order.empty()) {
       // VTC's lift: a tenant returning from idle starts at the least counter of the backlogged
       // tenants, so idle time is not banked as credit.
-      t.counter = std::max(t.counter, active_counters.front().first);
+      t.counter = std::max(t.counter, least_counter());
     }
     const bool new_head = t.queue.empty() || r.key < *head_of(t);
     r.in_queue = true;
@@ -338,14 +435,12 @@ struct Scheduler::Impl {
     const std::size_t position = index.insert_ranked(r.key);
     if (new_head) reindex(t);
     if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
-    if (cfg.policy == Policy::combined) {
-      r.urgent_k = effective_deadline(r) - r.pred_service;
-      urgent.insert(urgent_key(r));
-    }
+    if (cfg.policy == Policy::combined) add_urgent(r);
     return position;
   }
 
-  void unqueue(std::uint32_t slot) {
+  // Returns whether it was its tenant's head; `reindex_tenant` false: the caller reindexes it.
+  bool unqueue(std::uint32_t slot, bool reindex_tenant = true) {
     Rec& r = recs[slot];
     Tenant& t = tenants[r.tenant];
     const bool was_head = head_of(t)->seq == r.key.seq;
@@ -353,8 +448,12 @@ struct Scheduler::Impl {
     queued_work = index.size() > 1 ? std::max(0.0, queued_work - r.pred_service) : 0.0;
     t.queue.erase(r.key);
     index.erase(r.key);
-    if (cfg.policy == Policy::combined) urgent.erase(urgent_key(r));  // absent if it was hopeless
-    if (was_head) reindex(t);
+    if (r.urgent_at == UrgentAt::near) {
+      urgent.erase(urgent_key(r));
+      r.urgent_at = UrgentAt::none;
+    }  // a far entry stays (stale unless it is queued again) until its bucket moves
+    if (was_head && reindex_tenant) reindex(t);
+    return was_head;
   }
 
   // `now`: when it enters the lane (NaN: it is being re-keyed and keeps its time).
@@ -391,7 +490,7 @@ struct Scheduler::Impl {
 
   void free_rec(std::uint32_t slot) {
     Rec& r = recs[slot];
-    ids.erase(detail::IdTable::hash(r.req.id), slot);
+    ids.erase(r.id_hash, slot);
     r.live = false;
     r.in_queue = false;
     r.state = RequestState::queued;
@@ -417,14 +516,14 @@ struct Scheduler::Impl {
     if (cfg.max_concurrency && running.size() >= *cfg.max_concurrency) return Block::concurrency;
     if (cfg.tenant_max_concurrency && t.running >= *cfg.tenant_max_concurrency) return Block::tenant_concurrency;
     if (!rpm.has(1.0) || !t.rpm.has(1.0)) return Block::rpm;
-    const double tokens = tokens_of(r.req);
+    const double tokens = tokens_of(r);
     if (!tpm.has(tokens) || !t.tpm.has(tokens)) return Block::tpm;
     if (t.budget) {
       const Budget& b = *t.budget;
-      const Money p90 = r.req.cost_p90;
+      const Money p90 = r.cost_p90;
       if (b.spent.pico() > b.limit.pico() - p90.pico()) return Block::budget_spent;
       Money cap = b.limit;
-      if (lane && r.req.priority == Priority::batch) {
+      if (lane && r.priority == Priority::batch) {
         cap = Money::from_pico(static_cast<std::int64_t>(
             std::floor(static_cast<double>(b.limit.pico()) * cfg.budget_defer_fraction)));
       }
@@ -434,35 +533,36 @@ struct Scheduler::Impl {
   }
 
   double rate_wait(const Rec& r, const Tenant& t) const {
-    const double tokens = tokens_of(r.req);
+    const double tokens = tokens_of(r);
     return std::max({rpm.wait_for(1.0), t.rpm.wait_for(1.0), tpm.wait_for(tokens), t.tpm.wait_for(tokens)});
   }
 
   void start(std::uint32_t slot, double now) {
     Rec& r = recs[slot];
     Tenant& t = tenants[r.tenant];
-    if (r.in_queue) unqueue(slot);
+    bool reindex_tenant = false;  // once, below, after the counter moved
+    if (r.in_queue) reindex_tenant = unqueue(slot, false);
     else if (r.state == RequestState::deferred) unlane(slot);
     r.state = RequestState::running;
     r.started_at = now;
-    const double tokens = tokens_of(r.req);
+    const double tokens = tokens_of(r);
     rpm.level -= rpm.on ? 1.0 : 0.0;
     t.rpm.level -= t.rpm.on ? 1.0 : 0.0;
     if (tpm.on) tpm.level -= tokens;
     if (t.tpm.on) t.tpm.level -= tokens;
     r.tokens_charged = tokens;
-    r.reserved = r.req.cost_p90;
+    r.reserved = r.cost_p90;
     t.reserved += r.reserved;
     reserved_total += r.reserved;
     // The counter is charged the tenant's typical output while the request runs and corrected to
     // the actual tokens at completion (VTC counts tokens as they are decoded; we see them only at
     // the end). A per-request estimate would be noisier: one over-estimate would hold a tenant
     // back, one under-estimate would let it take many slots at once.
-    const double out = std::isnan(t.mean_output) ? static_cast<double>(r.req.est_output_p50) : t.mean_output;
-    r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.req.input_tokens) + cfg.vtc_output_weight * out) /
+    const double out = std::isnan(t.mean_output) ? static_cast<double>(r.est_output_p50) : t.mean_output;
+    r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.input_tokens) + cfg.vtc_output_weight * out) /
                     t.weight;
     t.counter += r.vtc_charged;
-    if (fair_order() && !t.queue.empty()) reindex(t);
+    if (reindex_tenant || (fair_order() && !t.queue.empty())) reindex(t);
     t.running++;
     r.run_pos = static_cast<std::uint32_t>(running.size());
     running.push_back(slot);
@@ -511,9 +611,9 @@ struct Scheduler::Impl {
     mean_service = std::isnan(mean_service) ? dur : 0.95 * mean_service + 0.05 * dur;
     if (out_tok > 0) {
       const double obs = std::max(0.0, dur - cfg.ttft_s) / static_cast<double>(out_tok);
-      auto it = tpot_by_model.find(r.req.model);
-      if (it == tpot_by_model.end()) tpot_by_model.emplace(r.req.model, 0.8 * cfg.tpot_s + 0.2 * obs);
-      else it->second = 0.9 * it->second + 0.1 * obs;
+      double* tp = r.tpot ? r.tpot : learned_tpot(r.req.model);
+      if (!tp) tpot_by_model.emplace(r.req.model, 0.8 * cfg.tpot_s + 0.2 * obs);
+      else *tp = 0.9 * *tp + 0.1 * obs;
     }
   }
 
@@ -525,7 +625,7 @@ struct Scheduler::Impl {
   };
 
   bool expired(const Rec& r, double now) const {
-    return cfg.shed_expired && r.req.deadline_s && now > *r.req.deadline_s;
+    return cfg.shed_expired && r.deadline_s && now > *r.deadline_s;
   }
 
   void shed(std::uint32_t slot, double now, const char* reason, std::string message,
@@ -568,14 +668,18 @@ struct Scheduler::Impl {
       // A request whose latest start time is within urgency_s goes first, across classes and
       // tenants, if it can still make its deadline; hopeless ones leave this heap (they keep their
       // place in the normal order).
-      while (!urgent.empty() && urgent.front().k < now) urgent.erase(Key(urgent.front()));
+      advance_urgent(now);
+      while (!urgent.empty() && urgent.front().k < now) {
+        recs[urgent.front().slot].urgent_at = UrgentAt::none;
+        urgent.erase(Key(urgent.front()));
+      }
       if (!urgent.empty() && urgent.front().k - now <= cfg.urgency_s) {
         const std::uint32_t slot = urgent.front().slot;
         Rec& r = recs[slot];
         Tenant& t = tenants[r.tenant];
         const Block b = blocked(r, t, now, false, false);
         if (b == Block::none) return Pick{slot, false};
-        if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;
+        if (b == Block::tpm && !tpm.has(tokens_of(r))) return p;
       }
     }
     for (const TenantKey& tk : tenant_order) {
@@ -584,7 +688,7 @@ struct Scheduler::Impl {
       Rec& r = recs[slot];
       const Block b = blocked(r, t, now, false, false);
       if (b == Block::none) return Pick{slot, false};
-      if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;  // global: keep the order
+      if (b == Block::tpm && !tpm.has(tokens_of(r))) return p;  // global: keep the order
     }
   lane:
     for (auto it = deferred.begin(); it != deferred.end(); ++it) {
@@ -599,7 +703,7 @@ struct Scheduler::Impl {
         shed_budget(slot, now);
         goto lane;
       }
-      if (b == Block::tpm && !tpm.has(tokens_of(r.req))) return p;
+      if (b == Block::tpm && !tpm.has(tokens_of(r))) return p;
     }
     return p;
   }
@@ -620,7 +724,7 @@ struct Scheduler::Impl {
         const Rec& r = recs[slot];
         if (expired(r, now)) {
           shed(slot, now, "deadline", "The request's deadline passed while it waited in the queue.", std::nullopt);
-        } else if (t.budget && t.budget->spent.pico() > t.budget->limit.pico() - r.req.cost_p90.pico()) {
+        } else if (t.budget && t.budget->spent.pico() > t.budget->limit.pico() - r.cost_p90.pico()) {
           shed_budget(slot, now);
         } else {
           break;
@@ -735,17 +839,26 @@ struct Scheduler::Impl {
     const std::uint32_t slot = new_slot();
     Rec& r = recs[slot];
     r.req = req;
+    r.priority = req.priority;
+    r.deadline_s = req.deadline_s;
+    r.input_tokens = req.input_tokens;
+    r.est_output_p50 = req.est_output_p50;
+    r.cost_p50 = req.cost_p50;
+    r.cost_p90 = req.cost_p90;
     r.live = true;
     r.in_queue = false;
+    r.urgent_at = UrgentAt::none;
     r.state = RequestState::queued;  // not yet in any structure (in_queue false)
     r.budget_deferred = false;
     r.promoted = false;
     r.tenant = tenant_idx(t);
     r.submitted_at = now;
-    r.pred_service = predict_service(req);
+    r.tpot = learned_tpot(req.model);
+    r.pred_service = predict_service(req, r.tpot);
     r.key = Key{};
     r.key.seq = ++seq;
     r.reserved = Money();
+    r.id_hash = id_hash;
     ids.insert(id_hash, slot);  // free_rec releases it
     cost_sum += static_cast<double>(req.cost_p50.pico());
     cost_n++;
@@ -846,7 +959,7 @@ struct Scheduler::Impl {
     const bool timed = rpm.on || tpm.on || cfg.tenant_rpm || cfg.tenant_tpm || cfg.shed_expired || any_budget;
     if (!paused && timed) {
       auto consider = [&](const Rec& r, const Tenant& t, bool lane) {
-        if (cfg.shed_expired && r.req.deadline_s) best = std::min(best, std::nextafter(*r.req.deadline_s, kInf));
+        if (cfg.shed_expired && r.deadline_s) best = std::min(best, std::nextafter(*r.deadline_s, kInf));
         const double w = rate_wait(r, t);
         if (w > 0) best = std::min(best, now + w);
         if (t.budget && (lane || r.budget_deferred)) {
@@ -1168,7 +1281,7 @@ void Scheduler::set_policy(Policy policy) {
   for (std::uint32_t slot : lane) m.unlane(slot);
   m.cfg.policy = policy;
   m.wait_fifo.clear();
-  m.urgent.clear();
+  m.clear_urgent();
   for (Tenant& t : m.tenants) m.reindex(t);
   std::sort(queued.begin(), queued.end(), [&](std::uint32_t a, std::uint32_t b) { return m.recs[a].key.seq < m.recs[b].key.seq; });
   for (std::uint32_t slot : queued) m.enqueue(slot, false);

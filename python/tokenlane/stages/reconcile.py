@@ -58,8 +58,8 @@ class Reconcile:
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
         # Requests the fast path prepared teach the estimator on a native thread, after the
         # response (tokenlane/prepare.hpp); the others here, on the event loop.
-        core = getattr(estimator, "_core", None)
-        self.learner = _core.BackgroundObserver(core) if isinstance(core, _core.Estimator) else None
+        own = isinstance(estimator, Estimator) and type(estimator).observe is Estimator.observe
+        self.learner = _core.BackgroundObserver(estimator._core) if own else None
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""
@@ -186,22 +186,8 @@ class Reconcile:
                 self.estimator.observe(p.request.estimator_input(), model, per_completion,
                                        context={"route": p.route, "tenant": p.identity.tenant},
                                        input_tokens=p.input_tokens, max_tokens=p.request.max_tokens or None)
-        if self.metrics:
-            m = self.metrics
-            c = self._series.get(model) or self._series_of(model)
-            for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
-                                            cost.reasoning_tokens)):
-                if n:
-                    series.inc(n)
-            c.usage_input.observe(cost.input_tokens)
-            c.usage_output.observe(cost.output_tokens)
-            c.cost.inc(actual / PICO_PER_USD)
-            if saved:
-                m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
-            if succeeded and p.est_p50 and cost.output_tokens:
-                c.estimate_error.observe(math.log2(cost.output_tokens / p.est_p50))
-                if cost.output_tokens <= p.est_p90:
-                    c.p90_covered.inc()
+        if self.metrics:  # after the response: nothing the client waits for
+            _after_response(self._count, model, cost, actual, saved, succeeded, p.est_p50, p.est_p90)
         if log.isEnabledFor(logging.INFO):  # building the record costs more than this check
             log.info("tokenlane request done", extra={"tokenlane": {
                 "id": p.id, "tenant": p.identity.tenant, "model": model, "status": fields["status"],
@@ -213,6 +199,26 @@ class Reconcile:
             self.observe.reconciled(p, fields, written if after is not None else None)
         return fields, wait
 
+
+    def _count(self, model: str, cost: Any, actual: int, saved: int, succeeded: bool, est_p50: int,
+               est_p90: int) -> None:
+        """The metrics of one reconciled request."""
+        m = self.metrics
+        assert m is not None
+        c = self._series.get(model) or self._series_of(model)
+        for series, n in zip(c.tokens, (cost.input_tokens, cost.output_tokens, cost.cached_input_tokens,
+                                        cost.reasoning_tokens)):
+            if n:
+                series.inc(n)
+        c.usage_input.observe(cost.input_tokens)
+        c.usage_output.observe(cost.output_tokens)
+        c.cost.inc(actual / PICO_PER_USD)
+        if saved:
+            m.prompt_cache_saved.labels(model).inc(saved / PICO_PER_USD)
+        if succeeded and est_p50 and cost.output_tokens:
+            c.estimate_error.observe(math.log2(cost.output_tokens / est_p50))
+            if cost.output_tokens <= est_p90:
+                c.p90_covered.inc()
 
     def _series_of(self, model: str) -> SimpleNamespace:
         """The metric series of one model (``labels()`` looks them up each call: kept per model)."""
@@ -226,6 +232,15 @@ class Reconcile:
             cost=m.cost.labels(model), estimate_error=m.estimate_error.labels(model),
             p90_covered=m.p90_covered.labels(model))
         return c
+
+
+def _after_response(fn: Callable[..., Any], *args: Any) -> None:
+    """Runs ``fn`` once the event loop is done with this step of the request (its response is on
+    its way), or at once outside a loop."""
+    try:
+        asyncio.get_running_loop().call_soon(fn, *args)
+    except RuntimeError:
+        fn(*args)
 
 
 __all__ = ["Reconcile"]

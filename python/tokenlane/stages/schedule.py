@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from ..asgi_io import DisconnectWatch
 from ..errors import RequestError, refusal
 from ..metrics import Metrics
 from ..scheduler import Scheduler
@@ -32,11 +33,13 @@ class Schedule:
         self._kick: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._decision_series: dict[tuple[str, str, str], Any] = {}  # labels() looks them up each call
 
-    async def __call__(self, p: Priced, disconnected: asyncio.Future[Any] | None = None,
+    async def __call__(self, p: Priced, disconnected: DisconnectWatch | asyncio.Future[Any] | None = None,
                        on_decision: Callable[[Any], None] | None = None) -> Any:
         """Submits and waits until the request may run. Returns the scheduler's Decision; raises
-        RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves)."""
+        RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves).
+        ``disconnected`` (a hang-up, or a watch started if the request has to queue) ends a wait."""
         await self.budget.ensure(p.identity.tenant, p.arrival)  # the scheduler's view of the tenant's budget
         decision = self.scheduler.submit(p.scheduler_request(), self.clock())
         self._count_decision(p, decision)
@@ -53,7 +56,7 @@ class Schedule:
             self._waiters[p.id] = future
             waiters: set[asyncio.Future[Any]] = {future}
             if disconnected is not None:
-                waiters.add(disconnected)
+                waiters.add(disconnected.start() if isinstance(disconnected, DisconnectWatch) else disconnected)
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not future.done():  # the client went away while queued
                 self._waiters.pop(p.id, None)
@@ -94,7 +97,13 @@ class Schedule:
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
         if self.metrics:
-            self.metrics.requests.labels(decision.kind, decision.reason, p.request.model).inc()
+            key = (decision.kind, decision.reason, p.request.model)
+            series = self._decision_series.get(key)
+            if series is None:
+                if len(self._decision_series) > 10_000:  # model names come from requests: stay bounded
+                    self._decision_series.clear()
+                series = self._decision_series[key] = self.metrics.requests.labels(*key)
+            series.inc()
 
     def _ensure_dispatcher(self) -> None:
         loop = asyncio.get_running_loop()
