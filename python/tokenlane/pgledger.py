@@ -8,9 +8,14 @@ ledger writer does.
 
 When PostgreSQL is unreachable, writes (request rows, settlements, releases) go to a local spool
 (an SQLite file, synchronous=FULL, so a written entry survives a crash) and are replayed in order
-once the database answers again. Each entry is applied in one transaction together with its
-``(spool id, sequence)`` mark in ``tokenlane_spool_applied``, so a replay that is interrupted and
-repeated never applies an entry twice. Reads during an outage raise :class:`StorageError`.
+once the database answers again. Every write carries a mark (a random id) that its transaction
+inserts into ``tokenlane_writes``: a write whose connection failed may still have committed (the
+server stopped between its commit and its answer), so it is spooled with its mark, and the replay
+applies it only if the mark is not there yet, in one transaction with the mark. No write is ever
+applied twice, not even a settlement (which adds to the spend), whether the first attempt or an
+interrupted replay committed. The marks of writes that committed and were answered are deleted a
+few seconds later (no spool holds them), the others after a week. Reads during an outage raise
+:class:`StorageError`.
 
 Budget reservations carry a lease. A reservation made with a ``hold`` (the request id) is recorded
 in ``holds`` with its owner (the replica process) and an expiry ``lease_s`` ahead. Every
@@ -69,6 +74,9 @@ _BUDGET_COLUMNS = ("tenant, limit_pico_usd, limit_tokens, period AS window, wind
                    "reserved_pico_usd, spent_tokens, reserved_tokens, updated_at")
 _KEY = re.compile(r"tl-[A-Za-z0-9_-]{40}")
 _WRITES = ("insert_request", "update_request", "settle", "release")  # what the spool keeps
+# A write's mark, inserted by the transaction that applies it (see the module docstring).
+_MARK = "INSERT INTO tokenlane_writes (id, at) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+MARKS_KEPT_S = 7 * 86400.0  # a mark whose process died before it could delete it
 
 
 def postgres_dialect(sql: str) -> str:
@@ -248,6 +256,9 @@ class PostgresLedger:
             raise StorageError(f"cannot open ledger {_safe(url)}: {exc}") from None
         self._spool = Spool(spool or os.environ.get("TOKENLANE_SPOOL") or "tokenlane-spool.db")
         self._down = len(self._spool) > 0  # writes left from a previous run go first
+        self._outage = threading.Lock()  # spooling vs. the replay's "spool empty: back to direct"
+        self._done_marks: list[str] = []  # marks of writes no spool holds: deleted by the replay thread
+        self._marks_lock = threading.Lock()
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay_loop, name="tokenlane-spool", daemon=True)
         self._replayer.start()
@@ -295,17 +306,42 @@ class PostgresLedger:
 
     def _write(self, op: str, args: dict[str, Any]) -> Any:
         """A ledger write: straight to PostgreSQL, or to the spool while it is down (or has a
-        backlog, so that order holds)."""
+        backlog, so that order holds). A write whose connection fails is spooled with its mark:
+        it may have committed all the same, and then its replay applies nothing."""
+        mark = uuid.uuid4().hex
         if not self._down:
             try:
                 with self._conn(transaction=True) as conn:
-                    return getattr(self, "_apply_" + op)(conn, **args)
+                    if op == "statements":  # the mark rides in the same pipeline
+                        result = self._apply_statements(conn, **args, mark=mark)
+                    else:
+                        conn.execute(_MARK, (mark, time.time()))
+                        result = getattr(self, "_apply_" + op)(conn, **args)
+                self._mark_done(mark)  # committed, and known to be: no replay will look for it
+                return result
             except _Down as exc:
-                self._down = True
                 log.warning("tokenlane: PostgreSQL ledger unreachable (%s); spooling writes to %s",
                             exc, self._spool.path)
-        self._spool.append(op, args)
+        with self._outage:
+            self._spool.append(op, {**args, "_mark": mark})
+            self._down = True  # even if the replay just emptied the spool: this entry needs it
         return None
+
+    def _mark_done(self, mark: str) -> None:
+        with self._marks_lock:
+            self._done_marks.append(mark)
+
+    def _forget_marks(self) -> None:
+        """Deletes the marks of writes that no spool holds (answered commits), and week-old ones."""
+        with self._marks_lock:
+            marks, self._done_marks = self._done_marks, []
+        try:
+            with self._conn() as conn:
+                conn.execute("DELETE FROM tokenlane_writes WHERE id = ANY(%s) OR at < %s",
+                             (marks, time.time() - MARKS_KEPT_S))
+        except (_Down, psycopg.Error):
+            with self._marks_lock:
+                self._done_marks[:0] = marks  # next round
 
     def _replay_loop(self) -> None:
         leases_due = 0.0
@@ -321,6 +357,7 @@ class PostgresLedger:
                     self.expire_holds()
                 except (StorageError, psycopg.Error) as exc:  # a deadlock, an outage: next round
                     log.warning("tokenlane: renewing budget holds failed (retried): %s", exc)
+                self._forget_marks()
 
     def replay(self) -> int:
         """Applies spooled writes in order, each exactly once; returns how many were applied.
@@ -329,24 +366,30 @@ class PostgresLedger:
         while True:
             batch = self._spool.head()
             if not batch:
-                if self._down:
-                    log.warning("tokenlane: PostgreSQL ledger is back; spool replayed")
-                self._down = False
+                with self._outage:
+                    if len(self._spool):
+                        continue  # spooled meanwhile
+                    if self._down:
+                        log.warning("tokenlane: PostgreSQL ledger is back; spool replayed")
+                    self._down = False
                 return applied
             for seq, op, args in batch:
+                mark = args.pop("_mark", None) or f"{self._spool.id}:{seq}"  # spooled before marks
                 try:
                     with self._conn(transaction=True) as conn:
-                        fresh = conn.execute(
-                            "INSERT INTO tokenlane_spool_applied (spool, seq, at) VALUES (%s, %s, %s) "
-                            "ON CONFLICT DO NOTHING", (self._spool.id, seq, time.time())).rowcount == 1
+                        # Not there: neither the first attempt nor an earlier replay committed it.
+                        fresh = conn.execute(_MARK, (mark, time.time())).rowcount == 1
                         if fresh:
                             getattr(self, "_apply_" + op)(conn, replayed=True, **args)
+                    if not fresh:
+                        log.warning("tokenlane: spooled ledger write %s had committed before its connection "
+                                    "failed; not applied again", op)
                 except _Down:
                     return applied
                 except InvalidArgumentError as exc:  # it would have failed without the outage too
                     log.error("tokenlane: spooled ledger write %s %s cannot be applied: %s", op, args, exc)
                     fresh = False
-                self._spool.drop(seq)
+                self._spool.drop(seq)  # (its mark stays: another process may share the spool file)
                 applied += fresh
 
     def spooled(self) -> int:
@@ -358,8 +401,9 @@ class PostgresLedger:
             conn.execute("SELECT pg_advisory_xact_lock(7461636)")  # replicas starting together migrate once
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, "
                          "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_spool_applied (spool TEXT NOT NULL, seq BIGINT NOT NULL, "
-                         "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (spool, seq))")
+            conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_writes (id TEXT PRIMARY KEY, "
+                         "at DOUBLE PRECISION NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS tokenlane_writes_at ON tokenlane_writes(at)")
             conn.execute("DO $$ BEGIN CREATE COLLATION tokenlane_nocase (provider = icu, "
                          "locale = 'und-u-ks-level2', deterministic = false); "
                          "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
@@ -529,8 +573,11 @@ class PostgresLedger:
             self._write("statements", {"statements": statements})
         return skipped
 
-    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False) -> None:
+    def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False,
+                          mark: str | None = None) -> None:
         with conn.pipeline():
+            if mark is not None:
+                conn.execute(_MARK, (mark, time.time()))
             for sql, params in statements:
                 conn.execute(sql, params)
 

@@ -47,10 +47,12 @@ class Replicas:
         for i, port in enumerate(self.ports):
             log = open(log_dir / f"replica{i}.log", "wb")
             self.logs.append(log)
+            # Each replica its own spool, as on its own host (own[i] may give it another one)
+            spool = {"TOKENLANE_SPOOL": env["TOKENLANE_SPOOL"].replace(".db", f"-{i}.db")} if "TOKENLANE_SPOOL" in env else {}
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "replica_app:app", "--app-dir", str(REPO / "tests" / "python"),
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                env={**os.environ, **env, **(own[i] if own and i < len(own) else {})}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir))
+                env={**os.environ, **env, **spool, **(own[i] if own and i < len(own) else {})}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir))
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
         self.log_dir = log_dir
         try:

@@ -3,15 +3,19 @@ keeps writes while the database is down (no row lost, none twice)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tokenlane
 from tokenlane import Ledger, StorageError
-from tokenlane.pgledger import PostgresLedger, postgres_dialect
+from tokenlane.pgledger import PostgresLedger, _Down, postgres_dialect
 
 from store_support import fresh_database, services_module
 
@@ -110,7 +114,7 @@ def test_replay_interrupted_after_commit_is_not_applied_twice(pg_url: str, tmp_p
     (seq, op, args), = led._spool.head(1)
     # A replay that committed the first entry and died before dropping it from the spool:
     with led._pool.connection() as conn, conn.transaction():
-        conn.execute("INSERT INTO tokenlane_spool_applied VALUES (%s, %s, 0)", (led._spool.id, seq))
+        conn.execute("INSERT INTO tokenlane_writes VALUES (%s, 0)", (args.pop("_mark"),))
         led._apply_settle(conn, **args)
     assert led.replay() == 1
     assert led.usage("t", NOON)["spent_pico_usd"] == 1200
@@ -143,3 +147,71 @@ def test_budget_holds_are_leased_renewed_and_released_once_when_they_expire(pg_u
     assert led.usage("org", later)["spent_pico_usd"] == 300 and led.holds() == []
     led.close()
     other.close()
+
+
+def _commit_then_lose_connection(led: PostgresLedger, times: int = 1) -> None:
+    """The next ``times`` write transactions commit on the server, then the client sees the
+    connection drop (PostgreSQL stopped between its commit and its answer): commit unknown."""
+    real = led._conn
+    left = [times]
+
+    @contextmanager
+    def conn(*, transaction: bool = False) -> Iterator[Any]:
+        with real(transaction=transaction) as c:
+            yield c
+        if transaction and left[0] > 0:
+            left[0] -= 1
+            raise _Down("server closed the connection unexpectedly")
+
+    led._conn = conn  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("path", ["settle_all", "journal"])
+def test_write_committed_but_answer_lost_is_applied_once(pg_url: str, tmp_path: Path, path: str) -> None:
+    """A settlement whose commit reached PostgreSQL while the client saw the connection fail is
+    spooled (the client cannot know it committed) and replayed: the replay must apply nothing."""
+    led = PostgresLedger(pg_url, spool=str(tmp_path / "spool.db"))
+    led._stop.set()  # this test replays by hand
+    led.set_budget("t", 10**9, window="total", now=NOON)
+    assert led.reserve_all(["t"], 900, NOON, hold="r1") == -1
+    led.insert_request({"id": "r1", "tenant": "t", "status": "running", "created_at": NOON})
+    _commit_then_lose_connection(led)
+    if path == "settle_all":
+        led.settle_all(["t"], 900, 400, NOON + 1, hold="r1")
+    else:
+        record = {"id": "r1", "final": {"status": "succeeded", "cost_pico_usd": 400}, "budgets": ["t"],
+                  "reserved": 900, "actual": 400, "now": NOON + 1}
+        assert led.apply_journal(json.dumps(record).encode() + b"\n") == []
+    assert led.spooled() == 1  # the client saw an outage: it spooled the write
+    assert led.replay() == 0   # the database had committed it: nothing applied again
+    assert led.spooled() == 0 and not led._down
+    budget = led.get_budget("t")
+    assert (budget["spent_pico_usd"], budget["reserved_pico_usd"]) == (400, 0)
+    assert [e["kind"] for e in led.budget_events("t")].count("settle") == 1
+    # Later writes go straight to the database again, each once.
+    led.settle_all(["t"], 0, 100, NOON + 2)
+    assert led.get_budget("t")["spent_pico_usd"] == 500
+    led.close()
+
+
+def test_write_rolled_back_with_the_connection_is_replayed(pg_url: str, tmp_path: Path) -> None:
+    """The other side of the same failure: the connection dropped before the commit, so nothing
+    was written and the replay applies the write (once)."""
+    led = PostgresLedger(pg_url, spool=str(tmp_path / "spool.db"))
+    led._stop.set()
+    led.set_budget("t", 10**9, window="total", now=NOON)
+    real = led._conn
+
+    @contextmanager
+    def lost_before_commit(*, transaction: bool = False) -> Iterator[Any]:
+        led._conn = real  # type: ignore[method-assign]
+        with real(transaction=transaction):
+            raise _Down("server closed the connection unexpectedly")  # rolled back
+        yield  # pragma: no cover
+
+    led._conn = lost_before_commit  # type: ignore[method-assign]
+    led.settle_all(["t"], 0, 300, NOON)
+    assert led.spooled() == 1
+    assert led.replay() == 1
+    assert led.get_budget("t")["spent_pico_usd"] == 300
+    led.close()

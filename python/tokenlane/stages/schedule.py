@@ -33,6 +33,7 @@ class Schedule:
         self._kick: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._decision_series: dict[tuple[str, str, str], Any] = {}  # labels() looks them up each call
 
     async def __call__(self, p: Priced, disconnected: DisconnectWatch | asyncio.Future[Any] | None = None,
                        on_decision: Callable[[Any], None] | None = None) -> Any:
@@ -80,7 +81,7 @@ class Schedule:
         except RequestError:
             self.cancel(p.id)
             if p.state_mode is not None and self.shared is not None:
-                self.shared.settle(p, 0, 0)  # give the slots back
+                self.shared.settle(p, 0, 0, 0)  # give the slots back
             raise
         return decision
 
@@ -91,12 +92,18 @@ class Schedule:
     def complete(self, p: Priced, now: float, actual: int, input_tokens: int, output_tokens: int) -> None:
         self.scheduler.complete(p.id, now, actual, input_tokens, output_tokens)
         if p.state_mode is not None and self.shared is not None:
-            self.shared.settle(p, actual, input_tokens + output_tokens)
+            self.shared.settle(p, actual, input_tokens, output_tokens)
         self.wake()
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
         if self.metrics:
-            self.metrics.requests.labels(decision.kind, decision.reason, p.request.model).inc()
+            key = (decision.kind, decision.reason, p.request.model)
+            series = self._decision_series.get(key)
+            if series is None:
+                if len(self._decision_series) > 10_000:  # model names come from requests: stay bounded
+                    self._decision_series.clear()
+                series = self._decision_series[key] = self.metrics.requests.labels(*key)
+            series.inc()
 
     def _ensure_dispatcher(self) -> None:
         loop = asyncio.get_running_loop()
