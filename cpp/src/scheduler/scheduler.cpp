@@ -167,6 +167,7 @@ struct Scheduler::Impl {
   std::vector<std::uint32_t> free_tenants;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> idle_tenants;  // (tenant, idle_mark), oldest first
   std::uint64_t idle_clock = 0;
+  double last_now = 0;  // the latest clock submit saw (for records created by calls without one)
 
   detail::OrderedIndex<TenantKey> tenant_order;
   detail::OrderedIndex<Key> index;
@@ -891,6 +892,7 @@ struct Scheduler::Impl {
     if (ids.find(id_hash, req.id, id_of()) != kNone)
       throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
     n_submitted++;
+    last_now = std::max(last_now, now);
     Tenant& t = tenant_of(req.tenant);
     note_active(t);
     Decision d = decide(req, t, id_hash, now);
@@ -1161,6 +1163,7 @@ void Scheduler::add_service(const std::string& tenant, std::uint64_t input_token
   t.counter += (m.cfg.vtc_input_weight * static_cast<double>(input_tokens) +
                 m.cfg.vtc_output_weight * static_cast<double>(output_tokens)) / t.weight;
   if (m.fair_order() && !t.queue.empty()) m.reindex(t);
+  m.note_idle(t, m.last_now);  // a tenant served only elsewhere is an idle record here
 }
 
 Decision Scheduler::submit(const ScheduledRequest& request, double now) {
