@@ -22,7 +22,24 @@ std::optional<std::string_view> plain_utf8(PyObject* o) {
   return std::string_view(data, static_cast<std::size_t>(size));
 }
 
-// Reads `messages` into `chat` when every message is a dict of strings with a role.
+// Reads a content given as a list of {"type": "text", "text": str} parts (one Field per part).
+bool read_text_parts(PyObject* parts, std::string_view key, PlainChat& chat) {
+  const Py_ssize_t n = PyList_GET_SIZE(parts);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* part = PyList_GET_ITEM(parts, i);
+    if (!PyDict_CheckExact(part)) return false;
+    PyObject* type = PyDict_GetItemString(part, "type");
+    PyObject* text = PyDict_GetItemString(part, "text");
+    if (type == nullptr || text == nullptr || plain_utf8(type) != std::optional<std::string_view>("text")) return false;
+    auto v = plain_utf8(text);
+    if (!v) return false;
+    chat.fields.push_back({key, *v, true});
+  }
+  return true;
+}
+
+// Reads `messages` into `chat` when every message is a dict of strings with a role (the content
+// may be a list of text parts).
 bool read_plain(const py::handle& messages, PlainChat& chat) {
   PyObject* list = messages.ptr();
   if (!PyList_CheckExact(list)) return false;
@@ -35,8 +52,13 @@ bool read_plain(const py::handle& messages, PlainChat& chat) {
     bool has_role = false;
     while (PyDict_Next(m, &pos, &key, &value)) {
       auto k = plain_utf8(key);
+      if (!k) return false;
+      if (*k == "content" && PyList_CheckExact(value)) {
+        if (!read_text_parts(value, *k, chat)) return false;
+        continue;
+      }
       auto v = plain_utf8(value);
-      if (!k || !v) return false;
+      if (!v) return false;
       has_role = has_role || *k == "role";
       chat.fields.push_back({*k, *v});
     }

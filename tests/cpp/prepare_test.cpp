@@ -104,3 +104,18 @@ TEST_CASE("prepare_chat gives the prompt-cache prediction its last message and p
   CHECK(d->prefix_hash == 0);
   CHECK(d->last_message_tokens == d->input_tokens);
 }
+
+TEST_CASE("prepare_chat takes a content given as text parts", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  PlainChat chat;
+  chat.fields.push_back({"role", "user"});
+  chat.fields.push_back({"content", "Hello", true});
+  chat.fields.push_back({"content", "", true});
+  chat.fields.push_back({"content", "world", true});
+  chat.end_message();
+  auto p = prepare_chat(*enc, est, *table(), chat, {"gpt-4o", "", "", std::nullopt, 1, 4096});
+  CHECK(p->input_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": [{"type": "text", "text": "Hello"},
+      {"type": "text", "text": ""}, {"type": "text", "text": "world"}]}])", "gpt-4o"));
+  CHECK(p->prompt == "user\x1fHello\nworld");  // as the estimators' flattening joins text parts
+}

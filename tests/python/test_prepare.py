@@ -43,10 +43,14 @@ PLAIN = [
     {"model": "gpt-3.5-turbo-0301", "messages": [{"role": "user", "name": "al", "content": "Grüße, 世界 🎉"}]},
     {"model": "gpt-4o-mini", "max_completion_tokens": 0, "messages": [{"role": "user", "content": LONG}]},
     {"model": "gpt-4-turbo", "messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": "<|endoftext|>"}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": ""},
+                                                                 {"type": "text", "text": "there"}]},
+                                     {"role": "user", "content": []}]},
 ]
 
 NOT_PLAIN = [
-    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
     {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None,
                                       "tool_calls": [{"id": "1", "type": "function",
                                                       "function": {"name": "f", "arguments": "{}"}}]}]},

@@ -3,7 +3,7 @@
 // online update after the response, on a thread of its own.
 //
 // The fast path takes *plain* chat requests, the usual case: every field of every message a string
-// (role, content, name), no tools or functions. Its results equal those of the general path
+// (role, content, name) or, for the content, a list of text parts; no tools or functions. Its results equal those of the general path
 // (count_chat_tokens on the body, Estimator::estimate on the flattened prompt, Pricing::cost), which
 // every other shape takes (tests/cpp/prepare_test.cpp and tests/python/test_prepare.py hold the two
 // together).
@@ -38,6 +38,7 @@ namespace tokenlane {
 struct PlainChat {
   struct Field {
     std::string_view key, value;
+    bool part = false;  // one text part of a content given as a list of parts (one Field each)
   };
   std::vector<Field> fields;                 // every message's fields, message after message
   std::vector<std::uint32_t> message_ends;   // per message: one past its last field in `fields`
