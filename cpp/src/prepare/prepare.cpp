@@ -67,6 +67,10 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
     }
     begin = end;
   }
+  if (!query.tools_json.empty()) {  // the tool definitions are part of the prompt, and of its cached prefix
+    tokens += static_cast<long>(count_chat_tools(encoding, query.tools_json, query.model));
+    p.prefix_hash = mix(p.prefix_hash, query.tools_json);
+  }
   p.input_tokens = static_cast<std::uint64_t>(std::max(0L, tokens));
   p.last_message_tokens = static_cast<std::uint64_t>(std::max(0L, framing.reply_priming + message_tokens));
 
