@@ -80,3 +80,63 @@ TEST_CASE("BackgroundObserver teaches the estimator on its own thread, as observ
   CHECK(taught->to_json() == direct.to_json());
   CHECK(observer.dropped() == 0);
 }
+
+TEST_CASE("prepare_chat gives the prompt-cache prediction its last message and prefix", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  const PrepareQuery q{"gpt-4o", "/chat", "acme", std::nullopt, 1, 4096};
+  auto chat = [](std::string_view first, std::string_view last) {
+    PlainChat c;
+    c.add({{"role", "system"}, {"content", first}});
+    c.add({{"role", "user"}, {"content", last}});
+    return c;
+  };
+  auto a = prepare_chat(*enc, est, *table(), chat("Be terse.", "Why?"), q);
+  auto b = prepare_chat(*enc, est, *table(), chat("Be terse.", "How?"), q);
+  auto c = prepare_chat(*enc, est, *table(), chat("Be verbose.", "Why?"), q);
+  CHECK(a->last_message_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": "Why?"}])", "gpt-4o"));
+  CHECK(a->prefix_hash != 0);
+  CHECK(a->prefix_hash == b->prefix_hash);  // the same prefix, another last turn
+  CHECK(a->prefix_hash != c->prefix_hash);
+  PlainChat one;
+  one.add({{"role", "user"}, {"content", "Why?"}});
+  auto d = prepare_chat(*enc, est, *table(), one, q);
+  CHECK(d->prefix_hash == 0);
+  CHECK(d->last_message_tokens == d->input_tokens);
+}
+
+TEST_CASE("prepare_chat takes a content given as text parts", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  PlainChat chat;
+  chat.fields.push_back({"role", "user"});
+  chat.fields.push_back({"content", "Hello", true});
+  chat.fields.push_back({"content", "", true});
+  chat.fields.push_back({"content", "world", true});
+  chat.end_message();
+  auto p = prepare_chat(*enc, est, *table(), chat, {"gpt-4o", "", "", std::nullopt, 1, 4096});
+  CHECK(p->input_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": [{"type": "text", "text": "Hello"},
+      {"type": "text", "text": ""}, {"type": "text", "text": "world"}]}])", "gpt-4o"));
+  CHECK(p->prompt == "user\x1fHello\nworld");  // as the estimators' flattening joins text parts
+}
+
+TEST_CASE("prepare_chat counts tool definitions and tool calls as count_chat_tokens does", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  const char* tools = R"([{"type": "function", "function": {"name": "get_weather", "description": "Now.",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])";
+  PlainChat chat;
+  chat.add({{"role", "user"}, {"content", "Weather?"}});
+  chat.fields.push_back({"role", "assistant"});
+  chat.fields.push_back({"tool_calls", "get_weather", true});
+  chat.fields.push_back({"tool_calls", R"({"city": "Paris"})", true});
+  chat.end_message();
+  PrepareQuery q{"gpt-4o", "", "", std::nullopt, 1, 4096};
+  q.tools_json = tools;
+  auto p = prepare_chat(*enc, est, *table(), chat, q);
+  const std::string body = std::string(R"({"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant",
+      "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather",
+      "arguments": "{\"city\": \"Paris\"}"}}]}], "tools": )") + tools + "}";
+  CHECK(p->input_tokens == count_chat_tokens(*enc, body, "gpt-4o"));
+  CHECK(p->prompt == "user\x1fWeather?\x1e" "assistant\x1f");
+}

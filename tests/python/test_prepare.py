@@ -36,6 +36,10 @@ def _stages(**settings):
     return stage(True), stage(False)
 
 
+TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather now.", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "A city"}, "unit": {"type": "string", "enum": ["c", "f"]}}}}}
+
 PLAIN = [
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
     {"model": "gpt-4o", "max_tokens": 50, "n": 3,
@@ -43,15 +47,23 @@ PLAIN = [
     {"model": "gpt-3.5-turbo-0301", "messages": [{"role": "user", "name": "al", "content": "Grüße, 世界 🎉"}]},
     {"model": "gpt-4o-mini", "max_completion_tokens": 0, "messages": [{"role": "user", "content": LONG}]},
     {"model": "gpt-4-turbo", "messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": "<|endoftext|>"}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": ""},
+                                                                 {"type": "text", "text": "there"}]},
+                                     {"role": "user", "content": []}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [TOOL]},
+    {"model": "gpt-4o-mini", "tools": [TOOL], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 °C, clear"}]},
 ]
 
 NOT_PLAIN = [
-    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
-    {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None,
-                                      "tool_calls": [{"id": "1", "type": "function",
-                                                      "function": {"name": "f", "arguments": "{}"}}]}]},
-    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}],
-     "tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "functions": [TOOL["function"]]},
+    {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"not": "a string"}}}]}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
     {"model": "claude-3-5-sonnet-20241022", "messages": [{"role": "user", "content": "Hi"}]},  # no exact encoding
 ]
 
@@ -82,6 +94,27 @@ def test_prompt_cache_prediction_on_the_fast_path() -> None:
         {f: getattr(_priced(general, body, 1020.0), f) for f in FIELDS}
 
 
+def test_prompt_cache_prediction_of_a_conversation() -> None:
+    """The fast path predicts from the core's prefix hash what the general path predicts from the
+    serialised prefix: a hit for the same earlier turns, a miss when they change."""
+    turns = [{"role": "system", "content": LONG}]
+    for i in range(6):
+        turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}: " + LONG[:300]})
+
+    def ask(last: str, earlier: list | None = None) -> dict:
+        return {"model": "gpt-4o-mini", "messages": [*(earlier or turns), {"role": "user", "content": last}]}
+
+    fast, general = _stages()
+    for price in (fast, general):
+        assert _priced(price, ask("first?"), 1000.0).predicted_cached_tokens == 0
+        assert _priced(price, ask("second?"), 1001.0).predicted_cached_tokens >= 1024
+        assert _priced(price, ask("third?", turns[:-1] + [{"role": "assistant", "content": "changed"}]),
+                       1002.0).predicted_cached_tokens == 0
+    a, b = _priced(fast, ask("fourth?"), 1003.0), _priced(general, ask("fourth?"), 1003.0)
+    assert a.prepared is not None and b.prepared is None
+    assert {f: getattr(a, f) for f in FIELDS} == {f: getattr(b, f) for f in FIELDS}
+
+
 @pytest.mark.parametrize(("settings", "body", "status", "code"), [
     ({}, {"model": "gpt-4o", "messages": [{"role": "user", "content": LONG * 90}]}, 413, "context_length_exceeded"),
     ({"max_input_tokens": 10}, {"model": "gpt-4o", "messages": [{"role": "user", "content": LONG}]}, 413,
@@ -92,6 +125,16 @@ def test_fast_path_refuses_as_the_general_path(settings: dict, body: dict, statu
         with pytest.raises(tokenlane.RequestError) as err:
             _priced(price, body)
         assert (err.value.status, err.value.code) == (status, code)
+
+
+def test_a_malformed_tool_is_refused_as_the_general_path_refuses_it() -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}
+    errors = []
+    for price in _stages():
+        with pytest.raises(ValueError) as err:
+            _priced(price, body)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "tools[0]" in errors[0]
 
 
 def test_model_without_a_price() -> None:
@@ -117,3 +160,15 @@ def test_background_observer_teaches_as_observe_does() -> None:
                        input_tokens=p.input_tokens)
     learner.flush()
     assert taught.to_json() == direct.to_json() and learner.dropped == 0
+
+
+def test_an_estimator_that_overrides_observe_is_called_itself(tmp_path) -> None:
+    """The native update bypasses Python: an estimator subclass with its own ``observe`` keeps it."""
+    from tokenlane.runtime import Tokenlane
+
+    class Logged(tokenlane.HistoryEstimator):
+        def observe(self, *args, **kwargs):
+            super().observe(*args, **kwargs)
+
+    assert Tokenlane(db=str(tmp_path / "a.db"), estimator=Logged()).reconcile.learner is None
+    assert Tokenlane(db=str(tmp_path / "b.db")).reconcile.learner is not None
