@@ -60,7 +60,7 @@ void register_prepare(py::module_& m) {
       .def_readonly("prompt", &PreparedChat::prompt);
 
   // (prepared, input_tokens, priced, max_input_tokens, max_output, p50, p90, source, cost_p50,
-  //  cost_p90, cost_max), or None when the messages are not plain (the caller takes the general path).
+  //  cost_p90, cost_max, last_message_tokens, prefix_hash), or None when the messages are not plain (the caller takes the general path).
   m.def("prepare_chat",
         [](const Encoding& encoding, const Estimator& estimator, const Pricing& pricing, const py::handle& messages,
            std::string_view model, std::string_view route, std::string_view tenant, Opt max_tokens, std::uint64_t n,
@@ -81,7 +81,7 @@ void register_prepare(py::module_& m) {
           const PreparedChat& r = *p;
           return py::make_tuple(p, r.input_tokens, r.priced, optional_int(r.max_input_tokens), r.max_output,
                                 r.estimate.p50 * n, r.estimate.p90 * n, r.estimate.source, r.cost_p50, r.cost_p90,
-                                r.cost_max);
+                                r.cost_max, r.last_message_tokens, r.prefix_hash);
         });
 
   py::class_<BackgroundObserver>(m, "BackgroundObserver")

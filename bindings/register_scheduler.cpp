@@ -93,6 +93,7 @@ void register_scheduler(py::module_& m) {
              s.set_spent(tenant, Money::from_pico(spent), now);
            })
       .def("set_weight", &Scheduler::set_weight, py::call_guard<py::gil_scoped_release>())
+      .def("add_service", &Scheduler::add_service, py::call_guard<py::gil_scoped_release>())
       .def("submit",
            [](Scheduler& s, std::string id, std::string tenant, std::string user, std::string model,
               const std::string& priority, std::optional<double> deadline_s, std::uint64_t input_tokens,

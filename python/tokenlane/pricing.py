@@ -31,6 +31,12 @@ _MONEY_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", 
 def _cost_fields(cls: type) -> tuple[str, ...]:
     """A dataclass's field names, looked up once (dataclasses.fields builds them on every call)."""
     return tuple(f.name for f in fields(cls))
+@functools.lru_cache(maxsize=None)
+def _core_keys(cls: type) -> tuple[str, ...]:
+    """The core's cost dict keys, in the order of the dataclass's fields ("input_pico_usd" is "input")."""
+    return tuple(name.removesuffix("_pico_usd") for name in _cost_fields(cls))
+
+
 _COUNT_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
@@ -73,9 +79,7 @@ class Cost:
 
     @classmethod
     def _from_core(cls, d: Mapping[str, Any]) -> Cost:
-        money = {f"{k}_pico_usd": d[k] for k in _MONEY_FIELDS}
-        rest = {name: d[name] for name in _cost_fields(cls) if name in d}
-        return cls(**rest, **money)
+        return cls(*[d[key] for key in _core_keys(cls)])  # positionally: once per priced request
 
     @property
     def usd(self) -> float:

@@ -132,7 +132,8 @@ class Tokenlane:
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
         # With state="redis://...": global slots and TPM/RPM buckets in Redis (SharedLimits); budgets
         # stay in the ledger (self.state above), at every level.
-        self.shared = SharedLimits(s, self.ledger, self.thread, self.budget, self.metrics, clock) if s.state else None
+        self.shared = (SharedLimits(s, self.ledger, self.thread, self.budget, self.metrics, clock,
+                                    add_service=self.scheduler.add_service) if s.state else None)
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock, self.shared)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
@@ -559,6 +560,7 @@ class Tokenlane:
         if self.shared is None:
             return
         self.jobs.start_worker()
+        self.shared.fleet.start()  # the fair share sees every replica's service
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_queue(), name="tokenlane-queue")
 

@@ -167,6 +167,13 @@ class Scheduler:
         """Fair-share weight (default 1): a weight-2 tenant gets twice the service under contention."""
         self._core.set_weight(_name(tenant, "tenant"), float(weight))
 
+    def add_service(self, tenant: str, input_tokens: int, output_tokens: int) -> None:
+        """Service the tenant received on other replicas: added to its fair-share counter (weighted
+        as a completion here), so ``fair`` and ``default`` order by the fleet's service."""
+        if min(input_tokens, output_tokens) < 0:
+            raise _core.InvalidArgumentError("token counts cannot be negative")
+        self._core.add_service(_name(tenant, "tenant"), int(input_tokens), int(output_tokens))
+
     # -- the request lifecycle -----------------------------------------------------------------------
 
     def submit(self, request: Mapping[str, Any], now: float) -> Decision:

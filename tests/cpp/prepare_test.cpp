@@ -80,3 +80,27 @@ TEST_CASE("BackgroundObserver teaches the estimator on its own thread, as observ
   CHECK(taught->to_json() == direct.to_json());
   CHECK(observer.dropped() == 0);
 }
+
+TEST_CASE("prepare_chat gives the prompt-cache prediction its last message and prefix", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  const PrepareQuery q{"gpt-4o", "/chat", "acme", std::nullopt, 1, 4096};
+  auto chat = [](std::string_view first, std::string_view last) {
+    PlainChat c;
+    c.add({{"role", "system"}, {"content", first}});
+    c.add({{"role", "user"}, {"content", last}});
+    return c;
+  };
+  auto a = prepare_chat(*enc, est, *table(), chat("Be terse.", "Why?"), q);
+  auto b = prepare_chat(*enc, est, *table(), chat("Be terse.", "How?"), q);
+  auto c = prepare_chat(*enc, est, *table(), chat("Be verbose.", "Why?"), q);
+  CHECK(a->last_message_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": "Why?"}])", "gpt-4o"));
+  CHECK(a->prefix_hash != 0);
+  CHECK(a->prefix_hash == b->prefix_hash);  // the same prefix, another last turn
+  CHECK(a->prefix_hash != c->prefix_hash);
+  PlainChat one;
+  one.add({{"role", "user"}, {"content", "Why?"}});
+  auto d = prepare_chat(*enc, est, *table(), one, q);
+  CHECK(d->prefix_hash == 0);
+  CHECK(d->last_message_tokens == d->input_tokens);
+}

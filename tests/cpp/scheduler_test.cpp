@@ -198,6 +198,27 @@ TEST_CASE("fair shares service between tenants by virtual token counters", "[sch
   }
 }
 
+TEST_CASE("service done elsewhere counts in the fair share (replicas)", "[scheduler][policy]") {
+  for (Policy policy : {Policy::fair, Policy::combined}) {
+    Scheduler s(cfg(policy));
+    REQUIRE(s.submit(req("blocker"), 0).kind == DecisionKind::admit);
+    CHECK(s.submit(req("heavy0", 100, 1000, "heavy"), 0.001).kind == DecisionKind::queue);
+    CHECK(s.submit(req("light0", 100, 1000, "light"), 0.002).kind == DecisionKind::queue);
+    // Locally both are even (heavy came first); another replica served "heavy" 5,000 tokens.
+    s.add_service("heavy", 1000, 2000);
+    s.complete("blocker", 0.003, Money::from_pico(0), 10, 100);
+    CHECK(s.pop_ready(0.003) == std::vector<std::string>{"light0"});
+  }
+  SECTION("without it, the earlier request of the tied tenants goes first") {
+    Scheduler s(cfg(Policy::fair));
+    REQUIRE(s.submit(req("blocker"), 0).kind == DecisionKind::admit);
+    s.submit(req("heavy0", 100, 1000, "heavy"), 0.001);
+    s.submit(req("light0", 100, 1000, "light"), 0.002);
+    s.complete("blocker", 0.003, Money::from_pico(0), 10, 100);
+    CHECK(s.pop_ready(0.003) == std::vector<std::string>{"heavy0"});
+  }
+}
+
 TEST_CASE("default: interactive first, short before long, batch in the deferred lane", "[scheduler][policy]") {
   Scheduler s(cfg(Policy::combined));
   auto order = drain_order(s, {req("std_long", 2000), req("std_short", 20),

@@ -3,12 +3,14 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "tokenlane/approx.hpp"
 #include "tokenlane/tokenizer.hpp"
+#include "tokenizer/pretokenize.hpp"
 
 using tokenlane::Error;
 using tokenlane::ErrorCode;
@@ -52,6 +54,34 @@ TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
     }
   }
   CHECK(checked > 300);
+}
+
+TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
+  // The window rules restate the regex over ASCII; the scalar path is the reference (it is checked
+  // against tiktoken by the parity tests). Random text over the bytes the rules treat specially.
+  using namespace tokenlane::detail;
+  const char* const atoms[] = {"a", "s", "t", "l", "v", "e", "r", "m", "d", "A", "S", "T", "L", " ", " ", "\t",
+                               "\n", "\r", "\v", "\f", ".", ",", "/", "'", "'", "0", "1", "2", "-", "\"",
+                               "\x1c", "\x7f", "\xc3\xa9", "\xc2\xa0", "\xe2\x80\x99", "\xc5\xbf", "  ", "\n\n",
+                               "\r\n", "The", "it"};
+  const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
+  std::mt19937_64 rng(20261205);
+  for (int round = 0; round < 20000; ++round) {
+    // A random slice of the atoms, so that some texts are all letters, some all spaces or digits.
+    const std::size_t width = 3 + rng() % (n_atoms - 3), first = rng() % (n_atoms - width + 1);
+    std::string text;
+    for (std::size_t k = rng() % 300; k > 0; --k) text += atoms[first + rng() % width];
+    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+    std::vector<std::size_t> windowed, scalar;
+    split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
+    const Cursor t(s, text.size());
+    const AsciiScan a{s, text.size()};
+    for (std::size_t i = 0; i < text.size(); i = o200k_scalar_piece_end(t, a, i)) {
+      scalar.push_back(o200k_scalar_piece_end(t, a, i));
+    }
+    INFO("text: " << text);
+    REQUIRE(windowed == scalar);
+  }
 }
 
 TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {

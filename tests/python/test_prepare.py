@@ -82,6 +82,27 @@ def test_prompt_cache_prediction_on_the_fast_path() -> None:
         {f: getattr(_priced(general, body, 1020.0), f) for f in FIELDS}
 
 
+def test_prompt_cache_prediction_of_a_conversation() -> None:
+    """The fast path predicts from the core's prefix hash what the general path predicts from the
+    serialised prefix: a hit for the same earlier turns, a miss when they change."""
+    turns = [{"role": "system", "content": LONG}]
+    for i in range(6):
+        turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}: " + LONG[:300]})
+
+    def ask(last: str, earlier: list | None = None) -> dict:
+        return {"model": "gpt-4o-mini", "messages": [*(earlier or turns), {"role": "user", "content": last}]}
+
+    fast, general = _stages()
+    for price in (fast, general):
+        assert _priced(price, ask("first?"), 1000.0).predicted_cached_tokens == 0
+        assert _priced(price, ask("second?"), 1001.0).predicted_cached_tokens >= 1024
+        assert _priced(price, ask("third?", turns[:-1] + [{"role": "assistant", "content": "changed"}]),
+                       1002.0).predicted_cached_tokens == 0
+    a, b = _priced(fast, ask("fourth?"), 1003.0), _priced(general, ask("fourth?"), 1003.0)
+    assert a.prepared is not None and b.prepared is None
+    assert {f: getattr(a, f) for f in FIELDS} == {f: getattr(b, f) for f in FIELDS}
+
+
 @pytest.mark.parametrize(("settings", "body", "status", "code"), [
     ({}, {"model": "gpt-4o", "messages": [{"role": "user", "content": LONG * 90}]}, 413, "context_length_exceeded"),
     ({"max_input_tokens": 10}, {"model": "gpt-4o", "messages": [{"role": "user", "content": LONG}]}, 413,
@@ -117,3 +138,15 @@ def test_background_observer_teaches_as_observe_does() -> None:
                        input_tokens=p.input_tokens)
     learner.flush()
     assert taught.to_json() == direct.to_json() and learner.dropped == 0
+
+
+def test_an_estimator_that_overrides_observe_is_called_itself(tmp_path) -> None:
+    """The native update bypasses Python: an estimator subclass with its own ``observe`` keeps it."""
+    from tokenlane.runtime import Tokenlane
+
+    class Logged(tokenlane.HistoryEstimator):
+        def observe(self, *args, **kwargs):
+            super().observe(*args, **kwargs)
+
+    assert Tokenlane(db=str(tmp_path / "a.db"), estimator=Logged()).reconcile.learner is None
+    assert Tokenlane(db=str(tmp_path / "b.db")).reconcile.learner is not None

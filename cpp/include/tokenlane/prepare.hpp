@@ -60,6 +60,10 @@ struct PreparedChat {
   std::string model, route, tenant;  // kept for the estimator's update after the response
   std::string prompt;                // the messages flattened as estimators read them
   std::uint64_t input_tokens = 0;    // exact, as OpenAI bills the prompt
+  // For the provider prompt-cache prediction: the last message counted as a request of its own,
+  // and a hash of every message before it (0 with one message; equal prefixes, equal hashes).
+  std::uint64_t last_message_tokens = 0;
+  std::uint64_t prefix_hash = 0;
   bool priced = false;  // false: the model has no price and there is no fallback (nothing below set)
   std::optional<std::uint64_t> max_input_tokens;  // the model's context limit, if the table has one
   std::uint64_t max_output = 0;                   // per completion: min(max_tokens, the model's limit)

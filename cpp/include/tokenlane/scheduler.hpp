@@ -183,6 +183,10 @@ class Scheduler {
   void set_spent(const std::string& tenant, Money spent, double now);
   // Fair-share weight of a tenant (> 0, default 1): a weight-2 tenant gets twice the service.
   void set_weight(const std::string& tenant, double weight);
+  // Service the tenant received elsewhere (other replicas of the same service, which share the
+  // counts through Redis): added to its fair-share (VTC) counter, weighted as a completion here
+  // would be, so the fair orders rank tenants by the fleet's service, not only this process's.
+  void add_service(const std::string& tenant, std::uint64_t input_tokens, std::uint64_t output_tokens);
 
   // Throws Error(invalid_argument) on malformed requests (empty or live id, p90 < p50, negative
   // costs, non-finite times).

@@ -1,11 +1,18 @@
 #include "tokenlane/prepare.hpp"
 
 #include <algorithm>
+#include <functional>
 
 #include "tokenlane/chat.hpp"
 
 namespace tokenlane {
 namespace {
+
+// Folds `text` into a running 64-bit hash (boost's hash_combine over the standard library's hash).
+std::uint64_t mix(std::uint64_t h, std::string_view text) {
+  const std::uint64_t v = std::hash<std::string_view>{}(text);
+  return h ^ (v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
+}
 
 std::int64_t total(const Pricing& pricing, std::string_view model, std::uint64_t input, std::uint64_t output) {
   CostQuery q;
@@ -32,23 +39,30 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
   for (const auto& f : chat.fields) prompt_bytes += f.value.size() + 2;
   p.prompt.reserve(prompt_bytes);
   std::uint32_t begin = 0;
-  for (std::size_t m = 0; m < chat.message_ends.size(); ++m) {
+  long message_tokens = 0;
+  const std::size_t messages = chat.message_ends.size();
+  for (std::size_t m = 0; m < messages; ++m) {
     const std::uint32_t end = chat.message_ends[m];
     std::string_view role, content;
-    tokens += framing.per_message;
+    message_tokens = framing.per_message;
+    const bool in_prefix = m + 1 < messages;
     for (std::uint32_t i = begin; i < end; ++i) {
       const PlainChat::Field& f = chat.fields[i];
-      tokens += static_cast<long>(encoding.count(f.value));
-      if (f.key == "name") tokens += framing.per_name;
+      message_tokens += static_cast<long>(encoding.count(f.value));
+      if (f.key == "name") message_tokens += framing.per_name;
       if (f.key == "role") role = f.value;
       if (f.key == "content") content = f.value;
+      if (in_prefix) p.prefix_hash = mix(mix(p.prefix_hash, f.key), f.value);
     }
+    if (in_prefix) p.prefix_hash = mix(p.prefix_hash, "\x1e");  // message boundary
+    tokens += message_tokens;
     if (m > 0) p.prompt += kMessageSeparator;
     p.prompt.append(role).push_back(kRoleSeparator);
     p.prompt.append(content);
     begin = end;
   }
   p.input_tokens = static_cast<std::uint64_t>(std::max(0L, tokens));
+  p.last_message_tokens = static_cast<std::uint64_t>(std::max(0L, framing.reply_priming + message_tokens));
 
   const bool known = pricing.resolve(query.model).has_value();
   if (!known && !pricing.has_fallback()) return out;

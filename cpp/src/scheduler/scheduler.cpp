@@ -1062,6 +1062,15 @@ void Scheduler::set_weight(const std::string& tenant, double weight) {
   impl_->tenant_of(tenant).weight = weight;
 }
 
+void Scheduler::add_service(const std::string& tenant, std::uint64_t input_tokens, std::uint64_t output_tokens) {
+  std::lock_guard lock(impl_->mu);
+  Impl& m = *impl_;
+  Tenant& t = m.tenant_of(tenant);
+  t.counter += (m.cfg.vtc_input_weight * static_cast<double>(input_tokens) +
+                m.cfg.vtc_output_weight * static_cast<double>(output_tokens)) / t.weight;
+  if (m.fair_order() && !t.queue.empty()) m.reindex(t);
+}
+
 Decision Scheduler::submit(const ScheduledRequest& request, double now) {
   check_time(now);
   if (request.id.empty()) throw Error(ErrorCode::invalid_argument, "request id must not be empty");

@@ -6,8 +6,14 @@
 // alternatives, because the regex engine takes the first alternative that matches.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "unicode.hpp"
 
@@ -430,6 +436,166 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
   return e;
 }
 
+
+// o200k_base over 64 ASCII bytes at a time ("bit-parallel"): every byte class becomes a 64-bit mask
+// (bit k = byte k of the window), and the piece starts of the whole window come from a few dozen
+// whole-word operations on the masks instead of a branchy walk per piece, whose dispatch on the
+// piece kind mispredicts about once per piece. The rules below restate the regex's alternatives
+// over ASCII, given that the window starts at a piece start (see o200k_window). Only pieces whose
+// boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
+// non-ASCII byte, near the end of the text, and at the rare patterns the masks do not model.
+struct AsciiMasks {
+  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash;
+  // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only.
+};
+
+// Classifies s[0, 64). SSE2 is part of x86-64, so it needs no runtime dispatch; other targets use
+// the portable loop (same masks, one byte at a time).
+TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
+  AsciiMasks m{};
+#if defined(__SSE2__)
+  auto range = [](__m128i v, char lo, char hi) {  // signed compares: bytes >= 0x80 never match
+    return _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(static_cast<char>(lo - 1))),
+                         _mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(hi + 1))));
+  };
+  auto eq = [](__m128i v, char c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(c)); };
+  auto bits = [](__m128i v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm_movemask_epi8(v))); };
+  for (int q = 0; q < 4; ++q) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+    const int sh = 16 * q;
+    const __m128i space = eq(v, ' ');
+    const __m128i newline = _mm_or_si128(eq(v, '\n'), eq(v, '\r'));
+    const __m128i ws = _mm_or_si128(range(v, 0x09, 0x0D), space);
+    m.lower |= bits(range(v, 'a', 'z')) << sh;
+    m.upper |= bits(range(v, 'A', 'Z')) << sh;
+    m.digit |= bits(range(v, '0', '9')) << sh;
+    m.newline |= bits(newline) << sh;
+    m.space |= bits(space) << sh;
+    m.blank |= bits(_mm_andnot_si128(newline, ws)) << sh;
+    m.high |= bits(v) << sh;
+    m.apostrophe |= bits(eq(v, '\'')) << sh;
+    m.slash |= bits(eq(v, '/')) << sh;
+  }
+#else
+  for (int k = 0; k < 64; ++k) {
+    const std::uint64_t bit = std::uint64_t{1} << k;
+    const unsigned char b = s[k];
+    switch (kByteKind.of[b]) {
+      case kbLower: m.lower |= bit; break;
+      case kbUpper: m.upper |= bit; break;
+      case kbDigit: m.digit |= bit; break;
+      case kbSpace: m.space |= bit; m.blank |= bit; break;
+      case kbOtherSpace: m.blank |= bit; break;
+      case kbNewline: m.newline |= bit; break;
+      case kbHigh: m.high |= bit; break;
+      default: break;
+    }
+    if (b == '\'') m.apostrophe |= bit;
+    if (b == '/') m.slash |= bit;
+  }
+#endif
+  return m;
+}
+
+// Bit k of the result: some bit of `seed` at k or after it, within the same run of `run` bits
+// (seed must lie within run). A right-to-left OR-scan in six doubling steps.
+inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
+  seed |= (seed >> 1) & run;
+  run &= run >> 1;
+  seed |= (seed >> 2) & run;
+  run &= run >> 2;
+  seed |= (seed >> 4) & run;
+  run &= run >> 4;
+  seed |= (seed >> 8) & run;
+  run &= run >> 8;
+  seed |= (seed >> 16) & run;
+  run &= run >> 16;
+  return seed | ((seed >> 32) & run);
+}
+
+// The pieces of o200k_base in the 64 bytes at s + i (readable; i is a piece start), passed to sink
+// with offsets relative to s. Returns where the next piece starts: i itself when no piece could be
+// decided inside the window (the caller then takes one piece the scalar way).
+template <class Sink>
+std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std::uint64_t& high) {
+  const AsciiMasks m = classify64(s + i);
+  high = m.high;
+  // Only the bytes before the first non-ASCII one are known to be what the masks say they are.
+  const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
+  if (limit < 8) return i;
+  const std::uint64_t letter = m.lower | m.upper, ws = m.blank | m.newline;
+  const std::uint64_t punct = ~(letter | m.digit | ws | m.high);  // [^\s\p{L}\p{N}], ASCII
+  auto before = [](std::uint64_t x) { return x << 1; };  // bit k: byte k-1 is in x
+
+  //  ?[^\s\p{L}\p{N}]+[\r\n/]*: a punctuation run starts a piece unless a space just before it
+  // does (the space is then the last byte of its whitespace run: always a piece start). Newlines
+  // right after a punctuation run are its tail.
+  const std::uint64_t punct_start = punct & ~before(punct) & ~before(m.space);
+  const std::uint64_t newline_runs = m.newline & ~before(m.newline);
+  const std::uint64_t tail_seeds = newline_runs & before(punct);
+  const std::uint64_t tail = ((m.newline + tail_seeds) ^ m.newline) & m.newline;
+  // Whitespace outside the tails. \s*[\r\n]+ ends after a run's last newline; \s+(?!\S) leaves the
+  // last blank of a run before non-space for the next piece; the run's first byte starts a piece.
+  const std::uint64_t wsr = ws & ~tail;
+  const std::uint64_t newline_at_or_after = fill_down(m.newline & wsr, wsr);
+  const std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
+                                  (m.blank & ~(wsr >> 1));
+  // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
+  // at an upper-case letter after a lower-case one; a blank or a punctuation start just before it is
+  // its prefix (and then the piece starts there instead).
+  const std::uint64_t word_start = letter & (~before(letter) | (before(m.lower) & m.upper));
+  const std::uint64_t prefixed = word_start & before(m.blank | punct_start);
+  // \p{N}{1,3}
+  const std::uint64_t digit_start = m.digit & ~before(m.digit);
+  std::uint64_t starts = 1 | punct_start | ws_starts | (word_start & ~prefixed) | digit_start;
+
+  // Pieces are certain up to three bytes before the limit, and not inside a whitespace run that
+  // reaches it (a later newline or a non-ASCII space may change it).
+  unsigned cert = limit - 3;
+  const std::uint64_t known = (std::uint64_t{1} << cert) - 1;
+  if (ws >> (limit - 1) & 1) {
+    const std::uint64_t outside = ~ws & ((limit == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << limit) - 1));
+    const unsigned run_start = outside ? 64 - static_cast<unsigned>(__builtin_clzll(outside)) : 0;
+    cert = std::min(cert, run_start);
+  }
+  // A '/' after a newline may be in a punctuation run's tail or start a piece: left to the scalar path.
+  if (const std::uint64_t odd = m.slash & before(m.newline) & known) {
+    cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(odd)));
+  }
+  // \p{N}{1,3} takes a longer run of digits three at a time.
+  for (std::uint64_t r = digit_start & (m.digit >> 1) & (m.digit >> 2) & (m.digit >> 3); r; r &= r - 1) {
+    const unsigned first = static_cast<unsigned>(__builtin_ctzll(r));
+    const std::uint64_t rest = ~(m.digit >> first);  // bit j: byte first + j is not a digit
+    const unsigned end = rest ? first + static_cast<unsigned>(__builtin_ctzll(rest)) : 64;
+    for (unsigned k = first + 3; k < end; k += 3) starts |= std::uint64_t{1} << k;
+  }
+  // (?i:'s|'t|'re|'ve|'m|'ll|'d) after a word: the piece runs through it. (Not after the letters
+  // of another contraction: "A't't" is "A't" and "'t".)
+  unsigned contraction_end = 0;
+  for (std::uint64_t q = m.apostrophe & before(letter) & known; q; q &= q - 1) {
+    const unsigned k = static_cast<unsigned>(__builtin_ctzll(q));
+    if (k >= cert) break;
+    if (k == contraction_end) continue;
+    const unsigned char a = s[i + k + 1] | 0x20, b = s[i + k + 2] | 0x20;
+    unsigned len = 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') len = 1;
+    else if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e')) len = 2;
+    if (len == 0) continue;
+    starts &= ~(((std::uint64_t{2} << len) - 1) << k);
+    starts |= std::uint64_t{1} << (k + 1 + len);
+    contraction_end = k + 1 + len;
+  }
+  std::uint64_t emit = starts & ((std::uint64_t{1} << cert) - 1) & ~std::uint64_t{1};
+  if (cert == 0 || emit == 0) return i;
+  std::size_t b = i;
+  for (; emit; emit &= emit - 1) {
+    const std::size_t e = i + static_cast<std::size_t>(__builtin_ctzll(emit));
+    sink(b, e);
+    b = e;
+  }
+  return b;
+}
+
 // The general path: the end of the piece starting at i, for any text.
 TOKENLANE_NOINLINE inline std::size_t o200k_piece_end(const Cursor& t, std::size_t i) {
   const std::size_t n = t.size();
@@ -449,13 +615,37 @@ TOKENLANE_NOINLINE inline std::size_t o200k_piece_end(const Cursor& t, std::size
   return whitespace_piece_end(t, i, /*end_first=*/false, /*newline_rule=*/true);
 }
 
+// The end of the piece starting at i, one piece at a time (the reference for o200k_window).
+inline std::size_t o200k_scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
+  const std::size_t e = o200k_ascii_piece(t, a, i);
+  return e != Cursor::npos ? e : o200k_piece_end(t, i);
+}
+
 template <class Sink>
 void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
   const Cursor t(s, n);
   const AsciiScan a{s, n};
+  // After a window that decided nothing, the scalar path goes on past the first non-ASCII byte (a
+  // word with an accent, say). Where windows keep failing (text in other scripts, long runs), they
+  // are tried further and further on, so that such text does not pay a classification per piece.
+  std::size_t window_from = 0, skip = 0;
   for (std::size_t i = 0; i < n;) {
-    std::size_t e = o200k_ascii_piece(t, a, i);
-    if (e == Cursor::npos) e = o200k_piece_end(t, i);
+    if (i >= window_from && i + 64 <= n) {
+      std::uint64_t high;
+      const std::size_t next = o200k_window(s, i, sink, high);
+      if (next != i) {
+        i = next;
+        skip = 0;
+        continue;
+      }
+      if (high != 0 && __builtin_popcountll(high) <= 16) {
+        window_from = i + static_cast<std::size_t>(__builtin_ctzll(high)) + 1;
+      } else {
+        skip = skip ? std::min<std::size_t>(2 * skip, 1024) : 16;
+        window_from = i + skip;
+      }
+    }
+    const std::size_t e = o200k_scalar_piece_end(t, a, i);
     sink(i, e);
     i = e;
   }

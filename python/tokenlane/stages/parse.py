@@ -46,15 +46,21 @@ class Parse:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"request body of {declared} bytes is over the limit of {limit} bytes",
                                code="request_too_large")
-        chunks = bytearray()
+        chunks: bytearray | None = None
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise RequestError(499, "client disconnected", type="request_cancelled", code="client_closed_request")
-            chunks.extend(message.get("body", b""))
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunks is None and not more and type(body) is bytes and len(body) <= limit:
+                return body  # the usual case: one message holds the whole body (no copy)
+            if chunks is None:
+                chunks = bytearray()
+            chunks.extend(body)
             if len(chunks) > limit:
                 raise RequestError(413, f"request body is over the limit of {limit} bytes", code="request_too_large")
-            if not message.get("more_body", False):
+            if not more:
                 return bytes(chunks)
 
     async def parse(self, scope: Scope, body: bytes) -> LLMRequest:

@@ -85,10 +85,17 @@ class Price:
             max_output=max_output * request.n, cost_p50=cost_p50, cost_p90=cost_p90, cost_max=cost_max,
             priority=priority, deadline_s=deadline_s, arrival=now, tags=tags, predicted_cached_tokens=cached)
 
-    def _predicted_cached(self, request: LLMRequest, identity: Identity, tokens: int, now: float) -> int:
-        """Input tokens the provider's prompt cache is predicted to bill at the cached rate (0: none)."""
+    def _predicted_cached(self, request: LLMRequest, identity: Identity, tokens: int, now: float,
+                          prepared: tuple[int, int] | None = None) -> int:
+        """Input tokens the provider's prompt cache is predicted to bill at the cached rate (0: none).
+        ``prepared``: the fast path's (last message's tokens, prefix hash), which spare counting the
+        last message again and serialising the prefix."""
         if self.prompt_cache is None or tokens <= MIN_CACHED_TOKENS or not request.messages:
             return 0
+        if prepared is not None:
+            last_tokens, prefix_hash = prepared
+            return self.prompt_cache.predict(identity.tenant, request, tokens, last_tokens, now,
+                                             prefix_key=prefix_hash)
         last = count_input_tokens(LLMRequest(request.api, request.model, messages=request.messages[-1:]))
         return self.prompt_cache.predict(identity.tenant, request, tokens, last.tokens, now)
 
@@ -125,11 +132,12 @@ class Price:
                                   route, identity.tenant, request.max_tokens, request.n, DEFAULT_MAX_OUTPUT_TOKENS)
         if done is None:
             return None
-        prepared, tokens, priced, max_input, max_output, p50, p90, source, cost_p50, cost_p90, cost_max = done
+        (prepared, tokens, priced, max_input, max_output, p50, p90, source, cost_p50, cost_p90, cost_max,
+         last_tokens, prefix_hash) = done
         if not priced:
             raise _unknown_model(model)
         self._check_input(model, tokens, max_input)
-        cached = self._predicted_cached(request, identity, tokens, now)
+        cached = self._predicted_cached(request, identity, tokens, now, (last_tokens, prefix_hash))
         if cached:  # the core priced it without the provider's cache
             cost_p50, cost_p90, cost_max = self._costs(model, tokens, cached, p50, p90, max_output * request.n)
         return Priced(

@@ -28,11 +28,14 @@ class PromptCachePredictor:
     def __init__(self, ttl_s: float = DEFAULT_TTL_S, max_prefixes: int = 100_000) -> None:
         self.ttl_s = ttl_s
         self.max_prefixes = max_prefixes
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[Any, float] = OrderedDict()
 
     def predict(self, principal: str, request: LLMRequest, input_tokens: int, last_turn_tokens: int,
-                now: float) -> int:
-        """Predicted cached input tokens of this request (0 if none), and remembers its prefix."""
+                now: float, prefix_key: int | None = None) -> int:
+        """Predicted cached input tokens of this request (0 if none), and remembers its prefix.
+        ``prefix_key``: a hash of the messages before the last that the caller already has (the
+        core's fast path, for plain chat messages without system or tools); else the prefix is
+        hashed here."""
         if not request.messages or len(request.messages) + bool(request.system) < 2:
             return 0
         if request.api == ANTHROPIC_MESSAGES and "cache_control" not in json.dumps(request.messages[:-1]) + \
@@ -41,8 +44,11 @@ class PromptCachePredictor:
         prefix_tokens = input_tokens - last_turn_tokens
         if prefix_tokens < MIN_CACHED_TOKENS:
             return 0
-        key = hashlib.sha256(json.dumps([principal, request.model, request.system, request.tools,
-                                         request.messages[:-1]], sort_keys=True, default=str).encode()).hexdigest()
+        if prefix_key is not None:
+            key: Any = (principal, request.model, prefix_key)
+        else:
+            key = hashlib.sha256(json.dumps([principal, request.model, request.system, request.tools,
+                                             request.messages[:-1]], sort_keys=True, default=str).encode()).hexdigest()
         last = self._seen.pop(key, None)
         self._seen[key] = now
         while len(self._seen) > self.max_prefixes:

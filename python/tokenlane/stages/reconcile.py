@@ -58,8 +58,8 @@ class Reconcile:
         self.observe = observe  # alerts, anomalies, OpenTelemetry (None: all off)
         # Requests the fast path prepared teach the estimator on a native thread, after the
         # response (tokenlane/prepare.hpp); the others here, on the event loop.
-        core = getattr(estimator, "_core", None)
-        self.learner = _core.BackgroundObserver(core) if isinstance(core, _core.Estimator) else None
+        own = isinstance(estimator, Estimator) and type(estimator).observe is Estimator.observe
+        self.learner = _core.BackgroundObserver(estimator._core) if own else None
 
     def ledger_row(self, p: Priced, status: str, decision: Any = None) -> dict[str, Any]:
         """The ledger row of a request as the scheduler decided it (before it runs)."""

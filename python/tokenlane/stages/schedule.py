@@ -81,7 +81,7 @@ class Schedule:
         except RequestError:
             self.cancel(p.id)
             if p.state_mode is not None and self.shared is not None:
-                self.shared.settle(p, 0, 0)  # give the slots back
+                self.shared.settle(p, 0, 0, 0)  # give the slots back
             raise
         return decision
 
@@ -92,7 +92,7 @@ class Schedule:
     def complete(self, p: Priced, now: float, actual: int, input_tokens: int, output_tokens: int) -> None:
         self.scheduler.complete(p.id, now, actual, input_tokens, output_tokens)
         if p.state_mode is not None and self.shared is not None:
-            self.shared.settle(p, actual, input_tokens + output_tokens)
+            self.shared.settle(p, actual, input_tokens, output_tokens)
         self.wake()
 
     def _count_decision(self, p: Priced, decision: Any) -> None:

@@ -1,8 +1,9 @@
 """Stage: shared limits, with ``state="redis://..."``. After the local scheduler lets a request
 run, it takes the request's budget reservation, concurrency slots and rate-limit room from the
 state every replica shares (:mod:`tokenlane.state`), all at once; it waits there (bounded by
-``max_wait_s``) while slots or rate are short, and refuses over budget. Reconcile settles it.
-Without ``state`` the runtime does not build this stage."""
+``max_wait_s``) while slots or rate are short, and refuses over budget. Reconcile settles it,
+counting the tokens served for the fleet's fair share, which :class:`FleetService` feeds back into
+the local scheduler's counters. Without ``state`` the runtime does not build this stage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ..errors import RequestError, ledger_unavailable
 from ..ledger import Ledger
 from ..metrics import Metrics
 from ..pricing import usd_text
-from ..state.redis import BudgetHold, Limits, StateUnavailable
+from ..state.fairshare import FleetService
+from ..state.redis import BudgetHold, Limits, Service, StateUnavailable, current_minute
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
@@ -25,7 +27,10 @@ from .budget import Budget
 
 class SharedLimits:
     def __init__(self, settings: Settings, ledger: Ledger, thread: LedgerThread, budget: Budget,
-                 metrics: Metrics | None, clock: Callable[[], float]) -> None:
+                 metrics: Metrics | None, clock: Callable[[], float],
+                 add_service: Callable[[str, int, int], None] = lambda tenant, i, o: None) -> None:
+        """``add_service(tenant, input, output)``: where service done on other replicas goes (the
+        scheduler's fair-share counters)."""
         s = settings
         self.settings = settings
         self.ledger = ledger
@@ -36,6 +41,7 @@ class SharedLimits:
             s.state or "", limits=Limits(concurrency=s.max_concurrency, principal_concurrency=s.tenant_max_concurrency,
                                          rpm=s.rpm, tpm=s.tpm, principal_rpm=s.tenant_rpm, principal_tpm=s.tenant_tpm),
             failure=s.state_failure, replicas=s.state_replicas, lease_s=s.state_lease_s, metrics=metrics)
+        self.fleet = FleetService(self.admission.redis, add_service)
 
     async def __call__(self, p: Priced, amount: int) -> None:
         """Sets ``p.state_mode``: "shared", or "local" when Redis is unreachable and
@@ -79,9 +85,13 @@ class SharedLimits:
                            f"{self.settings.max_wait_s} s", type="rate_limit_exceeded", code="queue_timeout",
                            retry_after_s=1.0)
 
-    def settle(self, p: Priced, actual_pico_usd: int, tokens: int) -> None:
-        """Charges the actual cost at every level and gives the lease back (in the background)."""
-        self.admission.settle(p.id, actual_pico_usd, tokens)
+    def settle(self, p: Priced, actual_pico_usd: int, input_tokens: int, output_tokens: int) -> None:
+        """Charges the actual cost, counts the tokens served, gives the lease back (in the background)."""
+        service = None
+        if p.state_mode == "shared" and (input_tokens or output_tokens):
+            service = Service(current_minute(), input_tokens, output_tokens)
+            self.fleet.served_here([p.identity.tenant], service)  # before it can reach Redis
+        self.admission.settle(p.id, actual_pico_usd, input_tokens + output_tokens, service)
 
 
 __all__ = ["SharedLimits"]

@@ -6,7 +6,8 @@ read-modify-write from Python):
 - budget reservations and window spend at every principal level (all levels or none),
 - requests-per-minute and tokens-per-minute buckets (global and per principal),
 - concurrency slots (global and per principal),
-- fair-share counters (tokens served per principal in the current minute),
+- fair-share counters (input and output tokens served per principal and minute, one hash per
+  minute, read by every replica's fair-share sync: :mod:`tokenlane.state.fairshare`),
 - each replica's queue, published for the admin page.
 
 Every admitted request holds a *lease*: its reservations and slots are recorded under the lease id
@@ -119,8 +120,9 @@ return answer
 """
 
 # ARGV[1]: {prefix, lease, charges: [{spent_key, amount, ttl_s}], buckets: [{key, limit, delta}],
-# served: [{key, tokens}]}. Charges the actual spend; gives back what the lease held unless it has
-# expired already (then the reaper gave it back: never twice).
+# served: {key, principals, input, output} or absent}. Charges the actual spend; gives back what
+# the lease held unless it has expired already (then the reaper gave it back: never twice); counts
+# the tokens served to each principal in the minute's service hash (fields i:<p> and o:<p>).
 _SETTLE = _REAP + """
 local req = cjson.decode(ARGV[1])
 local P = req.prefix
@@ -147,9 +149,13 @@ for _, r in ipairs(req.buckets) do
     redis.call('HSET', r.key, 'level', tostring(math.max(-r.limit, level - r.delta)), 'ts', tostring(now))
   end
 end
-for _, f in ipairs(req.served) do
-  redis.call('INCRBY', f.key, f.tokens)
-  redis.call('EXPIRE', f.key, 120)
+if req.served then
+  local s = req.served
+  for _, p in ipairs(s.principals) do
+    if s.input > 0 then redis.call('HINCRBY', s.key, 'i:'..p, s.input) end
+    if s.output > 0 then redis.call('HINCRBY', s.key, 'o:'..p, s.output) end
+  end
+  redis.call('EXPIRE', s.key, 180)
 end
 reap(P, now)
 return raw and 1 or 0
@@ -188,6 +194,20 @@ class BudgetHold:
     window_start: int         # Unix seconds (0 for a "total" budget)
     window_ttl_s: int         # how long the window's spend counter must live
     amount: int               # pico-USD to reserve
+
+
+@dataclass(frozen=True)
+class Service:
+    """Tokens a request was served, counted for its principals in the UTC minute ``minute``
+    (Unix seconds // 60): the fair-share counts every replica reads."""
+
+    minute: int
+    input_tokens: int
+    output_tokens: int
+
+
+def current_minute() -> int:
+    return int(time.time() // 60)
 
 
 @dataclass
@@ -314,8 +334,10 @@ class RedisState:
             return Verdict(False, kind, level)
         raise StateUnavailable("Redis kept losing the budget counters while seeding them")
 
-    async def settle(self, lease_id: str, actual_pico_usd: int, actual_tokens: int) -> None:
-        """Charges the actual cost at every level, corrects the token buckets, gives the lease back."""
+    async def settle(self, lease_id: str, actual_pico_usd: int, actual_tokens: int,
+                     service: Service | None = None) -> None:
+        """Charges the actual cost at every level, corrects the token buckets by ``actual_tokens``
+        (input + output), counts ``service`` for the fair share, gives the lease back."""
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return
@@ -325,15 +347,15 @@ class RedisState:
         for scope, tpm in [("*", L.tpm)] + [(p, L.principal_tpm) for p in lease.principals]:
             if tpm and delta:
                 buckets.append({"key": f"{self.prefix}tpm:{scope}", "limit": tpm, "delta": delta})
-        minute = int(time.time() // 60)
         request = {
             "prefix": self.prefix, "lease": lease_id,
             "charges": [{"spent_key": self._spent_key(b), "amount": str(actual_pico_usd)}
                         for b in lease.budgets if b.limit is not None and actual_pico_usd],
             "buckets": buckets,
-            "served": [{"key": f"{self.prefix}served:{p}:{minute}", "tokens": actual_tokens}
-                       for p in lease.principals if actual_tokens],
         }
+        if service is not None and (service.input_tokens or service.output_tokens):
+            request["served"] = {"key": self._service_key(service.minute), "principals": lease.principals,
+                                 "input": service.input_tokens, "output": service.output_tokens}
         await self._call(self._settle, json.dumps(request))
 
     async def release(self, lease_id: str) -> None:
@@ -383,10 +405,29 @@ class RedisState:
             reserved[_text(k)[len(self.prefix) + 9:]] = int(await r.get(k) or 0)
         return {"leases": int(leases), "slots": slots, "reserved": reserved}
 
+    def _service_key(self, minute: int) -> str:
+        return f"{self.prefix}service:{minute}"
+
     async def served(self, principal: str) -> int:
         """Tokens served to a principal in the current minute, over all replicas (fair share)."""
-        minute = int(time.time() // 60)
-        return int(await self._guard(self._redis.get(f"{self.prefix}served:{principal}:{minute}")) or 0)
+        values = await self._guard(self._redis.hmget(self._service_key(current_minute()), f"i:{principal}",
+                                                     f"o:{principal}"))
+        return sum(int(v or 0) for v in values)
+
+    async def service(self, minutes: list[int]) -> dict[int, dict[str, tuple[int, int]]]:
+        """The fleet's service in each of ``minutes``: principal → (input, output) tokens, over all
+        replicas. One round trip (pipelined), for the fair-share sync off the request path."""
+        pipe = self._redis.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(self._service_key(minute))
+        out: dict[int, dict[str, tuple[int, int]]] = {}
+        for minute, fields in zip(minutes, await self._guard(pipe.execute())):
+            counts: dict[str, list[int]] = {}
+            for field, value in fields.items():
+                kind, _, principal = _text(field).partition(":")
+                counts.setdefault(principal, [0, 0])[kind == "o"] += int(value)
+            out[minute] = {p: (c[0], c[1]) for p, c in counts.items()}
+        return out
 
     async def ping(self) -> bool:
         try:
@@ -438,4 +479,4 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["BudgetHold", "Limits", "RedisState", "StateUnavailable", "Verdict"]
+__all__ = ["BudgetHold", "Limits", "RedisState", "Service", "StateUnavailable", "Verdict", "current_minute"]

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .redis import BudgetHold, Limits, RedisState, StateUnavailable, Verdict
+from .redis import BudgetHold, Limits, RedisState, Service, StateUnavailable, Verdict
 
 log = logging.getLogger("tokenlane")
 
@@ -128,21 +128,21 @@ class SharedAdmission:
             await asyncio.sleep(pause)
             delay = min(delay * 2, 0.25)
 
-    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int) -> None:
-        """Charges and gives back, in the background (retried while Redis is away; the lease
-        returns the slots anyway once it expires)."""
+    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int, service: Service | None = None) -> None:
+        """Charges and gives back (and counts ``service`` for the fleet's fair share), in the
+        background (retried while Redis is away; the lease returns the slots anyway once it expires)."""
         if lease_id in self._local_leases:
             self._local_leases.discard(lease_id)
             self.local.release(lease_id)
             return
-        task = asyncio.ensure_future(self._settle(lease_id, actual_pico_usd, tokens))
+        task = asyncio.ensure_future(self._settle(lease_id, actual_pico_usd, tokens, service))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, lease_id: str, actual: int, tokens: int) -> None:
+    async def _settle(self, lease_id: str, actual: int, tokens: int, service: Service | None) -> None:
         for attempt in range(20):
             try:
-                await self.redis.settle(lease_id, actual, tokens)
+                await self.redis.settle(lease_id, actual, tokens, service)
                 return
             except StateUnavailable as exc:
                 self._failed(exc)
