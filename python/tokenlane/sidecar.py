@@ -126,10 +126,11 @@ class PgSidecar:
         self.path = url  # (without its password) for messages
         self._pool = pool
         self.before_read: Any = None
-        with self.connection() as c:
+        with pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7461636)")  # the ledger's migration lock: replicas start together
             for statement in re.sub(r"--[^\n]*", "", _SCHEMA).split(";"):
                 if statement.strip():
-                    c.execute(postgres_dialect(statement))
+                    conn.execute(postgres_dialect(statement))
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
