@@ -71,6 +71,39 @@ py::list to_list(const Rank* ids, std::size_t n) {
 }
 py::list to_list(const std::vector<Rank>& ids) { return to_list(ids.data(), ids.size()); }
 
+// The token ids of one call, in a per-thread vector that keeps its memory between calls (a fresh
+// vector per call costs an allocation and, for long texts, page faults on every call). A buffer
+// grown past kKeepRanks by a long text is released again. A nested call on the same thread (a
+// finalizer run by the garbage collector while the list is built) gets a vector of its own.
+class RankBuffer {
+ public:
+  RankBuffer() : shared_(slot()), v_(shared_.busy ? own_ : shared_.v), owns_shared_(!shared_.busy) {
+    shared_.busy = true;
+  }
+  ~RankBuffer() {
+    if (!owns_shared_) return;
+    if (v_.capacity() > kKeepRanks) std::vector<Rank>().swap(v_);
+    shared_.busy = false;
+  }
+  RankBuffer(const RankBuffer&) = delete;
+  std::vector<Rank>& operator*() { return v_; }
+
+ private:
+  static constexpr std::size_t kKeepRanks = std::size_t{1} << 20;
+  struct Slot {
+    std::vector<Rank> v;
+    bool busy = false;
+  };
+  static Slot& slot() {
+    thread_local Slot s;
+    return s;
+  }
+  Slot& shared_;
+  std::vector<Rank> own_;
+  std::vector<Rank>& v_;
+  bool owns_shared_;
+};
+
 bool is_all(const py::handle& arg) {
   if (!PyUnicode_Check(arg.ptr())) return false;
   Py_ssize_t n = 0;
@@ -168,23 +201,23 @@ void register_tokenizer(py::module_& m) {
         SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         py::object holder;
         std::string_view utf8 = utf8_of(text, holder);
-        std::vector<Rank> ids;
+        RankBuffer ids;
         {
           ReleaseGilIf release(utf8.size() > kKeepGilBytes);
           policy.check(e, utf8);
-          ids = e.encode(utf8, *policy.allowed);
+          e.encode_into(utf8, *policy.allowed, *ids);
         }
-        return to_list(ids);
+        return to_list(*ids);
       }, py::arg("text"), py::arg("allowed_special"), py::arg("disallowed_special"))
       .def("encode_ordinary", [](const Encoding& e, const py::str& text) {
         py::object holder;
         std::string_view utf8 = utf8_of(text, holder);
-        std::vector<Rank> ids;
+        RankBuffer ids;
         {
           ReleaseGilIf release(utf8.size() > kKeepGilBytes);
-          ids = e.encode_ordinary(utf8);
+          e.encode_into(utf8, {}, *ids);
         }
-        return to_list(ids);
+        return to_list(*ids);
       })
       .def("count", [](const Encoding& e, const py::str& text, const py::handle& allowed_arg,
                        const py::handle& disallowed_arg) {

@@ -98,6 +98,9 @@ def runtime_kwargs(led: Any) -> dict[str, Any]:
     budget = get_cfg(led, K_DEFAULT_BUDGET) or {}
     if budget.get("limit_pico_usd") is not None:
         out["budget_usd"] = Decimal(int(budget["limit_pico_usd"])) / PICO_PER_USD
+    if budget.get("limit_tokens") is not None:
+        out["budget_tokens"] = int(budget["limit_tokens"])
+    if "budget_usd" in out or "budget_tokens" in out:
         out["budget_window"] = budget.get("window", "day")
     policy = get_cfg(led, K_POLICY)
     if policy in POLICIES:
@@ -160,8 +163,10 @@ def set_user_budget(tl: Any, tenant: str, limit_pico_usd: int | None, window: st
 def apply_default_budget(tl: Any, tenant: str) -> None:
     """A new user starts with the default budget an admin configured, if any."""
     budget = get_cfg(tl.ledger, K_DEFAULT_BUDGET) or {}
-    if budget.get("limit_pico_usd") is not None:
-        set_user_budget(tl, tenant, int(budget["limit_pico_usd"]), budget.get("window", "day"))
+    usd, tokens = budget.get("limit_pico_usd"), budget.get("limit_tokens")
+    if usd is not None or tokens is not None:
+        set_user_budget(tl, tenant, None if usd is None else int(usd), budget.get("window", "day"),
+                        None if tokens is None else int(tokens))
 
 
 def set_user_limits(tl: Any, user_limits: Any, tenant: str, limits: dict[str, Any], actor: str | None) -> None:

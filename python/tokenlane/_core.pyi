@@ -164,7 +164,7 @@ class PreparedChat:
 
 def prepare_chat(
     encoding: Encoding, estimator: Estimator, pricing: Pricing, messages: list[dict[str, Any]], model: str,
-    route: str, tenant: str, max_tokens: int | None, n: int, default_max_output: int,
+    route: str, tenant: str, max_tokens: int | None, n: int, default_max_output: int, tools_json: str,
 ) -> tuple[PreparedChat, int, bool, int | None, int, int, int, str, int, int, int, int, int] | None: ...
 
 class BackgroundObserver:

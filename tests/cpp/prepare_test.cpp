@@ -104,3 +104,39 @@ TEST_CASE("prepare_chat gives the prompt-cache prediction its last message and p
   CHECK(d->prefix_hash == 0);
   CHECK(d->last_message_tokens == d->input_tokens);
 }
+
+TEST_CASE("prepare_chat takes a content given as text parts", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  PlainChat chat;
+  chat.fields.push_back({"role", "user"});
+  chat.fields.push_back({"content", "Hello", true});
+  chat.fields.push_back({"content", "", true});
+  chat.fields.push_back({"content", "world", true});
+  chat.end_message();
+  auto p = prepare_chat(*enc, est, *table(), chat, {"gpt-4o", "", "", std::nullopt, 1, 4096});
+  CHECK(p->input_tokens == count_chat_tokens(*enc, R"([{"role": "user", "content": [{"type": "text", "text": "Hello"},
+      {"type": "text", "text": ""}, {"type": "text", "text": "world"}]}])", "gpt-4o"));
+  CHECK(p->prompt == "user\x1fHello\nworld");  // as the estimators' flattening joins text parts
+}
+
+TEST_CASE("prepare_chat counts tool definitions and tool calls as count_chat_tokens does", "[prepare]") {
+  auto enc = get_encoding("o200k_base");
+  HeuristicEstimator est;
+  const char* tools = R"([{"type": "function", "function": {"name": "get_weather", "description": "Now.",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])";
+  PlainChat chat;
+  chat.add({{"role", "user"}, {"content", "Weather?"}});
+  chat.fields.push_back({"role", "assistant"});
+  chat.fields.push_back({"tool_calls", "get_weather", true});
+  chat.fields.push_back({"tool_calls", R"({"city": "Paris"})", true});
+  chat.end_message();
+  PrepareQuery q{"gpt-4o", "", "", std::nullopt, 1, 4096};
+  q.tools_json = tools;
+  auto p = prepare_chat(*enc, est, *table(), chat, q);
+  const std::string body = std::string(R"({"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant",
+      "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather",
+      "arguments": "{\"city\": \"Paris\"}"}}]}], "tools": )") + tools + "}";
+  CHECK(p->input_tokens == count_chat_tokens(*enc, body, "gpt-4o"));
+  CHECK(p->prompt == "user\x1fWeather?\x1e" "assistant\x1f");
+}

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -473,6 +474,97 @@ TEST_CASE("snapshot lists queue, lane, running and reservations", "[scheduler]")
   CHECK(snap.policy == Policy::combined);
   REQUIRE(snap.tenants.size() == 1);
   CHECK(snap.tenants[0].queued == 1);
+}
+
+// ---- forgetting idle tenants ---------------------------------------------------------------------
+
+namespace {
+
+std::uint64_t tenant_records(Scheduler& s, double now) {
+  for (const auto& [name, value] : s.snapshot(now, 0).counters)
+    if (name == "tenants") return value;
+  FAIL("no tenants counter");
+  return 0;
+}
+
+// Two steady tenants and, between their requests, `one_shot` tenants that each send one request
+// (an API key seen once); every decision and start, in order.
+std::vector<std::string> one_shot_run(SchedulerConfig c, int one_shot, std::uint64_t* max_records) {
+  Scheduler s(c);
+  std::vector<std::string> log, running;
+  double now = 0;
+  *max_records = 0;
+  for (int i = 0; i < one_shot; ++i) {
+    now += 0.05;
+    const std::string t = i % 3 == 0 ? "steady-a" : i % 3 == 1 ? "steady-b" : "key-" + std::to_string(i);
+    const Decision d = s.submit(req("r" + std::to_string(i), 50 + static_cast<std::uint64_t>(i % 7) * 40, 1000, t), now);
+    log.push_back(std::string(to_string(d.kind)) + " " + d.reason + " " + std::to_string(d.position.value_or(0)));
+    if (d.kind == DecisionKind::admit) running.push_back("r" + std::to_string(i));
+    if (i >= 300 && !running.empty()) {  // then one completion per arrival: ~290 stay queued
+      s.complete(running.front(), now, Money::from_pico(900), 10, 60 + static_cast<std::uint64_t>(i % 5) * 30);
+      running.erase(running.begin());
+    }
+    for (auto& id : s.pop_ready(now)) {
+      log.push_back("start " + id);
+      running.push_back(id);
+    }
+    if (i % 1000 == 0) *max_records = std::max(*max_records, tenant_records(s, now));
+  }
+  *max_records = std::max(*max_records, tenant_records(s, now));
+  return log;
+}
+
+}  // namespace
+
+TEST_CASE("idle tenants are forgotten: records stay bounded, decisions for the others unchanged", "[scheduler][memory]") {
+  for (Policy p : {Policy::fair, Policy::combined, Policy::fifo}) {
+    SchedulerConfig keep_all = cfg(p, 8);
+    keep_all.tenant_idle_forget_s = std::numeric_limits<double>::infinity();
+    keep_all.max_tenant_records = std::numeric_limits<std::size_t>::max();
+    SchedulerConfig bounded = cfg(p, 8);
+    bounded.max_tenant_records = 500;
+    std::uint64_t kept_all = 0, kept_bounded = 0;
+    const auto expected = one_shot_run(keep_all, 60000, &kept_all);
+    const auto got = one_shot_run(bounded, 60000, &kept_bounded);
+    CHECK(kept_all > 20000);       // one record per name ever seen
+    CHECK(kept_bounded <= 500 + 8);  // the cap, plus a record noted while over it
+    // One-shot tenants never return, so forgetting them changes no decision of anyone.
+    CHECK(got == expected);
+  }
+}
+
+TEST_CASE("an idle tenant is forgotten only when its record holds nothing a new one would not", "[scheduler][memory]") {
+  SchedulerConfig c = cfg(Policy::fair, 2);
+  c.tenant_rpm = 60;  // one request a second: a tenant's bucket is full again 1 s after its request
+  Scheduler s(c);
+  s.set_budget("budgeted", Money::from_pico(1000000), BudgetWindow::total);
+  s.set_weight("weighted", 2.0);
+  s.submit(req("b1", 100, 1000, "budgeted"), 0);
+  s.complete("b1", 1, Money::from_pico(700), 10, 100);
+  s.submit(req("w1", 100, 1000, "weighted"), 1);
+  s.complete("w1", 2, Money::from_pico(700), 10, 100);
+  s.submit(req("p1", 100, 1000, "plain"), 2);
+  s.complete("p1", 3, Money::from_pico(700), 10, 100);
+  s.submit(req("busy1", 100, 1000, "busy"), 3);  // still running at the end
+  CHECK(tenant_records(s, 3) == 4);
+  // 600 s idle: only "plain" goes (budget, weight and running work are kept).
+  s.usage("other", 700);  // any call with a clock reaches the idle list (and lists "other")
+  CHECK(tenant_records(s, 700) == 4);  // budgeted, weighted, busy, other
+  CHECK(s.usage("budgeted", 700).spent.pico() == 700);  // the budget's spend is kept
+  CHECK(s.usage("plain", 700).spent.pico() == 0);       // a fresh record (spend is the ledger's)
+  // A tenant whose rate bucket is still refilling is kept until it is full.
+  SchedulerConfig crowded = c;
+  crowded.max_tenant_records = 1;
+  Scheduler s2(crowded);
+  s2.submit(req("x1", 100, 1000, "x"), 10);
+  s2.complete("x1", 10.5, Money::from_pico(1), 10, 10);  // its bucket: 59 of 60, full at t = 11
+  s2.submit(req("y1", 100, 1000, "y"), 10.6);
+  s2.complete("y1", 10.7, Money::from_pico(1), 10, 10);
+  CHECK(tenant_records(s2, 10.7) == 2);
+  s2.usage("y", 12);  // both buckets full now: the crowd is thinned to one record
+  CHECK(tenant_records(s2, 12) <= 1);
+  // A forgotten tenant comes back like a new one, with a full bucket.
+  CHECK(s2.submit(req("x2", 100, 1000, "x"), 12).kind == DecisionKind::admit);
 }
 
 // ---- property tests ------------------------------------------------------------------------------

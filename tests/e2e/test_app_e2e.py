@@ -187,10 +187,12 @@ def test_screens_and_reports_render_with_data(user, admin, shots):
     team = admin.locator("tr[data-testid=team]", has_text="research")
     team.locator("summary", has_text="Set budget").click()
     team.locator("input[name=limit_usd]").fill("25")
+    team.locator("input[name=limit_tokens]").fill("2000000")
     team.locator("button[type=submit]").click()
     assert "team:Acme/research" in flash(admin)
     body = admin.inner_text("main")
     assert "Acme" in body and USER_EMAIL in body and "laptop" in body and "of $25.00 / day" in body
+    assert "tokens of 2,000,000 / day" in body
     shots(admin, "admin-teams")
     user.goto("/keys")
     assert user.locator("[data-testid=key-spend]").first.inner_text().startswith("$")

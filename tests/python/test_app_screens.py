@@ -143,7 +143,9 @@ def test_config_is_read_only_for_users_and_validated_and_recorded_for_admins(app
         assert c.form("/config", {"section": "policy", "policy": "fair"}).status_code == 303
         assert app.state.tl.scheduler.policy == "fair"
         assert c.form("/config", {"section": "limits", "rpm": "600", "max_wait_s": "30"}).status_code == 303
-        assert c.form("/config", {"section": "budget", "limit_usd": "2.50", "window": "month"}).status_code == 303
+        assert "is not a whole number" in c.form("/config", {"section": "budget", "limit_tokens": "many"}).text
+        assert c.form("/config", {"section": "budget", "limit_usd": "2.50", "limit_tokens": "400000",
+                                  "window": "month"}).status_code == 303
         assert c.form("/config", {"section": "pricing", "model": "gpt-4o-mini", "input": "0.2"}).status_code == 303
         assert app.state.tl.pricing.entry("gpt-4o-mini")["per_mtok"]["input"] == Decimal("0.2")
         assert "expected a cosine similarity" in c.form("/config", {"section": "levers", "cache": "semantic",
@@ -158,7 +160,9 @@ def test_config_is_read_only_for_users_and_validated_and_recorded_for_admins(app
         assert (app_state.runtime_kwargs(led)["cache"], app_state.runtime_kwargs(led)["semantic_threshold"]) == \
             ("semantic", 0.97)
         assert led.get_config("limits")["rpm"] == 600
-        assert led.get_config("budget.default") == {"limit_pico_usd": 2_500_000_000_000, "window": "month"}
+        assert led.get_config("budget.default") == {"limit_pico_usd": 2_500_000_000_000, "limit_tokens": 400_000,
+                                                     "window": "month"}
+        assert app_state.runtime_kwargs(led)["budget_tokens"] == 400_000
         history = led.config_history(10)
         assert {h["key"] for h in history} >= {"policy", "limits", "budget.default", "pricing.overrides"}
         assert all(h["actor"] == "root@example.com" for h in history)
@@ -167,6 +171,7 @@ def test_config_is_read_only_for_users_and_validated_and_recorded_for_admins(app
         c.logout()
         c.register("new@example.com")
         assert led.get_budget("new@example.com")["limit_pico_usd"] == 2_500_000_000_000
+        assert led.get_budget("new@example.com")["limit_tokens"] == 400_000
 
 
 def test_admin_manages_users(app):

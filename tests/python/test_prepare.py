@@ -36,6 +36,10 @@ def _stages(**settings):
     return stage(True), stage(False)
 
 
+TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather now.", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "A city"}, "unit": {"type": "string", "enum": ["c", "f"]}}}}}
+
 PLAIN = [
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
     {"model": "gpt-4o", "max_tokens": 50, "n": 3,
@@ -43,15 +47,23 @@ PLAIN = [
     {"model": "gpt-3.5-turbo-0301", "messages": [{"role": "user", "name": "al", "content": "Grüße, 世界 🎉"}]},
     {"model": "gpt-4o-mini", "max_completion_tokens": 0, "messages": [{"role": "user", "content": LONG}]},
     {"model": "gpt-4-turbo", "messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": "<|endoftext|>"}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": ""},
+                                                                 {"type": "text", "text": "there"}]},
+                                     {"role": "user", "content": []}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [TOOL]},
+    {"model": "gpt-4o-mini", "tools": [TOOL], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 °C, clear"}]},
 ]
 
 NOT_PLAIN = [
-    {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
-    {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None,
-                                      "tool_calls": [{"id": "1", "type": "function",
-                                                      "function": {"name": "f", "arguments": "{}"}}]}]},
-    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}],
-     "tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "functions": [TOOL["function"]]},
+    {"model": "gpt-4o", "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"not": "a string"}}}]}]},
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
     {"model": "claude-3-5-sonnet-20241022", "messages": [{"role": "user", "content": "Hi"}]},  # no exact encoding
 ]
 
@@ -113,6 +125,16 @@ def test_fast_path_refuses_as_the_general_path(settings: dict, body: dict, statu
         with pytest.raises(tokenlane.RequestError) as err:
             _priced(price, body)
         assert (err.value.status, err.value.code) == (status, code)
+
+
+def test_a_malformed_tool_is_refused_as_the_general_path_refuses_it() -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}
+    errors = []
+    for price in _stages():
+        with pytest.raises(ValueError) as err:
+            _priced(price, body)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "tools[0]" in errors[0]
 
 
 def test_model_without_a_price() -> None:

@@ -41,4 +41,8 @@ struct ChatFraming {
 };
 ChatFraming chat_framing(const Encoding& encoding, std::string_view model);
 
+// The tokens of a request's tool definitions alone: `tools_json` is the JSON array of its "tools"
+// (what count_chat_tokens adds for them). Throws Error(invalid_argument) naming tools[i].
+std::size_t count_chat_tools(const Encoding& encoding, std::string_view tools_json, std::string_view model);
+
 }  // namespace tokenlane

@@ -3,7 +3,9 @@
 // online update after the response, on a thread of its own.
 //
 // The fast path takes *plain* chat requests, the usual case: every field of every message a string
-// (role, content, name), no tools or functions. Its results equal those of the general path
+// (role, content, name, tool_call_id) or null, the content possibly a list of text parts, tool
+// calls with string names and arguments; tool definitions come as their JSON (legacy functions
+// take the general path). Its results equal those of the general path
 // (count_chat_tokens on the body, Estimator::estimate on the flattened prompt, Pricing::cost), which
 // every other shape takes (tests/cpp/prepare_test.cpp and tests/python/test_prepare.py hold the two
 // together).
@@ -38,6 +40,7 @@ namespace tokenlane {
 struct PlainChat {
   struct Field {
     std::string_view key, value;
+    bool part = false;  // one text of a list: a content's text part, a tool call's name or arguments
   };
   std::vector<Field> fields;                 // every message's fields, message after message
   std::vector<std::uint32_t> message_ends;   // per message: one past its last field in `fields`
@@ -54,6 +57,7 @@ struct PrepareQuery {
   std::optional<std::uint64_t> max_tokens;  // the request's output cap (absent or 0: the model's)
   std::uint64_t n = 1;                      // completions asked for (output is billed for each)
   std::uint64_t default_max_output = 4096;  // worst-case output when the price table has no limit
+  std::string_view tools_json;              // the request's "tools" as a JSON array ("" for none)
 };
 
 struct PreparedChat {

@@ -124,6 +124,13 @@ struct SchedulerConfig {
   // VTC cost of a request: in_weight × input + out_weight × output tokens, divided by tenant weight.
   double vtc_input_weight = 1.0;
   double vtc_output_weight = 2.0;
+  // Memory stays bounded however many tenant names arrive: the record of a tenant with no work, no
+  // budget, weight 1 and full rate buckets is forgotten after this many idle seconds, or sooner
+  // (least recently active first) while more than max_tenant_records records exist. A returning
+  // tenant starts afresh; its VTC counter is lifted as for any tenant returning from idle
+  // (docs/scheduling.md, "Forgetting idle tenants").
+  double tenant_idle_forget_s = 600.0;
+  std::size_t max_tenant_records = 10000;
 };
 
 struct BudgetUsage {

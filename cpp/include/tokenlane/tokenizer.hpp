@@ -74,6 +74,9 @@ class Encoding {
   // Encodes text; occurrences of the strings in `allowed_special` become their special ids.
   // (The policy for *disallowed* specials, raising as tiktoken does, lives in the caller.)
   std::vector<Rank> encode(std::string_view utf8, const SpecialSet& allowed_special) const;
+  // encode() into a caller's vector (cleared first), so that a caller encoding text after text can
+  // keep one buffer instead of allocating per call.
+  void encode_into(std::string_view utf8, const SpecialSet& allowed_special, std::vector<Rank>& out) const;
   // Same counts as encode_ordinary(...).size() / encode(...).size(), without building a vector.
   std::size_t count(std::string_view utf8) const;
   std::size_t count(std::string_view utf8, const SpecialSet& allowed_special) const;

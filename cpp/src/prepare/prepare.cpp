@@ -43,7 +43,7 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
   const std::size_t messages = chat.message_ends.size();
   for (std::size_t m = 0; m < messages; ++m) {
     const std::uint32_t end = chat.message_ends[m];
-    std::string_view role, content;
+    std::string_view role;
     message_tokens = framing.per_message;
     const bool in_prefix = m + 1 < messages;
     for (std::uint32_t i = begin; i < end; ++i) {
@@ -51,15 +51,25 @@ std::shared_ptr<PreparedChat> prepare_chat(const Encoding& encoding, const Estim
       message_tokens += static_cast<long>(encoding.count(f.value));
       if (f.key == "name") message_tokens += framing.per_name;
       if (f.key == "role") role = f.value;
-      if (f.key == "content") content = f.value;
-      if (in_prefix) p.prefix_hash = mix(mix(p.prefix_hash, f.key), f.value);
+      if (in_prefix) p.prefix_hash = mix(mix(p.prefix_hash, f.part ? "content[]" : f.key), f.value);
     }
     if (in_prefix) p.prefix_hash = mix(p.prefix_hash, "\x1e");  // message boundary
     tokens += message_tokens;
     if (m > 0) p.prompt += kMessageSeparator;
     p.prompt.append(role).push_back(kRoleSeparator);
-    p.prompt.append(content);
+    bool first_part = true;  // text parts are joined by newlines, empty ones skipped
+    for (std::uint32_t i = begin; i < end; ++i) {
+      const PlainChat::Field& f = chat.fields[i];
+      if (f.key != "content" || (f.part && f.value.empty())) continue;
+      if (f.part && !first_part) p.prompt.push_back('\n');
+      p.prompt.append(f.value);
+      first_part = false;
+    }
     begin = end;
+  }
+  if (!query.tools_json.empty()) {  // the tool definitions are part of the prompt, and of its cached prefix
+    tokens += static_cast<long>(count_chat_tools(encoding, query.tools_json, query.model));
+    p.prefix_hash = mix(p.prefix_hash, query.tools_json);
   }
   p.input_tokens = static_cast<std::uint64_t>(std::max(0L, tokens));
   p.last_message_tokens = static_cast<std::uint64_t>(std::max(0L, framing.reply_priming + message_tokens));

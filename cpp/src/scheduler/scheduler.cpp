@@ -139,6 +139,9 @@ struct Tenant {
   Bucket rpm, tpm;
   bool indexed = false;
   TenantKey tkey;
+  bool alive = true;           // false: a forgotten record's slot, free for reuse
+  std::uint64_t idle_mark = 0;  // its entry in Impl::idle_tenants while listed as idle (0: none)
+  double idle_since = 0;
 };
 
 enum class Block { none, paused, concurrency, tenant_concurrency, rpm, tpm, budget_reserved, budget_spent };
@@ -159,8 +162,12 @@ struct Scheduler::Impl {
   std::vector<Rec> recs;
   std::vector<std::uint32_t> free_slots;
   detail::IdTable ids;  // live ids → slots
-  std::vector<Tenant> tenants;
-  std::unordered_map<std::string, std::uint32_t> tenant_ids;
+  std::vector<Tenant> tenants;  // records of live tenants and free slots (alive false)
+  std::unordered_map<std::string, std::uint32_t> tenant_ids;  // live tenants
+  std::vector<std::uint32_t> free_tenants;
+  std::deque<std::pair<std::uint32_t, std::uint64_t>> idle_tenants;  // (tenant, idle_mark), oldest first
+  std::uint64_t idle_clock = 0;
+  double last_now = 0;  // the latest clock submit saw (for records created by calls without one)
 
   detail::OrderedIndex<TenantKey> tenant_order;
   detail::OrderedIndex<Key> index;
@@ -215,16 +222,91 @@ struct Scheduler::Impl {
   Tenant& tenant_of(const std::string& name) {
     auto it = tenant_ids.find(name);
     if (it != tenant_ids.end()) return tenants[it->second];
-    const auto idx = static_cast<std::uint32_t>(tenants.size());
+    std::uint32_t idx;
+    if (!free_tenants.empty()) {
+      idx = free_tenants.back();
+      free_tenants.pop_back();
+      tenants[idx] = Tenant();
+    } else {
+      idx = static_cast<std::uint32_t>(tenants.size());
+      tenants.emplace_back();
+    }
     tenant_ids.emplace(name, idx);
-    tenants.emplace_back();
-    Tenant& t = tenants.back();
+    Tenant& t = tenants[idx];
     t.name = name;
     if (cfg.tenant_rpm) t.rpm.init(*cfg.tenant_rpm);
     if (cfg.tenant_tpm) t.tpm.init(*cfg.tenant_tpm);
     return t;
   }
   std::uint32_t tenant_idx(const Tenant& t) const { return static_cast<std::uint32_t>(&t - tenants.data()); }
+
+  // ---- forgetting idle tenants ---------------------------------------------------------------------
+  // A service that accepts unknown API keys sees tenant names without end; a record is kept only
+  // while it holds something a new record would not: work (queued, deferred, running), a budget,
+  // a weight, a rate bucket still refilling. Past that, what remains is the VTC counter and the
+  // output average, which a returning tenant gets anew (docs/scheduling.md, "Forgetting idle
+  // tenants"). Idle records are forgotten after tenant_idle_forget_s, or sooner, least recently
+  // active first, while more than max_tenant_records exist.
+
+  static bool idle(const Tenant& t) { return t.queue.empty() && t.deferred == 0 && t.running == 0; }
+  static bool bucket_full(const Bucket& b, double now) {
+    if (!b.on || std::isnan(b.last) || b.level >= b.capacity) return true;
+    return now > b.last && b.level + (now - b.last) * b.rate >= b.capacity;
+  }
+  // What a newly created record would hold, apart from the counter and output average.
+  static bool forgettable(const Tenant& t, double now) {
+    return idle(t) && !t.budget && t.weight == 1.0 && t.reserved.pico() == 0 && bucket_full(t.rpm, now) &&
+           bucket_full(t.tpm, now);
+  }
+
+  // Called after an operation that may have left `t` idle: lists it (least recently active first).
+  // Then forgets what is due.
+  void note_idle(Tenant& t, double now) {
+    if (!t.idle_mark && idle(t) && !t.budget && t.weight == 1.0) {
+      t.idle_mark = ++idle_clock;
+      t.idle_since = now;
+      idle_tenants.emplace_back(tenant_idx(t), t.idle_mark);
+    }
+    if (!idle_tenants.empty()) forget_idle(now);
+  }
+  // Called when `t` gets work: its idle entry (if any) goes stale.
+  static void note_active(Tenant& t) { t.idle_mark = 0; }
+
+  void forget_idle(double now) {
+    // Bounded work per call; stale entries (the tenant got work, or was forgotten) are skipped.
+    for (int budget = 8; budget > 0 && !idle_tenants.empty(); --budget) {
+      const auto [ti, mark] = idle_tenants.front();
+      Tenant& t = tenants[ti];
+      if (!t.alive || t.idle_mark != mark) {
+        idle_tenants.pop_front();
+        continue;
+      }
+      const bool crowded = tenant_ids.size() > cfg.max_tenant_records;
+      if (!crowded && !(now - t.idle_since >= cfg.tenant_idle_forget_s)) break;
+      idle_tenants.pop_front();
+      if (forgettable(t, now)) {
+        forget(ti);
+      } else if (!idle(t) || t.budget || t.weight != 1.0) {
+        t.idle_mark = 0;  // listed again at its next idle moment, if it is forgettable then
+      } else {  // a bucket still refilling (or the clock went back): try again later
+        t.idle_mark = ++idle_clock;
+        idle_tenants.emplace_back(ti, t.idle_mark);
+      }
+    }
+    if (idle_tenants.size() > 2 * tenant_ids.size() + 64) {  // drop stale entries now and then
+      std::deque<std::pair<std::uint32_t, std::uint64_t>> live;
+      for (const auto& e : idle_tenants)
+        if (tenants[e.first].alive && tenants[e.first].idle_mark == e.second) live.push_back(e);
+      idle_tenants.swap(live);
+    }
+  }
+
+  void forget(std::uint32_t ti) {
+    tenant_ids.erase(tenants[ti].name);
+    tenants[ti] = Tenant();  // releases its name and queue nodes
+    tenants[ti].alive = false;
+    free_tenants.push_back(ti);
+  }
 
   void roll(Budget& b, double now) {
     const double start = budget_window_bounds(b.window, now).first;
@@ -603,6 +685,7 @@ struct Scheduler::Impl {
     running[r.run_pos] = moved;
     recs[moved].run_pos = r.run_pos;
     running.pop_back();
+    note_idle(t, now);
   }
 
   void learn(const Rec& r, double now, std::uint64_t out_tok) {
@@ -641,8 +724,9 @@ struct Scheduler::Impl {
     rejected_outbox.emplace_back(r.req.id, std::move(d));
     n_shed++;
     n_rejected++;
-    (void)now;
+    Tenant& t = tenants[r.tenant];
     free_rec(slot);
+    note_idle(t, now);
   }
 
   void shed_budget(std::uint32_t slot, double now) {
@@ -808,7 +892,15 @@ struct Scheduler::Impl {
     if (ids.find(id_hash, req.id, id_of()) != kNone)
       throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
     n_submitted++;
+    last_now = std::max(last_now, now);
     Tenant& t = tenant_of(req.tenant);
+    note_active(t);
+    Decision d = decide(req, t, id_hash, now);
+    note_idle(t, now);  // refused: a new tenant's record may be left with nothing
+    return d;
+  }
+
+  Decision decide(const ScheduledRequest& req, Tenant& t, std::uint32_t id_hash, double now) {
     refill(t, now);
     const double tokens = tokens_of(req);
     if ((tpm.on && tokens > tpm.capacity) || (t.tpm.on && tokens > t.tpm.capacity)) {
@@ -1018,6 +1110,8 @@ Scheduler::Scheduler(SchedulerConfig config) {
     throw Error(ErrorCode::invalid_argument, "concurrency limits must be at least 1");
   if (!(config.tail_share >= 0))
     throw Error(ErrorCode::invalid_argument, "tail_share must be >= 0");
+  if (!(config.tenant_idle_forget_s >= 0))
+    throw Error(ErrorCode::invalid_argument, "tenant_idle_forget_s must be >= 0 (infinity: only max_tenant_records)");
   if (!(config.batch_max_defer_s >= 0))
     throw Error(ErrorCode::invalid_argument, "batch_max_defer_s must be >= 0 (infinity: never promote)");
   if (!(config.budget_defer_fraction > 0 && config.budget_defer_fraction <= 1))
@@ -1069,6 +1163,7 @@ void Scheduler::add_service(const std::string& tenant, std::uint64_t input_token
   t.counter += (m.cfg.vtc_input_weight * static_cast<double>(input_tokens) +
                 m.cfg.vtc_output_weight * static_cast<double>(output_tokens)) / t.weight;
   if (m.fair_order() && !t.queue.empty()) m.reindex(t);
+  m.note_idle(t, m.last_now);  // a tenant served only elsewhere is an idle record here
 }
 
 Decision Scheduler::submit(const ScheduledRequest& request, double now) {
@@ -1121,11 +1216,13 @@ bool Scheduler::cancel(const std::string& id, double now) {
   const std::uint32_t slot = m.live_slot(id);
   if (slot == kNone) return false;
   Rec& r = m.recs[slot];
+  Tenant& t = m.tenants[r.tenant];
   if (r.state == RequestState::running) m.finish(slot, now, nullptr, 0, 0);
   else if (r.state == RequestState::queued) m.unqueue(slot);
   else m.unlane(slot);
   m.n_cancelled++;
   m.free_rec(slot);
+  m.note_idle(t, now);
   return true;
 }
 
@@ -1157,6 +1254,7 @@ BudgetUsage Scheduler::usage(const std::string& tenant, double now) {
   } else {
     u.spent = t.spent_all;
   }
+  impl_->note_idle(t, now);
   return u;
 }
 
@@ -1180,6 +1278,7 @@ RateLimitStatus Scheduler::rate_limits(const std::string& tenant, double now) {
   };
   fill(m.rpm, t.rpm, st.limit_requests, st.remaining_requests, st.reset_requests_s);
   fill(m.tpm, t.tpm, st.limit_tokens, st.remaining_tokens, st.reset_tokens_s);
+  m.note_idle(t, now);
   return st;
 }
 
@@ -1245,7 +1344,8 @@ SchedulerSnapshot Scheduler::snapshot(double now, std::size_t max_items) {
                 {"deferred", m.n_deferred},   {"rejected", m.n_rejected},   {"started", m.n_started},
                 {"completed", m.n_completed}, {"cancelled", m.n_cancelled}, {"shed", m.n_shed},
                 {"dispatched", m.n_dispatched}, {"queue_length", m.index.size()},
-                {"deferred_length", m.deferred.size()}, {"running", m.running.size()}};
+                {"deferred_length", m.deferred.size()}, {"running", m.running.size()},
+                {"tenants", m.tenant_ids.size()}};
   s.reserved_total = m.reserved_total;
   s.policy = m.cfg.policy;
   s.paused = m.paused;

@@ -155,6 +155,13 @@ std::size_t count_chat_tokens(const Encoding& encoding, std::string_view request
   return static_cast<std::size_t>(n < 0 ? 0 : n);
 }
 
+std::size_t count_chat_tools(const Encoding& encoding, std::string_view tools_json, std::string_view model) {
+  json tools = json::parse(tools_json.begin(), tools_json.end(), nullptr, false);
+  if (tools.is_discarded()) bad("tools", "is not valid JSON");
+  const long n = Counter(encoding, rules_for(encoding, model)).tools(tools, "tools");
+  return static_cast<std::size_t>(n < 0 ? 0 : n);
+}
+
 ChatFraming chat_framing(const Encoding& encoding, std::string_view model) {
   const Rules r = rules_for(encoding, model);
   return {r.per_message, r.per_name, r.reply_priming};

@@ -234,12 +234,17 @@ std::vector<Rank> Encoding::encode_ordinary(std::string_view utf8) const {
 }
 
 std::vector<Rank> Encoding::encode(std::string_view utf8, const SpecialSet& allowed) const {
-  impl_->check_specials(allowed);
   std::vector<Rank> v;
+  encode_into(utf8, allowed, v);
+  return v;
+}
+
+void Encoding::encode_into(std::string_view utf8, const SpecialSet& allowed, std::vector<Rank>& v) const {
+  impl_->check_specials(allowed);
+  v.clear();
   v.reserve(utf8.size() / 4 + 4);
   VectorOut out{v};
   impl_->encode(utf8, allowed, out);
-  return v;
 }
 
 std::size_t Encoding::count(std::string_view utf8) const {

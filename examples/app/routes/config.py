@@ -79,7 +79,9 @@ async def config_save(request: Request, user: dict[str, Any] = Depends(require_a
             if window not in state.WINDOWS:
                 raise ValueError(f"The budget window is one of {', '.join(state.WINDOWS)}.")
             amount = str(form.get("limit_usd", "")).strip()
-            value = {"limit_pico_usd": state.parse_usd(amount, "Default budget") if amount else None, "window": window}
+            value = {"limit_pico_usd": state.parse_usd(amount, "Default budget") if amount else None,
+                     "limit_tokens": state.parse_limit(str(form.get("limit_tokens", "")), "Default token budget"),
+                     "window": window}
             await blocking(state.set_cfg, led, state.K_DEFAULT_BUDGET, value, actor)
         elif section == "levers":
             await blocking(state.set_cfg, led, state.K_LEVERS, state.parse_levers(form), actor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -54,7 +55,7 @@ class Price:
                                    param="X-Tokenlane-Deadline-Ms")
             deadline_s = now + deadline_ms / 1000.0
         tags = merge_tags(self.tags_of(headers), request.tags, identity.tags)
-        plain = request.api == OPENAI_CHAT and not (request.tools or request.system or request.extra.get("functions"))
+        plain = request.api == OPENAI_CHAT and not (request.system or request.extra.get("functions"))
         if self._fast and plain:
             priced = self._prepare_plain(request, identity, route, now, request_id, priority, deadline_s, tags)
             if priced is not None:
@@ -129,7 +130,8 @@ class Price:
         if encoding is None:
             return None
         done = _core.prepare_chat(encoding, self.estimator._core, self.pricing._core, request.messages, model,
-                                  route, identity.tenant, request.max_tokens, request.n, DEFAULT_MAX_OUTPUT_TOKENS)
+                                  route, identity.tenant, request.max_tokens, request.n, DEFAULT_MAX_OUTPUT_TOKENS,
+                                  json.dumps(request.tools) if request.tools else "")
         if done is None:
             return None
         (prepared, tokens, priced, max_input, max_output, p50, p90, source, cost_p50, cost_p90, cost_max,
