@@ -1007,7 +1007,11 @@ struct Scheduler::Impl {
       case Block::rpm: d.message = "Queued: waiting for the requests-per-minute limit."; break;
       case Block::tpm: d.message = "Queued: waiting for the tokens-per-minute limit."; break;
       case Block::budget_reserved: d.message = "Queued: in-flight requests hold the rest of the budget."; break;
-      default: d.message = "Queued behind " + std::to_string(pos) + " request(s).";
+      default: {  // formatted in place: one allocation, not three
+        char buf[64];
+        const int len = std::snprintf(buf, sizeof buf, "Queued behind %llu request(s).", static_cast<unsigned long long>(pos));
+        d.message.assign(buf, static_cast<std::size_t>(len));
+      }
     }
     return d;
   }

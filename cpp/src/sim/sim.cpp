@@ -91,10 +91,16 @@ void fairness(const SimTrace& t, const SimConfig& cfg, SimResult& r, double hori
     if (!(e > s)) service[win(s) * nt + ten] += cost;
     else spread(service, ten, s, e, cost / (e - s));
   }
-  // Union of each tenant's waiting intervals, so overlapping waits are not counted twice.
-  std::sort(waits.begin(), waits.end(), [](const Wait& a, const Wait& b) {
-    return a.tenant != b.tenant ? a.tenant < b.tenant : a.start < b.start;
-  });
+  // Union of each tenant's waiting intervals, so overlapping waits are not counted twice. They were
+  // collected in arrival order, so grouping by tenant (a stable counting sort) sorts them.
+  {
+    std::vector<std::size_t> at(nt + 1, 0);
+    for (const Wait& x : waits) ++at[x.tenant + 1];
+    for (std::size_t k = 0; k < nt; ++k) at[k + 1] += at[k];
+    std::vector<Wait> grouped(waits.size());
+    for (const Wait& x : waits) grouped[at[x.tenant]++] = x;
+    waits.swap(grouped);
+  }
   for (std::size_t i = 0; i < waits.size();) {
     const std::uint32_t ten = waits[i].tenant;
     double s = waits[i].start, e = waits[i].end;
