@@ -18,8 +18,7 @@ def ada_with_a_key(c: Client) -> str:
 
 
 def test_budget_alert_banner_for_the_user_and_list_for_admins(tmp_path, monkeypatch):
-    # No burn-rate forecast: past a tenth of the day it fires too, after the refusal, and would be
-    # the latest alert (the banner's) depending on the time of day the test runs.
+    # 62 % spent calls for the burn-rate forecast too before 62 % of the day has passed: not this test's
     monkeypatch.setenv("TOKENLANE_ALERT_FORECAST", "false")
     app = make_app(tmp_path)
     tl = app.state.tl
