@@ -108,6 +108,10 @@ def measure(name: str, replicas: int, env: dict[str, str], args: argparse.Namesp
                 if redis_url else None,
             }
         return asyncio.run(run())
+    except BaseException:  # what the replicas said: a dropped connection is theirs to explain
+        for i in range(replicas):
+            print(f"--- {name} replica {i} (exit code {group.procs[i].poll()}):\n{group._log(i)}", file=sys.stderr)
+        raise
     finally:
         group.stop()
 

@@ -74,9 +74,14 @@ class Settings:
         return Path(path)
 
     def resolved_secret_key(self) -> str:
-        """The configured key, else one stored in ``<db>.secret`` (created with mode 0600)."""
+        """The configured key, else one stored in ``<db>.secret`` (created with mode 0600). With the
+        database on a server (PostgreSQL) there is no file to keep it beside, and every replica must
+        sign sessions with the same key: it must be given."""
         if self.secret_key:
             return self.secret_key
+        if "://" in self.db_path and not self.db_path.startswith("sqlite:///"):
+            raise SystemExit("TOKENLANE_SECRET_KEY must be set when the database is a server "
+                             f"({self.db_path.split('://', 1)[0]}): every replica signs sessions with the same key")
         key_file = self.db_file().with_name(self.db_file().name + ".secret")
         try:
             return key_file.read_text().strip()

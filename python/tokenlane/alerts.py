@@ -120,9 +120,9 @@ class AlertMarks:
         """Records the alert; False when another process (or an earlier request) already fired it."""
         with self._db.connection() as c:
             cur = c.execute(
-                "INSERT OR IGNORE INTO alerts (id, principal, level, kind, threshold, period, window_start,"
+                "INSERT INTO alerts (id, principal, level, kind, threshold, period, window_start,"
                 " spent_pico_usd, limit_pico_usd, reason, at, payload, delivery)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (alert.id, alert.principal, alert.level, alert.kind, alert.threshold, alert.window,
                  alert.window_start, alert.spent_pico_usd, alert.limit_pico_usd, alert.reason, alert.at,
                  json.dumps(alert.payload()), delivery))
@@ -144,7 +144,7 @@ class AlertMarks:
     def list(self, principal: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Alerts newest first, each with its payload and delivery status."""
         filters, args = where(("principal = ?", principal), ("at >= ?", since))
-        sql = f"SELECT * FROM alerts{filters} ORDER BY at DESC LIMIT ?"
+        sql = f"SELECT * FROM alerts{filters} ORDER BY at DESC, kind DESC, threshold DESC LIMIT ?"  # one check: its refusal first
         with self._db.connection() as c:
             rows = c.execute(sql, (*args, limit)).fetchall()
         out = []

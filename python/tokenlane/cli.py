@@ -138,11 +138,12 @@ def _cell(value: object) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from .config import load_settings
+    from .ledger import is_postgres_url
     from .reports import COLUMNS, document, parse_period, report, summary
 
     db = args.db or load_settings(args.config).db
     path = db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
-    if not os.path.exists(path):
+    if not is_postgres_url(db) and not os.path.exists(path):
         raise ValueError(f"no ledger at {path} (pass --db or set TOKENLANE_DB)")
     now = time.time()
     since, until = parse_period(args.since, now), parse_period(args.until, now)

@@ -256,6 +256,9 @@ class PostgresLedger:
             raise StorageError(f"cannot open ledger {_safe(url)}: {exc}") from None
         self._spool = Spool(spool or os.environ.get("TOKENLANE_SPOOL") or "tokenlane-spool.db")
         self._down = len(self._spool) > 0  # writes left from a previous run go first
+        # Set by a runtime that writes behind (its ledger thread's flush), as on the SQLite ledger:
+        # reads see every request this process answered or decided.
+        self.before_read: Callable[[], Any] | None = None
         self._outage = threading.Lock()  # spooling vs. the replay's "spool empty: back to direct"
         self._done_marks: list[str] = []  # marks of writes no spool holds: deleted by the replay thread
         self._marks_lock = threading.Lock()
@@ -295,7 +298,9 @@ class PostgresLedger:
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise _Down(str(exc)) from None
 
-    def _read(self, fn: Callable[[Any], Any]) -> Any:
+    def _read(self, fn: Callable[[Any], Any], *, flush: bool = True) -> Any:
+        if flush and self.before_read is not None:
+            self.before_read()
         if self._down:
             raise StorageError(f"ledger {_safe(self.url)} is unreachable (writes are spooled until it returns)")
         try:
@@ -391,6 +396,13 @@ class PostgresLedger:
                     fresh = False
                 self._spool.drop(seq)  # (its mark stays: another process may share the spool file)
                 applied += fresh
+
+    def sidecar(self) -> Any:
+        """The tables tokenlane keeps beside the ledger's (alert records, request tags), in this
+        database, on this ledger's pool (:class:`tokenlane.sidecar.PgSidecar`)."""
+        from .sidecar import PgSidecar
+
+        return PgSidecar(self._pool, _safe(self.url))
 
     def spooled(self) -> int:
         """How many writes wait in the spool."""
@@ -791,7 +803,8 @@ class PostgresLedger:
         ``lease_s / 3``). Returns how many holds it released."""
         now = time.time() if now is None else float(now)
         params = {"me": owner_token(), "now": now, "until": now + self.lease_s}
-        return int(self._read(lambda c: c.execute(_EXPIRE_HOLDS, params).fetchone()["n"]))
+        # (no flush: the replay thread must not wait for the ledger thread, which may wait for it)
+        return int(self._read(lambda c: c.execute(_EXPIRE_HOLDS, params).fetchone()["n"], flush=False))
 
     def holds(self) -> list[dict[str, Any]]:
         """Budget reservations in force: request_id, owner, budgets (the levels), amount_pico_usd,

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .sidecar import Sidecar, where
+from .sidecar import open_sidecar, where
 
 PICO_PER_USD = 10**12
 GROUPS = ("day", "model", "route", "tenant", "user", "status", "rule", "lane")
@@ -36,15 +36,15 @@ _GROUP_SQL = {
 # Sums per group; the *_matched pairs cover the same rows, so their ratio is an honest error.
 _MEASURES = """
   COUNT(*) AS requests,
-  SUM(r.status = 'succeeded') AS succeeded,
-  SUM(r.status = 'failed') AS failed,
-  SUM(r.status = 'rejected') AS refused,
-  SUM(r.input_tokens IS NOT NULL) AS billed,
+  SUM(CASE WHEN r.status = 'succeeded' THEN 1 ELSE 0 END) AS succeeded,
+  SUM(CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END) AS failed,
+  SUM(CASE WHEN r.status = 'rejected' THEN 1 ELSE 0 END) AS refused,
+  SUM(CASE WHEN r.input_tokens IS NOT NULL THEN 1 ELSE 0 END) AS billed,
   COALESCE(SUM(r.input_tokens), 0) AS input_tokens,
   COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
   COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
   COALESCE(SUM(r.cost_pico_usd), 0) AS cost_pico_usd,
-  COALESCE(SUM(r.cache = 'hit'), 0) AS cache_hits,
+  COALESCE(SUM(CASE WHEN r.cache = 'hit' THEN 1 ELSE 0 END), 0) AS cache_hits,
   COALESCE(SUM(r.cache_saved_pico_usd), 0) + COALESCE(SUM(r.prompt_cache_saved_pico_usd), 0)
     + COALESCE(SUM(r.unrouted_cost_pico_usd - r.cost_pico_usd), 0) AS saved_pico_usd,
   COALESCE(SUM(CASE WHEN r.cost_pico_usd IS NOT NULL AND r.status = 'succeeded' THEN r.est_cost_pico_usd END), 0)
@@ -71,14 +71,14 @@ def _where(since: float | None, until: float | None, tenant: str | None) -> tupl
     return where(("r.created_at >= ?", since), ("r.created_at < ?", until), ("r.tenant = ?", tenant))
 
 
-def _p95(db: Sidecar, value: str, group: str, join: str, join_args: list[Any], where: str,
+def _p95(db: Any, value: str, group: str, join: str, join_args: list[Any], where: str,
          args: list[Any]) -> dict[Any, float]:
     """Nearest-rank p95 of a per-request value in each group (SQL window functions)."""
     cond = f"({value}) IS NOT NULL"
     where = where + (" AND " if where else " WHERE ") + cond
     sql = (f"SELECT g, MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN v END) AS p95 FROM ("
            f" SELECT {group} AS g, {value} AS v, ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY {value}) AS rn,"
-           f" COUNT(*) OVER (PARTITION BY {group}) AS n FROM requests r{join}{where}) GROUP BY g")
+           f" COUNT(*) OVER (PARTITION BY {group}) AS n FROM requests r{join}{where}) AS ranked GROUP BY g")
     with db.connection() as c:
         return {row["g"]: row["p95"] for row in c.execute(sql, [*join_args, *args])}
 
@@ -106,12 +106,12 @@ def _kpis(row: dict[str, Any], total_requests: int) -> dict[str, Any]:
     }
 
 
-def report(db: Sidecar | str, by: str = "day", *, since: float | None = None, until: float | None = None,
+def report(db: Any, by: str = "day", *, since: float | None = None, until: float | None = None,
            tenant: str | None = None) -> list[dict[str, Any]]:
     """One row per group with the KPIs (cost per 1,000 requests, average tokens, p95 latency and
     queue time, refusal rate, estimate error, share of requests), most expensive first (by day:
     in date order)."""
-    sidecar = Sidecar(db) if isinstance(db, str) else db
+    sidecar = open_sidecar(db) if isinstance(db, str) else db
     group, join, join_args = _group(by)
     where, args = _where(since, until, tenant)
     sql = f"SELECT {group} AS g, {_MEASURES} FROM requests r{join}{where} GROUP BY g"
@@ -135,10 +135,10 @@ def report(db: Sidecar | str, by: str = "day", *, since: float | None = None, un
     return out
 
 
-def summary(db: Sidecar | str, *, since: float | None = None, until: float | None = None,
+def summary(db: Any, *, since: float | None = None, until: float | None = None,
             tenant: str | None = None) -> dict[str, Any]:
     """The KPIs over the whole period, refusals by reason and spend against each budget."""
-    sidecar = Sidecar(db) if isinstance(db, str) else db
+    sidecar = open_sidecar(db) if isinstance(db, str) else db
     where, args = _where(since, until, tenant)
     with sidecar.connection() as c:
         row = dict(c.execute(f"SELECT 1 AS g, {_MEASURES} FROM requests r{where}", args).fetchone())
@@ -188,7 +188,7 @@ def parse_period(text: str | None, now: float) -> float | None:
     return moment.timestamp()
 
 
-def document(db: Sidecar | str, by: str = "day", *, since: float | None = None, until: float | None = None,
+def document(db: Any, by: str = "day", *, since: float | None = None, until: float | None = None,
              tenant: str | None = None) -> dict[str, Any]:
     """The whole report as ``tokenlane report --format json`` and ``GET /tokenlane/report`` give it."""
     return {"by": by, "since": since, "until": until, "tenant": tenant,

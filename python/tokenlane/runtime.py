@@ -114,11 +114,10 @@ class Tokenlane:
             on_error=self._ledger_error, ledger=self.ledger, journal=journal,
             sweep=(lambda: sweep(self.ledger, journal_home, owner_token(), self.clock())) if journal_home else None,
             sweep_s=s.reclaim_interval_s)
-        if isinstance(self.ledger, Ledger):
+        if hasattr(self.ledger, "before_read"):
             self.ledger.before_read = self.thread.flush  # reads see every request this process answered
-        # Tables beside the ledger's own (alert marks, request tags) in the same file; with the
-        # ledger on PostgreSQL they stay in a local SQLite file of this replica (not shared yet).
-        self.sidecar = Sidecar(self.ledger.path if isinstance(self.ledger, Ledger) else "tokenlane-sidecar.db")
+        # Tables beside the ledger's own (alert marks, request tags) in the same file or database.
+        self.sidecar = Sidecar(self.ledger.path) if isinstance(self.ledger, Ledger) else self.ledger.sidecar()
         self.tags = TagStore(self.sidecar)
         self.sidecar.before_read = self.thread.flush
         # The stages, in request order.

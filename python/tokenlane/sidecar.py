@@ -3,15 +3,19 @@
 Alert marks and request tags are written rarely or in bulk and read by reports; they do not need
 the C++ ledger, only the same file (so every worker process and ``tokenlane report`` see them).
 One connection per process, guarded by a lock: callers are the ledger thread and worker threads.
+With the ledger on PostgreSQL they are tables of the same database (:class:`PgSidecar`, the
+queries written once, in SQLite's words, translated), so every replica sees them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 log = logging.getLogger("tokenlane")
@@ -110,9 +114,97 @@ class Sidecar:
             self._conn.close()
 
 
+class PgSidecar:
+    """The same tables in the ledger's PostgreSQL database, on the ledger's connection pool (see
+    :meth:`tokenlane.pgledger.PostgresLedger.sidecar`). ``connection()`` yields a connection whose
+    ``execute`` takes the SQLite queries of the callers: ``?`` parameters, ``date(x, 'unixepoch')``;
+    rows are dicts, sums are ints (not Decimals). Unreachable: :class:`StorageError`."""
+
+    def __init__(self, pool: Any, url: str) -> None:
+        from .pgledger import postgres_dialect
+
+        self.path = url  # (without its password) for messages
+        self._pool = pool
+        self.before_read: Any = None
+        with pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7461636)")  # the ledger's migration lock: replicas start together
+            for statement in re.sub(r"--[^\n]*", "", _SCHEMA).split(";"):
+                if statement.strip():
+                    conn.execute(postgres_dialect(statement))
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        from ._core import StorageError
+
+        if self.before_read is not None:
+            self.before_read()
+        try:
+            with self._pool.connection() as conn:
+                conn.row_factory = _number_rows
+                yield _PgConnection(conn)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StorageError(f"ledger {self.path} is unreachable: {exc}") from None
+
+    def close(self) -> None:
+        pass  # the pool is the ledger's
+
+
+class _PgConnection:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.execute(_postgres_query(sql), params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        cur = self._conn.cursor()
+        cur.executemany(_postgres_query(sql), rows)
+        return cur
+
+
+_UNIX_DATE = re.compile(r"date\(([\w.]+), 'unixepoch'\)")
+
+
+def _postgres_query(sql: str) -> str:
+    """SQLite's ``?`` and ``date(x, 'unixepoch')`` → PostgreSQL's (the only words the callers use
+    that differ; they write upserts as ``ON CONFLICT`` and boolean sums as ``CASE``)."""
+    sql = _UNIX_DATE.sub(r"to_char(to_timestamp(\1) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", sql)
+    return sql.replace("?", "%s")
+
+
+def _number_rows(cursor: Any) -> Any:
+    """psycopg rows as dicts, with NUMERIC sums as int (or float), as SQLite gives them."""
+    names = [d.name for d in cursor.description or ()]
+
+    def row(values: Any) -> dict[str, Any]:
+        return {n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, Decimal) else v
+                for n, v in zip(names, values)}
+    return row
+
+
+def open_sidecar(db: str) -> Any:
+    """The sidecar of a ledger given by path or URL (``tokenlane report``): the SQLite file's own,
+    or the PostgreSQL database's (its own small pool)."""
+    from .ledger import is_postgres_url
+
+    if not is_postgres_url(db):
+        return Sidecar(db.removeprefix("sqlite:///"))
+    from psycopg_pool import ConnectionPool
+
+    from .pgledger import _safe
+
+    pool = ConnectionPool(db, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True)
+    sidecar = PgSidecar(pool, _safe(db))
+    sidecar.close = pool.close  # type: ignore[method-assign]
+    return sidecar
+
+
 def _read_only(exc: Exception) -> bool:
     """SQLite's "attempt to write a readonly database" (the file, or its directory, may not be written)."""
     return "readonly database" in str(exc)
 
 
-__all__ = ["Sidecar", "where"]
+__all__ = ["PgSidecar", "Sidecar", "open_sidecar", "where"]

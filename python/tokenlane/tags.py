@@ -59,7 +59,8 @@ class TagStore:
         if not tags:
             return
         with self._db.connection() as c:
-            c.executemany("INSERT OR REPLACE INTO request_tags (request_id, key, value) VALUES (?, ?, ?)",
+            c.executemany("INSERT INTO request_tags (request_id, key, value) VALUES (?, ?, ?) "
+                          "ON CONFLICT (request_id, key) DO UPDATE SET value = excluded.value",
                           [(request_id, k, v) for k, v in tags.items()])
 
     def keys(self, limit: int = 50) -> list[str]:

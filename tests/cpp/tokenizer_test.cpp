@@ -57,13 +57,16 @@ TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
 }
 
 TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
-  // The window rules restate the regex over ASCII; the scalar path is the reference (it is checked
-  // against tiktoken by the parity tests). Random text over the bytes the rules treat specially.
+  // The window rules restate the regex over ASCII and two-byte Latin-1/Cyrillic letters; the scalar
+  // path is the reference (it is checked against tiktoken by the parity tests). Random text over the
+  // bytes and characters the rules treat specially, including broken UTF-8.
   using namespace tokenlane::detail;
   const char* const atoms[] = {"a", "s", "t", "l", "v", "e", "r", "m", "d", "A", "S", "T", "L", " ", " ", "\t",
                                "\n", "\r", "\v", "\f", ".", ",", "/", "'", "'", "0", "1", "2", "-", "\"",
                                "\x1c", "\x7f", "\xc3\xa9", "\xc2\xa0", "\xe2\x80\x99", "\xc5\xbf", "  ", "\n\n",
-                               "\r\n", "The", "it"};
+                               "\r\n", "The", "it", "\xc3\x84", "\xc3\x97", "\xc3\xb7", "\xc3\x9f", "\xc3\xbf",
+                               "\xd0\x80", "\xd0\xaf", "\xd0\xb0", "\xd1\x91", "\xd1\x9f", "\xd1\xa3", "\xd2\x82",
+                               "\xc3", "\x80"};
   const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
   std::mt19937_64 rng(20261205);
   for (int round = 0; round < 20000; ++round) {

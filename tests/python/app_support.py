@@ -3,6 +3,8 @@ and fills forms the way a browser does (session cookie + the page's CSRF token).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,12 +26,44 @@ CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
 def make_app(tmp_path: Path, **overrides: Any) -> Any:
-    settings = Settings(
-        db_path=str(tmp_path / "app.db"), secret_key="test-secret", admin_email=ADMIN_EMAIL,
-        admin_password=ADMIN_PASSWORD, **overrides,
-    )
+    """The app on the test's database: an SQLite file in ``tmp_path``, or (TOKENLANE_TEST_STORE=
+    postgres) a PostgreSQL database and a Redis database of its own, as a replica would run with
+    TOKENLANE_DB and TOKENLANE_STATE set. A second call with the same ``tmp_path`` reopens them."""
+    env = {"TOKENLANE_SPOOL": str(tmp_path / "spool.db")}
+    db = str(tmp_path / "app.db")
+    if os.environ.get("TOKENLANE_TEST_STORE") == "postgres":
+        db, env["TOKENLANE_STATE"] = _app_store(tmp_path)
+    settings = Settings(db_path=db, secret_key="test-secret", admin_email=ADMIN_EMAIL,
+                        admin_password=ADMIN_PASSWORD, **overrides)
     # The real runtime, ledger and middleware; the simulated model answers at once.
-    return create_app(settings, provider=SimulatedProvider(time_scale=0))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read once, while the runtime is built
+    try:
+        return create_app(settings, provider=SimulatedProvider(time_scale=0))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _app_store(tmp_path: Path) -> tuple[str, str]:
+    """(PostgreSQL URL, Redis URL) of the app in ``tmp_path``, made on first use (the servers of
+    scripts/test, exported by conftest's ``servers`` fixture)."""
+    import redis
+
+    from store_support import fresh_database
+
+    saved = tmp_path / "app-store.json"
+    if saved.exists():
+        return tuple(json.loads(saved.read_text()))  # type: ignore[return-value]
+    base = os.environ["TOKENLANE_TEST_REDIS"].rsplit("/", 1)[0]
+    n = redis.Redis.from_url(base + "/0").incr("tokenlane-tests:next-db") % 15 + 1
+    redis.Redis.from_url(f"{base}/{n}").flushdb()
+    urls = (fresh_database(os.environ["TOKENLANE_TEST_PG"]), f"{base}/{n}")
+    saved.write_text(json.dumps(urls))
+    return urls
 
 
 class Client:

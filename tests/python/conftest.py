@@ -50,6 +50,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
         running.stop()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _export_servers(request: pytest.FixtureRequest) -> None:
+    """In the PostgreSQL pass, the servers' URLs are in the environment (app_support.make_app
+    reads them), started here when scripts/test did not."""
+    if os.environ.get("TOKENLANE_TEST_STORE") == "postgres":
+        os.environ["TOKENLANE_TEST_PG"], os.environ["TOKENLANE_TEST_REDIS"] = request.getfixturevalue("servers")
+
+
 @pytest.fixture
 def pg_url(servers) -> str:
     return fresh_database(servers[0])

@@ -129,3 +129,13 @@ def test_pages_carry_security_headers(client):
     assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
     assert "script-src 'self'" in r.headers["content-security-policy"]
     assert "onsubmit=" not in r.text and "onclick=" not in r.text
+
+
+def test_a_database_server_needs_the_session_key_given():
+    """Replicas on PostgreSQL share no file to keep a generated key in, and must all sign sessions
+    with the same one: starting without TOKENLANE_SECRET_KEY is a clear error."""
+    from examples.app.settings import Settings
+
+    with pytest.raises(SystemExit, match="TOKENLANE_SECRET_KEY"):
+        Settings(db_path="postgresql://app@db/tokenlane").resolved_secret_key()
+    assert Settings(db_path="postgresql://app@db/tokenlane", secret_key="s").resolved_secret_key() == "s"

@@ -30,10 +30,10 @@ def wait_for(condition, timeout_s: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
+def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path, store):
     seen = []
     with Receiver(fail_first=1) as receiver:
-        rt = Tokenlane(db=str(tmp_path / "l.db"), alert_webhook=receiver.url, alert_webhook_secret="whsec",
+        rt = Tokenlane(**store, alert_webhook=receiver.url, alert_webhook_secret="whsec",
                        alert_forecast=False, on_alert=seen.append)
         rt.observe.alerts.backoff_s = 0.01
         with TestClient(build_app(rt)) as client:
@@ -66,16 +66,16 @@ def test_budget_alerts_fire_once_per_threshold_to_a_real_webhook(tmp_path):
     assert sorted(a.threshold for a in seen) == [0.5, 0.8, 1.0]
 
 
-def test_switched_off_parts_are_not_built(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "off.db"), alert_thresholds=[], alert_forecast=False)
+def test_switched_off_parts_are_not_built(tmp_path, store):
+    rt = Tokenlane(**store, alert_thresholds=[], alert_forecast=False)
     assert rt.observe is None and rt.reconcile.observe is None
     with TestClient(build_app(rt)) as client:
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
-def test_tags_flow_from_header_to_reports_and_cli(tmp_path, capsys):
-    db = str(tmp_path / "tags.db")
-    rt = Tokenlane(db=db)
+def test_tags_flow_from_header_to_reports_and_cli(tmp_path, capsys, store):
+    db = store["db"]
+    rt = Tokenlane(**store)
     with TestClient(build_app(rt)) as client:
         for feature, n in (("search", 3), ("chat", 1)):
             for _ in range(n):
@@ -93,7 +93,7 @@ def test_tags_flow_from_header_to_reports_and_cli(tmp_path, capsys):
     assert cli["search"]["requests"] == 3 and cli["search"]["cost_usd"] == pytest.approx(rows["search"]["cost_usd"])
 
 
-def test_otel_spans_and_metrics_through_the_middleware(tmp_path):
+def test_otel_spans_and_metrics_through_the_middleware(tmp_path, store):
     pytest.importorskip("opentelemetry.sdk")
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -105,7 +105,7 @@ def test_otel_spans_and_metrics_through_the_middleware(tmp_path):
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     meter_provider = MeterProvider(metric_readers=[reader])
-    rt = Tokenlane(db=str(tmp_path / "otel.db"), tracer_provider=tracer_provider, meter_provider=meter_provider)
+    rt = Tokenlane(**store, tracer_provider=tracer_provider, meter_provider=meter_provider)
     with TestClient(build_app(rt)) as client:
         r = client.post("/v1/chat/completions", json=CHAT, headers={"X-Tokenlane-Tags": "feature=search"})
         usage = r.json()["usage"]
@@ -124,8 +124,8 @@ def test_otel_spans_and_metrics_through_the_middleware(tmp_path):
     meter_provider.shutdown()
 
 
-def test_report_route_gives_the_callers_own_kpis(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "route.db"))
+def test_report_route_gives_the_callers_own_kpis(tmp_path, store):
+    rt = Tokenlane(**store)
     with TestClient(build_app(rt)) as client:
         for user, feature in (("ann", "search"), ("ann", "chat"), ("ben", "search")):
             r = client.post("/v1/chat/completions", json=CHAT,

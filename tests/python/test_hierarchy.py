@@ -23,10 +23,10 @@ def _key_principal(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def test_rotating_the_user_field_never_mints_budget(tmp_path):
+def test_rotating_the_user_field_never_mints_budget(tmp_path, store):
     # The reported attack: one bearer key the ledger does not know, budget_usd=0.01, 40 requests
     # each with another `user`. The key pays for all of them, so it is refused past its budget.
-    rt = Tokenlane(db=str(tmp_path / "l.db"), budget_usd="0.01")
+    rt = Tokenlane(**store, budget_usd="0.01")
     headers = {"Authorization": "Bearer sk-client-1"}
     with TestClient(build_app(rt)) as client:
         replies = [client.post("/v1/chat/completions", json={**BODY, "user": f"user-{i}"}, headers=headers)
@@ -46,8 +46,8 @@ def test_rotating_the_user_field_never_mints_budget(tmp_path):
     assert sum(u["spent_pico_usd"] for u in usage["end_users"]) == spent
 
 
-def test_an_end_user_budget_narrows_inside_the_key(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "l.db"), budget_usd="1", end_user_budget_usd="0.003")
+def test_an_end_user_budget_narrows_inside_the_key(tmp_path, store):
+    rt = Tokenlane(**store, budget_usd="1", end_user_budget_usd="0.003")
     headers = {"Authorization": "Bearer sk-client-2"}
     with TestClient(build_app(rt)) as client:
         alice = [client.post("/v1/chat/completions", json={**BODY, "user": "alice"}, headers=headers).status_code
@@ -60,8 +60,8 @@ def test_an_end_user_budget_narrows_inside_the_key(tmp_path):
     assert rt.usage(owner)["spent_pico_usd"] == sum(r["cost_pico_usd"] or 0 for r in rt.ledger.list_requests())
 
 
-def test_unauthenticated_traffic_is_one_anonymous_principal(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "l.db"), budget_usd="0.002")
+def test_unauthenticated_traffic_is_one_anonymous_principal(tmp_path, store):
+    rt = Tokenlane(**store, budget_usd="0.002")
     with TestClient(build_app(rt)) as client:
         codes = [client.post("/v1/chat/completions", json={**BODY, "user": f"u{i}"}).status_code for i in range(6)]
         usage = client.get("/tokenlane/usage").json()
@@ -84,8 +84,8 @@ def _team(rt, tmp_path):
     return keys
 
 
-def test_a_team_budget_holds_across_its_members_keys_concurrently(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "l.db"), max_wait_s=30)
+def test_a_team_budget_holds_across_its_members_keys_concurrently(tmp_path, store):
+    rt = Tokenlane(**store, max_wait_s=30)
     keys = _team(rt, tmp_path)
     rt.set_budget("team:acme/eng", "0.02", "day")
     rt.set_budget(f"apikey:{keys['ann@acme.test'][0]}", "0.015", "day")
@@ -120,8 +120,8 @@ def test_a_team_budget_holds_across_its_members_keys_concurrently(tmp_path):
         assert rt.usage(member)["spent_pico_usd"] == spent
 
 
-def test_usage_per_level_and_who_may_read_it(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "l.db"))
+def test_usage_per_level_and_who_may_read_it(tmp_path, store):
+    rt = Tokenlane(**store)
     keys = _team(rt, tmp_path)
     ann_id, ann = keys["ann@acme.test"]
     _, ben = keys["ben@acme.test"]
@@ -149,8 +149,8 @@ def test_usage_per_level_and_who_may_read_it(tmp_path):
     assert admin.status_code == 200 and admin.json()["spent_pico_usd"] == mine["spent_pico_usd"]
 
 
-def test_limits_at_any_level_refuse_with_429_and_persist(tmp_path):
-    rt = Tokenlane(db=str(tmp_path / "l.db"))
+def test_limits_at_any_level_refuse_with_429_and_persist(tmp_path, store):
+    rt = Tokenlane(**store)
     keys = _team(rt, tmp_path)
     rt.set_limits("team:acme/eng", rpm=3)
     rt.set_limits(f"apikey:{keys['ann@acme.test'][0]}", concurrency=4, tpm=1_000_000)
@@ -167,22 +167,21 @@ def test_limits_at_any_level_refuse_with_429_and_persist(tmp_path):
                 assert int(r.headers["retry-after"]) >= 1
     assert codes == [200, 200, 200, 429, 429]
     assert {r["status"] for r in rt.ledger.list_requests()} == {"succeeded", "rejected"}
-    again = Tokenlane(db=str(tmp_path / "l.db"))  # another process reads the limits at start
+    again = Tokenlane(**store)  # another process reads the limits at start
     assert again.budget.limits("team:acme/eng") == {"rpm": 3}
     rt.set_limits("team:acme/eng")
     assert rt.budget.limits("team:acme/eng") == {}
 
 
-def test_a_level_another_worker_already_reserved_at_without_a_limit_is_served(tmp_path):
+def test_a_level_another_worker_already_reserved_at_without_a_limit_is_served(tmp_path, store):
     # Every request reserves along its whole chain, so another worker or replica may have written the
     # key's ledger row (no limit) before this process first sees the key: that is "no budget", not a
     # 500 (found by the kill -9 replica test).
-    db = str(tmp_path / "l.db")
     headers = {"Authorization": "Bearer sk-client-2"}
-    first = Tokenlane(db=db)
+    first = Tokenlane(**store)
     with TestClient(build_app(first)) as client:
         assert client.post("/v1/chat/completions", json=BODY, headers=headers).status_code == 200
-    second = Tokenlane(db=db)
+    second = Tokenlane(**store)
     with TestClient(build_app(second)) as client:
         assert client.post("/v1/chat/completions", json=BODY, headers=headers).status_code == 200
 

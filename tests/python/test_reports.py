@@ -13,7 +13,7 @@ import pytest
 from tokenlane import Ledger
 from tokenlane.cli import main
 from tokenlane.reports import ReportError, report, summary
-from tokenlane.sidecar import Sidecar
+from tokenlane.sidecar import open_sidecar
 from tokenlane.tags import TagError, TagStore, merge_tags, parse_tags
 
 USD = 10**12
@@ -21,10 +21,12 @@ NOW = 1_764_806_400.0  # 2025-12-04 00:00 UTC
 
 
 @pytest.fixture()
-def ledger_path(tmp_path):
-    path = str(tmp_path / "r.db")
+def ledger_path(ledger_url):
+    """The ledger's file or (TOKENLANE_TEST_STORE=postgres) URL, with the rows of a few requests."""
+    path = ledger_url
     led = Ledger(path)
-    tags = TagStore(Sidecar(path))
+    sidecar = open_sidecar(path)
+    tags = TagStore(sidecar)
     rows = [
         # id, tenant, model, status, reason, cost USD, est USD, in, out, queue ms, latency s, tags
         ("a", "acme", "gpt-4o", "succeeded", None, 0.02, 0.01, 1000, 200, 5.0, 1.0, {"feature": "search"}),
@@ -45,6 +47,7 @@ def ledger_path(tmp_path):
     led.set_budget("acme", 1 * USD, "total", now=NOW, limit_tokens=10_000)
     led.settle("acme", 0, int(0.041 * USD), NOW, actual_tokens=3_000)  # the three acme rows' usage
     led.close()
+    sidecar.close()
     return path
 
 

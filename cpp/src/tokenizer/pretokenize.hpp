@@ -446,8 +446,66 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // non-ASCII byte, near the end of the text, and at the rare patterns the masks do not model.
 struct AsciiMasks {
   std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash;
-  // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only.
+  // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only. high: bytes >= 0x80 except
+  // those of the two-byte letters below.
 };
+
+// Two-byte letters the windows also take (both bytes get the letter's case): U+00C0-U+00FF except
+// U+00D7 and U+00F7 (Latin-1 letters: lead 0xC3), U+0400-U+045F (Cyrillic: leads 0xD0, 0xD1 with
+// continuation 0x80-0x9F). Lu: U+00C0-U+00DE, U+0400-U+042F; Ll: U+00DF-U+00FF, U+0430-U+045F. The
+// masks give, per byte, the lead bytes and the continuation bytes that make such a letter.
+struct PairMasks {
+  std::uint64_t lead_c3, lead_d0, lead_d1;
+  std::uint64_t c3_upper, c3_lower, d0_upper, d0_lower, d1_lower;  // continuation bytes
+};
+inline void add_two_byte_letters(AsciiMasks& m, const PairMasks& p) {
+  const std::uint64_t up = (p.lead_c3 & (p.c3_upper >> 1)) | (p.lead_d0 & (p.d0_upper >> 1));
+  const std::uint64_t lo = (p.lead_c3 & (p.c3_lower >> 1)) | (p.lead_d0 & (p.d0_lower >> 1)) |
+                           (p.lead_d1 & (p.d1_lower >> 1));
+  m.upper |= up | (up << 1);
+  m.lower |= lo | (lo << 1);
+  m.high &= ~(up | (up << 1) | lo | (lo << 1));
+}
+
+// The PairMasks of s[0, 64).
+inline PairMasks pair_masks(const unsigned char* s) {
+  PairMasks pairs{};
+#if defined(__SSE2__)
+  auto eq = [](__m128i v, char c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(c)); };
+  auto bits = [](__m128i v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm_movemask_epi8(v))); };
+  // Continuation bytes 0x80-0xBF are -128..-65 as signed bytes; below(x, b): bytes under b - 256.
+  auto below = [](__m128i x, int b) { return _mm_cmplt_epi8(x, _mm_set1_epi8(static_cast<char>(b))); };
+  for (int q = 0; q < 4; ++q) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+    const int sh = 16 * q;
+    const __m128i cont = below(v, 0xC0 - 256);
+    const __m128i c3_upper = _mm_andnot_si128(eq(v, static_cast<char>(0x97)), below(v, 0x9F - 256));
+    const __m128i c3_lower = _mm_andnot_si128(_mm_or_si128(below(v, 0x9F - 256), eq(v, static_cast<char>(0xB7))), cont);
+    pairs.lead_c3 |= bits(eq(v, static_cast<char>(0xC3))) << sh;
+    pairs.lead_d0 |= bits(eq(v, static_cast<char>(0xD0))) << sh;
+    pairs.lead_d1 |= bits(eq(v, static_cast<char>(0xD1))) << sh;
+    pairs.c3_upper |= bits(c3_upper) << sh;
+    pairs.c3_lower |= bits(c3_lower) << sh;
+    pairs.d0_upper |= bits(below(v, 0xB0 - 256)) << sh;
+    pairs.d0_lower |= bits(_mm_andnot_si128(below(v, 0xB0 - 256), cont)) << sh;
+    pairs.d1_lower |= bits(below(v, 0xA0 - 256)) << sh;
+  }
+#else
+  for (int k = 0; k < 64; ++k) {
+    const std::uint64_t bit = std::uint64_t{1} << k;
+    const unsigned char b = s[k];
+    if (b == 0xC3) pairs.lead_c3 |= bit;
+    if (b == 0xD0) pairs.lead_d0 |= bit;
+    if (b == 0xD1) pairs.lead_d1 |= bit;
+    if (b >= 0x80 && b <= 0x9E && b != 0x97) pairs.c3_upper |= bit;
+    if (b >= 0x9F && b <= 0xBF && b != 0xB7) pairs.c3_lower |= bit;
+    if (b >= 0x80 && b <= 0xAF) pairs.d0_upper |= bit;
+    if (b >= 0xB0 && b <= 0xBF) pairs.d0_lower |= bit;
+    if (b >= 0x80 && b <= 0x9F) pairs.d1_lower |= bit;
+  }
+#endif
+  return pairs;
+}
 
 // Classifies s[0, 64). SSE2 is part of x86-64, so it needs no runtime dispatch; other targets use
 // the portable loop (same masks, one byte at a time).
@@ -494,6 +552,7 @@ TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
     if (b == '/') m.slash |= bit;
   }
 #endif
+  if (m.high) add_two_byte_letters(m, pair_masks(s));  // only where there is non-ASCII text
   return m;
 }
 

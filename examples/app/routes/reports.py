@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from tokenlane.reports import NONE, report
+from tokenlane.reports import NONE
 
 from tokenlane.reports import COLUMNS as KPI_COLUMNS
 
@@ -54,16 +54,17 @@ def _rule(row: dict[str, Any]) -> str:
     return "no rule" if row["rule"] == NONE else str(row["rule"])
 
 
-def build(led: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]:
+def build(tl: Any, tenant: str | None, days: int, now: float) -> dict[str, Any]:
     """Every chart of /reports. Totals come from the ledger's SQL aggregates over the whole period;
     only the queue-wait histogram and the median estimate error read request rows (newest MAX_ROWS)."""
+    led = tl.ledger
     since = now - days * 86400
     by_status = {k: v for k, v in led.status_counts(tenant=tenant, since=since).items() if v}
     by_model = led.report_by_model(since=since, tenant=tenant)
     by_user = led.report_by_user(since=since, tenant=tenant)
     by_day = {r["day"]: r for r in led.report_by_day(since=since, tenant=tenant)}
-    by_rule = report(led.path, "rule", since=since, tenant=tenant)
-    by_lane = {r["lane"]: r for r in report(led.path, "lane", since=since, tenant=tenant)}
+    by_rule = tl.report("rule", since=since, tenant=tenant)
+    by_lane = {r["lane"]: r for r in tl.report("lane", since=since, tenant=tenant)}
     rows = led.list_requests(tenant=tenant, since=since, limit=MAX_ROWS)
     waits = [float(r["queue_ms"]) / 1000 for r in rows if r.get("queue_ms") is not None]
     errors = [
@@ -149,7 +150,7 @@ async def reports_page(request: Request, user: dict[str, Any] = Depends(require_
     days = days if days in PERIODS else 30
     tl = request.app.state.tl
     now = time.time()
-    report = await blocking(build, tl.ledger, _scope(user, tenant), days, now)
+    report = await blocking(build, tl, _scope(user, tenant), days, now)
     tenants = []
     if user.get("role") == "admin":
         tenants = sorted({u.get("tenant") or u["email"] for u in await blocking(tl.ledger.list_users)})
