@@ -73,7 +73,12 @@ class OrderedIndex {
 
   // Removes k; false if it was not there.
   bool erase(const Key& k) {
-    if (size_ == 0 || !erase_at(root_, height_, k)) return false;
+    if (size_ == 0) return false;
+    if (eq(front(), k)) {  // the usual case (a queue's head leaves): no search on the way down
+      erase_first(root_, height_);
+    } else if (!erase_at(root_, height_, k)) {
+      return false;
+    }
     --size_;
     if (size_ == 0 && height_ > 0) {
       clear();
@@ -325,6 +330,18 @@ class OrderedIndex {
     --inners_[node].count[i];
     rebalance(node, height, i);
     return true;
+  }
+
+  void erase_first(std::uint32_t node, std::uint32_t height) {
+    if (height == 0) {
+      Leaf& l = leaves_[node];
+      std::copy(l.keys + 1, l.keys + l.n, l.keys);
+      --l.n;
+      return;
+    }
+    erase_first(inners_[node].child[0], height - 1);
+    --inners_[node].count[0];
+    rebalance(node, height, 0);
   }
 
   std::uint32_t node_size(std::uint32_t node, std::uint32_t height) const {
