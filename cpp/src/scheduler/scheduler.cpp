@@ -12,6 +12,7 @@
 // Policy keys are static per request (aging is linear in arrival time, and slack ordering only
 // needs deadline − predicted service), so no key changes while a request waits.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -1007,10 +1008,11 @@ struct Scheduler::Impl {
       case Block::rpm: d.message = "Queued: waiting for the requests-per-minute limit."; break;
       case Block::tpm: d.message = "Queued: waiting for the tokens-per-minute limit."; break;
       case Block::budget_reserved: d.message = "Queued: in-flight requests hold the rest of the budget."; break;
-      default: {  // formatted in place: one allocation, not three
-        char buf[64];
-        const int len = std::snprintf(buf, sizeof buf, "Queued behind %llu request(s).", static_cast<unsigned long long>(pos));
-        d.message.assign(buf, static_cast<std::size_t>(len));
+      default: {  // one allocation, not three
+        char digits[24];
+        const auto end = std::to_chars(digits, digits + sizeof digits, pos).ptr;
+        d.message.reserve(40);
+        d.message.append("Queued behind ").append(digits, end).append(" request(s).");
       }
     }
     return d;
