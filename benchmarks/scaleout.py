@@ -87,7 +87,10 @@ def measure(name: str, replicas: int, env: dict[str, str], args: argparse.Namesp
     group = Replicas(replicas, env, run_dir)
     try:
         async def run() -> dict[str, Any]:
-            limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
+            # Idle connections expire before uvicorn's 5 s keep-alive timeout closes them: at the same 5 s
+            # (httpx's default) a request sent as the server closes fails with ReadError.
+            limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2,
+                                  keepalive_expiry=2.0)
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                 await sequential(client, group.urls, 40 * replicas)  # warm-up: imports, caches, pools
                 times = await sequential(client, group.urls, args.latency_requests)

@@ -45,6 +45,11 @@ def replica_env(pg: str, state: str, track: str, tmp: Path, **settings: str) -> 
             "TOKENLANE_SPOOL": str(tmp / f"spool-{uuid.uuid4().hex[:6]}.db"), **settings}
 
 
+# Idle connections expire before uvicorn's 5 s keep-alive timeout closes them (at httpx's default,
+# the same 5 s, a request sent as the replica closes the connection fails: a live replica "dead").
+KEEPALIVE_S = 2.0
+
+
 class Load:
     """Concurrent clients spreading requests over the replicas; keeps every answer."""
 
@@ -70,12 +75,13 @@ class Load:
 
     async def burst(self, n: int, key: str | None = None, user: Any = lambda i: f"user-{i % 7}") -> None:
         """``n`` requests at once, from ``key`` (default: the KEYS in turn), as end user ``user(i)``."""
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=KEEPALIVE_S)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             await asyncio.gather(*(self.one(client, i, key or KEYS[i % len(KEYS)], user(i)) for i in range(n)))
 
     async def steady(self, clients: int, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=120) as client:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_S)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             async def loop(c: int) -> None:
                 i = c
                 while not stop.is_set():
