@@ -138,7 +138,7 @@ def _cell(value: object) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .ledger import is_postgres_url
+    from .pgsql import is_postgres_url
     from .reports import COLUMNS, document, parse_period, report, summary
 
     db = args.db or load_settings(args.config).db

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _core
 from ._core import InvalidArgumentError, StorageError
+from .pgsql import is_postgres_url
 from .windows import unix_seconds as _seconds
 
 __all__ = ["Ledger"]
@@ -62,10 +63,6 @@ def _now(now: float | None) -> float:
 class _Closed:
     def __getattr__(self, name: str) -> Any:
         raise StorageError("this Ledger is closed")
-
-
-def is_postgres_url(url: object) -> bool:
-    return isinstance(url, str) and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
 
 
 class Ledger:

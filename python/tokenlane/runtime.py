@@ -31,7 +31,8 @@ from .config import Settings, load_settings
 from .errors import RequestError, decision_dict, ledger_unavailable
 from .estimators import Estimator
 from .formats import LLMRequest
-from .ledger import Ledger, is_postgres_url
+from .ledger import Ledger
+from .pgsql import is_postgres_url
 from .metrics import Metrics
 from .otel import Telemetry
 from .pricing import PICO_PER_USD, Pricing, usd_text

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
+from .pgsql import is_postgres_url, postgres_dialect, redacted_url
+
 log = logging.getLogger("tokenlane")
 
 _SCHEMA = """
@@ -121,8 +123,6 @@ class PgSidecar:
     rows are dicts, sums are ints (not Decimals). Unreachable: :class:`StorageError`."""
 
     def __init__(self, pool: Any, url: str) -> None:
-        from .pgledger import postgres_dialect
-
         self.path = url  # (without its password) for messages
         self._pool = pool
         self.before_read: Any = None
@@ -188,16 +188,12 @@ def _number_rows(cursor: Any) -> Any:
 def open_sidecar(db: str) -> Any:
     """The sidecar of a ledger given by path or URL (``tokenlane report``): the SQLite file's own,
     or the PostgreSQL database's (its own small pool)."""
-    from .ledger import is_postgres_url
-
     if not is_postgres_url(db):
         return Sidecar(db.removeprefix("sqlite:///"))
     from psycopg_pool import ConnectionPool
 
-    from .pgledger import _safe
-
     pool = ConnectionPool(db, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True)
-    sidecar = PgSidecar(pool, _safe(db))
+    sidecar = PgSidecar(pool, redacted_url(db))
     sidecar.close = pool.close  # type: ignore[method-assign]
     return sidecar
 

@@ -15,7 +15,8 @@ import pytest
 
 import tokenlane
 from tokenlane import Ledger, StorageError
-from tokenlane.pgledger import PostgresLedger, _Down, postgres_dialect
+from tokenlane.pgledger import PostgresLedger, _Down
+from tokenlane.pgsql import postgres_dialect
 
 from store_support import fresh_database, services_module
 
