@@ -49,7 +49,8 @@ void register_scheduler(py::module_& m) {
                        std::optional<std::size_t> max_queue, std::optional<double> max_wait_s, bool shed_expired,
                        double ttft_s, double tpot_s, std::tuple<double, double, double> class_slo_s,
                        double cost_aging_s, double sjf_aging, double budget_defer_fraction, double urgency_s,
-                       double batch_max_defer_s, double tail_share) {
+                       double batch_max_defer_s, double tail_share, double tenant_idle_forget_s,
+                       std::size_t max_tenant_records) {
              SchedulerConfig c;
              c.policy = parse_policy(policy);
              c.max_concurrency = max_concurrency;
@@ -72,6 +73,8 @@ void register_scheduler(py::module_& m) {
              c.urgency_s = urgency_s;
              c.batch_max_defer_s = batch_max_defer_s;
              c.tail_share = tail_share;
+             c.tenant_idle_forget_s = tenant_idle_forget_s;
+             c.max_tenant_records = max_tenant_records;
              return std::make_unique<Scheduler>(std::move(c));
            }),
            py::arg("policy"), py::arg("max_concurrency"), py::arg("tenant_max_concurrency"), py::arg("tpm"),
@@ -79,7 +82,8 @@ void register_scheduler(py::module_& m) {
            py::arg("shed_expired"), py::arg("ttft_s"), py::arg("tpot_s"), py::arg("class_slo_s"),
            py::arg("cost_aging_s"), py::arg("sjf_aging"), py::arg("budget_defer_fraction"),
            py::arg("urgency_s"), py::arg("batch_max_defer_s") = 600.0,
-           py::arg("tail_share") = 0.5)
+           py::arg("tail_share") = 0.5, py::arg("tenant_idle_forget_s") = 600.0,
+           py::arg("max_tenant_records") = 10000)
       .def("set_budget",
            [](Scheduler& s, const std::string& tenant, std::int64_t limit, const std::string& window) {
              const BudgetWindow w = parse_budget_window(window);

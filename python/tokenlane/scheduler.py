@@ -68,6 +68,12 @@ def _opt_number(name: str, value: Any, *, integer: bool = False, minimum: float 
     return value
 
 
+def _records_cap(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _core.InvalidArgumentError(f"max_tenant_records must be an int >= 1, got {value!r}")
+    return value
+
+
 def _count(req: Mapping[str, Any], key: str, default: int | None = None) -> int:
     value = req.get(key, default)
     if value is None:
@@ -98,7 +104,9 @@ class Scheduler:
     that batch requests may use; ``urgency_s`` (default policy) lets a request whose latest start
     time is that close go first; ``batch_max_defer_s`` is how long a request waits in the deferred
     lane for capacity before it joins the queue as a standard request (``math.inf``: never), so
-    batch work cannot starve under sustained load.
+    batch work cannot starve under sustained load. The record of a tenant with no work, budget or
+    weight is forgotten after ``tenant_idle_forget_s`` idle seconds, or sooner while more than
+    ``max_tenant_records`` exist, so unknown API keys cannot grow memory (docs/scheduling.md).
     """
 
     def __init__(
@@ -123,6 +131,8 @@ class Scheduler:
         urgency_s: float = 2.0,
         batch_max_defer_s: float = 600.0,
         tail_share: float = 0.5,
+        tenant_idle_forget_s: float = 600.0,
+        max_tenant_records: int = 10_000,
     ) -> None:
         _check_policy(policy)
         self._core = _core.Scheduler(
@@ -145,6 +155,8 @@ class Scheduler:
             urgency_s=float(urgency_s),
             batch_max_defer_s=float(batch_max_defer_s),
             tail_share=float(tail_share),
+            tenant_idle_forget_s=float(tenant_idle_forget_s),
+            max_tenant_records=_records_cap(max_tenant_records),
         )
 
     # -- budgets and weights -------------------------------------------------------------------------

@@ -206,3 +206,15 @@ def test_default_policy_bounds_how_long_a_long_request_is_overtaken():
 
     assert 5.5 <= started_at(0.5) <= 6.5
     assert started_at(float("inf")) is None  # unbounded, the stream of short ones never lets it run
+
+
+def test_idle_tenants_are_forgotten_beyond_the_cap():
+    s = Scheduler(policy="fair", max_concurrency=4, max_tenant_records=50)
+    for i in range(2_000):  # one request per unknown API key
+        assert s.submit(req(f"r{i}", tenant=f"key-{i}"), float(i)).kind == "admit"
+        assert s.complete(f"r{i}", i + 0.5, 1, 10, 10)
+    assert s.snapshot(2_000.0)["counters"]["tenants"] <= 50
+    with pytest.raises(tokenlane.InvalidArgumentError):
+        Scheduler(max_tenant_records=0)
+    with pytest.raises(tokenlane.InvalidArgumentError):
+        Scheduler(tenant_idle_forget_s=-1)
