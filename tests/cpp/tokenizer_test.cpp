@@ -57,16 +57,20 @@ TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
 }
 
 TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
-  // The window rules restate the regex over ASCII and two-byte Latin-1/Cyrillic letters; the scalar
-  // path is the reference (it is checked against tiktoken by the parity tests). Random text over the
-  // bytes and characters the rules treat specially, including broken UTF-8.
+  // The window rules restate the regex over ASCII, two-byte Latin-1/Cyrillic letters and multi-byte
+  // punctuation; the scalar path is the reference (it is checked against tiktoken by the parity
+  // tests). Random text over the bytes and characters the rules treat specially, including broken
+  // UTF-8, and (last atoms) characters of other classes next to multi-byte punctuation.
   using namespace tokenlane::detail;
   const char* const atoms[] = {"a", "s", "t", "l", "v", "e", "r", "m", "d", "A", "S", "T", "L", " ", " ", "\t",
                                "\n", "\r", "\v", "\f", ".", ",", "/", "'", "'", "0", "1", "2", "-", "\"",
                                "\x1c", "\x7f", "\xc3\xa9", "\xc2\xa0", "\xe2\x80\x99", "\xc5\xbf", "  ", "\n\n",
                                "\r\n", "The", "it", "\xc3\x84", "\xc3\x97", "\xc3\xb7", "\xc3\x9f", "\xc3\xbf",
                                "\xd0\x80", "\xd0\xaf", "\xd0\xb0", "\xd1\x91", "\xd1\x9f", "\xd1\xa3", "\xd2\x82",
-                               "\xc3", "\x80"};
+                               "\xc3", "\x80", "\xc2\xbb", "\xc2\xab", "\xe2\x80\x9e", "\xe2\x80\x9c", "\xc2\xad",
+                               "\xc2\x85", "\xc2\xb2", "\xc2\xaa", "\xc2\xb5", "\xcc\x81", "\xe3\x80\x81",
+                               "\xef\xbf\xbd", "\xf0\x9f\x98\x80", "\xe2\x80\x8b", "\xe2\x80\xa8", "\xe2\x80",
+                               "\xd0\xb0", "\xc2\xbb"};
   const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
   std::mt19937_64 rng(20261205);
   for (int round = 0; round < 20000; ++round) {

@@ -445,9 +445,10 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
 // non-ASCII byte, near the end of the text, and at the rare patterns the masks do not model.
 struct AsciiMasks {
-  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash;
+  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont;
   // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only. high: bytes >= 0x80 except
-  // those of the two-byte letters below.
+  // those of the two-byte letters and the multi-byte punctuation below. cont: the bytes after the
+  // first of each multi-byte punctuation character.
 };
 
 // Two-byte letters the windows also take (both bytes get the letter's case): U+00C0-U+00FF except
@@ -556,6 +557,21 @@ TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
   return m;
 }
 
+// Multi-byte punctuation ([^\s\p{L}\p{N}] and not a mark: « » „ “ – … in German and Russian text),
+// one character at a time from the first byte the SIMD classes left unknown, until a character that
+// is something else. Its bytes become punctuation (they leave `high`), and `cont` marks all but its
+// first byte, so that the rules can tell a one-character punctuation run (a word's prefix).
+inline void add_multibyte_punct(AsciiMasks& m, const unsigned char* w) {
+  while (m.high) {
+    const unsigned k = static_cast<unsigned>(__builtin_ctzll(m.high));
+    const Char c = decode_char(w + k, w + 64);  // a character cut by the window's end is invalid here
+    if (c.len == 1 || (c.cls & (kLetter | kNumber | kSpace | kMark))) return;
+    const std::uint64_t bytes = ((std::uint64_t{1} << c.len) - 1) << k;
+    m.high &= ~bytes;
+    m.cont |= bytes & (bytes << 1);
+  }
+}
+
 // Bit k of the result: some bit of `seed` at k or after it, within the same run of `run` bits
 // (seed must lie within run). A right-to-left OR-scan in six doubling steps.
 inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
@@ -577,7 +593,8 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
 // decided inside the window (the caller then takes one piece the scalar way).
 template <class Sink>
 std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std::uint64_t& high) {
-  const AsciiMasks m = classify64(s + i);
+  AsciiMasks m = classify64(s + i);
+  if (m.high) add_multibyte_punct(m, s + i);
   high = m.high;
   // Only the bytes before the first non-ASCII one are known to be what the masks say they are.
   const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
@@ -600,10 +617,13 @@ std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std:
   const std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
                                   (m.blank & ~(wsr >> 1));
   // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
-  // at an upper-case letter after a lower-case one; a blank or a punctuation start just before it is
-  // its prefix (and then the piece starts there instead).
+  // at an upper-case letter after a lower-case one; a blank or a punctuation run of one character
+  // just before it is its prefix (and then the piece starts there instead).
   const std::uint64_t word_start = letter & (~before(letter) | (before(m.lower) & m.upper));
-  const std::uint64_t prefixed = word_start & before(m.blank | punct_start);
+  std::uint64_t first_char = punct_start;  // the bytes of each punctuation run's first character
+  for (int k = 0; k < 3; ++k) first_char |= before(first_char) & m.cont;
+  const std::uint64_t one_char_run = first_char & ~(m.cont >> 1);  // its last byte, if a letter follows
+  const std::uint64_t prefixed = word_start & before(m.blank | one_char_run);
   // \p{N}{1,3}
   const std::uint64_t digit_start = m.digit & ~before(m.digit);
   std::uint64_t starts = 1 | punct_start | ws_starts | (word_start & ~prefixed) | digit_start;
