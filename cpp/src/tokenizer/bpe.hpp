@@ -229,13 +229,9 @@ class Vocabulary {
   template <class Out>
   void encode_piece(const unsigned char* p, std::size_t n, const unsigned char* end, PieceCache& cache,
                     Out& out) const {
-    if (n == 1) return out.push(byte_rank_[p[0]]);
-    if (n == 2) {  // one token if the two bytes are one, else two: no cache needed
-      const Rank r = byte_pair_[(p[0] << 8) | p[1]];
-      if (r != kNoRank) return out.push(r);
-      out.push(byte_rank_[p[0]]);
-      return out.push(byte_rank_[p[1]]);
-    }
+    // Pieces of every length take the same path: special cases for one- and two-byte pieces (a third
+    // of the pieces of code, mixed with longer ones) cost a mispredicted branch per piece, more than
+    // the cache lookup they save (measured: o200k count +20% on code, +8% on German).
     const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
     const std::uint64_t h = hash_bytes(p, n, head);
     if (n > PieceCache::kMaxBytes) {
