@@ -2,7 +2,10 @@
 // pre-tokenizer piece at a time (the scalar reference, o200k), and whole encode/count, in MB/s of
 // this thread's CPU time (steady on a shared machine), best of --reps.
 //
-//   tokenizer_core_bench ENCODING FILE... [--reps N] [--only encode]   (--only: for a profiler)
+//   tokenizer_core_bench ENCODING FILE... [--reps N] [--only encode] [--isa sse2|avx2|avx512]
+//
+// --only runs one mode (for a profiler); --isa lowers the o200k window classifier from the best
+// this CPU has (the runtime dispatch) to compare the variants.
 //
 // A FILE holds documents separated by NUL bytes (benchmarks/tokenizer.py --dump-corpus DIR writes
 // one per category); each document is encoded by its own call, as the Python benchmark does. Needs
@@ -71,6 +74,14 @@ int main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+    else if (std::strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
+      using tokenlane::detail::WindowIsa;
+      const std::string isa = argv[++i];
+      const WindowIsa want = isa == "avx512" ? WindowIsa::avx512 : isa == "avx2" ? WindowIsa::avx2 : WindowIsa::sse2;
+      tokenlane::detail::window_isa = std::min(want, tokenlane::detail::best_window_isa());
+    }
+#endif
     else files.emplace_back(argv[i]);
   }
   auto wanted = [&](const char* mode) { return only.empty() || only == mode; };
