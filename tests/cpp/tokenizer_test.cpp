@@ -10,6 +10,7 @@
 
 #include "tokenlane/approx.hpp"
 #include "tokenlane/tokenizer.hpp"
+#include "tokenizer/bpe.hpp"
 #include "tokenizer/pretokenize.hpp"
 
 using tokenlane::Error;
@@ -173,6 +174,44 @@ TEST_CASE("long pieces and invalid UTF-8 round-trip", "[tokenizer]") {
   std::string bad = "ok \xff\xfe \xe2\x82 end \xc3";
   CHECK(enc->decode_bytes(enc->encode_ordinary(bad)) == bad);
   CHECK_THROWS_AS(enc->token_bytes(999999999u), Error);
+}
+
+TEST_CASE("pieces of a few runs of one byte merge exactly like the general merge", "[tokenizer]") {
+  // merge_runs does many of tiktoken's merges per step; it must give the general merge's tokens for
+  // every run length, and it should never need to give up on the real vocabularies.
+  auto expand = [](const std::vector<tokenlane::detail::TokenRun>& runs) {
+    std::vector<Rank> out;
+    for (const auto& run : runs) out.insert(out.end(), run.count, run.token);
+    return out;
+  };
+  for (const char* name : {"cl100k_base", "o200k_base"}) {
+    std::ifstream in(vocab_dir() + "/" + name + ".tiktoken", std::ios::binary);
+    REQUIRE(in);
+    const std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto vocab = tokenlane::detail::Vocabulary::parse(name, contents, {});
+    auto check = [&](const std::string& piece) {
+      INFO(name << ": " << piece.size() << " bytes starting " << int(static_cast<unsigned char>(piece[0])));
+      const auto runs = vocab.run_merge(piece);
+      REQUIRE(!runs.empty());
+      CHECK(expand(runs) == vocab.general_merge(piece));
+    };
+    for (int b = 0; b < 256; ++b) {
+      for (std::size_t n = 1; n <= 300; ++n) check(std::string(n, static_cast<char>(b)));
+    }
+    for (char c : {'x', ' ', '-', '=', '\n', '\t', '.', '*', '#', '0', '_', '~'}) {
+      for (std::size_t n = 301; n <= 3000; n += 7) check(std::string(n, c));
+      check(std::string(1 << 20, c));
+    }
+    // Two and three runs: a word with its leading blank, blanks or dashes before newlines.
+    for (std::size_t n = 1; n <= 1200; n += 3) {
+      check(" " + std::string(n, 'x'));
+      check("$" + std::string(n, 'a'));
+      check(std::string(n, ' ') + "\n");
+      check(std::string(n, ' ') + "\n\n" + std::string(n % 5, ' '));
+      check(" " + std::string(n, '-') + "\r\n");
+      check(std::string(n, '=') + std::string(n / 2 + 1, '-'));
+    }
+  }
 }
 
 TEST_CASE("rank files are verified and errors say how to fix them", "[tokenizer]") {
