@@ -214,6 +214,36 @@ TEST_CASE("pieces of a few runs of one byte merge exactly like the general merge
   }
 }
 
+TEST_CASE("the run-length merge steps one merge at a time when a pair made on the way ranks lower", "[tokenizer]") {
+  // No such vocabulary is among OpenAI's, but custom ones (Encoding::from_tokens) may rank a longer
+  // token first: each case breaks one of the conditions under which a run merges in one step.
+  auto expand = [](const std::vector<tokenlane::detail::TokenRun>& runs) {
+    std::vector<Rank> out;
+    for (const auto& run : runs) out.insert(out.end(), run.count, run.token);
+    return out;
+  };
+  const std::vector<std::vector<std::string>> extra_tokens = {
+      {"aaa", "aa"},          // (aa, a) ranks below (a, a)
+      {"aaaa", "aa"},         // (aa, aa) ranks below (a, a)
+      {"baa", "aa"},          // (b, aa), the pair before the run, ranks below (a, a)
+      {"aa", "aaaa", "aaa"},  // (aa, a) ranks above (aa, aa): no step is ever held back
+  };
+  for (const auto& extra : extra_tokens) {
+    std::vector<std::pair<std::string, Rank>> tokens;
+    for (int b = 0; b < 256; ++b) tokens.emplace_back(std::string(1, static_cast<char>(b)), static_cast<Rank>(b));
+    for (const std::string& t : extra) tokens.emplace_back(t, static_cast<Rank>(tokens.size()));
+    const auto vocab = tokenlane::detail::Vocabulary::from_tokens("custom", tokens, {});
+    for (std::size_t n = 1; n <= 200; ++n) {
+      for (const std::string& piece : {std::string(n, 'a'), "b" + std::string(n, 'a')}) {
+        INFO(extra[0] << ": " << piece);
+        const auto runs = vocab.run_merge(piece);
+        if (n <= 64) REQUIRE(!runs.empty());  // longer ones may exceed its step budget and decline
+        if (!runs.empty()) CHECK(expand(runs) == vocab.general_merge(piece));
+      }
+    }
+  }
+}
+
 TEST_CASE("rank files are verified and errors say how to fix them", "[tokenizer]") {
   const tokenlane::EncodingSpec& spec = tokenlane::encoding_spec("cl100k_base");
   SECTION("missing file") {
