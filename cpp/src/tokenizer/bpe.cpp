@@ -175,11 +175,18 @@ void Vocabulary::build_tables(const std::string& name) {
   pairs_.assign(cap, 0);
   pair_mask_ = cap - 1;
   pair_shift_ = 64 - bits;
+  std::size_t filter_bits = 64;
+  int filter_log = 6;
+  while (filter_bits < 8 * found.size()) filter_bits <<= 1, ++filter_log;
+  pair_bits_.assign(filter_bits / 64, 0);
+  pair_bits_shift_ = 64 - filter_log;
   for (std::uint64_t e : found) {
     std::uint64_t key = e >> 20;
     std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> pair_shift_;
     while (pairs_[i] != 0) i = (i + 1) & pair_mask_;
     pairs_[i] = e;
+    const std::uint64_t h = (key * 0xbf58476d1ce4e5b9ull) >> pair_bits_shift_;
+    pair_bits_[h >> 6] |= std::uint64_t{1} << (h & 63);
   }
   byte_pair_.resize(65536);
   for (int a = 0; a < 256; ++a) {
