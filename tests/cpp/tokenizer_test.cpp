@@ -11,6 +11,7 @@
 
 #include "tokenlane/approx.hpp"
 #include "tokenlane/tokenizer.hpp"
+#include "tokenizer/bpe.hpp"
 #include "tokenizer/pretokenize.hpp"
 
 using tokenlane::Error;
@@ -213,6 +214,74 @@ TEST_CASE("long pieces and invalid UTF-8 round-trip", "[tokenizer]") {
   std::string bad = "ok \xff\xfe \xe2\x82 end \xc3";
   CHECK(enc->decode_bytes(enc->encode_ordinary(bad)) == bad);
   CHECK_THROWS_AS(enc->token_bytes(999999999u), Error);
+}
+
+TEST_CASE("pieces of a few runs of one byte merge exactly like the general merge", "[tokenizer]") {
+  // merge_runs does many of tiktoken's merges per step; it must give the general merge's tokens for
+  // every run length, and it should never need to give up on the real vocabularies.
+  auto expand = [](const std::vector<tokenlane::detail::TokenRun>& runs) {
+    std::vector<Rank> out;
+    for (const auto& run : runs) out.insert(out.end(), run.count, run.token);
+    return out;
+  };
+  for (const char* name : {"cl100k_base", "o200k_base"}) {
+    std::ifstream in(vocab_dir() + "/" + name + ".tiktoken", std::ios::binary);
+    REQUIRE(in);
+    const std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto vocab = tokenlane::detail::Vocabulary::parse(name, contents, {});
+    auto check = [&](const std::string& piece) {
+      INFO(name << ": " << piece.size() << " bytes starting " << int(static_cast<unsigned char>(piece[0])));
+      const auto runs = vocab.run_merge(piece);
+      REQUIRE(!runs.empty());
+      CHECK(expand(runs) == vocab.general_merge(piece));
+    };
+    for (int b = 0; b < 256; ++b) {
+      for (std::size_t n = 1; n <= 300; ++n) check(std::string(n, static_cast<char>(b)));
+    }
+    for (char c : {'x', ' ', '-', '=', '\n', '\t', '.', '*', '#', '0', '_', '~'}) {
+      for (std::size_t n = 301; n <= 3000; n += 7) check(std::string(n, c));
+      check(std::string(1 << 20, c));
+    }
+    // Two and three runs: a word with its leading blank, blanks or dashes before newlines.
+    for (std::size_t n = 1; n <= 1200; n += 3) {
+      check(" " + std::string(n, 'x'));
+      check("$" + std::string(n, 'a'));
+      check(std::string(n, ' ') + "\n");
+      check(std::string(n, ' ') + "\n\n" + std::string(n % 5, ' '));
+      check(" " + std::string(n, '-') + "\r\n");
+      check(std::string(n, '=') + std::string(n / 2 + 1, '-'));
+    }
+  }
+}
+
+TEST_CASE("the run-length merge steps one merge at a time when a pair made on the way ranks lower", "[tokenizer]") {
+  // No such vocabulary is among OpenAI's, but custom ones (Encoding::from_tokens) may rank a longer
+  // token first: each case breaks one of the conditions under which a run merges in one step.
+  auto expand = [](const std::vector<tokenlane::detail::TokenRun>& runs) {
+    std::vector<Rank> out;
+    for (const auto& run : runs) out.insert(out.end(), run.count, run.token);
+    return out;
+  };
+  const std::vector<std::vector<std::string>> extra_tokens = {
+      {"aaa", "aa"},          // (aa, a) ranks below (a, a)
+      {"aaaa", "aa"},         // (aa, aa) ranks below (a, a)
+      {"baa", "aa"},          // (b, aa), the pair before the run, ranks below (a, a)
+      {"aa", "aaaa", "aaa"},  // (aa, a) ranks above (aa, aa): no step is ever held back
+  };
+  for (const auto& extra : extra_tokens) {
+    std::vector<std::pair<std::string, Rank>> tokens;
+    for (int b = 0; b < 256; ++b) tokens.emplace_back(std::string(1, static_cast<char>(b)), static_cast<Rank>(b));
+    for (const std::string& t : extra) tokens.emplace_back(t, static_cast<Rank>(tokens.size()));
+    const auto vocab = tokenlane::detail::Vocabulary::from_tokens("custom", tokens, {});
+    for (std::size_t n = 1; n <= 200; ++n) {
+      for (const std::string& piece : {std::string(n, 'a'), "b" + std::string(n, 'a')}) {
+        INFO(extra[0] << ": " << piece);
+        const auto runs = vocab.run_merge(piece);
+        if (n <= 64) REQUIRE(!runs.empty());  // longer ones may exceed its step budget and decline
+        if (!runs.empty()) CHECK(expand(runs) == vocab.general_merge(piece));
+      }
+    }
+  }
 }
 
 TEST_CASE("rank files are verified and errors say how to fix them", "[tokenizer]") {
