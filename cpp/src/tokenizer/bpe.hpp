@@ -159,8 +159,8 @@ class PieceCache {
 
  private:
   static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
-  static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 2 MiB of slots at most
-  static constexpr std::size_t kArenaWords = std::size_t{1} << 20;   // 4 MiB of tokens and bytes
+  static constexpr std::size_t kMaxSlots = std::size_t{1} << 18;     // 4 MiB of slots at most
+  static constexpr std::size_t kArenaWords = std::size_t{1} << 21;   // 8 MiB of tokens and bytes
   static constexpr std::uint32_t kCountBits = 0xFF00;
   // 16 bytes, so that the slots of a text's frequent pieces fit in the L2 cache.
   struct Slot {
