@@ -109,6 +109,29 @@ class OrderedIndex {
     return true;
   }
 
+  // Replaces `from` (present) by `to` (not present). In a one-leaf tree (a few dozen tenants in
+  // the tenant order, re-keyed twice per request) only the keys between the two places move.
+  void replace(const Key& from, const Key& to) {
+    if (height_ == 0 && size_ > 0) {
+      Leaf& l = leaves_[root_];
+      Key* keys = l.begin();
+      const std::uint32_t i = lower(keys, l.n, from);
+      if (i < l.n && eq(keys[i], from)) {
+        const std::uint32_t j = lower(keys, l.n, to);  // counts `from` when from < to
+        if (j > i) {
+          std::copy(keys + i + 1, keys + j, keys + i);
+          keys[j - 1] = to;
+        } else {
+          std::copy_backward(keys + j, keys + i, keys + i + 1);
+          keys[j] = to;
+        }
+        return;
+      }
+    }
+    erase(from);
+    insert(to);
+  }
+
   // Number of elements ordered before k (k need not be present).
   std::size_t rank(const Key& k) const {
     if (size_ == 0) return 0;

@@ -480,10 +480,11 @@ struct Scheduler::Impl {
     }
     if (t.indexed) {
       if (k.cls == t.tkey.cls && k.a == t.tkey.a && k.b == t.tkey.b && k.seq == t.tkey.seq) return;
-      tenant_order.erase(t.tkey);
+      tenant_order.replace(t.tkey, k);
+    } else {
+      tenant_order.insert(k);
     }
     t.tkey = k;
-    tenant_order.insert(k);
     t.indexed = true;
   }
 
