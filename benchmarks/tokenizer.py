@@ -253,6 +253,16 @@ def build_corpus(text_bytes: int, patho_chars: int) -> list[Category]:
     return [c for c in categories if c.docs] + _pathological(patho_chars)
 
 
+def dump_corpus(corpus: list[Category], directory: Path) -> None:
+    """One file per category, its documents in UTF-8 separated by NUL bytes (the input of the C++
+    core's microbenchmark, benchmarks/tokenizer_core_bench.cpp)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for cat in corpus:
+        path = directory / (cat.name.replace(":", "-") + ".txt")
+        path.write_bytes(b"\0".join(d.encode("utf-8", "surrogatepass") for d in cat.docs))
+        print(f"wrote {path}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------
 # Libraries
 # --------------------------------------------------------------------------
@@ -631,6 +641,11 @@ def run(args: argparse.Namespace) -> dict:
     print(f"building corpus (~{args.mb:g} MB per text category, {args.patho_kib} KiB pathological) ...",
           file=sys.stderr)
     corpus = build_corpus(text_bytes, patho_chars)
+    if args.categories:
+        wanted_cats = args.categories.split(",")
+        corpus = [c for c in corpus if c.name in wanted_cats or c.name.removeprefix("patho:") in wanted_cats]
+    if args.dump_corpus:
+        dump_corpus(corpus, args.dump_corpus)
 
     rows: list[dict] = []
     scaling: list[dict] = []
@@ -835,6 +850,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for batch modes")
     p.add_argument("--encodings", default=",".join(ENCODINGS))
     p.add_argument("--libs", help="comma-separated subset of libraries (tiktoken is always included)")
+    p.add_argument("--categories", help="comma-separated subset of categories, e.g. code,german or x,spaces "
+                                         "(default: all)")
+    p.add_argument("--dump-corpus", type=Path, metavar="DIR",
+                   help="also write each category's documents to DIR/<category>.txt, NUL-separated "
+                        "(input of benchmarks/tokenizer_core_bench.cpp)")
     p.add_argument("--vocab-dir", default=DEFAULT_VOCAB_DIR, help="directory with <encoding>.tiktoken")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="clock for the single-thread modes: cpu = process CPU time, steadier on a shared "

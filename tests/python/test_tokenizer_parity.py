@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,9 +78,60 @@ def test_random_unicode_including_lone_surrogates(pairs, text):
     assert_same(pairs, text)
 
 
+def _benchmark_pathological(size: int) -> dict[str, str]:
+    """The pathological inputs of benchmarks/tokenizer.py, same seed, at `size` characters."""
+    rng = random.Random(1234)
+    return {"x": "x" * size, "spaces": " " * size, "digits": "".join(rng.choices("0123456789", k=size)),
+            "latin1-random": rng.randbytes(size).decode("latin-1")}
+
+
 @pytest.mark.parametrize("text", ["x" * 5000, " " * 5000, "1" * 5000, "\n" * 3000, " \n" * 2000,
-                                  "ab" * 3000, "😀" * 1000, "'s" * 2000, "a\u0301" * 2000])
+                                  "ab" * 3000, "😀" * 1000, "'s" * 2000, "a\u0301" * 2000,
+                                  "-" * 5000, "=" * 4999 + "\n", "\t" * 5000, "." * 5001, " " + "x" * 5000,
+                                  " " * 5000 + "x", "$" + "a" * 5000 + "!", "\r\n" * 2000, "é" * 3000,
+                                  "xy" * 2500 + "x" * 3000, "_" * 70000, " " * 131072])
 def test_long_runs(pairs, text):
+    assert_same(pairs, text)
+
+
+@pytest.mark.parametrize("kind", ["x", "spaces", "digits", "latin1-random"])
+def test_benchmark_pathological_inputs(pairs, kind):
+    """The benchmark's own pathological texts, at 256 KiB (tiktoken needs seconds for 1 MiB)."""
+    text = _benchmark_pathological(256 * 1024)[kind]
+    for name in ("cl100k_base", "o200k_base"):
+        ours, ref = pairs[name]
+        expected = ref.encode_ordinary(text)
+        assert ours.encode_ordinary(text) == expected, name
+        assert ours.count(text, disallowed_special=()) == len(expected), name
+
+
+@pytest.mark.parametrize("char", ["x", " ", "-", "=", "\n", "\t", ".", "*", "0", "_", "\x00", "é", "中"])
+def test_every_run_length(pairs, char):
+    """One character repeated, every length around the long-piece threshold (128 bytes) and beyond."""
+    for n in list(range(1, 400)) + list(range(400, 3000, 37)):
+        for text in (char * n, " " + char * n, char * n + "\n"):
+            for name in ("cl100k_base", "o200k_base"):
+                ours, ref = pairs[name]
+                assert ours.encode_ordinary(text) == ref.encode_ordinary(text), (name, char, n, text[:2])
+
+
+run_pieces = st.lists(st.tuples(st.sampled_from(["x", "a", "A", " ", "-", "=", "\n", "\t", ".", "1", "é", "'", "!"]),
+                                st.integers(1, 700)), min_size=1, max_size=6) \
+    .map(lambda runs: "".join(c * k for c, k in runs))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run_pieces)
+def test_random_long_pieces_of_few_runs(pairs, text):
+    assert_same(pairs, text)
+
+
+long_words = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJäöüßéñ", min_size=129, max_size=3000)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_words)
+def test_random_long_pieces(pairs, text):
     assert_same(pairs, text)
 
 

@@ -175,11 +175,18 @@ void Vocabulary::build_tables(const std::string& name) {
   pairs_.assign(cap, 0);
   pair_mask_ = cap - 1;
   pair_shift_ = 64 - bits;
+  std::size_t filter_bits = 64;
+  int filter_log = 6;
+  while (filter_bits < 8 * found.size()) filter_bits <<= 1, ++filter_log;
+  pair_bits_.assign(filter_bits / 64, 0);
+  pair_bits_shift_ = 64 - filter_log;
   for (std::uint64_t e : found) {
     std::uint64_t key = e >> 20;
     std::size_t i = (key * 0x9E3779B97F4A7C15ull) >> pair_shift_;
     while (pairs_[i] != 0) i = (i + 1) & pair_mask_;
     pairs_[i] = e;
+    const std::uint64_t h = (key * 0xbf58476d1ce4e5b9ull) >> pair_bits_shift_;
+    pair_bits_[h >> 6] |= std::uint64_t{1} << (h & 63);
   }
   byte_pair_.resize(65536);
   for (int a = 0; a < 256; ++a) {
@@ -299,6 +306,100 @@ class MergeQueue {
 };
 
 }  // namespace
+
+namespace {
+
+// merge_runs takes pieces of at most this many runs of one byte (a word of one letter, with its
+// leading blank; a run of blanks or dashes before a newline) and gives up when merging has split
+// them into more than kMaxBlocks runs of one token (it never has on cl100k_base or o200k_base).
+constexpr std::size_t kMaxRuns = 8;
+constexpr std::size_t kMaxBlocks = 64;
+
+}  // namespace
+
+const std::vector<TokenRun>* Vocabulary::merge_runs(const unsigned char* p, std::size_t n,
+                                                    PieceCache& cache) const {
+  thread_local std::vector<TokenRun> runs;
+  runs.clear();
+  if (n >= (std::size_t{1} << 32)) return nullptr;
+  for (std::size_t i = 0; i < n;) {  // the runs of equal bytes, eight bytes per compare
+    if (runs.size() == kMaxRuns) return nullptr;
+    const unsigned char c = p[i];
+    const std::uint64_t all_c = 0x0101010101010101ull * c;
+    std::size_t j = i + 1;
+    while (j + 8 <= n && load64(p + j) == all_c) j += 8;
+    while (j < n && p[j] == c) ++j;
+    runs.push_back({byte_rank_[c], static_cast<std::uint32_t>(j - i)});
+    i = j;
+  }
+  auto rank_of = [&](Rank a, Rank b) { return cache.pair_rank(a, b, [this](Rank x, Rank y) { return pair_rank(x, y); }); };
+  // This is tiktoken's loop (merge the lowest-ranked adjacent pair, leftmost first) on a list of
+  // runs, where one step may do many of its merges at once. Every step merges at least one pair, so
+  // there are fewer than n; the cap gives up early on a piece whose merges are not run-shaped.
+  const std::size_t max_steps = 64 + n / 16;
+  for (std::size_t step = 0;; ++step) {
+    if (step > max_steps || runs.size() > kMaxBlocks) return nullptr;
+    // The next pair. A run of count >= 2 holds equal pairs, its first one leftmost; it comes before
+    // the pair across the run's right boundary.
+    Rank best = kNoRank;
+    std::size_t at = 0;
+    bool inside = false;
+    for (std::size_t j = 0; j < runs.size(); ++j) {
+      if (runs[j].count >= 2) {
+        const Rank r = rank_of(runs[j].token, runs[j].token);
+        if (r < best) best = r, at = j, inside = true;
+      }
+      if (j + 1 < runs.size()) {
+        const Rank r = rank_of(runs[j].token, runs[j + 1].token);
+        if (r < best) best = r, at = j, inside = false;
+      }
+    }
+    if (best == kNoRank) break;
+    const Rank merged = best;  // a pair's rank is the id of the merged token
+    if (inside) {
+      // A run of k tokens a. tiktoken merges its pairs (0,1), (2,3), ... one by one as long as no
+      // pair made on the way ranks at or below `best` (all others rank above it or lie to the right):
+      // (before, aa) once, (aa, a) after each merge but the last, (aa, aa) once there are two. Then
+      // all k/2 merges are one step; else only the first is.
+      const Rank a = runs[at].token;
+      const std::uint32_t k = runs[at].count;
+      std::uint32_t merges = k / 2;
+      auto at_or_below = [&](Rank r) { return r != kNoRank && r <= best; };
+      if (merges >= 2 && ((at > 0 && at_or_below(rank_of(runs[at - 1].token, merged))) ||
+                          at_or_below(rank_of(merged, a)) || (merges >= 3 && at_or_below(rank_of(merged, merged))))) {
+        merges = 1;
+      }
+      runs[at] = {merged, merges};
+      if (k > 2 * merges) runs.insert(runs.begin() + static_cast<std::ptrdiff_t>(at) + 1, TokenRun{a, k - 2 * merges});
+    } else {  // the last token of run `at` with the first of the next
+      --runs[at].count;
+      --runs[at + 1].count;
+      runs.insert(runs.begin() + static_cast<std::ptrdiff_t>(at) + 1, TokenRun{merged, 1});
+    }
+    std::size_t kept = 0;  // drop emptied runs, join neighbours of one token
+    for (const TokenRun& run : runs) {
+      if (run.count == 0) continue;
+      if (kept > 0 && runs[kept - 1].token == run.token) {
+        runs[kept - 1].count += run.count;
+      } else {
+        runs[kept++] = run;
+      }
+    }
+    runs.resize(kept);
+  }
+  return &runs;
+}
+
+std::vector<Rank> Vocabulary::general_merge(std::string_view piece) const {
+  const auto* p = reinterpret_cast<const unsigned char*>(piece.data());
+  if (piece.size() <= 1) return piece.empty() ? std::vector<Rank>{} : std::vector<Rank>{byte_rank_[p[0]]};
+  return merge_long(p, piece.size(), thread_cache());
+}
+
+std::vector<TokenRun> Vocabulary::run_merge(std::string_view piece) const {
+  const auto* runs = merge_runs(reinterpret_cast<const unsigned char*>(piece.data()), piece.size(), thread_cache());
+  return runs ? *runs : std::vector<TokenRun>{};
+}
 
 std::vector<Rank> Vocabulary::merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const {
   // Parts are linked by their first byte position; node[i].pair is the rank of the part at i merged

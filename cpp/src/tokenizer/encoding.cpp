@@ -116,11 +116,13 @@ namespace {
 struct VectorOut {
   std::vector<Rank>& v;
   void push(Rank r) { v.push_back(r); }
+  void push_n(Rank r, std::size_t n) { v.insert(v.end(), n, r); }
 };
 
 struct CountOut {
   std::size_t n = 0;
   void push(Rank) { ++n; }
+  void push_n(Rank, std::size_t k) { n += k; }
 };
 
 // Runs fn(i, cache) for i in [0, n) on up to `threads` threads, each with a piece cache of its own
