@@ -17,6 +17,7 @@ Run it with::
     python benchmarks/tokenizer.py            # full run: ~2 MB per category, best of 3
     python benchmarks/tokenizer.py --quick    # smoke run: small corpus, 1 repetition
     python benchmarks/tokenizer.py --libs tokenlane,tiktoken --out tok.json
+    python benchmarks/tokenizer.py --categories english,patho   # prose and the pathological inputs
 
 Corpus: real text read at run time from this machine; nothing is downloaded
 and no third-party text is stored in the repository.
@@ -631,6 +632,9 @@ def run(args: argparse.Namespace) -> dict:
     print(f"building corpus (~{args.mb:g} MB per text category, {args.patho_kib} KiB pathological) ...",
           file=sys.stderr)
     corpus = build_corpus(text_bytes, patho_chars)
+    if args.categories:
+        wanted_cats = set(args.categories.split(","))
+        corpus = [c for c in corpus if c.name in wanted_cats or (c.pathological and "patho" in wanted_cats)]
 
     rows: list[dict] = []
     scaling: list[dict] = []
@@ -665,8 +669,8 @@ def run(args: argparse.Namespace) -> dict:
                     "size_chars": cell.size_chars, "capped": cell.capped,
                     "mismatching_docs": cell.mismatching_docs, "error": cell.error,
                 })
-        if "tokenlane" in names:
-            text_docs = [d for cat in corpus if not cat.pathological for d in cat.docs]
+        text_docs = [d for cat in corpus if not cat.pathological for d in cat.docs]
+        if "tokenlane" in names and text_docs:
             tl = libs[names.index("tokenlane")]
             for row in bench_scaling(tl, text_docs, args.threads, args.reps):
                 scaling.append({"encoding": encoding, **row})
@@ -834,6 +838,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, help="max seconds per pathological call (default 10; 2 with --quick)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for batch modes")
     p.add_argument("--encodings", default=",".join(ENCODINGS))
+    p.add_argument("--categories", help="comma-separated subset of categories (english, code, german, russian, "
+                                        "chinese, japanese, patho:x, patho:spaces, patho:digits, "
+                                        "patho:latin1-random; 'patho' = all four); default all")
     p.add_argument("--libs", help="comma-separated subset of libraries (tiktoken is always included)")
     p.add_argument("--vocab-dir", default=DEFAULT_VOCAB_DIR, help="directory with <encoding>.tiktoken")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
