@@ -249,18 +249,9 @@ class Vocabulary {
       out.push(byte_rank_[p[0]]);
       return out.push(byte_rank_[p[1]]);
     }
+    if (n > PieceCache::kMaxBytes) return encode_long_piece(p, n, cache, out);
     const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
     const std::uint64_t h = hash_bytes(p, n, head);
-    if (n > PieceCache::kMaxBytes) {
-      Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
-      if (whole != kNoRank) return out.push(whole);
-      if (const std::vector<TokenRun>* runs = merge_runs(p, n, cache)) {
-        for (const TokenRun& run : *runs) out.push_n(run.token, run.count);
-        return;
-      }
-      for (Rank r : merge_long(p, n, cache)) out.push(r);
-      return;
-    }
     std::uint32_t count = 0;
     if (const Rank* tokens = cache.find(p, n, head, h, count)) {
       for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
@@ -278,6 +269,23 @@ class Vocabulary {
   }
 
  private:
+  // A piece too long for the cache: one token (tiktoken's shortcut; only pieces no longer than the
+  // longest token are hashed, not a megabyte of blanks), runs of one byte, or anything else.
+  template <class Out>
+  void encode_long_piece(const unsigned char* p, std::size_t n, PieceCache& cache, Out& out) const {
+    if (n <= max_token_bytes_) {
+      const std::uint64_t head = head_bytes(p, n);
+      const std::uint64_t h = hash_bytes(p, n, head);
+      const Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
+      if (whole != kNoRank) return out.push(whole);
+    }
+    if (const std::vector<TokenRun>* runs = merge_runs(p, n, cache)) {
+      for (const TokenRun& run : *runs) out.push_n(run.token, run.count);
+      return;
+    }
+    for (Rank r : merge_long(p, n, cache)) out.push(r);
+  }
+
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
   struct Span {
     std::uint32_t off = kAbsent;
@@ -352,6 +360,7 @@ class Vocabulary {
   std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
   std::vector<std::uint64_t> token_bits_;  // see maybe_token
   Rank byte_rank_[256] = {};
+  std::size_t max_token_bytes_ = 0;  // the longest ordinary token
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
 };
 
