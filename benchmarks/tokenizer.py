@@ -17,7 +17,6 @@ Run it with::
     python benchmarks/tokenizer.py            # full run: ~2 MB per category, best of 3
     python benchmarks/tokenizer.py --quick    # smoke run: small corpus, 1 repetition
     python benchmarks/tokenizer.py --libs tokenlane,tiktoken --out tok.json
-    python benchmarks/tokenizer.py --categories english,patho   # prose and the pathological inputs
 
 Corpus: real text read at run time from this machine; nothing is downloaded
 and no third-party text is stored in the repository.
@@ -252,6 +251,16 @@ def build_corpus(text_bytes: int, patho_chars: int) -> list[Category]:
         if not cat.docs:
             print(f"note: no text found for category {cat.name!r}; skipped", file=sys.stderr)
     return [c for c in categories if c.docs] + _pathological(patho_chars)
+
+
+def dump_corpus(corpus: list[Category], directory: Path) -> None:
+    """One file per category, its documents in UTF-8 separated by NUL bytes (the input of the C++
+    core's microbenchmark, benchmarks/tokenizer_core_bench.cpp)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for cat in corpus:
+        path = directory / (cat.name.replace(":", "-") + ".txt")
+        path.write_bytes(b"\0".join(d.encode("utf-8", "surrogatepass") for d in cat.docs))
+        print(f"wrote {path}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------
@@ -633,8 +642,10 @@ def run(args: argparse.Namespace) -> dict:
           file=sys.stderr)
     corpus = build_corpus(text_bytes, patho_chars)
     if args.categories:
-        wanted_cats = set(args.categories.split(","))
-        corpus = [c for c in corpus if c.name in wanted_cats or (c.pathological and "patho" in wanted_cats)]
+        wanted_cats = args.categories.split(",")
+        corpus = [c for c in corpus if c.name in wanted_cats or c.name.removeprefix("patho:") in wanted_cats]
+    if args.dump_corpus:
+        dump_corpus(corpus, args.dump_corpus)
 
     rows: list[dict] = []
     scaling: list[dict] = []
@@ -669,8 +680,8 @@ def run(args: argparse.Namespace) -> dict:
                     "size_chars": cell.size_chars, "capped": cell.capped,
                     "mismatching_docs": cell.mismatching_docs, "error": cell.error,
                 })
-        text_docs = [d for cat in corpus if not cat.pathological for d in cat.docs]
-        if "tokenlane" in names and text_docs:
+        if "tokenlane" in names:
+            text_docs = [d for cat in corpus if not cat.pathological for d in cat.docs]
             tl = libs[names.index("tokenlane")]
             for row in bench_scaling(tl, text_docs, args.threads, args.reps):
                 scaling.append({"encoding": encoding, **row})
@@ -838,10 +849,12 @@ def main() -> None:
     p.add_argument("--budget", type=float, help="max seconds per pathological call (default 10; 2 with --quick)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for batch modes")
     p.add_argument("--encodings", default=",".join(ENCODINGS))
-    p.add_argument("--categories", help="comma-separated subset of categories (english, code, german, russian, "
-                                        "chinese, japanese, patho:x, patho:spaces, patho:digits, "
-                                        "patho:latin1-random; 'patho' = all four); default all")
     p.add_argument("--libs", help="comma-separated subset of libraries (tiktoken is always included)")
+    p.add_argument("--categories", help="comma-separated subset of categories, e.g. code,german or x,spaces "
+                                         "(default: all)")
+    p.add_argument("--dump-corpus", type=Path, metavar="DIR",
+                   help="also write each category's documents to DIR/<category>.txt, NUL-separated "
+                        "(input of benchmarks/tokenizer_core_bench.cpp)")
     p.add_argument("--vocab-dir", default=DEFAULT_VOCAB_DIR, help="directory with <encoding>.tiktoken")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="clock for the single-thread modes: cpu = process CPU time, steadier on a shared "

@@ -71,6 +71,7 @@ class Settings:
     metrics: bool = True                        # serve GET /metrics
     metrics_access: str = "public"              # who may read it: "public", or "admin" (an admin's API key)
     usage_access: str = "own"                   # GET /tokenlane/usage and /report: "own", "admin" or "off"
+    gc_freeze: bool = True                      # at the first request, gc.freeze() the startup heap (shorter full GCs)
     alert_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])  # budget fractions; [] = off
     alert_forecast: bool = True                 # also alert when the burn rate will exhaust a budget early
     alert_webhook: str | None = None            # POST each alert here (JSON, HMAC-signed with the secret)
@@ -116,7 +117,7 @@ _INT = {"max_concurrency", "tenant_max_concurrency", "tpm", "rpm", "tenant_tpm",
 _FLOAT = {"max_wait_s", "cache_ttl_s", "state_lease_s", "shutdown_grace_s", "reclaim_interval_s"}
 _MONEY = {"budget_usd", "end_user_budget_usd"}
 _BOOL = {"trust_user_field", "require_api_key", "redact_prompts", "metrics", "alert_forecast", "anomalies", "otel",
-         "predict_prompt_cache"}
+         "predict_prompt_cache", "gc_freeze"}
 _MAPS = {"tenant_budgets_usd", "tenant_budgets_tokens", "tenant_priorities", "tier_caps", "tenant_tiers", "route_settings", "routes", "model_groups",
          "upstreams", "fallbacks"}
 

@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -696,6 +697,28 @@ TEST_CASE("ledger: journal records apply once; a dead owner's holds and rows are
   CHECK(led.get_request("req_3")->text("status") == "failed");
   CHECK(led.owners().empty());
   CHECK(led.reclaim("host:1:2", now).integer("holds") == 0);  // idempotent
+}
+
+TEST_CASE("ledger: the journal applier wakes for the first record after a lull, then keeps its own time", "[ledger]") {
+  TempDb tmp;
+  auto led = std::make_shared<Ledger>(tmp.str());
+  JournalApplier applier(led, 0.001);
+  auto applied_without_flush = [&](std::uint64_t seq) {
+    for (int i = 0; i < 5000 && applier.take_status().applied < seq; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return applier.take_status().applied >= seq;
+  };
+  // Asleep with nothing to do: the push wakes it. Then records arriving while it is busy or
+  // gathering are picked up by its own timer (push signals only a sleeping applier).
+  for (int round = 0; round < 3; ++round) {
+    std::uint64_t seq = 0;
+    for (int i = 0; i < 20; ++i)
+      seq = applier.push(R"({"id":"req_)" + std::to_string(round) + "_" + std::to_string(i) +
+                         R"(","row":{"status":"running"}})" + "\n");
+    CHECK(applied_without_flush(seq));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a lull: it goes back to sleep
+  }
+  CHECK(led->count_requests(RequestFilter{}) == 60);
 }
 
 TEST_CASE("ledger: the journal applier applies pushed records in batches, flush waits for them", "[ledger]") {

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -58,35 +59,74 @@ TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
 }
 
 TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
-  // The window rules restate the regex over ASCII and two-byte Latin-1/Cyrillic letters; the scalar
-  // path is the reference (it is checked against tiktoken by the parity tests). Random text over the
-  // bytes and characters the rules treat specially, including broken UTF-8.
+  // The window rules restate the regex over ASCII, two-byte Latin-1/Cyrillic letters and multi-byte
+  // punctuation; the scalar path is the reference (it is checked against tiktoken by the parity
+  // tests). Random text over the bytes and characters the rules treat specially, including broken
+  // UTF-8, and (last atoms) characters of other classes next to multi-byte punctuation.
   using namespace tokenlane::detail;
   const char* const atoms[] = {"a", "s", "t", "l", "v", "e", "r", "m", "d", "A", "S", "T", "L", " ", " ", "\t",
                                "\n", "\r", "\v", "\f", ".", ",", "/", "'", "'", "0", "1", "2", "-", "\"",
                                "\x1c", "\x7f", "\xc3\xa9", "\xc2\xa0", "\xe2\x80\x99", "\xc5\xbf", "  ", "\n\n",
                                "\r\n", "The", "it", "\xc3\x84", "\xc3\x97", "\xc3\xb7", "\xc3\x9f", "\xc3\xbf",
                                "\xd0\x80", "\xd0\xaf", "\xd0\xb0", "\xd1\x91", "\xd1\x9f", "\xd1\xa3", "\xd2\x82",
-                               "\xc3", "\x80"};
+                               "\xc3", "\x80", "\xc2\xbb", "\xc2\xab", "\xe2\x80\x9e", "\xe2\x80\x9c", "\xc2\xad",
+                               "\xc2\x85", "\xc2\xb2", "\xc2\xaa", "\xc2\xb5", "\xcc\x81", "\xe3\x80\x81",
+                               "\xef\xbf\xbd", "\xf0\x9f\x98\x80", "\xe2\x80\x8b", "\xe2\x80\xa8", "\xe2\x80",
+                               "\xd0\xb0", "\xc2\xbb"};
   const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
-  std::mt19937_64 rng(20261205);
-  for (int round = 0; round < 20000; ++round) {
-    // A random slice of the atoms, so that some texts are all letters, some all spaces or digits.
-    const std::size_t width = 3 + rng() % (n_atoms - 3), first = rng() % (n_atoms - width + 1);
-    std::string text;
-    for (std::size_t k = rng() % 300; k > 0; --k) text += atoms[first + rng() % width];
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    std::vector<std::size_t> windowed, scalar;
-    split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
-    const Cursor t(s, text.size());
-    const AsciiScan a{s, text.size()};
-    for (std::size_t i = 0; i < text.size(); i = o200k_scalar_piece_end(t, a, i)) {
-      scalar.push_back(o200k_scalar_piece_end(t, a, i));
+  auto check = [&] {
+    std::mt19937_64 rng(20261205);
+    for (int round = 0; round < 20000; ++round) {
+      // A random slice of the atoms, so that some texts are all letters, some all spaces or digits.
+      const std::size_t width = 3 + rng() % (n_atoms - 3), first = rng() % (n_atoms - width + 1);
+      std::string text;
+      for (std::size_t k = rng() % 300; k > 0; --k) text += atoms[first + rng() % width];
+      const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+      std::vector<std::size_t> windowed, scalar;
+      split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
+      const Cursor t(s, text.size());
+      const AsciiScan a{s, text.size()};
+      for (std::size_t i = 0; i < text.size(); i = o200k_scalar_piece_end(t, a, i)) {
+        scalar.push_back(o200k_scalar_piece_end(t, a, i));
+      }
+      INFO("text: " << text);
+      REQUIRE(windowed == scalar);
     }
-    INFO("text: " << text);
-    REQUIRE(windowed == scalar);
+  };
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+  // With every window classifier this CPU runs (the runtime dispatch takes the widest).
+  const WindowIsa best = best_window_isa();
+  for (WindowIsa isa : {WindowIsa::sse2, WindowIsa::avx2, WindowIsa::avx512}) {
+    if (isa > best) break;
+    INFO("window classifier " << static_cast<int>(isa));
+    window_isa = isa;
+    check();
+  }
+  window_isa = best;
+#else
+  check();
+#endif
+}
+
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+TEST_CASE("every window classifier this CPU runs gives the baseline's masks", "[tokenizer]") {
+  // The runtime dispatch picks the widest; the others must agree with the baseline byte for byte.
+  using namespace tokenlane::detail;
+  std::mt19937_64 rng(7);
+  const unsigned char specials[] = {' ', '\n', '\r', '\t', '\'', '/', '0', '9', 'a', 'z', 'A', 'Z', 0x80, 0x97, 0x9e,
+                                    0x9f, 0xaf, 0xb0, 0xb7, 0xbf, 0xc0, 0xc2, 0xc3, 0xd0, 0xd1, 0xe2, 0xff};
+  for (int round = 0; round < 20000; ++round) {
+    unsigned char w[64];
+    for (unsigned char& b : w) b = rng() % 3 ? specials[rng() % sizeof specials] : static_cast<unsigned char>(rng());
+    const AsciiMasks base = classify64_baseline(w);
+    auto same = [&](const AsciiMasks& m) {
+      return std::memcmp(&m, &base, sizeof m) == 0;
+    };
+    if (best_window_isa() >= WindowIsa::avx2) REQUIRE(same(classify64_avx2(w)));
+    if (best_window_isa() >= WindowIsa::avx512) REQUIRE(same(classify64_avx512(w)));
   }
 }
+#endif
 
 TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {
   auto enc = tokenlane::get_encoding("cl100k_base");
@@ -139,10 +179,10 @@ TEST_CASE("batches equal one-by-one results on every thread count", "[tokenizer]
 }
 
 TEST_CASE("the per-thread piece cache gives the same ids when it grows, wipes and is cold", "[tokenizer]") {
-  // More distinct multi-token pieces than the cache holds (it grows to 2^17 slots, then starts over),
+  // More distinct multi-token pieces than the cache holds (it grows to 2^18 slots, then starts over),
   // some longer than 8 bytes and some long enough to be merged without the cache.
   std::string text;
-  for (unsigned i = 0; i < 200000; ++i) {
+  for (unsigned i = 0; i < 300000; ++i) {
     text += ' ';
     for (unsigned k = i; k != 0 || text.back() == ' '; k /= 26) text += static_cast<char>('a' + k % 26);
     if (i % 7 == 0) text += "zqxjkvbwy";

@@ -318,3 +318,17 @@ def test_rate_limit_headers_follow_openai_names(store):
     assert int(r.headers["x-ratelimit-remaining-requests"]) == 99
     assert r.headers["x-ratelimit-limit-tokens"] == "100000"
     assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_gc_freeze_freezes_the_startup_heap_once_per_process(store, monkeypatch, freeze):
+    import tokenlane.asgi as asgi
+
+    frozen = []
+    monkeypatch.setattr(asgi, "_gc_frozen", False)  # as in a fresh process
+    monkeypatch.setattr(asgi.gc, "freeze", lambda: frozen.append(True))
+    with TestClient(build_app(Tokenlane(**store, gc_freeze=freeze))) as client:
+        for _ in range(3):
+            assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.get("/health").status_code == 200
+    assert frozen == ([True] if freeze else [])

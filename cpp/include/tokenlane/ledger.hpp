@@ -281,6 +281,7 @@ class JournalApplier {
   std::string pending_;
   std::uint64_t queued_ = 0, applied_ = 0, urgent_ = 0, flushes_ = 0;
   bool stop_ = false;
+  bool idle_ = false;  // the thread waits for a record (push wakes it); else it polls on its own
   Status status_;
   std::thread thread_;
 };

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "../util/background_thread.hpp"
 #include "internal.hpp"
 
 namespace tokenlane {
@@ -280,14 +281,15 @@ JournalApplier::~JournalApplier() {
 
 std::uint64_t JournalApplier::push(std::string record) {
   std::uint64_t seq = 0;
-  bool first = false;
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    first = pending_.empty();
+    wake = idle_;  // asleep until told; otherwise its own timer picks the record up
+    idle_ = false;
     pending_ += record;
     seq = ++queued_;
   }
-  if (first) wake_.notify_one();
+  if (wake) wake_.notify_one();  // once per burst: signalling a condition variable can block the signaller
   return seq;
 }
 
@@ -319,15 +321,22 @@ void JournalApplier::set_ledger(std::shared_ptr<Ledger> ledger) {
 
 void JournalApplier::run() {
   using namespace std::chrono;
+  util::mark_background_thread("tokenlane-jrnl");
+  // The batch buffer outlives each batch: the swap below hands its capacity back to pending_, so
+  // push() appends without regrowing, and no batch is freed while the lock is held. (push() runs
+  // on the thread that answers requests: whatever this thread does under the lock, that thread
+  // may wait for, and for as long as the OS keeps this one off the CPU.)
+  std::string batch;
   std::unique_lock<std::mutex> lock(mutex_);
   double backoff = 0.05;
   int retries_left_at_stop = 3;
   while (true) {
+    idle_ = pending_.empty();
     wake_.wait(lock, [&] { return stop_ || !pending_.empty(); });
+    idle_ = false;
     if (pending_.empty()) return;  // stopped with nothing left
     // Let more records gather, unless someone waits for them or we are stopping.
     wake_.wait_for(lock, duration<double>(delay_s_), [&] { return stop_ || urgent_ > applied_; });
-    std::string batch;
     batch.swap(pending_);
     const std::uint64_t upto = queued_;
     const std::shared_ptr<Ledger> ledger = ledger_;
@@ -339,16 +348,21 @@ void JournalApplier::run() {
     } catch (const std::exception& e) {
       error = e.what();
     }
-    lock.lock();
     if (error.empty()) {
+      batch.clear();  // keeps its capacity for the next swap
+      if (batch.capacity() > (std::size_t{16} << 20)) std::string().swap(batch);  // after a backlog
+      lock.lock();
       applied_ = upto;
       backoff = 0.05;
       for (std::string& s : skipped) status_.skipped.push_back(std::move(s));
       applied_cv_.notify_all();
       continue;
     }
+    lock.lock();
     // Kept, in order, ahead of what arrived meanwhile; retried after a pause.
-    pending_.insert(0, batch);
+    batch += pending_;
+    pending_.swap(batch);
+    batch.clear();
     ++status_.failures;
     status_.last_error = error;
     if (stop_ && --retries_left_at_stop < 0) return;  // at exit: the journal file still holds them

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "../util/background_thread.hpp"
 #include "tokenlane/chat.hpp"
 
 namespace tokenlane {
@@ -149,6 +150,7 @@ std::uint64_t BackgroundObserver::dropped() const {
 }
 
 void BackgroundObserver::run() {
+  util::mark_background_thread("tokenlane-learn");
   std::vector<Update> batch;
   int empty_rounds = 0;
   std::unique_lock<std::mutex> lock(mu_);

@@ -14,6 +14,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TOKENLANE_WINDOW_DISPATCH 1  // wider window classifiers, chosen at run time (classify64)
+#include <immintrin.h>
+#endif
 
 #include "unicode.hpp"
 
@@ -445,9 +449,10 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
 // non-ASCII byte, near the end of the text, and at the rare patterns the masks do not model.
 struct AsciiMasks {
-  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash;
+  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont;
   // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only. high: bytes >= 0x80 except
-  // those of the two-byte letters below.
+  // those of the two-byte letters and the multi-byte punctuation below. cont: the bytes after the
+  // first of each multi-byte punctuation character.
 };
 
 // Two-byte letters the windows also take (both bytes get the letter's case): U+00C0-U+00FF except
@@ -507,9 +512,9 @@ inline PairMasks pair_masks(const unsigned char* s) {
   return pairs;
 }
 
-// Classifies s[0, 64). SSE2 is part of x86-64, so it needs no runtime dispatch; other targets use
-// the portable loop (same masks, one byte at a time).
-TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
+// Classifies s[0, 64) with SSE2 (part of x86-64, so always there) or, on other targets, a portable
+// loop (same masks, one byte at a time).
+TOKENLANE_ALWAYS_INLINE AsciiMasks classify64_baseline(const unsigned char* s) {
   AsciiMasks m{};
 #if defined(__SSE2__)
   auto range = [](__m128i v, char lo, char hi) {  // signed compares: bytes >= 0x80 never match
@@ -556,6 +561,134 @@ TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
   return m;
 }
 
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+// Wider classifiers (same masks as classify64_baseline), compiled for their instruction set by a
+// target attribute and called only when the CPU has it, so the library still runs on any x86-64.
+enum class WindowIsa : std::uint8_t { sse2, avx2, avx512 };
+
+inline WindowIsa best_window_isa() {
+  __builtin_cpu_init();  // this may run in a static initializer, before libgcc's own
+  if (__builtin_cpu_supports("avx512bw")) return WindowIsa::avx512;
+  if (__builtin_cpu_supports("avx2")) return WindowIsa::avx2;
+  return WindowIsa::sse2;
+}
+// The classifier classify64 uses: the best this CPU has, checked once per process. Tests and the
+// microbenchmark may lower it to compare the variants (never raise it above best_window_isa()).
+inline WindowIsa window_isa = best_window_isa();
+
+#define TOKENLANE_AVX512 __attribute__((target("avx512f,avx512bw")))
+#define TOKENLANE_AVX2 __attribute__((target("avx2")))
+
+// AVX-512BW: the window is one register and every compare yields its 64-bit mask directly.
+TOKENLANE_AVX512 TOKENLANE_ALWAYS_INLINE std::uint64_t eq512(__m512i v, int c) {
+  return _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(static_cast<char>(c)));
+}
+TOKENLANE_AVX512 TOKENLANE_ALWAYS_INLINE std::uint64_t in512(__m512i v, int lo, int hi) {  // bytes in [lo, hi]
+  return _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8(static_cast<char>(lo))),
+                                _mm512_set1_epi8(static_cast<char>(hi - lo)));
+}
+TOKENLANE_AVX512 TOKENLANE_NOINLINE inline AsciiMasks classify64_avx512(const unsigned char* s) {
+  AsciiMasks m{};
+  const __m512i v = _mm512_loadu_si512(s);
+  m.lower = in512(v, 'a', 'z');
+  m.upper = in512(v, 'A', 'Z');
+  m.digit = in512(v, '0', '9');
+  m.newline = eq512(v, '\n') | eq512(v, '\r');
+  m.space = eq512(v, ' ');
+  m.blank = (in512(v, 0x09, 0x0D) | m.space) & ~m.newline;
+  m.high = _mm512_movepi8_mask(v);
+  m.apostrophe = eq512(v, '\'');
+  m.slash = eq512(v, '/');
+  if (m.high) {
+    PairMasks p;
+    p.lead_c3 = eq512(v, 0xC3);
+    p.lead_d0 = eq512(v, 0xD0);
+    p.lead_d1 = eq512(v, 0xD1);
+    p.c3_upper = in512(v, 0x80, 0x9E) & ~eq512(v, 0x97);
+    p.c3_lower = in512(v, 0x9F, 0xBF) & ~eq512(v, 0xB7);
+    p.d0_upper = in512(v, 0x80, 0xAF);
+    p.d0_lower = in512(v, 0xB0, 0xBF);
+    p.d1_lower = in512(v, 0x80, 0x9F);
+    add_two_byte_letters(m, p);
+  }
+  return m;
+}
+
+// AVX2: two 32-byte halves, signed compares as in the SSE2 code (bytes >= 0x80 are negative).
+TOKENLANE_AVX2 TOKENLANE_ALWAYS_INLINE std::uint64_t bits256(__m256i x) {
+  return static_cast<std::uint32_t>(_mm256_movemask_epi8(x));
+}
+TOKENLANE_AVX2 TOKENLANE_ALWAYS_INLINE __m256i eq256(__m256i v, int c) {
+  return _mm256_cmpeq_epi8(v, _mm256_set1_epi8(static_cast<char>(c)));
+}
+TOKENLANE_AVX2 TOKENLANE_ALWAYS_INLINE __m256i lt256(__m256i v, int c) {  // v < c, signed bytes
+  return _mm256_cmpgt_epi8(_mm256_set1_epi8(static_cast<char>(c)), v);
+}
+TOKENLANE_AVX2 TOKENLANE_ALWAYS_INLINE __m256i gt256(__m256i v, int c) {  // v > c, signed bytes
+  return _mm256_cmpgt_epi8(v, _mm256_set1_epi8(static_cast<char>(c)));
+}
+TOKENLANE_AVX2 TOKENLANE_NOINLINE inline AsciiMasks classify64_avx2(const unsigned char* s) {
+  AsciiMasks m{};
+  for (int half = 0; half < 2; ++half) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32 * half));
+    const int sh = 32 * half;
+    const __m256i space = eq256(v, ' ');
+    const __m256i newline = _mm256_or_si256(eq256(v, '\n'), eq256(v, '\r'));
+    const __m256i ws = _mm256_or_si256(_mm256_and_si256(gt256(v, 0x08), lt256(v, 0x0E)), space);
+    m.lower |= bits256(_mm256_and_si256(gt256(v, 'a' - 1), lt256(v, 'z' + 1))) << sh;
+    m.upper |= bits256(_mm256_and_si256(gt256(v, 'A' - 1), lt256(v, 'Z' + 1))) << sh;
+    m.digit |= bits256(_mm256_and_si256(gt256(v, '0' - 1), lt256(v, '9' + 1))) << sh;
+    m.newline |= bits256(newline) << sh;
+    m.space |= bits256(space) << sh;
+    m.blank |= bits256(_mm256_andnot_si256(newline, ws)) << sh;
+    m.high |= bits256(v) << sh;
+    m.apostrophe |= bits256(eq256(v, '\'')) << sh;
+    m.slash |= bits256(eq256(v, '/')) << sh;
+  }
+  if (!m.high) return m;
+  PairMasks p{};
+  for (int half = 0; half < 2; ++half) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32 * half));
+    const int sh = 32 * half;
+    const __m256i cont = lt256(v, 0xC0 - 256);  // continuation bytes 0x80-0xBF
+    p.lead_c3 |= bits256(eq256(v, 0xC3)) << sh;
+    p.lead_d0 |= bits256(eq256(v, 0xD0)) << sh;
+    p.lead_d1 |= bits256(eq256(v, 0xD1)) << sh;
+    p.c3_upper |= bits256(_mm256_andnot_si256(eq256(v, 0x97), lt256(v, 0x9F - 256))) << sh;
+    p.c3_lower |= bits256(_mm256_andnot_si256(_mm256_or_si256(lt256(v, 0x9F - 256), eq256(v, 0xB7)), cont)) << sh;
+    p.d0_upper |= bits256(lt256(v, 0xB0 - 256)) << sh;
+    p.d0_lower |= bits256(_mm256_andnot_si256(lt256(v, 0xB0 - 256), cont)) << sh;
+    p.d1_lower |= bits256(lt256(v, 0xA0 - 256)) << sh;
+  }
+  add_two_byte_letters(m, p);
+  return m;
+}
+#endif
+
+// Classifies s[0, 64) with the widest variant this CPU runs.
+TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+  if (window_isa == WindowIsa::avx512) return classify64_avx512(s);
+  if (window_isa == WindowIsa::avx2) return classify64_avx2(s);
+#endif
+  return classify64_baseline(s);
+}
+
+// Multi-byte punctuation ([^\s\p{L}\p{N}] and not a mark: « » „ “ – … in German and Russian text),
+// one character at a time from the first byte the SIMD classes left unknown, until a character that
+// is something else. Its bytes become punctuation (they leave `high`), and `cont` marks all but its
+// first byte, so that the rules can tell a one-character punctuation run (a word's prefix).
+inline void add_multibyte_punct(AsciiMasks& m, const unsigned char* w) {
+  while (m.high) {
+    const unsigned k = static_cast<unsigned>(__builtin_ctzll(m.high));
+    const Char c = decode_char(w + k, w + 64);  // a character cut by the window's end is invalid here
+    if (c.len == 1 || (c.cls & (kLetter | kNumber | kSpace | kMark))) return;
+    const std::uint64_t bytes = ((std::uint64_t{1} << c.len) - 1) << k;
+    m.high &= ~bytes;
+    m.cont |= bytes & (bytes << 1);
+  }
+}
+
 // Bit k of the result: some bit of `seed` at k or after it, within the same run of `run` bits
 // (seed must lie within run). A right-to-left OR-scan in six doubling steps.
 inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
@@ -577,7 +710,8 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
 // decided inside the window (the caller then takes one piece the scalar way).
 template <class Sink>
 std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std::uint64_t& high) {
-  const AsciiMasks m = classify64(s + i);
+  AsciiMasks m = classify64(s + i);
+  if (m.high) add_multibyte_punct(m, s + i);
   high = m.high;
   // Only the bytes before the first non-ASCII one are known to be what the masks say they are.
   const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
@@ -600,10 +734,13 @@ std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std:
   const std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
                                   (m.blank & ~(wsr >> 1));
   // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
-  // at an upper-case letter after a lower-case one; a blank or a punctuation start just before it is
-  // its prefix (and then the piece starts there instead).
+  // at an upper-case letter after a lower-case one; a blank or a punctuation run of one character
+  // just before it is its prefix (and then the piece starts there instead).
   const std::uint64_t word_start = letter & (~before(letter) | (before(m.lower) & m.upper));
-  const std::uint64_t prefixed = word_start & before(m.blank | punct_start);
+  std::uint64_t first_char = punct_start;  // the bytes of each punctuation run's first character
+  for (int k = 0; k < 3; ++k) first_char |= before(first_char) & m.cont;
+  const std::uint64_t one_char_run = first_char & ~(m.cont >> 1);  // its last byte, if a letter follows
+  const std::uint64_t prefixed = word_start & before(m.blank | one_char_run);
   // \p{N}{1,3}
   const std::uint64_t digit_start = m.digit & ~before(m.digit);
   std::uint64_t starts = 1 | punct_start | ws_starts | (word_start & ~prefixed) | digit_start;
