@@ -2,9 +2,9 @@
 // pre-tokenizer piece at a time (the scalar reference, o200k), and whole encode/count, in MB/s of
 // this thread's CPU time (steady on a shared machine), best of --reps.
 //
-//   tokenizer_core_bench ENCODING FILE... [--reps N] [--only encode] [--isa sse2|avx2|avx512]
+//   tokenizer_core_bench ENCODING FILE... [--reps N] [--only split|scalar|encode|count|batch] [--isa ...]
 //
-// --only runs one mode (for a profiler); --isa lowers the o200k window classifier from the best
+// --only runs one mode (for a profiler; batch: all files in one count_batch, 1 and 2 threads); --isa lowers the o200k window classifier from the best
 // this CPU has (the runtime dispatch) to compare the variants.
 //
 // A FILE holds documents separated by NUL bytes (benchmarks/tokenizer.py --dump-corpus DIR writes
@@ -12,6 +12,7 @@
 // $TOKENLANE_VOCAB_DIR. Built with the C++ tests (so it always compiles), never run by them.
 #include <time.h>
 
+#include <string_view>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -134,6 +135,38 @@ int main(int argc, char** argv) {
     std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", path.c_str(), split_mbps, scalar_mbps,
                 encode_mbps, count_mbps, 1000.0 * static_cast<double>(pieces) / static_cast<double>(bytes),
                 1000.0 * static_cast<double>(tokens) / static_cast<double>(bytes));
+  }
+  if (wanted("batch")) {
+    // All files' documents in one batch (as a server's mixed traffic), count_batch on 1 and 2
+    // threads: wall-clock MB/s and MB per CPU-second of the process (steady when threads add no
+    // work, whatever else the machine runs).
+    std::vector<std::string> all;
+    for (const auto& path : files) {
+      for (auto& d : read_docs(path)) all.push_back(std::move(d));
+    }
+    std::vector<std::string_view> views(all.begin(), all.end());
+    std::size_t bytes = 0;
+    for (const auto& d : all) bytes += d.size();
+    std::printf("\n| batch of all files | threads | wall MB/s | MB per CPU-second |\n|---|---|---|---|\n");
+    for (unsigned threads : {1u, 2u}) {
+      for (int warm = 0; warm < 2; ++warm) enc->count_batch(views, {}, threads);
+      double best_wall = 1e30, best_cpu = 1e30;
+      for (int r = 0; r < reps; ++r) {
+        timespec w0{}, w1{}, c0{}, c1{};
+        clock_gettime(CLOCK_MONOTONIC, &w0);
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+        sink_total = sink_total + enc->count_batch(views, {}, threads).size();
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+        clock_gettime(CLOCK_MONOTONIC, &w1);
+        auto secs = [](timespec a, timespec b) {
+          return static_cast<double>(b.tv_sec - a.tv_sec) + 1e-9 * static_cast<double>(b.tv_nsec - a.tv_nsec);
+        };
+        best_wall = std::min(best_wall, secs(w0, w1));
+        best_cpu = std::min(best_cpu, secs(c0, c1));
+      }
+      std::printf("| %zu docs, %.1f MB | %u | %.1f | %.1f |\n", all.size(), static_cast<double>(bytes) / 1e6, threads,
+                  static_cast<double>(bytes) / 1e6 / best_wall, static_cast<double>(bytes) / 1e6 / best_cpu);
+    }
   }
   return 0;
 }

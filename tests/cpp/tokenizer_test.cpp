@@ -179,10 +179,10 @@ TEST_CASE("batches equal one-by-one results on every thread count", "[tokenizer]
 }
 
 TEST_CASE("the per-thread piece cache gives the same ids when it grows, wipes and is cold", "[tokenizer]") {
-  // More distinct multi-token pieces than the cache holds (it grows to 2^17 slots, then starts over),
+  // More distinct multi-token pieces than the cache holds (it grows to 2^18 slots, then starts over),
   // some longer than 8 bytes and some long enough to be merged without the cache.
   std::string text;
-  for (unsigned i = 0; i < 200000; ++i) {
+  for (unsigned i = 0; i < 300000; ++i) {
     text += ' ';
     for (unsigned k = i; k != 0 || text.back() == ' '; k /= 26) text += static_cast<char>('a' + k % 26);
     if (i % 7 == 0) text += "zqxjkvbwy";

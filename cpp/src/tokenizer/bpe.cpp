@@ -144,6 +144,7 @@ void Vocabulary::build_tables(const std::string& name) {
     std::uint64_t head = head_bytes(p, t.len);
     const std::uint64_t h = hash_bytes(p, t.len, head);
     token_bits_[(h >> 6) & kTokenBitsMask] |= std::uint64_t{1} << (h & 63);
+    max_token_bytes_ = std::max<std::size_t>(max_token_bytes_, t.len);
     std::size_t i = h >> shift_;
     while (slots_[i].len != 0) i = (i + 1) & mask_;
     slots_[i] = {head, r, t.len};

@@ -62,8 +62,8 @@ inline std::uint64_t head_bytes_padded(const unsigned char* p, std::size_t n) {
   return n >= 8 ? w : w & ((std::uint64_t{1} << (8 * n)) - 1);
 }
 
-// Hash of a byte string given its head_bytes. One multiply for the usual piece of <= 8 bytes; the
-// final fold brings the product's well-mixed high bits down to the low bits the cache indexes by.
+// Hash of a byte string given its head_bytes, for the vocabulary's tables. The final fold brings the
+// product's well-mixed high bits down to the low bits that maybe_token indexes by.
 inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t head) {
   std::uint64_t h = (head ^ (n * 0x9E3779B97F4A7C15ull)) * 0xbf58476d1ce4e5b9ull;
   if (n > 8) {
@@ -76,6 +76,18 @@ inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint
   return h ^ (h >> 32);
 }
 
+// Hash of a piece for the PieceCache, which compares the bytes of a hit anyway: it needs spread, not
+// strength, and sits on every piece's critical path. One multiply for up to 8 bytes; the product's
+// high bits (mixed from every input bit) index the table.
+inline std::uint64_t cache_hash(const unsigned char* p, std::size_t n, std::uint64_t head) {
+  std::uint64_t h = (head ^ (n * 0x9E3779B97F4A7C15ull)) * 0xbf58476d1ce4e5b9ull;
+  if (n > 8) {
+    for (std::size_t i = 8; i + 8 < n; i += 8) h = (h ^ (h >> 29) ^ load64(p + i)) * 0x94d049bb133111ebull;
+    h = (h ^ (h >> 29) ^ load64(p + n - 8)) * 0x94d049bb133111ebull;
+  }
+  return h;
+}
+
 // Per-thread memory of the tokens of recent pieces (one token or many). Real text repeats a small
 // set of pieces, and this table stays in the CPU caches where the whole vocabulary (megabytes)
 // cannot. Open addressing; it grows with use up to kMaxSlots, then everything is dropped at once
@@ -85,11 +97,11 @@ class PieceCache {
  public:
   static constexpr std::size_t kMaxBytes = 128;
 
-  // The tokens cached for the piece, or nullptr; `count` receives how many.
+  // The tokens cached for the piece, or nullptr; `count` receives how many. h: its cache_hash.
   const Rank* find(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h,
                    std::uint32_t& count) const {
     const std::uint32_t want = key_of(n, h, 0);
-    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
+    for (std::size_t i = h >> shift_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if ((s.key & ~kCountBits) == want && s.head == head) {
         const std::uint32_t c = (s.key & kCountBits) >> 8;
@@ -112,7 +124,7 @@ class PieceCache {
     const std::size_t words = inline_token ? 0 : count + (n > 8 ? (n + 3) / 4 : 0);
     if (4 * (entries_ + 1) > 3 * slots_.size()) grow();
     if (arena_.size() + words > kArenaWords) clear();
-    std::size_t i = h & mask_;
+    std::size_t i = h >> shift_;
     while (slots_[i].key != 0) i = (i + 1) & mask_;
     Slot& s = slots_[i];
     s = {head, key_of(n, h, count), inline_token ? tokens[0] : static_cast<std::uint32_t>(arena_.size())};
@@ -127,7 +139,7 @@ class PieceCache {
     ++entries_;
   }
 
-  PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1) {}
+  PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1), shift_(64 - __builtin_ctzll(kMinSlots)) {}
 
   // The rank of token pair (a, b), remembered in a direct-mapped table (192 KiB, in L2) in front of
   // `lookup` (the vocabulary's pair table, megabytes): merging novel text asks about the same pairs
@@ -147,8 +159,8 @@ class PieceCache {
 
  private:
   static constexpr std::size_t kMinSlots = std::size_t{1} << 12;
-  static constexpr std::size_t kMaxSlots = std::size_t{1} << 17;     // 2 MiB of slots at most
-  static constexpr std::size_t kArenaWords = std::size_t{1} << 20;   // 4 MiB of tokens and bytes
+  static constexpr std::size_t kMaxSlots = std::size_t{1} << 18;     // 4 MiB of slots at most
+  static constexpr std::size_t kArenaWords = std::size_t{1} << 21;   // 8 MiB of tokens and bytes
   static constexpr std::uint32_t kCountBits = 0xFF00;
   // 16 bytes, so that the slots of a text's frequent pieces fit in the L2 cache.
   struct Slot {
@@ -158,20 +170,21 @@ class PieceCache {
                               // tokens, followed by the piece's bytes when it is longer than 8
   };
   static std::uint32_t key_of(std::size_t n, std::uint64_t h, std::uint32_t count) {
-    return static_cast<std::uint32_t>(n) | (count << 8) | (static_cast<std::uint32_t>(h >> 48) << 16);
+    return static_cast<std::uint32_t>(n) | (count << 8) | (static_cast<std::uint32_t>(h >> 24) << 16);
   }
   // Where a stored slot goes in the current table (its hash is recomputed from its bytes).
   std::size_t rehash_index(const Slot& s) const {
     const std::size_t n = s.key & 0xFF;
     const std::uint32_t c = (s.key & kCountBits) >> 8;
     const auto* bytes = n > 8 ? reinterpret_cast<const unsigned char*>(arena_.data() + s.value + c) : nullptr;
-    return hash_bytes(bytes, n, s.head) & mask_;  // up to 8 bytes, the hash needs only the head
+    return cache_hash(bytes, n, s.head) >> shift_;  // up to 8 bytes, the hash needs only the head
   }
   void grow() {
     if (slots_.size() >= kMaxSlots) return clear();
     std::vector<Slot> old(slots_.size() * 2);
     old.swap(slots_);
     mask_ = slots_.size() - 1;
+    --shift_;
     for (const Slot& s : old) {
       if (s.key == 0) continue;
       std::size_t i = rehash_index(s);
@@ -186,6 +199,7 @@ class PieceCache {
   }
   std::vector<Slot> slots_;
   std::size_t mask_;
+  int shift_;  // a hash's slot is its top log2(slots_.size()) bits
   std::vector<Rank> arena_;
   std::size_t entries_ = 0;
   static constexpr int kPairMemoBits = 14;
@@ -245,23 +259,15 @@ class Vocabulary {
     // Pieces of every length take the same path: special cases for one- and two-byte pieces (a third
     // of the pieces of code, mixed with longer ones) cost a mispredicted branch per piece, more than
     // the cache lookup they save (measured: o200k count +20% on code, +8% on German).
+    if (n > PieceCache::kMaxBytes) return encode_long_piece(p, n, cache, out);
     const std::uint64_t head = end - p >= 8 ? head_bytes_padded(p, n) : head_bytes(p, n);
-    const std::uint64_t h = hash_bytes(p, n, head);
-    if (n > PieceCache::kMaxBytes) {
-      Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
-      if (whole != kNoRank) return out.push(whole);
-      if (const std::vector<TokenRun>* runs = merge_runs(p, n, cache)) {
-        for (const TokenRun& run : *runs) out.push_n(run.token, run.count);
-        return;
-      }
-      for (Rank r : merge_long(p, n, cache)) out.push(r);
-      return;
-    }
+    const std::uint64_t ch = cache_hash(p, n, head);
     std::uint32_t count = 0;
-    if (const Rank* tokens = cache.find(p, n, head, h, count)) {
+    if (const Rank* tokens = cache.find(p, n, head, ch, count)) {
       for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
       return;
     }
+    const std::uint64_t h = hash_bytes(p, n, head);  // the vocabulary's hash, on a miss only
     Rank tokens[PieceCache::kMaxBytes];
     tokens[0] = maybe_token(h) ? find(p, n, head, h) : kNoRank;
     if (tokens[0] != kNoRank) {
@@ -269,11 +275,28 @@ class Vocabulary {
     } else {
       count = static_cast<std::uint32_t>(merge_short(p, n, tokens, cache));
     }
-    cache.insert(p, n, head, h, tokens, count);
+    cache.insert(p, n, head, ch, tokens, count);
     for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
   }
 
  private:
+  // A piece too long for the cache: one token (tiktoken's shortcut; only pieces no longer than the
+  // longest token are hashed, not a megabyte of blanks), runs of one byte, or anything else.
+  template <class Out>
+  void encode_long_piece(const unsigned char* p, std::size_t n, PieceCache& cache, Out& out) const {
+    if (n <= max_token_bytes_) {
+      const std::uint64_t head = head_bytes(p, n);
+      const std::uint64_t h = hash_bytes(p, n, head);
+      const Rank whole = maybe_token(h) ? find(p, n, head, h) : kNoRank;
+      if (whole != kNoRank) return out.push(whole);
+    }
+    if (const std::vector<TokenRun>* runs = merge_runs(p, n, cache)) {
+      for (const TokenRun& run : *runs) out.push_n(run.token, run.count);
+      return;
+    }
+    for (Rank r : merge_long(p, n, cache)) out.push(r);
+  }
+
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
   struct Span {
     std::uint32_t off = kAbsent;
@@ -324,7 +347,7 @@ class Vocabulary {
     return (pair_bits_[h >> 6] >> (h & 63)) & 1;
   }
 
-  // Merges a piece of 3..kMaxBytes bytes into `tokens`; returns how many.
+  // Merges a piece of 1..kMaxBytes bytes into `tokens`; returns how many.
   std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
   // Merges a piece of any length (linear time).
   std::vector<Rank> merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const;
@@ -348,6 +371,7 @@ class Vocabulary {
   std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
   std::vector<std::uint64_t> token_bits_;  // see maybe_token
   Rank byte_rank_[256] = {};
+  std::size_t max_token_bytes_ = 0;  // the longest ordinary token
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
 };
 
