@@ -105,11 +105,10 @@ class PieceCache {
       const Slot& s = slots_[i];
       if ((s.key & ~kCountBits) == want && s.head == head) {
         const std::uint32_t c = (s.key & kCountBits) >> 8;
-        if (c == 1 && n <= 8) {
-          count = 1;
-          return &s.value;
-        }
-        const Rank* tokens = arena_.data() + s.value;
+        // A select, not a branch: one token inline or several in the arena is a coin toss per
+        // piece in some languages.
+        const bool inline_token = (c == 1) & (n <= 8);
+        const Rank* tokens = inline_token ? &s.value : arena_.data() + s.value;
         if (n > 8 && !equal_after_head(reinterpret_cast<const unsigned char*>(tokens + c), p, n)) continue;
         count = c;
         return tokens;
