@@ -808,17 +808,26 @@ TEST_CASE("one scheduler driven from several threads keeps its limits and leaks 
 // random operation sequences long enough to split, merge and collapse several tree levels.
 TEST_CASE("ordered index and id table agree with the standard containers", "[scheduler][property]") {
   std::mt19937_64 rng(7);
-  for (int round = 0; round < 4; ++round) {
+  for (int round = 0; round < 6; ++round) {
     detail::OrderedIndex<std::pair<int, int>> tree;
     std::set<std::pair<int, int>> ref;
-    const int range = round % 2 ? 300 : 100000;  // dense (many collisions) and sparse keys
+    // sparse keys, dense keys (many collisions), and few keys (one leaf: replace moves within it)
+    const int range = round % 3 == 0 ? 100000 : round % 3 == 1 ? 300 : 15;
     const int steps = 60000;
     for (int step = 0; step < steps; ++step) {
       // Grow for the first half, then shrink to empty, with random and front erases.
       const bool grow = step < steps / 2;
       const int op = static_cast<int>(rng() % 10);
       const std::pair<int, int> k{static_cast<int>(rng() % static_cast<unsigned>(range)), static_cast<int>(rng() % 3)};
-      if ((grow && op < 6) || (!grow && op < 3)) {
+      if (op == 5 && !ref.empty() && ref.count(k) == 0) {
+        auto from = ref.lower_bound({static_cast<int>(rng() % static_cast<unsigned>(range)), 0});
+        if (from == ref.end()) from = ref.begin();
+        const std::pair<int, int> old = *from;
+        tree.replace(old, k);
+        ref.erase(from);
+        ref.insert(k);
+        REQUIRE(tree.rank(k) == static_cast<std::size_t>(std::distance(ref.begin(), ref.lower_bound(k))));
+      } else if ((grow && op < 6) || (!grow && op < 3)) {
         const auto expected = static_cast<std::size_t>(std::distance(ref.begin(), ref.lower_bound(k)));
         if (ref.insert(k).second) REQUIRE(tree.insert_ranked(k) == expected);
       } else if (op < 8 || ref.empty()) {

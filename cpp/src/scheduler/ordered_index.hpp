@@ -7,6 +7,9 @@
 // tree is 3 levels deep at 100k, nodes live in pools (no allocation once warm) and insert returns
 // the new element's rank from the same descent.
 //
+// A leaf's keys sit in keys[lo, lo + n): erasing the first element (a queue's head leaving, the
+// usual erase) is ++lo instead of moving the other 63 keys, and an insert shifts the shorter side.
+//
 // Inner nodes keep, per child, a lower bound of its keys (`sep`) and its element count. Every key
 // of child i is >= sep[i] and < sep[i + 1]; an erase may leave sep[i] below the child's smallest
 // key, which keeps that true. Keys are unique (Less is a strict order with no ties among them).
@@ -29,7 +32,18 @@ class OrderedIndex {
 
   struct Leaf {
     std::uint32_t n = 0, prev = kNil, next = kNil;
+    std::uint32_t lo = 0;  // keys[lo, lo + n) are in use; lo is 0 when the leaf is full
     Key keys[kCap];
+    Key* begin() { return keys + lo; }
+    Key* end() { return keys + lo + n; }
+    const Key* begin() const { return keys + lo; }
+    const Key* end() const { return keys + lo + n; }
+    // Moves the keys to keys[0, n) (before a split or a merge appends to them).
+    void pack() {
+      if (lo == 0) return;
+      std::copy(keys + lo, keys + lo + n, keys);
+      lo = 0;
+    }
   };
   struct Inner {
     std::uint32_t n = 0;
@@ -49,9 +63,10 @@ class OrderedIndex {
     const Key& operator*() const { return t_->leaves_[leaf_].keys[pos_]; }
     const Key* operator->() const { return &**this; }
     iterator& operator++() {
-      if (++pos_ == t_->leaves_[leaf_].n) {
-        leaf_ = t_->leaves_[leaf_].next;
-        pos_ = 0;
+      const Leaf& l = t_->leaves_[leaf_];
+      if (++pos_ == l.lo + l.n) {
+        leaf_ = l.next;
+        pos_ = leaf_ == kNil ? 0 : t_->leaves_[leaf_].lo;
       }
       return *this;
     }
@@ -60,10 +75,11 @@ class OrderedIndex {
 
    private:
     friend class OrderedIndex;
-    iterator(const OrderedIndex* t, std::uint32_t leaf) : t_(t), leaf_(leaf) {}
+    iterator(const OrderedIndex* t, std::uint32_t leaf)
+        : t_(t), leaf_(leaf), pos_(leaf == kNil ? 0 : t->leaves_[leaf].lo) {}
     const OrderedIndex* t_;
     std::uint32_t leaf_;
-    std::uint32_t pos_ = 0;
+    std::uint32_t pos_ = 0;  // index into the leaf's keys (from its lo)
   };
 
   // Inserts k, which must not be present.
@@ -93,6 +109,29 @@ class OrderedIndex {
     return true;
   }
 
+  // Replaces `from` (present) by `to` (not present). In a one-leaf tree (a few dozen tenants in
+  // the tenant order, re-keyed twice per request) only the keys between the two places move.
+  void replace(const Key& from, const Key& to) {
+    if (height_ == 0 && size_ > 0) {
+      Leaf& l = leaves_[root_];
+      Key* keys = l.begin();
+      const std::uint32_t i = lower(keys, l.n, from);
+      if (i < l.n && eq(keys[i], from)) {
+        const std::uint32_t j = lower(keys, l.n, to);  // counts `from` when from < to
+        if (j > i) {
+          std::copy(keys + i + 1, keys + j, keys + i);
+          keys[j - 1] = to;
+        } else {
+          std::copy_backward(keys + j, keys + i, keys + i + 1);
+          keys[j] = to;
+        }
+        return;
+      }
+    }
+    erase(from);
+    insert(to);
+  }
+
   // Number of elements ordered before k (k need not be present).
   std::size_t rank(const Key& k) const {
     if (size_ == 0) return 0;
@@ -105,7 +144,7 @@ class OrderedIndex {
       node = in.child[i];
     }
     const Leaf& l = leaves_[node];
-    return rank + lower(l.keys, l.n, k);
+    return rank + lower(l.begin(), l.n, k);
   }
 
   // The first element not ordered before k.
@@ -116,12 +155,11 @@ class OrderedIndex {
       const Inner& in = inners_[node];
       node = in.child[child_for(in, k)];
     }
+    const Leaf& l = leaves_[node];
+    const std::uint32_t at = lower(l.begin(), l.n, k);
+    if (at == l.n) return iterator(this, l.next);  // past this leaf's keys: the next leaf's first
     iterator it(this, node);
-    it.pos_ = lower(leaves_[node].keys, leaves_[node].n, k);
-    if (it.pos_ == leaves_[node].n) {  // past this leaf's keys: the next leaf's first
-      it.leaf_ = leaves_[node].next;
-      it.pos_ = 0;
-    }
+    it.pos_ = l.lo + at;
     return it;
   }
 
@@ -136,7 +174,7 @@ class OrderedIndex {
   }
   std::size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
-  const Key& front() const { return leaves_[first_].keys[0]; }  // the smallest; not empty
+  const Key& front() const { return *leaves_[first_].begin(); }  // the smallest; not empty
   iterator begin() const { return iterator(this, size_ ? first_ : kNil); }
   iterator end() const { return iterator(this, kNil); }
 
@@ -198,7 +236,7 @@ class OrderedIndex {
   }
 
   Key min_of(std::uint32_t node, std::uint32_t height) const {
-    return height ? inners_[node].sep[0] : leaves_[node].keys[0];
+    return height ? inners_[node].sep[0] : *leaves_[node].begin();
   }
 
   std::uint32_t new_leaf() {
@@ -211,7 +249,7 @@ class OrderedIndex {
       leaves_.emplace_back();
     }
     Leaf& l = leaves_[id];
-    l.n = 0;
+    l.n = l.lo = 0;
     l.prev = l.next = kNil;
     return id;
   }
@@ -234,11 +272,16 @@ class OrderedIndex {
       std::uint32_t pos;
       {
         Leaf& l = leaves_[node];
-        pos = lower(l.keys, l.n, k);
+        pos = lower(l.begin(), l.n, k);
         rank += pos;
         if (l.n < kCap) {
-          std::copy_backward(l.keys + pos, l.keys + l.n, l.keys + l.n + 1);
-          l.keys[pos] = k;
+          if (l.lo > 0 && (pos < l.n - pos || l.lo + l.n == kCap)) {  // shift the front part left
+            std::copy(l.begin(), l.begin() + pos, l.begin() - 1);
+            --l.lo;
+          } else {
+            std::copy_backward(l.begin() + pos, l.end(), l.end() + 1);
+          }
+          l.begin()[pos] = k;
           ++l.n;
           return {};
         }
@@ -317,10 +360,15 @@ class OrderedIndex {
   bool erase_at(std::uint32_t node, std::uint32_t height, const Key& k) {
     if (height == 0) {
       Leaf& l = leaves_[node];
-      Key* it = l.keys + lower(l.keys, l.n, k);
-      if (it == l.keys + l.n || !eq(*it, k)) return false;
-      std::copy(it + 1, l.keys + l.n, it);
-      --l.n;
+      Key* it = l.begin() + lower(l.begin(), l.n, k);
+      if (it == l.end() || !eq(*it, k)) return false;
+      if (it - l.begin() < l.end() - it) {  // shift the front part right
+        std::copy_backward(l.begin(), it, it + 1);
+        ++l.lo;
+      } else {
+        std::copy(it + 1, l.end(), it);
+      }
+      if (--l.n == 0) l.lo = 0;
       return true;
     }
     const Inner& in = inners_[node];
@@ -335,8 +383,8 @@ class OrderedIndex {
   void erase_first(std::uint32_t node, std::uint32_t height) {
     if (height == 0) {
       Leaf& l = leaves_[node];
-      std::copy(l.keys + 1, l.keys + l.n, l.keys);
-      --l.n;
+      ++l.lo;
+      if (--l.n == 0) l.lo = 0;
       return;
     }
     erase_first(inners_[node].child[0], height - 1);
@@ -366,9 +414,10 @@ class OrderedIndex {
     if (ch == 0) {
       Leaf& la = leaves_[a];
       Leaf& lb = leaves_[b];
-      std::copy(lb.keys, lb.keys + lb.n, la.keys + la.n);
+      la.pack();
+      std::copy(lb.begin(), lb.end(), la.keys + la.n);
       la.n += lb.n;
-      lb.n = 0;
+      lb.n = lb.lo = 0;
     } else {
       Inner& ia = inners_[a];
       Inner& ib = inners_[b];
