@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import gc
 import json
 import os
 import re
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import middleware as mw  # noqa: E402  (the app, the prompt, the ASGI call)
 
 DEFAULT_OUT = mw.REPO / "benchmarks" / "results" / "middleware_tail.json"
-SLOW_NS = 1_000_000
+SLOW_NS = int(mw.SLOW_US * 1000)
 CLASSES = ("runqueue: other processes", "runqueue: own threads", "blocked", "gc", "own CPU")
 
 
@@ -54,40 +53,26 @@ def measure(n: int, db: str, gap_s: float = 0.0) -> dict[str, Any]:
     0 turns it once, as middleware.py does (back to back: the answering thread never sleeps)."""
     body = mw.body_for(mw.make_prompt())
     apps = {"without": mw.build_app(False, None), "with": mw.build_app(True, db)}
-    collections_: list[tuple[int, int, int]] = []  # (start, stop, generation)
-    started = [0]
-
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
-        now = time.monotonic_ns()
-        if phase == "start":
-            started[0] = now
-        else:
-            collections_.append((started[0], now, info["generation"]))
-
+    collections_ = mw.GcWindows()
     rows: dict[str, list[tuple[int, int, int, int]]] = {name: [] for name in apps}
 
     async def run() -> None:
         for app in apps.values():  # warm-up (the first calls build the stacks)
             for _ in range(50):
                 assert await mw.call_asgi(app, body) == 200
-        schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)  # run ns, runqueue wait ns, slices
-        gc.callbacks.append(on_gc)
+        waited = mw.runqueue_clock()
         cpu0 = time.process_time_ns() - time.thread_time_ns()  # the other threads' CPU time
-        try:
+        with collections_:
             for _ in range(n):
                 for name, app in apps.items():
-                    w0 = int(os.pread(schedstat, 64, 0).split()[1])
+                    w0 = waited()
                     c0, t0 = time.thread_time_ns(), time.monotonic_ns()
                     assert await mw.call_asgi(app, body) == 200
                     t1, c1 = time.monotonic_ns(), time.thread_time_ns()
-                    w1 = int(os.pread(schedstat, 64, 0).split()[1])
-                    rows[name].append((t0, t1, c1 - c0, w1 - w0))
+                    rows[name].append((t0, t1, c1 - c0, waited() - w0))
                     await asyncio.sleep(0)
                 if gap_s:
                     await asyncio.sleep(gap_s)
-        finally:
-            gc.callbacks.remove(on_gc)
-            os.close(schedstat)
         background[0] = (time.process_time_ns() - time.thread_time_ns() - cpu0) / 1000 / n
 
     background = [0.0]  # µs of other threads' CPU per request (ledger applier, estimator updates)
@@ -99,7 +84,7 @@ def measure(n: int, db: str, gap_s: float = 0.0) -> dict[str, Any]:
             own[int(tid)] = f.read().strip()
     return {"pid": os.getpid(), "main": threading.get_native_id(), "threads": own, "rows": rows,
             "background_cpu_us_per_request": background[0],
-            "gc": collections_, "load_average": os.getloadavg()}
+            "gc": collections_.windows, "load_average": os.getloadavg()}
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
@@ -153,9 +138,8 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
             if wall <= SLOW_NS:
                 continue
             gc_ns = sum(_overlap(t0, t1, a, b) for a, b, _ in run["gc"])
-            asleep = max(0, wall - cpu_ns - wait_ns)
-            parts = {"runqueue": wait_ns, "blocked": asleep, "gc": gc_ns, "own CPU": cpu_ns - gc_ns}
-            kind = max(parts, key=lambda k: parts[k])
+            cause = mw.slow_cause(wall, cpu_ns, wait_ns, gc_ns)  # runqueue, asleep, gc or own_cpu
+            kind = {"asleep": "blocked", "own_cpu": "own CPU"}.get(cause, cause)
             if kind == "blocked" and timeline is not None:
                 who = {run["threads"].get(str(w), "another process") for at, w in timeline[2] if t0 <= at <= t1}
                 wakers.update(who or {"?"})
