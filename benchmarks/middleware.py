@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
 import platform
-import resource
 import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,52 +112,104 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+SLOW_US = 1000.0
+CAUSES = ("runqueue", "asleep", "gc", "own_cpu")
+
+
+def slow_cause(wall_ns: int, cpu_ns: int, runqueue_ns: int, gc_ns: int) -> str:
+    """What a slow request's answering thread spent most of its time on: waiting for a core while
+    runnable (``runqueue``: the OS gave it to another thread or program), ``asleep`` (the GIL, a
+    lock or I/O), a garbage collection inside it (``gc``), or its own work (``own_cpu``)."""
+    parts = {"runqueue": runqueue_ns, "asleep": max(0, wall_ns - cpu_ns - runqueue_ns), "gc": gc_ns,
+             "own_cpu": cpu_ns - gc_ns}
+    return max(parts, key=lambda k: parts[k])
+
+
+class GcWindows:
+    """Records when each garbage collection ran (gc.callbacks), to find those inside a request."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[int, int, int]] = []  # (start, stop, generation), time.monotonic_ns
+        self._start = 0
+
+    def __enter__(self) -> GcWindows:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.monotonic_ns()
+        if phase == "start":
+            self._start = now
+        else:
+            self.windows.append((self._start, now, info["generation"]))
+
+    def inside(self, t0: int, t1: int) -> int:
+        return sum(max(0, min(t1, b) - max(t0, a)) for a, b, _ in self.windows)
+
+
+def runqueue_clock() -> Callable[[], int]:
+    """The calling thread's total time spent runnable but not running (ns, /proc schedstat;
+    always 0 where there is none)."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return lambda: 0
+    return lambda: int(os.pread(fd, 64, 0).split()[1])
+
+
 def in_process(body: bytes, n: int, db: str) -> dict[str, Any]:
     plain, wrapped = build_app(False, None), build_app(True, db)
-    times: dict[str, list[float]] = {"without": [], "with": []}
-    cpu: dict[str, list[float]] = {"without": [], "with": []}  # this thread's CPU time per request
-    # Per request: was the thread preempted by the OS (an involuntary context switch: the machine),
-    # or did it block (a voluntary one: waiting for the GIL, a lock or I/O: tokenlane)?
-    switches: dict[str, list[tuple[int, int]]] = {"without": [], "with": []}
+    # Per request: (start, end) on time.monotonic_ns, this thread's CPU time, its runqueue wait.
+    rows: dict[str, list[tuple[int, int, int, int]]] = {"without": [], "with": []}
     other_cpu_s = 0.0  # CPU time of the process's other threads (ledger applier, estimator updates)
+    collections = GcWindows()
 
     async def run() -> None:
         nonlocal other_cpu_s
         for app in (plain, wrapped):  # warm-up (lifespan-free apps; first call builds the stack)
             for _ in range(50):
                 assert await call_asgi(app, body) == 200
+        waited = runqueue_clock()
         p0, t0_all = time.process_time(), time.thread_time()
-        for _ in range(n):
-            for name, app in (("without", plain), ("with", wrapped)):
-                r0 = resource.getrusage(resource.RUSAGE_THREAD)
-                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-                status = await call_asgi(app, body)
-                times[name].append((time.perf_counter_ns() - t0) / 1000.0)
-                cpu[name].append((time.thread_time_ns() - c0) / 1000.0)
-                r1 = resource.getrusage(resource.RUSAGE_THREAD)
-                switches[name].append((r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw))
-                assert status == 200, status
-                # A server's event loop turns between requests: work a request left for later
-                # (callbacks, other tasks) runs here, outside the measured time.
-                await asyncio.sleep(0)
+        with collections:
+            for _ in range(n):
+                for name, app in (("without", plain), ("with", wrapped)):
+                    w0 = waited()
+                    c0, t0 = time.thread_time_ns(), time.monotonic_ns()
+                    status = await call_asgi(app, body)
+                    t1, c1 = time.monotonic_ns(), time.thread_time_ns()
+                    rows[name].append((t0, t1, c1 - c0, waited() - w0))
+                    assert status == 200, status
+                    # A server's event loop turns between requests: work a request left for later
+                    # (callbacks, other tasks) runs here, outside the measured time.
+                    await asyncio.sleep(0)
         other_cpu_s = (time.process_time() - p0) - (time.thread_time() - t0_all)
 
     asyncio.run(run())
-    out = {}
+    out: dict[str, Any] = {}
+    times = {name: [(t1 - t0) / 1000.0 for t0, t1, _, _ in r] for name, r in rows.items()}
     for name, ts in times.items():
         out[name] = {"p50_us": statistics.median(ts), "p99_us": pct(ts, 0.99), "mean_us": statistics.fmean(ts)}
     out["added"] = {k: out["with"][k] - out["without"][k] for k in ("p50_us", "p99_us", "mean_us")}
     # Wall time holds whatever the OS gave other processes meanwhile (on a loaded machine, whole
-    # 4 ms scheduler ticks); the thread's CPU time is the request's own work.
+    # scheduler slices); the thread's CPU time is the request's own work.
+    cpu = {name: [c / 1000.0 for _, _, c, _ in r] for name, r in rows.items()}
     out["cpu"] = {name: {"p50_us": statistics.median(ts), "p99_us": pct(ts, 0.99)} for name, ts in cpu.items()}
-    out["slow_over_1ms"] = {name: sum(t > 1000 for t in ts) / len(ts) for name, ts in times.items()}
-    # The slow requests (over 1 ms wall), by what delayed them.
+    out["slow_over_1ms"] = {name: sum(t > SLOW_US for t in ts) / len(ts) for name, ts in times.items()}
+    # The slow requests (over 1 ms wall), by what delayed them (benchmarks/middleware_tail.py
+    # also names whose threads or programs had the cores).
     out["slow_causes"] = {}
-    for name, ts in times.items():
-        slow = [sw for t, sw in zip(ts, switches[name]) if t > 1000]
-        out["slow_causes"][name] = {
-            "preempted": sum(1 for inv, _ in slow if inv), "blocked_only": sum(1 for inv, vol in slow if vol and not inv),
-            "neither": sum(1 for inv, vol in slow if not inv and not vol)}
+    for name, r in rows.items():
+        causes = dict.fromkeys(CAUSES, 0)
+        for t0, t1, c, w in r:
+            if (t1 - t0) / 1000.0 > SLOW_US:
+                causes[slow_cause(t1 - t0, c, w, collections.inside(t0, t1))] += 1
+        out["slow_causes"][name] = causes
+    out["gc_collections"] = {"all": len(collections.windows),
+                             "full": sum(1 for _, _, g in collections.windows if g == 2)}
     out["background_cpu_us_per_request"] = other_cpu_s * 1e6 / n
     return out
 
@@ -255,11 +308,12 @@ def main() -> int:
           f"requests over 1 ms wall: {100 * ip['slow_over_1ms']['without']:.1f} % without, "
           f"{100 * ip['slow_over_1ms']['with']:.1f} % with; load average {os.getloadavg()[0]:.1f}")
     sc = ip["slow_causes"]
-    print(f"requests over 1 ms, by cause (preempted by the OS / blocked on the GIL, a lock or I/O and never "
-          f"preempted / neither): without {sc['without']['preempted']} / {sc['without']['blocked_only']} / "
-          f"{sc['without']['neither']}, with {sc['with']['preempted']} / {sc['with']['blocked_only']} / "
-          f"{sc['with']['neither']}; the process's other threads (ledger applier, estimator updates) used "
-          f"{ip['background_cpu_us_per_request']:.0f} µs of CPU per request")
+    print("requests over 1 ms, by what took most of their time (waiting for a core while runnable: the OS / "
+          "asleep on the GIL, a lock or I/O / a GC pass / their own CPU): "
+          + ", ".join(f"{name} " + " / ".join(str(sc[name][c]) for c in CAUSES) for name in ("without", "with"))
+          + f"; GC passes {ip['gc_collections']['all']} (full {ip['gc_collections']['full']}); the process's other "
+          f"threads (ledger applier, estimator updates) used {ip['background_cpu_us_per_request']:.0f} µs of CPU "
+          "per request")
     if lb:
         print(f"\nThroughput ceiling (loopback, 32 concurrent clients, client and server share the 2 cores): "
               f"{lb['without']['rps']:.0f} req/s without, {lb['with']['rps']:.0f} req/s with "

@@ -5,19 +5,31 @@ Every replica is ``python -m uvicorn replica_app:app`` (tests/python/replica_app
 route on the simulated provider, instant here, so the numbers are tokenlane's own work). Variants,
 side by side in one run on private PostgreSQL and Redis servers (scripts/services.py):
 
-  bare        the same app without the middleware, 1 replica: the baseline
+  bare        the same app without the middleware: the baseline
   sqlite      N replicas sharing one SQLite ledger file (the single-host deployment)
+  pg          N replicas with the ledger on PostgreSQL, no shared state (the ledger's part of
+              pg+redis)
+  redis       N replicas on one SQLite ledger file with TOKENLANE_STATE=redis://... (Redis's part)
   pg+redis    N replicas with TOKENLANE_DB=postgresql://... and TOKENLANE_STATE=redis://...
 
 Every variant with tokenlane has a budget per key (reserved on every request) and a global
-concurrency limit (a Redis slot per request with pg+redis). The load generator (this process, one
-asyncio client) spreads requests over the replicas round robin: sequential requests give the
-latency (p50/p99; "added" = minus bare's p50), then ``--concurrency`` clients give the throughput.
-Redis commands per request come from Redis's own INFO commandstats, which counts the commands a
-script runs as well as the script call: the round trips are the script calls (EVALSHA) plus any
-command sent on its own (the JSON has the breakdown).
+concurrency limit (a Redis slot per request with Redis). For each replica count, every variant's N
+replicas run at once. The load generator (this process, one asyncio client) sends sequential
+requests to each variant in turn (bare, sqlite, pg, ..., bare, sqlite, ...; each variant's
+replicas round robin), so every variant meets the same moments of a shared machine's load: their
+latencies (p50/p99; "added" = minus bare's p50) compare within the run. Then ``--concurrency``
+clients give each variant's throughput, one variant at a time. Redis commands per request come
+from Redis's own INFO commandstats (each Redis variant has a database of its own; the counts are
+the server's, taken around that variant's throughput phase), which counts the commands a script
+runs as well as the script call: the round trips are the script calls (EVALSHA) plus any command
+sent on its own (the JSON has the breakdown).
 
-Run:  python benchmarks/scaleout.py [--replicas 1,2,4] [--requests 1500] [--out benchmarks/results/scaleout.json]
+``--stages`` also times each call to PostgreSQL and Redis inside the replicas
+(tests/python/replica_timings.py: the first replica's medians per stage, in the table below the
+main one and the JSON).
+
+Run:  python benchmarks/scaleout.py [--replicas 1,2,4] [--variants sqlite,pg,redis,pg+redis] [--stages]
+                                    [--requests 1500] [--out benchmarks/results/scaleout.json]
 """
 
 from __future__ import annotations
@@ -37,18 +49,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "scaleout.json"
+VARIANTS = ("sqlite", "pg", "redis", "pg+redis")
 
 BODY = {"model": "gpt-4o-mini", "max_tokens": 30,
         "messages": [{"role": "user", "content": "Name three rivers in Europe and say which is longest."}]}
 KEYS = [f"sk-bench-{i}" for i in range(8)]
 
 
-async def sequential(client: Any, urls: list[str], n: int) -> list[float]:
+async def sequential(client: Any, urls: list[str], n: int, key: int = 0) -> list[float]:
+    """``n`` requests one after the other over ``urls`` round robin; their times in ms."""
     times = []
     for i in range(n):
         t0 = time.perf_counter()
         r = await client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY,
-                              headers={"authorization": f"Bearer {KEYS[i % len(KEYS)]}"})
+                              headers={"authorization": f"Bearer {KEYS[(key + i) % len(KEYS)]}"})
         times.append((time.perf_counter() - t0) * 1000)
         assert r.status_code == 200, r.text
     return times
@@ -77,46 +91,74 @@ def redis_calls(url: str) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def measure(name: str, replicas: int, env: dict[str, str], args: argparse.Namespace, tmp: Path,
-            redis_url: str | None) -> dict[str, Any]:
+def measure(replicas: int, envs: dict[str, dict[str, str]], redis_urls: dict[str, str], args: argparse.Namespace,
+            tmp: Path) -> list[dict[str, Any]]:
+    """Every variant of ``envs`` with ``replicas`` replicas, all started together. Latency: one
+    sequential request to each variant in turn, so that they all see the same moments of this
+    shared machine's load. Throughput: one variant at a time (the others idle)."""
     import httpx
     from store_support import Replicas
 
-    run_dir = tmp / f"{name}-{replicas}"
-    run_dir.mkdir()
-    group = Replicas(replicas, env, run_dir)
+    groups: dict[str, Any] = {}
     try:
-        async def run() -> dict[str, Any]:
+        for name, env in envs.items():
+            run_dir = tmp / f"{name}-{replicas}"
+            run_dir.mkdir()
+            groups[name] = Replicas(replicas, {**env, "REPLICA_TIMINGS": "1"} if args.stages else env, run_dir)
+
+        async def run() -> list[dict[str, Any]]:
             # Idle connections expire before uvicorn's 5 s keep-alive timeout closes them: at the same 5 s
             # (httpx's default) a request sent as the server closes fails with ReadError.
             limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2,
                                   keepalive_expiry=2.0)
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                await sequential(client, group.urls, 40 * replicas)  # warm-up: imports, caches, pools
-                times = await sequential(client, group.urls, args.latency_requests)
-                before = redis_calls(redis_url) if redis_url else {}
-                rps, cpu = await concurrent(client, group.urls, args.requests, args.concurrency)
-                after = redis_calls(redis_url) if redis_url else {}
-            calls = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
-            calls.pop("info", None)
-            return {
-                "variant": name, "replicas": replicas, "p50_ms": statistics.median(times),
-                "p99_ms": statistics.quantiles(times, n=100)[98], "throughput_rps": rps,
-                "loadgen_cpu": cpu,
-                "redis_commands_per_request": sum(calls.values()) / args.requests if redis_url else None,
-                "redis_scripts_per_request": (calls.get("evalsha", 0) + calls.get("eval", 0)) / args.requests
-                if redis_url else None,
-                # Redis counts the commands a script runs too: the breakdown tells round trips from those.
-                "redis_calls_per_request": {k: v / args.requests for k, v in sorted(calls.items())}
-                if redis_url else None,
-            }
+                async def stages(name: str) -> dict[str, Any] | None:  # the first replica's, since the last call
+                    return (await client.get(groups[name].urls[0] + "/timings")).json() if args.stages else None
+
+                times: dict[str, list[float]] = {name: [] for name in groups}
+                seq_stages = {}
+                for name, group in groups.items():
+                    await sequential(client, group.urls, 40 * replicas)  # warm-up: imports, caches, pools
+                    await stages(name)
+                for i in range(args.latency_requests):
+                    for name, group in groups.items():
+                        times[name] += await sequential(client, group.urls[i % replicas:], 1, key=i)
+                for name in groups:
+                    seq_stages[name] = await stages(name)
+                rows = []
+                for name, group in groups.items():
+                    redis_url = redis_urls.get(name)
+                    # Its keep-alive connections were idle for a while: let them go rather than race
+                    # the server closing them.
+                    await sequential(client, group.urls, 2 * replicas)
+                    await stages(name)
+                    before = redis_calls(redis_url) if redis_url else {}
+                    rps, cpu = await concurrent(client, group.urls, args.requests, args.concurrency)
+                    after = redis_calls(redis_url) if redis_url else {}
+                    calls = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+                    calls.pop("info", None)
+                    rows.append({
+                        "variant": name, "replicas": replicas, "p50_ms": statistics.median(times[name]),
+                        "p99_ms": statistics.quantiles(times[name], n=100)[98], "throughput_rps": rps,
+                        "loadgen_cpu": cpu, "stages": {"sequential": seq_stages[name],
+                                                       "concurrent": await stages(name)},
+                        "redis_commands_per_request": sum(calls.values()) / args.requests if redis_url else None,
+                        "redis_scripts_per_request": (calls.get("evalsha", 0) + calls.get("eval", 0)) / args.requests
+                        if redis_url else None,
+                        # Redis counts the commands a script runs too: the breakdown tells round trips from those.
+                        "redis_calls_per_request": {k: v / args.requests for k, v in sorted(calls.items())}
+                        if redis_url else None,
+                    })
+                return rows
         return asyncio.run(run())
     except BaseException:  # what the replicas said: a dropped connection is theirs to explain
-        for i in range(replicas):
-            print(f"--- {name} replica {i} (exit code {group.procs[i].poll()}):\n{group._log(i)}", file=sys.stderr)
+        for name, group in groups.items():
+            for i in range(len(group.procs)):
+                print(f"--- {name} replica {i} (exit code {group.procs[i].poll()}):\n{group._log(i)}", file=sys.stderr)
         raise
     finally:
-        group.stop()
+        for group in groups.values():
+            group.stop()
 
 
 def main() -> int:
@@ -125,14 +167,22 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1500, help="requests in each throughput run")
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="which of " + ", ".join(VARIANTS) + " to run beside bare")
+    parser.add_argument("--stages", action="store_true", help="time each PostgreSQL and Redis call in the replicas")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     counts = [int(x) for x in args.replicas.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
 
     import redis
     from store_support import fresh_database, services_module
 
     services = services_module()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tokenlane-scaleout-") as tmp_name:
         tmp = Path(tmp_name)
         servers = services.Services(tmp / "services").start()
@@ -140,21 +190,29 @@ def main() -> int:
             base = {"TOKENLANE_BUDGET_USD": "1000", "TOKENLANE_MAX_CONCURRENCY": "256", "REPLICA_TIME_SCALE": "0",
                     "TOKENLANE_REDACT_PROMPTS": "true", "TOKENLANE_VOCAB_DIR": os.environ.get(
                         "TOKENLANE_VOCAB_DIR", str(REPO.parent / "shared" / "vocab"))}
-            rows = [measure("bare", 1, {**base, "REPLICA_BARE": "1"}, args, tmp, None)]
+            rows: list[dict[str, Any]] = []
             for n in counts:
-                rows.append(measure("sqlite", n, {**base, "TOKENLANE_DB": str(tmp / f"ledger-{n}.db")}, args, tmp,
-                                    None))
-                redis.Redis.from_url(servers.redis_url).flushdb()
-                rows.append(measure("pg+redis", n, {**base, "TOKENLANE_DB": fresh_database(servers.pg_url),
-                                                    "TOKENLANE_STATE": servers.redis_url,
-                                                    "TOKENLANE_SPOOL": str(tmp / f"spool-{n}.db")},
-                                    args, tmp, servers.redis_url))
+                envs = {"bare": {**base, "REPLICA_BARE": "1"}}
+                redis_urls = {}
+                for db, variant in enumerate(variants, start=1):
+                    env = dict(base)
+                    if "pg" in variant.split("+"):
+                        env.update(TOKENLANE_DB=fresh_database(servers.pg_url),
+                                   TOKENLANE_SPOOL=str(tmp / f"spool-{variant}-{n}.db"))
+                    else:
+                        env["TOKENLANE_DB"] = str(tmp / f"ledger-{variant}-{n}.db")
+                    if "redis" in variant.split("+"):  # a Redis database of its own
+                        url = redis_urls[variant] = servers.redis_url.rsplit("/", 1)[0] + f"/{db}"
+                        redis.Redis.from_url(url).flushdb()
+                        env["TOKENLANE_STATE"] = url
+                    envs[variant] = env
+                rows += measure(n, envs, redis_urls, args, tmp)
         finally:
             servers.stop()
 
-    bare = rows[0]
     single = {r["variant"]: r for r in rows if r["replicas"] == counts[0]}
-    for r in rows:
+    for r in rows:  # against bare measured beside it (bare has one replica, whatever the count)
+        bare = next(b for b in rows if b["variant"] == "bare" and b["replicas"] == r["replicas"])
         r["added_p50_ms"] = r["p50_ms"] - bare["p50_ms"]
         r["added_p99_ms"] = r["p99_ms"] - bare["p99_ms"]
     header = (f"{'variant':<10} {'replicas':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "
@@ -169,18 +227,41 @@ def main() -> int:
               f"{r['added_p99_ms']:>10.2f} {r['throughput_rps']:>8.0f} {r['loadgen_cpu']:>11.0%} {redis_cmds:>15} "
               f"{scripts:>12}")
     print("(Redis cmds/req counts the commands inside the scripts too; see redis_calls_per_request in the JSON)")
-    ratio = single["pg+redis"]["added_p50_ms"] / max(1e-9, single["sqlite"]["added_p50_ms"])
-    print(f"\nadded p50 with PostgreSQL + Redis / SQLite-only, {counts[0]} replica: {ratio:.2f}x (goal <= 1.5x)")
-    for variant in ("sqlite", "pg+redis"):
+    ratios = {}
+    if "sqlite" in single:
+        for variant in variants:
+            if variant != "sqlite" and variant in single:
+                ratios[variant] = single[variant]["added_p50_ms"] / max(1e-9, single["sqlite"]["added_p50_ms"])
+                goal = " (goal <= 1.5x)" if variant == "pg+redis" else ""
+                print(f"added p50 with {variant} / sqlite, {counts[0]} replica: {ratios[variant]:.2f}x{goal}")
+    for variant in variants:
         series = [r for r in rows if r["variant"] == variant]
         scaling = " -> ".join(f"{r['throughput_rps']:.0f}" for r in series)
         print(f"{variant} throughput over {args.replicas} replicas: {scaling} req/s")
+    if args.stages:
+        for phase in ("sequential", "concurrent"):
+            print(f"\nper call, first replica, {phase} phase: median ms (p90 ms)")
+            names = sorted({stage for r in rows for stage in r["stages"][phase] or {}})
+            print(f"{'variant':<10} {'replicas':>8} " + " ".join(f"{n:>16}" for n in names))
+            for r in rows:
+                if r["variant"] == "bare":
+                    continue
+                cells = []
+                for n in names:
+                    st = (r["stages"][phase] or {}).get(n)
+                    cells.append(f"{st['p50_ms']:>7.2f} ({st['p90_ms']:>6.2f})" if st else "")
+                print(f"{r['variant']:<10} {r['replicas']:>8} " + " ".join(f"{c:>16}" for c in cells))
+    load_end = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the start, "
+          f"{load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f} at the end")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"requests": args.requests, "latency_requests": args.latency_requests,
                      "concurrency": args.concurrency},
-        "rows": rows, "added_p50_ratio_redis_vs_sqlite": ratio}, indent=2))
+        "load_average": {"start": load, "end": load_end},
+        "rows": rows, "added_p50_ratio_vs_sqlite": ratios,
+        "added_p50_ratio_redis_vs_sqlite": ratios.get("pg+redis")}, indent=2))
     print(f"\nwrote {args.out}")
     return 0
 

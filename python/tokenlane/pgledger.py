@@ -104,6 +104,42 @@ _RESERVE = (f"WITH r AS (INSERT INTO budgets (tenant, limit_pico_usd, period, wi
             f"INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens) "
             f"SELECT %(t)s, 'reserve', %(a)s, NULL, %(now)s, %(k)s FROM r")
 
+# The reservation at every level of a principal chain and its hold, as one server-side call: one
+# round trip, one statement (all levels or none: a level without room raises, rolling back the
+# levels before it; the error's detail is its index). Its statement per level is _RESERVE's.
+_NO_ROOM = "TLNR0"  # the SQLSTATE of "a level has no room"
+_RESERVE_ALL_FUNCTION = ("""CREATE OR REPLACE FUNCTION tokenlane_reserve_all(p_tenants TEXT[], p_a BIGINT, p_k BIGINT,
+    p_now DOUBLE PRECISION, p_h BIGINT, p_d BIGINT, p_m BIGINT, p_hold TEXT, p_owner TEXT,
+    p_expires DOUBLE PRECISION) RETURNS INTEGER LANGUAGE plpgsql AS $fn$
+DECLARE
+  i INTEGER;
+  p_t TEXT;
+BEGIN
+  -- Every writer locks the budget rows it changes in one order (see _LOCK_BUDGETS): no deadlock.
+  PERFORM 1 FROM budgets WHERE tenant = ANY(p_tenants) ORDER BY tenant FOR UPDATE;
+  FOR i IN 1 .. COALESCE(array_length(p_tenants, 1), 0) LOOP
+    p_t := p_tenants[i];
+    """ + _RESERVE % {"t": "p_t", "a": "p_a", "k": "p_k", "now": "p_now", "h": "p_h", "d": "p_d", "m": "p_m"} + """;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION USING ERRCODE = '""" + _NO_ROOM + """', MESSAGE = 'no room at a budget level',
+        DETAIL = (i - 1)::TEXT;
+    END IF;
+  END LOOP;
+  IF p_hold IS NOT NULL THEN
+    INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at, expires_at, tokens)
+    VALUES (p_hold, p_owner, array_to_json(p_tenants)::TEXT, p_a, p_now, p_expires, p_k)
+    ON CONFLICT (request_id) DO NOTHING;
+  END IF;
+  RETURN -1;
+END $fn$""")
+_RESERVE_ALL = ("SELECT tokenlane_reserve_all(%(tenants)s, %(a)s, %(k)s, %(now)s, %(h)s, %(d)s, %(m)s, %(hold)s, "
+                "%(owner)s, %(expires)s)")
+
+# A batch of settlements locks every budget row it will change first, in the order of their names,
+# as a reservation does: two of them never wait for each other in a circle (a deadlock, which
+# PostgreSQL would end by rolling one back).
+_LOCK_BUDGETS = "SELECT 1 FROM budgets WHERE tenant = ANY(%(levels)s) ORDER BY tenant FOR UPDATE"
+
 # One level's settlement as one statement (no read on the client, so a batch of them is pipelined):
 # frees the reservation (pico-USD %(r)s, tokens %(rk)s) only while the request's hold is in force
 # (%(hold)s NULL: no hold); charges %(x)s pico-USD and %(xk)s tokens.
@@ -194,6 +230,15 @@ class _Down(Exception):
     """PostgreSQL did not answer (connection refused, reset, pool timeout)."""
 
 
+class _RolledBack(_Down):
+    """PostgreSQL answered that it rolled the transaction back (a deadlock, a serialization
+    failure): nothing of it committed, so it is run again at once. (An outage only after a few in
+    a row.)"""
+
+
+_ATTEMPTS = 5  # a transaction the server rolled back is run up to this many times
+
+
 class Spool:
     """Ledger writes waiting for PostgreSQL: an append-only SQLite file, fsync'd on every append."""
 
@@ -231,6 +276,10 @@ class PostgresLedger:
     that keeps writes while the database is down (default: env ``TOKENLANE_SPOOL`` or
     ``tokenlane-spool.db`` in the working directory)."""
 
+    # reserve_all is one statement (tokenlane_reserve_all) that needs no order with the writes the
+    # runtime's ledger thread applies: callers may run it on threads of their own, beside them.
+    reserves_concurrently = True
+
     def __init__(self, url: str, *, spool: str | None = None, pool_size: int = 8, timeout_s: float = 5.0,
                  open_timeout_s: float = 60.0, lease_s: float = 15.0, **_ignored: Any) -> None:
         if psycopg is None:
@@ -238,7 +287,8 @@ class PostgresLedger:
         self.url = url
         self._timeout = timeout_s
         self.lease_s = float(lease_s)  # of budget holds: see the module docstring
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=timeout_s, open=False,
+        # Two open from the start: the ledger thread's batches and the reservations beside them.
+        self._pool = ConnectionPool(url, min_size=min(2, pool_size), max_size=pool_size, timeout=timeout_s, open=False,
                                     kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
                                     name="tokenlane-ledger")
         try:
@@ -279,7 +329,10 @@ class PostgresLedger:
         self.close()
 
     @contextmanager
-    def _conn(self, *, transaction: bool = False) -> Iterator[Any]:
+    def _conn(self, *, transaction: bool = False, write: bool = False) -> Iterator[Any]:
+        """A pooled connection (autocommit). ``transaction``: inside BEGIN ... COMMIT. ``write``
+        (without ``transaction``): the caller writes in one statement or one pipeline, which is
+        its own transaction. (Both mark a write for the tests that fail one.)"""
         try:
             with self._pool.connection() as conn:
                 conn.row_factory = dict_row
@@ -289,6 +342,8 @@ class PostgresLedger:
                 else:
                     yield conn
         except (PoolTimeout, psycopg.OperationalError) as exc:
+            if (getattr(exc, "sqlstate", None) or "").startswith("40"):  # class 40: transaction rollback
+                raise _RolledBack(str(exc)) from None
             raise _Down(str(exc)) from None
 
     def _read(self, fn: Callable[[Any], Any], *, flush: bool = True) -> Any:
@@ -296,30 +351,43 @@ class PostgresLedger:
             self.before_read()
         if self._down:
             raise StorageError(f"ledger {redacted_url(self.url)} is unreachable (writes are spooled until it returns)")
-        try:
-            with self._conn() as conn:
-                return fn(conn)
-        except _Down as exc:
-            raise StorageError(f"ledger {redacted_url(self.url)} is unreachable: {exc}") from None
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._conn() as conn:
+                    return fn(conn)
+            except _RolledBack as exc:
+                if attempt + 1 < _ATTEMPTS:
+                    continue
+                raise StorageError(f"ledger {redacted_url(self.url)}: {exc}") from None
+            except _Down as exc:
+                raise StorageError(f"ledger {redacted_url(self.url)} is unreachable: {exc}") from None
 
     def _write(self, op: str, args: dict[str, Any]) -> Any:
         """A ledger write: straight to PostgreSQL, or to the spool while it is down (or has a
         backlog, so that order holds). A write whose connection fails is spooled with its mark:
         it may have committed all the same, and then its replay applies nothing."""
         mark = uuid.uuid4().hex
-        if not self._down:
+        for attempt in range(_ATTEMPTS if not self._down else 0):
             try:
-                with self._conn(transaction=True) as conn:
-                    if op == "statements":  # the mark rides in the same pipeline
+                # A batch of statements is one pipeline, which is its own (implicit) transaction on
+                # an autocommit connection: one round trip, the mark in it.
+                with self._conn(transaction=op != "statements", write=True) as conn:
+                    if op == "statements":
                         result = self._apply_statements(conn, **args, mark=mark)
                     else:
                         conn.execute(_MARK, (mark, time.time()))
                         result = getattr(self, "_apply_" + op)(conn, **args)
                 self._mark_done(mark)  # committed, and known to be: no replay will look for it
                 return result
+            except _RolledBack as exc:
+                if attempt + 1 < _ATTEMPTS:
+                    continue  # rolled back, so not committed: the same write again, same mark
+                log.warning("tokenlane: PostgreSQL rolled a ledger write back %d times (%s); spooling writes to %s",
+                            _ATTEMPTS, exc, self._spool.path)
             except _Down as exc:
                 log.warning("tokenlane: PostgreSQL ledger unreachable (%s); spooling writes to %s",
                             exc, self._spool.path)
+            break
         with self._outage:
             self._spool.append(op, {**args, "_mark": mark})
             self._down = True  # even if the replay just emptied the spool: this entry needs it
@@ -428,6 +496,7 @@ class PostgresLedger:
             conn.execute("CREATE INDEX IF NOT EXISTS holds_expires ON holds(expires_at)")
             conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_replicas (owner TEXT PRIMARY KEY, "
                          "expires_at DOUBLE PRECISION NOT NULL)")
+            conn.execute(_RESERVE_ALL_FUNCTION)  # replaced by each version: it is code, not data
 
     @property
     def schema_version(self) -> int:
@@ -567,19 +636,27 @@ class PostgresLedger:
         down). Returns descriptions of records skipped as malformed."""
         skipped: list[str] = []
         statements: list[tuple[str, dict[str, Any]]] = []
+        levels: set[str] = set()
         for line in records.splitlines():
             if not line.strip():
                 continue
             try:
-                statements += _record_statements(json.loads(line))
+                record = json.loads(line)
+                statements += _record_statements(record)
+                if "final" in record:
+                    levels.update(record.get("budgets") or ())
             except (InvalidArgumentError, ValueError, KeyError, TypeError) as exc:
                 skipped.append(f"{exc}: {line[:200]!r}")
+        if levels:
+            statements.insert(0, (_LOCK_BUDGETS, {"levels": sorted(levels)}))
         if statements:
             self._write("statements", {"statements": statements})
         return skipped
 
     def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False,
                           mark: str | None = None) -> None:
+        # (In a pipeline the server runs every statement up to the sync in one transaction, even
+        # on an autocommit connection: all commit, or none.)
         with conn.pipeline():
             if mark is not None:
                 conn.execute(_MARK, (mark, time.time()))
@@ -688,28 +765,19 @@ class PostgresLedger:
         _check_amount("tokens", tokens, "tokens")
         now = time.time() if now is None else float(now)
 
-        class _NoRoom(Exception):
-            pass
+        params = {"tenants": list(tenants), "a": amount_pico_usd, "k": tokens, "now": now, **window_starts(now),
+                  "hold": hold or None, "owner": owner or owner_token(), "expires": time.time() + self.lease_s}
 
         def run(c: Any) -> int:
-            failed = -1
             try:
-                with c.transaction():
-                    for i, tenant in enumerate(tenants):
-                        params = {"t": tenant, "a": amount_pico_usd, "k": tokens, "now": now, **window_starts(now)}
-                        if c.execute(_RESERVE, params).rowcount != 1:
-                            failed = i
-                            raise _NoRoom
-                    if hold:
-                        c.execute("INSERT INTO holds (request_id, owner, budgets, amount_pico_usd, created_at, "
-                                  "expires_at, tokens) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                                  "ON CONFLICT (request_id) DO NOTHING",
-                                  (hold, owner or owner_token(), json.dumps(list(tenants)), amount_pico_usd, now,
-                                   time.time() + self.lease_s, tokens))
-            except _NoRoom:
-                pass  # rolled back: nothing reserved anywhere
-            return failed
-        return int(self._read(run))
+                return int(c.execute(_RESERVE_ALL, params).fetchone()["tokenlane_reserve_all"])
+            except psycopg.Error as exc:
+                if exc.sqlstate != _NO_ROOM:
+                    raise
+                return int(exc.diag.message_detail)  # rolled back: nothing reserved anywhere
+        # (No flush: the reservation needs none of this process's queued records. A settlement a
+        # response waited for is applied already; one still queued only leaves less room.)
+        return int(self._read(run, flush=False))
 
     def settle_all(self, tenants: list[str], reserved_pico_usd: int, actual_pico_usd: int,
                    now: float | None = None, *, hold: str | None = None, reserved_tokens: int = 0,

@@ -129,7 +129,7 @@ class Tokenlane:
         self.price = Price(s, self.pricing, self.estimator,
                            PromptCachePredictor() if s.predict_prompt_cache else None)
         # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
-        self.state: State = LocalState(self.ledger, self.thread.write)
+        self.state: State = LocalState(self.ledger, self.thread.write, beside=self.thread.beside)
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
         # With state="redis://...": global slots and TPM/RPM buckets in Redis (SharedLimits); budgets
         # stay in the ledger (self.state above), at every level.

@@ -231,3 +231,29 @@ TEST_CASE("estimators are safe to share between threads") {
   CHECK(below_one == 0);
   CHECK(est->history().key_count() > 0);
 }
+
+TEST_CASE("the learned model ends the same whether or not estimates ran while it learned") {
+  // Estimates never wait for an update (they read the weights as they are); the updates are
+  // serialised among themselves, so concurrent readers change nothing of what is learned.
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 200; ++i) prompts.push_back("write a short note number " + std::to_string(i % 17));
+  auto learn = [&](LearnedEstimator& est) {
+    for (int i = 0; i < 200; ++i) est.observe(query(prompts[i], i % 2 ? "gpt-4o" : "model-" + std::to_string(i % 7)), 20 + i);
+  };
+  LearnedEstimator alone, watched;
+  learn(alone);
+  std::atomic<bool> done{false};
+  std::atomic<int> below_one{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t)
+    readers.emplace_back([&] {
+      while (!done)
+        for (const std::string& p : prompts)
+          if (watched.estimate(query(p, "gpt-4o")).p50 < 1) below_one++;
+    });
+  learn(watched);
+  done = true;
+  for (auto& th : readers) th.join();
+  CHECK(below_one == 0);
+  CHECK(watched.to_json() == alone.to_json());
+}

@@ -10,7 +10,8 @@ can check the global concurrency limit with a measure of its own (not tokenlane'
 records every upstream call by the question it asks (which replica, when): a question containing
 ``[slow=N]`` takes N seconds the first time it is asked. REPLICA_PAUSED=1 pauses this replica's
 scheduler (it queues and defers, runs nothing itself). REPLICA_BARE=1 leaves the middleware out
-(the benchmark's baseline).
+(the benchmark's baseline). REPLICA_TIMINGS=1 times the calls to PostgreSQL and Redis (GET /timings;
+replica_timings.py, for benchmarks/scaleout.py --stages).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ async def chat(request: Request) -> Any:
 async def health() -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()}
 
+
+if os.environ.get("REPLICA_TIMINGS"):
+    import replica_timings
+
+    replica_timings.install(app)
 
 if not os.environ.get("REPLICA_BARE"):
     runtime = Tokenlane()

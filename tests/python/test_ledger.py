@@ -6,6 +6,8 @@ import datetime as dt
 import multiprocessing
 import random
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -423,3 +425,14 @@ def test_cost_lever_columns_are_validated_and_summed(tmp_path):
     assert (day["cache_hits"], day["cache_misses"], day["cache_saved_pico_usd"], day["prompt_cache_saved_pico_usd"]) \
         == (1, 1, 700, 50)
     assert led.get_request("b")["untrimmed_input_tokens"] == 4000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loads the system libsqlite3 by name")
+def test_sqlite_memory_statistics_are_off_once_tokenlane_is_imported(tmp_path):
+    # Their process-wide allocation mutex made the answering thread wait for the journal applier.
+    code = ("import ctypes, sys, tokenlane\n"
+            "lib = ctypes.CDLL('libsqlite3.so.0'); lib.sqlite3_memory_used.restype = ctypes.c_int64\n"
+            "led = tokenlane.Ledger(sys.argv[1]); led.set_budget('acme', 1, 'day', 0.0)\n"
+            "print(lib.sqlite3_memory_used())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l.db")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"

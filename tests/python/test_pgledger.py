@@ -157,10 +157,10 @@ def _commit_then_lose_connection(led: PostgresLedger, times: int = 1) -> None:
     left = [times]
 
     @contextmanager
-    def conn(*, transaction: bool = False) -> Iterator[Any]:
-        with real(transaction=transaction) as c:
+    def conn(*, transaction: bool = False, write: bool = False) -> Iterator[Any]:
+        with real(transaction=transaction, write=write) as c:
             yield c
-        if transaction and left[0] > 0:
+        if (transaction or write) and left[0] > 0:
             left[0] -= 1
             raise _Down("server closed the connection unexpectedly")
 
@@ -204,9 +204,9 @@ def test_write_rolled_back_with_the_connection_is_replayed(pg_url: str, tmp_path
     real = led._conn
 
     @contextmanager
-    def lost_before_commit(*, transaction: bool = False) -> Iterator[Any]:
+    def lost_before_commit(*, transaction: bool = False, write: bool = False) -> Iterator[Any]:
         led._conn = real  # type: ignore[method-assign]
-        with real(transaction=transaction):
+        with real(transaction=transaction, write=write):
             raise _Down("server closed the connection unexpectedly")  # rolled back
         yield  # pragma: no cover
 

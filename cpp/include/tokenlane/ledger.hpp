@@ -88,6 +88,14 @@ struct NewApiKey {
   std::string prefix;     // the first characters, for display ("tl-AbCd12")
 };
 
+// SQLite keeps memory statistics by default, and for them takes one process-wide mutex around
+// every allocation of every connection: the thread answering requests then waits on it whenever a
+// background writer (the journal applier) holds it and the OS takes that writer off the CPU.
+// Turns them off (nothing in tokenlane reads them; sqlite3_memory_used and the soft/hard heap
+// limits stop working). Only possible before SQLite's first use in the process: true if it took.
+// Ledger's constructor asks; tokenlane._core asks when imported, before Python's sqlite3 is.
+bool turn_off_sqlite_memory_statistics() noexcept;
+
 class Ledger {
  public:
   struct Options {

@@ -2,6 +2,7 @@
 // fitted by SGD on the pinball loss with AdaGrad step sizes (each weight's step shrinks with the
 // evidence it has seen, so online updates stay stable after offline training).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -22,23 +23,49 @@ struct LearnedEstimator::State {
   static constexpr double kModelLearningRate = 0.05;
   static constexpr double kAccumulatorStart = 1e-2;
 
+  // What an estimate reads while an update may be writing it: relaxed atomics (plain loads and
+  // stores on x86 and ARM). An estimate made during an update may see part of that one update.
+  struct Shared {
+    std::atomic<float> v{0.0f};
+    float get() const { return v.load(std::memory_order_relaxed); }
+    void set(float x) { v.store(x, std::memory_order_relaxed); }
+  };
   struct ModelBias {
-    float b50 = 0, b90 = 0, g50 = static_cast<float>(kAccumulatorStart), g90 = static_cast<float>(kAccumulatorStart);
+    Shared b50, b90;
+    float g50 = static_cast<float>(kAccumulatorStart), g90 = static_cast<float>(kAccumulatorStart);
     std::uint64_t n = 0;
   };
 
   // p50 and p90 weights of a feature side by side: one cache line per feature on the hot path.
+  struct Weight {
+    Shared q50, q90;
+    void set(float a, float b) {
+      q50.set(a);
+      q90.set(b);
+    }
+  };
   struct Pair {
     float q50, q90;
   };
-  std::vector<Pair> w, g;  // weights, AdaGrad accumulators
+  std::vector<Weight> w;  // weights (read by estimates)
+  std::vector<Pair> g;    // AdaGrad accumulators (updates only)
   std::map<std::string, ModelBias, std::less<>> models;
   std::uint64_t observations = 0;
+  // Who waits for whom: an estimate never waits for an update. Estimates hold `mu` shared; so do
+  // updates, which also hold `write_mu` (one writer at a time). `mu` is held exclusively only to add
+  // a model to `models` (its first observation) and by fit(). An estimate used to wait for the
+  // write lock of every update, and for as long as the OS kept the updating thread off the CPU.
   mutable std::shared_mutex mu;
+  mutable std::mutex write_mu;
 
   State()
-      : w(kDim, Pair{0.0f, 0.0f}),
-        g(kDim, Pair{static_cast<float>(kAccumulatorStart), static_cast<float>(kAccumulatorStart)}) {}
+      : w(kDim), g(kDim, Pair{static_cast<float>(kAccumulatorStart), static_cast<float>(kAccumulatorStart)}) {}
+
+  ModelBias& model_entry(std::string_view model) {  // caller holds mu exclusively, or knows it exists
+    auto it = models.find(model);
+    if (it == models.end()) it = models.try_emplace(std::string(model)).first;
+    return it->second;
+  }
 
   void set_priors() {
     // Hand-set priors (no training data shipped): log-space effects of the explicit cues around a
@@ -63,7 +90,7 @@ struct LearnedEstimator::State {
         {detail::kTaskClassify, -3.00f, -2.50f}, {detail::kTaskExtract, -1.50f, -1.20f},
         {detail::kTaskQa, -0.50f, -0.40f},
     };
-    for (const Prior& p : priors) w[p.slot] = Pair{p.p50, p.p90};
+    for (const Prior& p : priors) w[p.slot].set(p.p50, p.p90);
   }
 
   struct Features {
@@ -80,21 +107,22 @@ struct LearnedEstimator::State {
     float p50 = 0, p90 = 0;
     for (std::size_t k = 0; k < x.n; ++k) {
       const Feature& f = x.buffer[k];
-      const Pair& wk = w[f.index];
-      p50 += wk.q50 * f.value;
-      p90 += wk.q90 * f.value;
+      const Weight& wk = w[f.index];
+      p50 += wk.q50.get() * f.value;
+      p90 += wk.q90.get() * f.value;
     }
     auto it = models.find(model);
     if (it != models.end()) {
-      p50 += it->second.b50;
-      p90 += it->second.b90;
+      p50 += it->second.b50.get();
+      p90 += it->second.b90.get();
     }
     return {p50, p90};
   }
 
-  // One pinball-loss SGD step for both quantiles (caller holds the unique lock). A truncated
-  // response says only "longer than y": a quantile already above y learns nothing from it (the
-  // censored pinball loss), one below it is pushed up as by any longer answer.
+  // One pinball-loss SGD step for both quantiles (caller holds write_mu, and mu shared or more;
+  // `model` is in `models`). A truncated response says only "longer than y": a quantile already
+  // above y learns nothing from it (the censored pinball loss), one below it is pushed up as by any
+  // longer answer.
   void update(const Features& x, std::string_view model, double y, bool truncated) {
     auto [p50, p90] = predict(x, model);
     const double s50 = y > p50 ? -0.5 : (truncated ? 0.0 : 0.5);
@@ -104,19 +132,17 @@ struct LearnedEstimator::State {
       const Feature& f = x.buffer[k];
       const double g5 = s50 * f.value, g9 = s90 * f.value;
       Pair& acc = g[f.index];
-      Pair& wk = w[f.index];
+      Weight& wk = w[f.index];
       acc.q50 += static_cast<float>(g5 * g5);
       acc.q90 += static_cast<float>(g9 * g9);
-      wk.q50 -= static_cast<float>(kLearningRate * g5 / std::sqrt(static_cast<double>(acc.q50)));
-      wk.q90 -= static_cast<float>(kLearningRate * g9 / std::sqrt(static_cast<double>(acc.q90)));
+      wk.q50.set(wk.q50.get() - static_cast<float>(kLearningRate * g5 / std::sqrt(static_cast<double>(acc.q50))));
+      wk.q90.set(wk.q90.get() - static_cast<float>(kLearningRate * g9 / std::sqrt(static_cast<double>(acc.q90))));
     }
-    auto it = models.find(model);
-    if (it == models.end()) it = models.emplace(std::string(model), ModelBias{}).first;
-    ModelBias& m = it->second;
+    ModelBias& m = models.find(model)->second;
     m.g50 += static_cast<float>(s50 * s50);
     m.g90 += static_cast<float>(s90 * s90);
-    m.b50 -= static_cast<float>(kModelLearningRate * s50 / std::sqrt(static_cast<double>(m.g50)));
-    m.b90 -= static_cast<float>(kModelLearningRate * s90 / std::sqrt(static_cast<double>(m.g90)));
+    m.b50.set(m.b50.get() - static_cast<float>(kModelLearningRate * s50 / std::sqrt(static_cast<double>(m.g50))));
+    m.b90.set(m.b90.get() - static_cast<float>(kModelLearningRate * s90 / std::sqrt(static_cast<double>(m.g90))));
     ++m.n;
     ++observations;
   }
@@ -143,7 +169,12 @@ void LearnedEstimator::observe(const EstimateQuery& q, std::uint64_t output_toke
   State::Features& x = State::scratch();
   x.extract(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
-  std::unique_lock lock(s_->mu);
+  std::lock_guard writer(s_->write_mu);
+  if (s_->models.find(q.model) == s_->models.end()) {  // (only writers change the map: read safely)
+    std::unique_lock lock(s_->mu);
+    s_->model_entry(q.model);
+  }
+  std::shared_lock lock(s_->mu);
   s_->update(x, q.model, y, truncated);
 }
 
@@ -154,7 +185,9 @@ void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, 
   std::vector<std::size_t> order(records.size());
   std::iota(order.begin(), order.end(), 0);
   State::Features x;
+  std::lock_guard writer(s_->write_mu);
   std::unique_lock lock(s_->mu);
+  for (const Observation& r : records) s_->model_entry(r.model);
   std::uint64_t state = seed;
   for (int epoch = 0; epoch < epochs; ++epoch) {
     // Deterministic Fisher-Yates with a splitmix64 stream: the same records and seed, the same model.
@@ -174,7 +207,7 @@ void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, 
 double LearnedEstimator::verbosity(std::string_view model) const {
   std::shared_lock lock(s_->mu);
   auto it = s_->models.find(model);
-  return it == s_->models.end() ? 1.0 : std::exp(static_cast<double>(it->second.b50));
+  return it == s_->models.end() ? 1.0 : std::exp(static_cast<double>(it->second.b50.get()));
 }
 
 std::string LearnedEstimator::to_json() const { return detail::EstimatorCodec::learned_state(*this).dump(); }
@@ -183,6 +216,7 @@ namespace detail {
 
 nlohmann::json EstimatorCodec::learned_state(const LearnedEstimator& e) {
   const LearnedEstimator::State& s = *e.s_;
+  std::lock_guard writer(s.write_mu);  // the accumulators too, between updates
   std::shared_lock lock(s.mu);
   nlohmann::json j = header("learned");
   j["dim"] = LearnedEstimator::State::kDim;
@@ -192,12 +226,14 @@ nlohmann::json EstimatorCodec::learned_state(const LearnedEstimator& e) {
   for (std::uint32_t i = 0; i < LearnedEstimator::State::kDim; ++i) {
     const auto& w = s.w[i];
     const auto& g = s.g[i];
-    if (w.q50 == 0.0f && w.q90 == 0.0f && g.q50 == g0 && g.q90 == g0) continue;
-    weights.push_back({i, w.q50, w.q90, g.q50, g.q90});
+    const float w50 = w.q50.get(), w90 = w.q90.get();
+    if (w50 == 0.0f && w90 == 0.0f && g.q50 == g0 && g.q90 == g0) continue;
+    weights.push_back({i, w50, w90, g.q50, g.q90});
   }
   j["weights"] = std::move(weights);  // [index, w50, w90, adagrad50, adagrad90]
   nlohmann::json models = nlohmann::json::object();
-  for (const auto& [name, m] : s.models) models[name] = {m.b50, m.b90, m.g50, m.g90, m.n};
+  for (const auto& [name, m] : s.models)
+    if (m.n) models[name] = {m.b50.get(), m.b90.get(), m.g50, m.g90, m.n};  // (n == 0: added, never learned)
   j["models"] = std::move(models);  // name: [bias50, bias90, adagrad50, adagrad90, observations]
   return j;
 }
@@ -209,22 +245,21 @@ std::unique_ptr<LearnedEstimator> EstimatorCodec::learned(const nlohmann::json& 
                                                  std::to_string(LearnedEstimator::State::kDim));
   auto e = std::make_unique<LearnedEstimator>();
   LearnedEstimator::State& s = *e->s_;
-  std::fill(s.w.begin(), s.w.end(), LearnedEstimator::State::Pair{0.0f, 0.0f});
+  for (auto& w : s.w) w.set(0.0f, 0.0f);
   s.observations = j.value("observations", std::uint64_t{0});
   for (const auto& row : j.at("weights")) {
     const std::uint32_t i = row.at(0).get<std::uint32_t>();
     if (i >= LearnedEstimator::State::kDim) throw Error(ErrorCode::invalid_argument, "weight index out of range");
-    s.w[i] = {row.at(1).get<float>(), row.at(2).get<float>()};
+    s.w[i].set(row.at(1).get<float>(), row.at(2).get<float>());
     s.g[i] = {row.at(3).get<float>(), row.at(4).get<float>()};
   }
   for (const auto& [name, v] : j.at("models").items()) {
-    LearnedEstimator::State::ModelBias m;
-    m.b50 = v.at(0).get<float>();
-    m.b90 = v.at(1).get<float>();
+    LearnedEstimator::State::ModelBias& m = s.model_entry(name);  // (not shared yet: no locks)
+    m.b50.set(v.at(0).get<float>());
+    m.b90.set(v.at(1).get<float>());
     m.g50 = v.at(2).get<float>();
     m.g90 = v.at(3).get<float>();
     m.n = v.at(4).get<std::uint64_t>();
-    s.models.emplace(name, m);
   }
   return e;
 }

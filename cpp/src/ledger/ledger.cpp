@@ -235,9 +235,15 @@ Error Ledger::Impl::storage_error(const char* what, const SQLite::Exception& e) 
 
 Ledger::Ledger(const std::string& path) : Ledger(path, Options{}) {}
 
+bool turn_off_sqlite_memory_statistics() noexcept {
+  static const bool took = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK;
+  return took;
+}
+
 Ledger::Ledger(const std::string& path, Options options) {
   if (path.empty()) throw Error(ErrorCode::invalid_argument, "ledger path is empty");
   if (options.busy_timeout_ms < 0) throw Error(ErrorCode::invalid_argument, "busy_timeout_ms must be >= 0");
+  turn_off_sqlite_memory_statistics();
   try {
     impl_ = std::make_unique<Impl>(path, options.busy_timeout_ms);
   } catch (const SQLite::Exception& e) {

@@ -276,6 +276,13 @@ class LedgerThread:
         the awaiting task does not cancel the call)."""
         return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
+    def beside(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Like :meth:`write`, for a call that needs no order with this thread's others (a
+        PostgreSQL budget reservation: one statement on a pool of connections): on the event
+        loop's executor, beside this thread rather than queued behind its batches, with the same
+        retries (a request waits out a short ledger outage instead of failing)."""
+        return asyncio.get_running_loop().run_in_executor(None, lambda: self._durable(fn, *args, **kwargs))
+
     # --- records (write-behind) -----------------------------------------------------------------
 
     def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None) -> Future[Any] | None:

@@ -25,12 +25,15 @@ MINUTE = 60.0
 
 
 class LocalState(State):
-    def __init__(self, ledger: Ledger, run: Any = None) -> None:
+    def __init__(self, ledger: Ledger, run: Any = None, *, beside: Any = None) -> None:
         """``run(fn, *args)`` starts a blocking ledger call off the event loop and returns its
         future (the runtime passes its ledger thread, which keeps calls in order); default: the
-        loop's executor."""
+        loop's executor. ``beside(fn, *args)`` likewise, for a reservation on a ledger that
+        ``reserves_concurrently`` (PostgreSQL: one statement on a pool of connections), which then
+        does not queue behind the ledger thread's batches of records."""
         self.ledger = ledger
         self._run = run or _in_thread
+        self._reserve = (beside or _in_thread) if getattr(ledger, "reserves_concurrently", False) else self._run
         # bucket → (time, tokens, requests, hold id) of the last minute; a settle's correction is an entry too
         self._events: dict[str, deque[tuple[float, int, int, str]]] = {}
         self._running: dict[str, int] = {}                       # slots key → requests running
@@ -41,7 +44,7 @@ class LocalState(State):
             return denied
         if hold.budgets and (hold.amount_pico_usd > 0 or hold.amount_tokens > 0):
             # Recorded with this worker as its owner: reclaimed if the worker dies (tokenlane.recovery).
-            failed = await self._run(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now,
+            failed = await self._reserve(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now,
                                              hold=hold.id, owner=owner_token(), tokens=hold.amount_tokens))
             if failed >= 0:
                 self._give_back_local(hold, now, count_rates=True)
