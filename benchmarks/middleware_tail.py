@@ -133,6 +133,7 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
         counts = collections.Counter({c: 0 for c in CLASSES})
         foreign: collections.Counter[str] = collections.Counter()
         wakers: collections.Counter[str] = collections.Counter()
+        preempted_by: collections.Counter[str] = collections.Counter()  # own threads that took the core
         for t0, t1, cpu_ns, wait_ns in rows:
             wall = t1 - t0
             if wall <= SLOW_NS:
@@ -162,6 +163,7 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
                     others = sum(v for tid, v in by_tid.items() if tid not in own)
                     if mine > others or preemptors & own:  # own threads took the core, or most of the wait
                         kind = "runqueue: own threads"
+                        preempted_by.update(run["threads"].get(str(t), "?") for t in preemptors & own)
                     for tid, v in by_tid.items():
                         if tid not in own:
                             foreign[_comm(tid)] += v
@@ -171,7 +173,7 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
                         "cpu_p50_us": statistics.median([c / 1000 for _, _, c, _ in rows]),
                         "cpu_p99_us": mw.pct([c / 1000 for _, _, c, _ in rows], 0.99),
                         "slow": sum(counts.values()), "classes": dict(counts),
-                        "blocked_woken_by": dict(wakers),
+                        "blocked_woken_by": dict(wakers), "preempted_by_own": dict(preempted_by),
                         "foreign_cpu_ms": {k: round(v / 1e6, 1) for k, v in foreign.most_common(5)}}
     result["background_cpu_us_per_request"] = run["background_cpu_us_per_request"]
     result["gc"] = {"collections": len(run["gc"]),
@@ -236,7 +238,8 @@ def main() -> int:
     for name in ("without", "with"):
         r = result[name]
         print(f"\n{name}: the CPU's other users while the answering thread waited (ms): {r['foreign_cpu_ms']}; "
-              f"blocked requests woken by: {r['blocked_woken_by']}")
+              f"blocked requests woken by: {r['blocked_woken_by']}; preempted by its own threads: "
+              f"{r['preempted_by_own']}")
     print(f"\nGC: {result['gc']['collections']} collections, full ones (ms): {result['gc']['gen2_ms']}; the process's "
           f"other threads used {result['background_cpu_us_per_request']:.0f} µs of CPU per request")
     args.out.parent.mkdir(parents=True, exist_ok=True)
