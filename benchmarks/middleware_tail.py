@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import gc
 import json
 import os
 import re
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import middleware as mw  # noqa: E402  (the app, the prompt, the ASGI call)
 
 DEFAULT_OUT = mw.REPO / "benchmarks" / "results" / "middleware_tail.json"
-SLOW_NS = 1_000_000
+SLOW_NS = int(mw.SLOW_US * 1000)
 CLASSES = ("runqueue: other processes", "runqueue: own threads", "blocked", "gc", "own CPU")
 
 
@@ -54,40 +53,26 @@ def measure(n: int, db: str, gap_s: float = 0.0) -> dict[str, Any]:
     0 turns it once, as middleware.py does (back to back: the answering thread never sleeps)."""
     body = mw.body_for(mw.make_prompt())
     apps = {"without": mw.build_app(False, None), "with": mw.build_app(True, db)}
-    collections_: list[tuple[int, int, int]] = []  # (start, stop, generation)
-    started = [0]
-
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
-        now = time.monotonic_ns()
-        if phase == "start":
-            started[0] = now
-        else:
-            collections_.append((started[0], now, info["generation"]))
-
+    collections_ = mw.GcWindows()
     rows: dict[str, list[tuple[int, int, int, int]]] = {name: [] for name in apps}
 
     async def run() -> None:
         for app in apps.values():  # warm-up (the first calls build the stacks)
             for _ in range(50):
                 assert await mw.call_asgi(app, body) == 200
-        schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)  # run ns, runqueue wait ns, slices
-        gc.callbacks.append(on_gc)
+        waited = mw.runqueue_clock()
         cpu0 = time.process_time_ns() - time.thread_time_ns()  # the other threads' CPU time
-        try:
+        with collections_:
             for _ in range(n):
                 for name, app in apps.items():
-                    w0 = int(os.pread(schedstat, 64, 0).split()[1])
+                    w0 = waited()
                     c0, t0 = time.thread_time_ns(), time.monotonic_ns()
                     assert await mw.call_asgi(app, body) == 200
                     t1, c1 = time.monotonic_ns(), time.thread_time_ns()
-                    w1 = int(os.pread(schedstat, 64, 0).split()[1])
-                    rows[name].append((t0, t1, c1 - c0, w1 - w0))
+                    rows[name].append((t0, t1, c1 - c0, waited() - w0))
                     await asyncio.sleep(0)
                 if gap_s:
                     await asyncio.sleep(gap_s)
-        finally:
-            gc.callbacks.remove(on_gc)
-            os.close(schedstat)
         background[0] = (time.process_time_ns() - time.thread_time_ns() - cpu0) / 1000 / n
 
     background = [0.0]  # µs of other threads' CPU per request (ledger applier, estimator updates)
@@ -99,7 +84,7 @@ def measure(n: int, db: str, gap_s: float = 0.0) -> dict[str, Any]:
             own[int(tid)] = f.read().strip()
     return {"pid": os.getpid(), "main": threading.get_native_id(), "threads": own, "rows": rows,
             "background_cpu_us_per_request": background[0],
-            "gc": collections_, "load_average": os.getloadavg()}
+            "gc": collections_.windows, "load_average": os.getloadavg()}
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
@@ -148,14 +133,14 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
         counts = collections.Counter({c: 0 for c in CLASSES})
         foreign: collections.Counter[str] = collections.Counter()
         wakers: collections.Counter[str] = collections.Counter()
+        preempted_by: collections.Counter[str] = collections.Counter()  # own threads that took the core
         for t0, t1, cpu_ns, wait_ns in rows:
             wall = t1 - t0
             if wall <= SLOW_NS:
                 continue
             gc_ns = sum(_overlap(t0, t1, a, b) for a, b, _ in run["gc"])
-            asleep = max(0, wall - cpu_ns - wait_ns)
-            parts = {"runqueue": wait_ns, "blocked": asleep, "gc": gc_ns, "own CPU": cpu_ns - gc_ns}
-            kind = max(parts, key=lambda k: parts[k])
+            cause = mw.slow_cause(wall, cpu_ns, wait_ns, gc_ns)  # runqueue, asleep, gc or own_cpu
+            kind = {"asleep": "blocked", "own_cpu": "own CPU"}.get(cause, cause)
             if kind == "blocked" and timeline is not None:
                 who = {run["threads"].get(str(w), "another process") for at, w in timeline[2] if t0 <= at <= t1}
                 wakers.update(who or {"?"})
@@ -178,6 +163,7 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
                     others = sum(v for tid, v in by_tid.items() if tid not in own)
                     if mine > others or preemptors & own:  # own threads took the core, or most of the wait
                         kind = "runqueue: own threads"
+                        preempted_by.update(run["threads"].get(str(t), "?") for t in preemptors & own)
                     for tid, v in by_tid.items():
                         if tid not in own:
                             foreign[_comm(tid)] += v
@@ -187,7 +173,7 @@ def classify(run: dict[str, Any], trace: str | None) -> dict[str, Any]:
                         "cpu_p50_us": statistics.median([c / 1000 for _, _, c, _ in rows]),
                         "cpu_p99_us": mw.pct([c / 1000 for _, _, c, _ in rows], 0.99),
                         "slow": sum(counts.values()), "classes": dict(counts),
-                        "blocked_woken_by": dict(wakers),
+                        "blocked_woken_by": dict(wakers), "preempted_by_own": dict(preempted_by),
                         "foreign_cpu_ms": {k: round(v / 1e6, 1) for k, v in foreign.most_common(5)}}
     result["background_cpu_us_per_request"] = run["background_cpu_us_per_request"]
     result["gc"] = {"collections": len(run["gc"]),
@@ -252,7 +238,8 @@ def main() -> int:
     for name in ("without", "with"):
         r = result[name]
         print(f"\n{name}: the CPU's other users while the answering thread waited (ms): {r['foreign_cpu_ms']}; "
-              f"blocked requests woken by: {r['blocked_woken_by']}")
+              f"blocked requests woken by: {r['blocked_woken_by']}; preempted by its own threads: "
+              f"{r['preempted_by_own']}")
     print(f"\nGC: {result['gc']['collections']} collections, full ones (ms): {result['gc']['gen2_ms']}; the process's "
           f"other threads used {result['background_cpu_us_per_request']:.0f} µs of CPU per request")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -245,14 +245,22 @@ void register_tokenizer(py::module_& m) {
                               const py::handle& disallowed_arg, unsigned num_threads) {
         SpecialPolicy policy(e, allowed_arg, disallowed_arg);
         Texts t = texts_of(texts);
-        std::vector<std::vector<Rank>> ids;
         {
           py::gil_scoped_release release;
           for (std::string_view v : t.views) policy.check(e, v);
-          ids = e.encode_batch(t.views, *policy.allowed, num_threads);
         }
-        py::list out(ids.size());
-        for (std::size_t i = 0; i < ids.size(); ++i) out[i] = to_list(ids[i]);
+        // Each document's list is built (with the GIL) as soon as it is encoded, while the other
+        // threads go on encoding; this thread encodes too, without the GIL, when it has no list to
+        // build. Building all lists after the parallel part had made encode_batch scale 1.1-1.2x.
+        py::list out(t.views.size());
+        PyThreadState* saved = nullptr;
+        e.encode_batch_ordered(
+            t.views, *policy.allowed, num_threads,
+            [&](std::size_t i, std::vector<Rank>& ids) {
+              out[i] = to_list(ids);
+              std::vector<Rank>().swap(ids);  // its memory goes back now, not at the end
+            },
+            [&] { saved = PyEval_SaveThread(); }, [&] { PyEval_RestoreThread(saved); });
         return out;
       })
       .def("count_batch", [](const Encoding& e, const py::sequence& texts, const py::handle& allowed_arg,

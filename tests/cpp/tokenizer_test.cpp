@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -176,6 +177,47 @@ TEST_CASE("batches equal one-by-one results on every thread count", "[tokenizer]
       CHECK(counts[i] == batch[i].size());
     }
   }
+}
+
+TEST_CASE("ordered batches deliver every result in order, outside leave/enter, and stop on an error", "[tokenizer]") {
+  auto enc = tokenlane::get_encoding("cl100k_base");
+  std::vector<std::string> owned;
+  for (int i = 0; i < 200; ++i) owned.push_back(std::string(i % 13 * 300, 'a' + i % 26) + " doc " + std::to_string(i) + " ñ 東");
+  std::vector<std::string_view> texts(owned.begin(), owned.end());
+  for (unsigned threads : {1u, 2u, 3u, 8u}) {
+    INFO("threads " << threads);
+    std::size_t expected = 0, leaves = 0, enters = 0;
+    bool left = false, in_order = true, delivered_outside = true, nested = false;
+    enc->encode_batch_ordered(
+        texts, {}, threads,
+        [&](std::size_t i, std::vector<Rank>& ids) {
+          in_order = in_order && i == expected++;
+          delivered_outside = delivered_outside && !left;
+          CHECK(ids == enc->encode_ordinary(texts[i]));
+        },
+        [&] { nested = nested || left; left = true; ++leaves; },
+        [&] { nested = nested || !left; left = false; ++enters; });
+    CHECK(expected == texts.size());
+    CHECK(in_order);
+    CHECK(delivered_outside);
+    CHECK_FALSE(nested);
+    CHECK(leaves == enters);
+    CHECK_FALSE(left);
+    // An exception from deliver stops the batch and comes out (the workers are joined first).
+    std::size_t seen = 0;
+    CHECK_THROWS_AS(enc->encode_batch_ordered(
+                        texts, {}, threads,
+                        [&](std::size_t i, std::vector<Rank>&) {
+                          ++seen;
+                          if (i == 17) throw std::runtime_error("stop");
+                        },
+                        [] {}, [] {}),
+                    std::runtime_error);
+    CHECK(seen == 18);
+  }
+  std::size_t calls = 0;
+  enc->encode_batch_ordered({}, {}, 2, [&](std::size_t, std::vector<Rank>&) { ++calls; }, [] {}, [] {});
+  CHECK(calls == 0);
 }
 
 TEST_CASE("the per-thread piece cache gives the same ids when it grows, wipes and is cold", "[tokenizer]") {

@@ -389,7 +389,7 @@ struct Scheduler::Impl {
   }
 
   // Lines 0-1 of a record are what picking and starting read, line 2 its id.
-  static_assert(offsetof(Rec, id) == 128 && sizeof(Rec) == 256, "keep Rec's hot fields in its first two cache lines");
+  static_assert(offsetof(Rec, id) == 128 && sizeof(Rec) <= 256, "keep Rec's hot fields in its first two cache lines, and it in four");
   void prefetch_rec(std::uint32_t slot, std::size_t bytes = sizeof(Rec)) const {
     const char* p = reinterpret_cast<const char*>(&recs[slot]);
     for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -273,6 +274,84 @@ std::vector<std::vector<Rank>> Encoding::encode_batch(const std::vector<std::str
     impl_->encode(texts[i], allowed, out, cache);
   });
   return result;
+}
+
+void Encoding::encode_batch_ordered(const std::vector<std::string_view>& texts, const SpecialSet& allowed,
+                                    unsigned num_threads,
+                                    const std::function<void(std::size_t, std::vector<Rank>&)>& deliver,
+                                    const std::function<void()>& leave, const std::function<void()>& enter) const {
+  impl_->check_specials(allowed);
+  const std::size_t n = texts.size();
+  if (num_threads == 0) num_threads = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned workers = static_cast<unsigned>(std::min<std::size_t>(num_threads, n > 0 ? n : 1) - 1);
+  std::vector<std::vector<Rank>> result(n);
+  std::unique_ptr<std::atomic<bool>[]> ready(new std::atomic<bool>[n]());
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex mutex;
+  std::condition_variable done;  // a text became ready, or a worker failed
+  std::exception_ptr worker_error;
+  auto encode_one = [&](std::size_t i, detail::PieceCache& cache) {
+    result[i].reserve(texts[i].size() / 4 + 4);
+    VectorOut out{result[i]};
+    impl_->encode(texts[i], allowed, out, cache);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      ready[i].store(true, std::memory_order_release);
+    }
+    done.notify_one();
+  };
+  auto work = [&] {
+    std::unique_ptr<detail::PieceCache> cache;
+    try {
+      cache = impl_->take_cache();
+      for (std::size_t i; !stop.load() && (i = next.fetch_add(1)) < n;) encode_one(i, *cache);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!worker_error) worker_error = std::current_exception();
+      stop.store(true);
+    }
+    done.notify_one();
+    if (cache) impl_->give_back(std::move(cache));
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(workers);
+  // Joins the workers however this function is left (no text is started after `stop`).
+  struct Joiner {
+    std::vector<std::thread>& pool;
+    std::atomic<bool>& stop;
+    ~Joiner() {
+      stop.store(true);
+      for (auto& t : pool) t.join();
+    }
+  } joiner{pool, stop};
+  for (unsigned t = 0; t < workers; ++t) pool.emplace_back(work);
+  detail::PieceCache& own_cache = impl_->vocab.thread_cache();
+  for (std::size_t j = 0; j < n; ++j) {
+    while (!ready[j].load(std::memory_order_acquire)) {
+      leave();
+      try {
+        const std::size_t i = stop.load() ? n : next.fetch_add(1);
+        if (i < n) {
+          encode_one(i, own_cache);
+        } else {  // every text is taken: wait for text j (or a failure)
+          std::unique_lock<std::mutex> lock(mutex);
+          done.wait(lock, [&] { return ready[j].load(std::memory_order_acquire) || worker_error != nullptr; });
+        }
+      } catch (...) {
+        enter();
+        throw;
+      }
+      enter();
+      std::exception_ptr failed;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        failed = worker_error;
+      }
+      if (failed) std::rethrow_exception(failed);
+    }
+    deliver(j, result[j]);
+  }
 }
 
 std::vector<std::size_t> Encoding::count_batch(const std::vector<std::string_view>& texts,
