@@ -28,8 +28,14 @@ sent on its own (the JSON has the breakdown).
 (tests/python/replica_timings.py: the first replica's medians per stage, in the table below the
 main one and the JSON).
 
+``--baseline DIR`` runs each variant of ``--baseline-variants`` a second time as ``<variant>@base``
+with tokenlane imported from DIR (a copy of another version's ``python/`` tree with its ``_core``
+module and a ``sitecustomize.py`` that drops the editable install's import hook), in the same
+rotation: before and after a change, side by side in one run.
+
 Run:  python benchmarks/scaleout.py [--replicas 1,2,4] [--variants sqlite,pg,redis,pg+redis] [--stages]
-                                    [--requests 1500] [--out benchmarks/results/scaleout.json]
+                                    [--requests 1500] [--baseline DIR [--baseline-variants pg,pg+redis]]
+                                    [--out benchmarks/results/scaleout.json]
 """
 
 from __future__ import annotations
@@ -170,11 +176,17 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="which of " + ", ".join(VARIANTS) + " to run beside bare")
     parser.add_argument("--stages", action="store_true", help="time each PostgreSQL and Redis call in the replicas")
+    parser.add_argument("--baseline", type=Path, help="another version's tokenlane tree: <variant>@base beside each")
+    parser.add_argument("--baseline-variants", default="pg,pg+redis")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     counts = [int(x) for x in args.replicas.split(",")]
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
+    if args.baseline:
+        based = [v for v in args.baseline_variants.split(",") if v]
+        unknown |= set(based) - set(VARIANTS)
+        variants += [f"{v}@base" for v in based]
     if unknown:
         parser.error(f"unknown variants {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
 
@@ -196,12 +208,15 @@ def main() -> int:
                 redis_urls = {}
                 for db, variant in enumerate(variants, start=1):
                     env = dict(base)
-                    if "pg" in variant.split("+"):
+                    stores = variant.split("@")[0].split("+")
+                    if variant.endswith("@base"):
+                        env["PYTHONPATH"] = str(args.baseline.resolve())
+                    if "pg" in stores:
                         env.update(TOKENLANE_DB=fresh_database(servers.pg_url),
                                    TOKENLANE_SPOOL=str(tmp / f"spool-{variant}-{n}.db"))
                     else:
                         env["TOKENLANE_DB"] = str(tmp / f"ledger-{variant}-{n}.db")
-                    if "redis" in variant.split("+"):  # a Redis database of its own
+                    if "redis" in stores:  # a Redis database of its own
                         url = redis_urls[variant] = servers.redis_url.rsplit("/", 1)[0] + f"/{db}"
                         redis.Redis.from_url(url).flushdb()
                         env["TOKENLANE_STATE"] = url
@@ -215,7 +230,7 @@ def main() -> int:
         bare = next(b for b in rows if b["variant"] == "bare" and b["replicas"] == r["replicas"])
         r["added_p50_ms"] = r["p50_ms"] - bare["p50_ms"]
         r["added_p99_ms"] = r["p99_ms"] - bare["p99_ms"]
-    header = (f"{'variant':<10} {'replicas':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "
+    header = (f"{'variant':<13} {'replicas':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "
               f"{'req/s':>8} {'loadgen CPU':>12} {'Redis cmds/req':>15} {'scripts/req':>12}")
     # Redis cmds/req includes the commands run inside the scripts; scripts/req are round trips.
     print(header)
@@ -223,7 +238,7 @@ def main() -> int:
     for r in rows:
         redis_cmds = "" if r["redis_commands_per_request"] is None else f"{r['redis_commands_per_request']:.2f}"
         scripts = "" if r["redis_scripts_per_request"] is None else f"{r['redis_scripts_per_request']:.2f}"
-        print(f"{r['variant']:<10} {r['replicas']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['added_p50_ms']:>10.2f} "
+        print(f"{r['variant']:<13} {r['replicas']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['added_p50_ms']:>10.2f} "
               f"{r['added_p99_ms']:>10.2f} {r['throughput_rps']:>8.0f} {r['loadgen_cpu']:>11.0%} {redis_cmds:>15} "
               f"{scripts:>12}")
     print("(Redis cmds/req counts the commands inside the scripts too; see redis_calls_per_request in the JSON)")
@@ -232,7 +247,7 @@ def main() -> int:
         for variant in variants:
             if variant != "sqlite" and variant in single:
                 ratios[variant] = single[variant]["added_p50_ms"] / max(1e-9, single["sqlite"]["added_p50_ms"])
-                goal = " (goal <= 1.5x)" if variant == "pg+redis" else ""
+                goal = " (goal <= 1.5x)" if variant.startswith("pg+redis") else ""
                 print(f"added p50 with {variant} / sqlite, {counts[0]} replica: {ratios[variant]:.2f}x{goal}")
     for variant in variants:
         series = [r for r in rows if r["variant"] == variant]
@@ -242,7 +257,7 @@ def main() -> int:
         for phase in ("sequential", "concurrent"):
             print(f"\nper call, first replica, {phase} phase: median ms (p90 ms)")
             names = sorted({stage for r in rows for stage in r["stages"][phase] or {}})
-            print(f"{'variant':<10} {'replicas':>8} " + " ".join(f"{n:>16}" for n in names))
+            print(f"{'variant':<13} {'replicas':>8} " + " ".join(f"{n:>16}" for n in names))
             for r in rows:
                 if r["variant"] == "bare":
                     continue
@@ -250,7 +265,7 @@ def main() -> int:
                 for n in names:
                     st = (r["stages"][phase] or {}).get(n)
                     cells.append(f"{st['p50_ms']:>7.2f} ({st['p90_ms']:>6.2f})" if st else "")
-                print(f"{r['variant']:<10} {r['replicas']:>8} " + " ".join(f"{c:>16}" for c in cells))
+                print(f"{r['variant']:<13} {r['replicas']:>8} " + " ".join(f"{c:>16}" for c in cells))
     load_end = os.getloadavg()
     print(f"\nload average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the start, "
           f"{load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f} at the end")

@@ -75,6 +75,9 @@ _BUDGET_COLUMNS = ("tenant, limit_pico_usd, limit_tokens, period AS window, wind
                    "reserved_pico_usd, spent_tokens, reserved_tokens, updated_at")
 _KEY = re.compile(r"tl-[A-Za-z0-9_-]{40}")
 _WRITES = ("insert_request", "update_request", "settle", "release")  # what the spool keeps
+# Writes that are one statement (or one pipeline, which is one implicit transaction): they insert
+# their mark themselves, with no BEGIN ... COMMIT around them.
+_ONE_STATEMENT = ("statements", "records")
 # A write's mark, inserted by the transaction that applies it (see the module docstring).
 _MARK = "INSERT INTO tokenlane_writes (id, at) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 MARKS_KEPT_S = 7 * 86400.0  # a mark whose process died before it could delete it
@@ -134,6 +137,86 @@ BEGIN
 END $fn$""")
 _RESERVE_ALL = ("SELECT tokenlane_reserve_all(%(tenants)s, %(a)s, %(k)s, %(now)s, %(h)s, %(d)s, %(m)s, %(hold)s, "
                 "%(owner)s, %(expires)s)")
+
+# A batch of the runtime's ledger records (PostgresLedger.apply_journal) as one server-side call:
+# one round trip, one statement, one transaction. p_records is the batch as a JSON array of the
+# records as the runtime wrote them (no decoding in Python); p_mark the write's mark (NULL on a
+# replay, whose transaction inserts it). Per record: the decided row (inserted once); with the final
+# fields, the row inserted with them or updated to them (the columns the record names, no others),
+# its hold ended and every level settled as _SETTLE_LEVEL does (the reservation freed only while the
+# hold was in force). The budget rows of the whole batch are locked first, in name order, as every
+# writer of budgets does. Window starts (UTC hour, day, month of the record's time) are computed here,
+# as budget_window() does. Returns how many records it applied.
+_FINAL_SET = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN excluded.{c} ELSE q.{c} END"
+                       for c in _REQUEST_COLUMNS if c != "id")
+_FINAL_UPDATE = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN f.{c} ELSE q.{c} END"
+                          for c in _REQUEST_COLUMNS if c != "id")
+_V = {"h": "v_h", "d": "v_d", "m": "v_m"}
+_APPLY_RECORDS_FUNCTION = ("""CREATE OR REPLACE FUNCTION tokenlane_apply_records(p_mark TEXT, p_at DOUBLE PRECISION,
+    p_records JSONB) RETURNS INTEGER LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_rec JSONB; v_fin JSONB; v_id TEXT; v_t TEXT; v_n INTEGER := 0;
+  v_now DOUBLE PRECISION; v_h BIGINT; v_d BIGINT; v_m BIGINT;
+  v_r BIGINT; v_x BIGINT; v_rk BIGINT; v_xk BIGINT; v_r0 BIGINT; v_rk0 BIGINT;
+BEGIN
+  IF p_mark IS NOT NULL THEN
+    INSERT INTO tokenlane_writes (id, at) VALUES (p_mark, p_at) ON CONFLICT DO NOTHING;
+  END IF;
+  PERFORM 1 FROM budgets WHERE tenant IN (
+      SELECT jsonb_array_elements_text(e.value->'budgets') FROM jsonb_array_elements(p_records) e
+      WHERE jsonb_typeof(e.value->'budgets') = 'array') ORDER BY tenant FOR UPDATE;
+  FOR v_rec IN SELECT value FROM jsonb_array_elements(p_records) LOOP
+    v_id := v_rec->>'id';
+    v_fin := v_rec->'final';
+    IF v_fin IS NULL THEN
+      INSERT INTO requests SELECT * FROM jsonb_populate_record(NULL::requests, v_rec->'row')
+      ON CONFLICT (id) DO NOTHING;
+    ELSE
+      v_fin := v_fin - 'id';
+      IF v_rec ? 'row' THEN
+        INSERT INTO requests AS q SELECT * FROM jsonb_populate_record(NULL::requests,
+            (v_rec->'row') || v_fin || jsonb_build_object('id', v_id))
+        ON CONFLICT (id) DO UPDATE SET """ + _FINAL_SET + """;
+      ELSE
+        UPDATE requests AS q SET """ + _FINAL_UPDATE + """
+        FROM jsonb_populate_record(NULL::requests, v_fin) AS f WHERE q.id = v_id;
+      END IF;
+      IF jsonb_typeof(v_rec->'budgets') = 'array' AND jsonb_array_length(v_rec->'budgets') > 0 THEN
+        v_now := (v_rec->>'now')::DOUBLE PRECISION;
+        v_h := (floor(v_now / 3600) * 3600)::BIGINT;
+        v_d := (floor(v_now / 86400) * 86400)::BIGINT;
+        v_m := extract(epoch FROM date_trunc('month', to_timestamp(v_now) AT TIME ZONE 'UTC'))::BIGINT;
+        v_x := COALESCE((v_rec->>'actual')::BIGINT, 0);
+        v_xk := COALESCE((v_rec->>'tokens')::BIGINT, 0);
+        -- The hold ends here: a sweeper that would release it finds it gone (or released it first,
+        -- and then nothing is freed a second time).
+        DELETE FROM holds WHERE request_id = v_id;
+        IF FOUND THEN
+          v_r := COALESCE((v_rec->>'reserved')::BIGINT, 0);
+          v_rk := COALESCE((v_rec->>'reserved_tokens')::BIGINT, 0);
+        ELSE
+          v_r := 0; v_rk := 0;
+        END IF;
+        FOR v_t IN SELECT jsonb_array_elements_text(v_rec->'budgets') LOOP
+          SELECT reserved_pico_usd, reserved_tokens INTO v_r0, v_rk0 FROM budgets WHERE tenant = v_t;
+          INSERT INTO budgets (tenant, limit_pico_usd, period, window_start, spent_pico_usd, reserved_pico_usd,
+              updated_at, spent_tokens) VALUES (v_t, NULL, 'total', 0, v_x, 0, v_now, v_xk)
+          ON CONFLICT (tenant) DO UPDATE SET spent_pico_usd = """ + _SPENT % _V + """ + v_x,
+            spent_tokens = """ + _SPENT_TOKENS % _V + """ + v_xk,
+            window_start = GREATEST(budgets.window_start, """ + _WS % _V + """),
+            reserved_pico_usd = GREATEST(budgets.reserved_pico_usd - v_r, 0),
+            reserved_tokens = GREATEST(budgets.reserved_tokens - v_rk, 0), updated_at = v_now;
+          INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens, reserved_tokens)
+          VALUES (v_t, 'settle', v_x, CASE WHEN v_r0 IS NULL THEN 0 ELSE LEAST(v_r, v_r0) END, v_now, v_xk,
+                  CASE WHEN v_rk0 IS NULL THEN 0 ELSE LEAST(v_rk, v_rk0) END);
+        END LOOP;
+      END IF;
+    END IF;
+    v_n := v_n + 1;
+  END LOOP;
+  RETURN v_n;
+END $fn$""")
+_APPLY_RECORDS = "SELECT tokenlane_apply_records(%s, %s, %s::jsonb) AS n"
 
 # A batch of settlements locks every budget row it will change first, in the order of their names,
 # as a reservation does: two of them never wait for each other in a circle (a deadlock, which
@@ -371,9 +454,9 @@ class PostgresLedger:
             try:
                 # A batch of statements is one pipeline, which is its own (implicit) transaction on
                 # an autocommit connection: one round trip, the mark in it.
-                with self._conn(transaction=op != "statements", write=True) as conn:
-                    if op == "statements":
-                        result = self._apply_statements(conn, **args, mark=mark)
+                with self._conn(transaction=op not in _ONE_STATEMENT, write=True) as conn:
+                    if op in _ONE_STATEMENT:
+                        result = getattr(self, "_apply_" + op)(conn, **args, mark=mark)
                     else:
                         conn.execute(_MARK, (mark, time.time()))
                         result = getattr(self, "_apply_" + op)(conn, **args)
@@ -497,6 +580,7 @@ class PostgresLedger:
             conn.execute("CREATE TABLE IF NOT EXISTS tokenlane_replicas (owner TEXT PRIMARY KEY, "
                          "expires_at DOUBLE PRECISION NOT NULL)")
             conn.execute(_RESERVE_ALL_FUNCTION)  # replaced by each version: it is code, not data
+            conn.execute(_APPLY_RECORDS_FUNCTION)
 
     @property
     def schema_version(self) -> int:
@@ -631,26 +715,44 @@ class PostgresLedger:
 
     def apply_journal(self, records: bytes) -> list[str]:
         """Applies a batch of the runtime's ledger records (JSON lines: a request's row, its final
-        fields, the settlement of its levels) in one transaction, pipelined: a few network round
-        trips for the whole batch rather than several per record (spooled while the database is
-        down). Returns descriptions of records skipped as malformed."""
+        fields, the settlement of its levels) in one statement (``tokenlane_apply_records``: one
+        round trip, one transaction, the records passed on as the JSON they are), spooled while the
+        database is down. A batch the database refuses (a malformed record) is applied again record
+        by record, checked in Python as the SQLite ledger checks them: the good ones are applied, the
+        others skipped. Returns descriptions of records skipped as malformed."""
+        data = records.strip()
+        if not data:
+            return []
+        payload = "[" + data.decode("utf-8", "replace").replace("\n", ",") + "]"
+        try:
+            self._write("records", {"payload": payload})
+            return []
+        except psycopg.Error as exc:  # refused (not an outage: those are spooled); nothing committed
+            log.warning("tokenlane: PostgreSQL refused a batch of ledger records (%s); applying them one by one",
+                        exc)
+        return self._apply_one_by_one(records)
+
+    def _apply_records(self, conn: Any, payload: str, replayed: bool = False, mark: str | None = None) -> None:
+        conn.execute(_APPLY_RECORDS, (mark, time.time(), payload))
+
+    def _apply_one_by_one(self, records: bytes) -> list[str]:
+        """Each record in its own transaction, checked first (see :meth:`apply_journal`)."""
         skipped: list[str] = []
-        statements: list[tuple[str, dict[str, Any]]] = []
-        levels: set[str] = set()
         for line in records.splitlines():
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                statements += _record_statements(record)
-                if "final" in record:
-                    levels.update(record.get("budgets") or ())
+                statements = _record_statements(record)
+                levels = sorted(set(record.get("budgets") or ())) if "final" in record else []
+                if levels:
+                    statements.insert(0, (_LOCK_BUDGETS, {"levels": levels}))
+                if statements:
+                    self._write("statements", {"statements": statements})
             except (InvalidArgumentError, ValueError, KeyError, TypeError) as exc:
                 skipped.append(f"{exc}: {line[:200]!r}")
-        if levels:
-            statements.insert(0, (_LOCK_BUDGETS, {"levels": sorted(levels)}))
-        if statements:
-            self._write("statements", {"statements": statements})
+            except psycopg.Error as exc:  # e.g. a user_id that names no user
+                skipped.append(f"{type(exc).__name__}: {exc}: {line[:200]!r}")
         return skipped
 
     def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False,

@@ -216,3 +216,35 @@ def test_write_rolled_back_with_the_connection_is_replayed(pg_url: str, tmp_path
     assert led.replay() == 1
     assert led.get_budget("t")["spent_pico_usd"] == 300
     led.close()
+
+
+def test_a_batch_of_records_is_one_statement_and_a_bad_record_only_skips_itself(pg_url: str, tmp_path: Path) -> None:
+    """apply_journal runs the batch as one call of tokenlane_apply_records: the decided row, the
+    final fields (only those named), the hold ended and every level settled once. A batch the
+    database refuses (a record naming a user that does not exist) is applied record by record:
+    the others are applied, the bad one is reported as skipped."""
+    led = PostgresLedger(pg_url, spool=str(tmp_path / "spool.db"))
+    led.set_budget("t", 10**9, window="day", now=NOON)
+    assert led.reserve_all(["org:o", "t"], 900, NOON, hold="r1", tokens=50) == -1
+    decided = {"id": "r1", "row": {"id": "r1", "tenant": "t", "status": "running", "created_at": NOON, "model": "m"}}
+    final = {**decided, "final": {"status": "succeeded", "cost_pico_usd": 400, "finished_at": NOON + 1},
+             "budgets": ["org:o", "t"], "reserved": 900, "actual": 400, "reserved_tokens": 50, "tokens": 30,
+             "now": NOON + 1}
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in (decided, final))
+    assert led.apply_journal(lines) == []
+    assert led.apply_journal(lines) == []  # the final again (as a replay would): the row stays as it is
+    row = led.get_request("r1")
+    assert (row["status"], row["cost_pico_usd"], row["model"], row["finished_at"]) == ("succeeded", 400, "m", NOON + 1)
+    assert led.holds() == []
+    for level in ("org:o", "t"):
+        b = led.get_budget(level)
+        # settled twice (the records were given twice), the reservation freed once (the hold ended once)
+        assert (b["spent_pico_usd"], b["reserved_pico_usd"], b["spent_tokens"], b["reserved_tokens"]) == (800, 0, 60, 0)
+        settles = [e for e in led.budget_events(level) if e["kind"] == "settle"]
+        assert sorted((e["reserved_pico_usd"], e["reserved_tokens"]) for e in settles) == [(0, 0), (900, 50)]
+    bad = {"id": "r2", "row": {"id": "r2", "tenant": "t", "status": "running", "created_at": NOON, "user_id": 999}}
+    good = {"id": "r3", "row": {"id": "r3", "tenant": "t", "status": "running", "created_at": NOON}}
+    skipped = led.apply_journal(b"".join(json.dumps(r).encode() + b"\n" for r in (bad, good)))
+    assert len(skipped) == 1 and "r2" in skipped[0]
+    assert led.get_request("r2") is None and led.get_request("r3")["status"] == "running"
+    led.close()

@@ -204,6 +204,9 @@ class LedgerThread:
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
         self._closed = False
         self._queued_at_call = 0
+        # Set when something waits behind a gathering batch (a record a response waits for, or
+        # another call): the batch applies at once rather than after BATCH_DELAY_S.
+        self._hurry = threading.Event()
         self._jobs_pending = 0  # jobs put and not yet run (flush waits for them)
         # A SQLite ledger: the core applies the records on a native thread of its own (no GIL: the
         # event loop never hands its lock over for them); other ledgers: this thread, in batches.
@@ -233,6 +236,7 @@ class LedgerThread:
         with self._start_lock:
             self._jobs_pending += 1
         self._jobs.put(job)
+        self._hurry.set()  # a batch gathering in front of it applies now
 
     def _durable(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.retry_s
@@ -314,10 +318,13 @@ class LedgerThread:
             if self._closed:
                 self._apply_pending()
             else:
-                # Batches gather only behind a journal: without one (PostgreSQL) a response waits
-                # for its record, and the ledger calls queued behind it would wait too.
-                later = future is None and self.journal is not None
-                self._put(self._apply_later if later else self._apply_pending)
+                # A record nobody waits for (one that is durable already, or a request's decided row
+                # on PostgreSQL) lets others gather behind it; one a response waits for, or any
+                # call queued behind the batch, sets it going at once (on PostgreSQL the decided row
+                # and the final record of a quick request are one round trip, not two in a row).
+                self._put(self._apply_later if future is None else self._apply_pending)
+        elif future is not None:
+            self._hurry.set()
         return future
 
     def _record_native(self, line: bytes, durable: bool, after: Callable[[], Any] | None) -> Future[Any] | None:
@@ -377,14 +384,16 @@ class LedgerThread:
 
     def _apply_later(self) -> None:
         # The first record since the last batch: let more arrive (the GIL is free meanwhile), so
-        # this thread takes the GIL once per batch rather than once per request.
-        time.sleep(BATCH_DELAY_S)
+        # this thread takes the GIL once per batch rather than once per request; until something
+        # waits for the batch (see record).
+        self._hurry.wait(BATCH_DELAY_S)
         self._apply_pending()
 
     def _apply_pending(self) -> None:
         with self._lock:
             batch, after, self._records, self._after = self._records, self._after, [], []
             self._scheduled = False
+            self._hurry.clear()  # whatever waited for the records is in this batch
             applied_to = self._queued
             if self.journal is not None:
                 old = self.journal.rotate()
