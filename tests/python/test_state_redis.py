@@ -135,3 +135,40 @@ def test_unreachable_redis_is_an_error_not_a_grant() -> None:
         await s.close()
 
     asyncio.run(run())
+
+
+def test_a_slot_taken_in_redis_is_given_back_when_the_ledger_then_fails(tmp_path, redis_db) -> None:
+    """Admission takes the Redis concurrency slot first, then the budget reservation in the
+    ledger. When the ledger fails there (503), the slot must come back at once: with one slot, the
+    next request is served rather than refused after waiting for a slot nobody holds."""
+    import httpx
+    from middleware_app import build_app
+
+    from tokenlane import StorageError, Tokenlane
+
+    rt = Tokenlane(db=str(tmp_path / "ledger.db"), state=redis_db, max_concurrency=1, max_wait_s=1.0,
+                   budget_usd=100)
+    rt.thread.retry_s = 0.1  # the ledger's retries give up quickly here
+    real = rt.ledger.reserve_all
+
+    def broken(*args, **kwargs):
+        raise StorageError("database is locked")
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(rt)), base_url="http://t") as client:
+            rt.ledger.reserve_all = broken
+            r = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
+            assert r.status_code == 503, r.text
+            await rt.shared.admission.drain()
+            assert (await rt.shared.admission.redis.snapshot())["slots"].get("*", 0) == 0
+            rt.ledger.reserve_all = real
+            r = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
+            assert r.status_code == 200, r.text
+        await rt.shared.admission.drain()
+        assert (await rt.shared.admission.redis.snapshot())["slots"].get("*", 0) == 0
+        await rt.shared.admission.redis.close()
+
+    asyncio.run(run())
+    rt.thread.close()

@@ -227,7 +227,7 @@ class LedgerThread:
 
     # --- calls ----------------------------------------------------------------------------------
 
-    def _put(self, job: Callable[[], None]) -> None:
+    def _put(self, job: Callable[[], None], *, hurry: bool = True) -> None:
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -236,7 +236,8 @@ class LedgerThread:
         with self._start_lock:
             self._jobs_pending += 1
         self._jobs.put(job)
-        self._hurry.set()  # a batch gathering in front of it applies now
+        if hurry:
+            self._hurry.set()  # a batch gathering in front of it applies now
 
     def _durable(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.retry_s
@@ -322,7 +323,10 @@ class LedgerThread:
                 # on PostgreSQL) lets others gather behind it; one a response waits for, or any
                 # call queued behind the batch, sets it going at once (on PostgreSQL the decided row
                 # and the final record of a quick request are one round trip, not two in a row).
-                self._put(self._apply_later if future is None else self._apply_pending)
+                if future is None:
+                    self._put(self._apply_later, hurry=False)
+                else:
+                    self._put(self._apply_pending)
         elif future is not None:
             self._hurry.set()
         return future
@@ -386,6 +390,9 @@ class LedgerThread:
         # The first record since the last batch: let more arrive (the GIL is free meanwhile), so
         # this thread takes the GIL once per batch rather than once per request; until something
         # waits for the batch (see record).
+        with self._lock, self._start_lock:
+            if not self._after and self._jobs_pending <= 1:
+                self._hurry.clear()  # left from a call that ran already: nothing waits now
         self._hurry.wait(BATCH_DELAY_S)
         self._apply_pending()
 

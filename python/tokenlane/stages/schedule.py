@@ -78,9 +78,10 @@ class Schedule:
             self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
         try:  # every level of the chain may carry a budget: reserve at all of them
             await self.budget.reserve(p, p.admitted_at)
-        except RequestError:
+        except BaseException:  # refused, the ledger unreachable, or interrupted: it will not run
             self.cancel(p.id)
             if p.state_mode is not None and self.shared is not None:
+                p.state_mode = None
                 self.shared.settle(p, 0, 0, 0)  # give the slots back
             raise
         return decision

@@ -44,8 +44,17 @@ class LocalState(State):
             return denied
         if hold.budgets and (hold.amount_pico_usd > 0 or hold.amount_tokens > 0):
             # Recorded with this worker as its owner: reclaimed if the worker dies (tokenlane.recovery).
-            failed = await self._reserve(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd, now,
-                                             hold=hold.id, owner=owner_token(), tokens=hold.amount_tokens))
+            try:
+                failed = await self._reserve(partial(self.ledger.reserve_all, list(hold.budgets), hold.amount_pico_usd,
+                                                     now, hold=hold.id, owner=owner_token(), tokens=hold.amount_tokens))
+            except BaseException:  # the ledger failed (or the wait was interrupted): nothing is taken
+                self._give_back_local(hold, now, count_rates=True)
+                if getattr(self.ledger, "reserves_concurrently", False):
+                    # PostgreSQL: the reservation may have committed with its answer lost. Releasing
+                    # its hold frees it if it is there and nothing if not (spooled during an outage).
+                    self._run(partial(self.ledger.release_all, list(hold.budgets), hold.amount_pico_usd, now,
+                                      hold=hold.id, reserved_tokens=hold.amount_tokens))
+                raise
             if failed >= 0:
                 self._give_back_local(hold, now, count_rates=True)
                 usage = await self._run(self.ledger.usage, hold.budgets[failed], now)
