@@ -539,6 +539,8 @@ struct Scheduler::Impl {
     if (r.urgent_at == UrgentAt::near) {
       urgent.erase(urgent_key(r));
       r.urgent_at = UrgentAt::none;
+      // The next urgent request is the first thing the next pick() reads: its record is cold.
+      if (!urgent.empty()) prefetch_rec(urgent.front().slot, 192);
     }  // a far entry stays (stale unless it is queued again) until its bucket moves
     if (was_head && reindex_tenant) reindex(t);
     return was_head;
