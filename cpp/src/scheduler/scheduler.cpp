@@ -430,7 +430,7 @@ struct Scheduler::Impl {
     while (!urgent_far.empty() && urgent_far.begin()->first <= horizon) {
       const std::vector<Key>& bucket = urgent_far.begin()->second;
       for (std::size_t i = 0; i < bucket.size(); ++i) {
-        if (i + 8 < bucket.size()) prefetch_rec(bucket[i + 8].slot, 64);  // records are cold by now
+        if (i + 16 < bucket.size()) prefetch_rec(bucket[i + 16].slot, 64);  // records are cold by now
         const Key& u = bucket[i];
         Rec& r = recs[u.slot];
         if (!r.live || r.key.seq != u.seq || r.urgent_at != UrgentAt::far) continue;  // another request's
