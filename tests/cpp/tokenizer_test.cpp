@@ -129,6 +129,157 @@ TEST_CASE("every window classifier this CPU runs gives the baseline's masks", "[
 }
 #endif
 
+namespace {
+
+// The pieces of a text as the pre-tokenizer of `kind` cuts them for a plain sink (one call per piece,
+// no digit pieces told apart).
+std::vector<std::string> plain_pieces(tokenlane::PretokenizerKind kind, const std::string& text) {
+  using namespace tokenlane::detail;
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  std::vector<std::string> pieces;
+  auto sink = [&](std::size_t b, std::size_t e) { pieces.push_back(text.substr(b, e - b)); };
+  if (kind == tokenlane::PretokenizerKind::o200k) split_o200k(s, text.size(), sink);
+  else split_cl100k(s, text.size(), sink);
+  return pieces;
+}
+
+// tiktoken's tokens for a text, piece by piece: a piece that is one token is that token, else the
+// general merge (no piece cache, no digit table).
+std::vector<Rank> reference_tokens(const tokenlane::detail::Vocabulary& vocab, tokenlane::PretokenizerKind kind,
+                                   const std::string& text) {
+  std::vector<Rank> ids;
+  for (const std::string& piece : plain_pieces(kind, text)) {
+    const Rank whole = vocab.find_rank(reinterpret_cast<const unsigned char*>(piece.data()), piece.size());
+    if (whole != tokenlane::detail::kNoRank) {
+      ids.push_back(whole);
+    } else {
+      for (Rank r : vocab.general_merge(piece)) ids.push_back(r);
+    }
+  }
+  return ids;
+}
+
+tokenlane::detail::Vocabulary vocabulary_of(const tokenlane::Encoding& enc) {
+  std::vector<std::pair<std::string, Rank>> tokens;
+  for (const auto& [bytes, rank] : enc.ordinary_tokens()) tokens.emplace_back(std::string(bytes), rank);
+  return tokenlane::detail::Vocabulary::from_tokens(enc.name(), std::move(tokens), {});
+}
+
+// Digit runs of every length 1-50 (and some up to 300, past a 64-byte window of digits only), with
+// leading zeros, amid ASCII text, next to non-ASCII numerals (Arabic-Indic, superscript, fractions,
+// Devanagari, Roman, full-width) and letters, at the start and end of the text and inside windows.
+std::vector<std::string> digit_texts() {
+  const std::vector<std::string> around = {"",         "a",  " ",        "x=",        "\n",      "-",
+                                           "\xd9\xa3", "\xc2\xb2",     "\xc2\xbd", "\xe0\xa5\xa7",
+                                           "\xe2\x85\xab", "\xef\xbc\x91", "\xc3\xa9", "\xd9\xa3\xd9\xa4",
+                                           " \xd9\xa3", "'s", "Ab"};
+  const std::string pad = "Quarterly revenue rose to USD, while the count of units held steady at about ";
+  std::mt19937_64 rng(1110);
+  std::vector<std::size_t> lengths;
+  for (std::size_t n = 1; n <= 50; ++n) lengths.push_back(n);
+  for (std::size_t n : {61u, 62u, 63u, 64u, 65u, 66u, 67u, 100u, 127u, 128u, 129u, 191u, 192u, 193u, 300u}) lengths.push_back(n);
+  std::vector<std::string> texts;
+  for (std::size_t n : lengths) {
+    std::string run;
+    for (std::size_t k = 0; k < n; ++k) run += static_cast<char>('0' + rng() % 10);
+    std::string zeros = run;
+    for (std::size_t k = 0; k < n && k < 4; ++k) zeros[k] = '0';
+    for (const std::string& before : around) {
+      for (const std::string& after : around) {
+        for (const std::string* digits : {&run, &zeros}) {
+          texts.push_back(before + *digits + after);
+          texts.push_back(pad + before + *digits + after + pad);
+          texts.push_back(pad.substr(0, rng() % pad.size()) + before + *digits + after + " 12 " + *digits + pad);
+        }
+      }
+    }
+  }
+  return texts;
+}
+
+}  // namespace
+
+TEST_CASE("digit pieces are cut and told apart like the plain pieces", "[tokenizer]") {
+  // A sink that wants digits gets them through digits() (one piece of 1-3 ASCII digits) and
+  // digit_run() (pieces of three); expanded, they are exactly the plain sink's pieces.
+  using namespace tokenlane::detail;
+  struct Recorder {
+    const std::string& text;
+    std::vector<std::string> pieces;
+    std::size_t digit_calls = 0;
+    bool bad = false;  // a digit piece that is not 1-3 ASCII digits, or an empty run
+    void operator()(std::size_t b, std::size_t e) { pieces.push_back(text.substr(b, e - b)); }
+    void digits(std::size_t b, std::size_t e) {
+      bad |= e <= b || e - b > 3;
+      for (std::size_t k = b; k < e; ++k) bad |= text[k] < '0' || text[k] > '9';
+      pieces.push_back(text.substr(b, e - b));
+      ++digit_calls;
+    }
+    void digit_run(std::size_t b, std::size_t e) {
+      bad |= e <= b;
+      for (; b < e; b += 3) digits(b, std::min(b + 3, e));
+    }
+  };
+  static_assert(wants_digits<Recorder>, "the recorder wants digits");
+  for (auto kind : {tokenlane::PretokenizerKind::cl100k, tokenlane::PretokenizerKind::o200k}) {
+    std::size_t digit_calls = 0;
+    for (const std::string& text : digit_texts()) {
+      Recorder r{text, {}};
+      const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+      if (kind == tokenlane::PretokenizerKind::o200k) split_o200k(s, text.size(), r);
+      else split_cl100k(s, text.size(), r);
+      INFO("text: " << text);
+      REQUIRE_FALSE(r.bad);
+      REQUIRE(r.pieces == plain_pieces(kind, text));
+      digit_calls += r.digit_calls;
+    }
+    CHECK(digit_calls > 100000);  // the digit paths did run
+  }
+}
+
+TEST_CASE("digit pieces take the general path's tokens from the digit table", "[tokenizer]") {
+  for (const char* name : {"cl100k_base", "o200k_base"}) {
+    auto enc = tokenlane::get_encoding(name);
+    const auto vocab = vocabulary_of(*enc);
+    CHECK(vocab.digits_are_tokens());
+    for (const std::string& text : digit_texts()) {
+      INFO(name << ": " << text);
+      const std::vector<Rank> expected = reference_tokens(vocab, enc->pretokenizer(), text);
+      REQUIRE(enc->encode_ordinary(text) == expected);
+      REQUIRE(enc->count(text) == expected.size());
+    }
+    // One long run of digits (the benchmark's), in one call.
+    std::mt19937_64 rng(3);
+    std::string digits;
+    for (int k = 0; k < 100000; ++k) digits += static_cast<char>('0' + rng() % 10);
+    const std::vector<Rank> expected = reference_tokens(vocab, enc->pretokenizer(), digits);
+    CHECK(enc->encode_ordinary(digits) == expected);
+    CHECK(enc->count(digits) == expected.size());
+  }
+}
+
+TEST_CASE("a vocabulary without every digit string merges digit pieces as before", "[tokenizer]") {
+  // Custom vocabularies (Encoding::from_tokens) need not have every 1-3 digit string as a token: then
+  // there is no digit table and digit pieces go through the general path.
+  auto base = tokenlane::get_encoding("cl100k_base");
+  std::vector<std::pair<std::string, Rank>> tokens;
+  for (const auto& [bytes, rank] : base->ordinary_tokens()) {
+    if (bytes != "007" && bytes != "42") tokens.emplace_back(std::string(bytes), rank);
+  }
+  tokenlane::EncodingSpec spec = tokenlane::encoding_spec("cl100k_base");
+  spec.name = "cl100k_without_007";
+  spec.special_tokens.clear();
+  auto enc = tokenlane::Encoding::from_tokens(spec, tokens);
+  const auto vocab = tokenlane::detail::Vocabulary::from_tokens(spec.name, tokens, {});
+  CHECK_FALSE(vocab.digits_are_tokens());
+  for (const std::string& text : {std::string("007 4242 1007 00742 x42y"), std::string(200, '7') + "0074200"}) {
+    const std::vector<Rank> expected = reference_tokens(vocab, enc->pretokenizer(), text);
+    CHECK(enc->encode_ordinary(text) == expected);
+    CHECK(enc->count(text) == expected.size());
+    CHECK(enc->decode_bytes(expected) == text);
+  }
+}
+
 TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {
   auto enc = tokenlane::get_encoding("cl100k_base");
   const std::string text = "hi <|endoftext|> there";

@@ -193,6 +193,22 @@ void Vocabulary::build_tables(const std::string& name) {
   for (int a = 0; a < 256; ++a) {
     for (int b = 0; b < 256; ++b) byte_pair_[(a << 8) | b] = pair_rank(byte_rank_[a], byte_rank_[b]);
   }
+
+  // Every string of one, two and three ASCII digits, leading zeros included, when each is one token
+  // (tiktoken's whole-piece shortcut then gives that token without merging); else no table.
+  digit_ranks_.clear();
+  std::vector<Rank> digits(kDigitStrings);
+  for (std::size_t len = 1; len <= 3; ++len) {
+    const unsigned limit = len == 1 ? 10 : len == 2 ? 100 : 1000;
+    for (unsigned v = 0; v < limit; ++v) {
+      unsigned char d[3];
+      for (std::size_t k = len, x = v; k-- > 0; x /= 10) d[k] = static_cast<unsigned char>('0' + x % 10);
+      const Rank r = find_rank(d, len);
+      if (r == kNoRank) return;
+      digits[kDigitOffset[len] + v] = r;
+    }
+  }
+  digit_ranks_ = std::move(digits);
 }
 
 PieceCache& Vocabulary::thread_cache() const {

@@ -250,6 +250,34 @@ class Vocabulary {
   std::vector<Rank> general_merge(std::string_view piece) const;
   std::vector<TokenRun> run_merge(std::string_view piece) const;
 
+  // Pieces of ASCII digits. Both OpenAI patterns with digit pieces cut a number into \p{N}{1,3}, and
+  // in cl100k_base and o200k_base every string of one to three ASCII digits is one token; the
+  // pre-tokenizers hand such pieces over as such (see emit_digits in pretokenize.hpp), and their
+  // tokens come from a table of 1,110 entries instead of the piece cache, where a thousand digit
+  // pieces sit on a thousand cache lines among a text's other pieces. False for vocabularies where
+  // some such string is not a token: their digit pieces take encode_piece.
+  bool digits_are_tokens() const { return !digit_ranks_.empty(); }
+  // The token of a piece of n (1-3) ASCII digits, when digits_are_tokens().
+  Rank digit_rank(const unsigned char* p, std::size_t n) const {
+    unsigned v = p[0] - '0';
+    if (n > 1) v = v * 10 + (p[1] - '0');
+    if (n > 2) v = v * 10 + (p[2] - '0');
+    return digit_ranks_[kDigitOffset[n] + v];
+  }
+  // Appends the tokens of a run of ASCII digits cut into pieces of three from p (the last one to
+  // three long) to `out`, when digits_are_tokens(). A count needs no lookup.
+  template <class Out>
+  void encode_digit_run(const unsigned char* p, std::size_t n, Out& out) const {
+    if constexpr (!Out::kNeedsIds) {
+      out.push_n(0, (n + 2) / 3);
+    } else {
+      const Rank* triples = digit_ranks_.data() + kDigitOffset[3];
+      std::size_t k = 0;
+      for (; k + 3 <= n; k += 3) out.push(triples[(p[k] - '0') * 100 + (p[k + 1] - '0') * 10 + (p[k + 2] - '0')]);
+      if (k < n) out.push(digit_rank(p + k, n - k));
+    }
+  }
+
   // Appends the tokens of one piece to `out` (anything with push(Rank) and push_n(Rank, count)); the
   // bytes up to `end` are readable (the rest of the text).
   template <class Out>
@@ -368,6 +396,11 @@ class Vocabulary {
   std::vector<std::uint64_t> pair_bits_;  // see maybe_pair
   int pair_bits_shift_ = 64;
   std::vector<Rank> byte_pair_;  // rank of every two-byte string (65536 entries), or kNoRank
+  // The rank of each string of 1-3 ASCII digits, at kDigitOffset[length] + its value; empty unless
+  // every one is a token (see digits_are_tokens).
+  static constexpr std::size_t kDigitStrings = 10 + 100 + 1000;
+  static constexpr std::uint32_t kDigitOffset[4] = {0, 0, 10, 110};
+  std::vector<Rank> digit_ranks_;
   std::vector<std::uint64_t> token_bits_;  // see maybe_token
   Rank byte_rank_[256] = {};
   std::size_t max_token_bytes_ = 0;  // the longest ordinary token

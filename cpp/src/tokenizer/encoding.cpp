@@ -30,11 +30,31 @@ struct Encoding::Impl {
   void encode_ordinary(std::string_view text, Out& out) const {
     encode_ordinary(text, out, vocab.thread_cache());
   }
+  // What the pre-tokenizers call for each piece: the vocabulary's merge (through the piece cache),
+  // or, for pieces of ASCII digits, the digit table when the vocabulary has one.
+  template <class Out>
+  struct Pieces {
+    const Vocabulary& vocab;
+    const unsigned char* s;
+    const unsigned char* end;
+    detail::PieceCache& cache;
+    Out& out;
+    void operator()(std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, end, cache, out); }
+    void digits(std::size_t b, std::size_t e) {
+      if (vocab.digits_are_tokens()) return out.push(vocab.digit_rank(s + b, e - b));
+      (*this)(b, e);
+    }
+    void digit_run(std::size_t b, std::size_t e) {
+      if (vocab.digits_are_tokens()) return vocab.encode_digit_run(s + b, e - b, out);
+      for (; b + 3 < e; b += 3) (*this)(b, b + 3);
+      (*this)(b, e);
+    }
+  };
+
   template <class Out>
   void encode_ordinary(std::string_view text, Out& out, detail::PieceCache& cache) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const unsigned char* end = s + text.size();
-    auto piece = [&](std::size_t b, std::size_t e) { vocab.encode_piece(s + b, e - b, end, cache, out); };
+    Pieces<Out> piece{vocab, s, s + text.size(), cache, out};
     switch (spec.pretokenizer) {
       case PretokenizerKind::gpt2:
         detail::split_gpt2(s, text.size(), piece);
@@ -114,13 +134,17 @@ struct Encoding::Impl {
 
 namespace {
 
+// Where encode_piece and encode_digit_run put tokens: a vector, or a count (kNeedsIds = false: the
+// tokens' values are never read).
 struct VectorOut {
+  static constexpr bool kNeedsIds = true;
   std::vector<Rank>& v;
   void push(Rank r) { v.push_back(r); }
   void push_n(Rank r, std::size_t n) { v.insert(v.end(), n, r); }
 };
 
 struct CountOut {
+  static constexpr bool kNeedsIds = false;
   std::size_t n = 0;
   void push(Rank) { ++n; }
   void push_n(Rank, std::size_t k) { n += k; }

@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -138,6 +140,31 @@ inline bool is_ascii_letter(unsigned char b) { return static_cast<unsigned char>
 inline bool is_newline(std::uint32_t cp) { return cp == '\r' || cp == '\n'; }
 inline bool is_punct(const Char& c) { return !(c.cls & (kLetter | kNumber | kSpace)); }
 
+// A sink is called as sink(begin, end) for every piece. The cl100k and o200k pre-tokenizers also
+// tell it which pieces are ASCII digits, when it asks (a sink with these members; a plain lambda
+// gets every piece the usual way):
+//   sink.digits(b, e)     one piece of one to three ASCII digits;
+//   sink.digit_run(b, e)  ASCII digits that are pieces of three from b, the last one to three long.
+// They are told where the piece is cut, so that no other kind of piece pays a test for digits.
+template <class Sink, class = void>
+struct WantsDigits : std::false_type {};
+template <class Sink>
+struct WantsDigits<Sink, std::void_t<decltype(std::declval<Sink&>().digits(std::size_t{}, std::size_t{})),
+                                     decltype(std::declval<Sink&>().digit_run(std::size_t{}, std::size_t{}))>>
+    : std::true_type {};
+template <class Sink>
+inline constexpr bool wants_digits = WantsDigits<std::remove_reference_t<Sink>>::value;
+
+template <class Sink>
+TOKENLANE_ALWAYS_INLINE void emit_digit_run(Sink& sink, std::size_t b, std::size_t e) {
+  if constexpr (wants_digits<Sink>) {
+    sink.digit_run(b, e);
+  } else {
+    for (; b + 3 < e; b += 3) sink(b, b + 3);
+    sink(b, e);
+  }
+}
+
 // The whitespace alternatives shared by all patterns, starting at a whitespace character:
 //   [cl100k/gpt2] \s++$ | [cl100k] \s*[\r\n] | [o200k] \s*[\r\n]+ | \s+(?!\S) | \s
 // (For o200k, `\s*[\r\n]+` precedes `\s+(?!\S)` and there is no `\s++$`; a run that reaches the end
@@ -235,6 +262,20 @@ struct AsciiScan {
     return range_run<'a', 'z'>(range_run<'A', 'Z'>(j));
   }
   bool high(std::size_t i) const { return i < n && s[i] >= 0x80; }
+  // The digit pieces (\p{N}{1,3}) of the run of ASCII digits starting at i, passed to sink; returns
+  // where they end, or npos when none is certain (a run of one or two digits before a non-ASCII
+  // byte, which may be a number that joins the piece). Before a non-ASCII byte only whole triples
+  // are emitted and the rest is left to the general path.
+  template <class Sink>
+  std::size_t digit_run(std::size_t i, Sink& sink) const {
+    std::size_t e = range_run<'0', '9'>(i);
+    if (high(e)) {
+      e = i + (e - i) / 3 * 3;
+      if (e == i) return Cursor::npos;
+    }
+    emit_digit_run(sink, i, e);
+    return e;
+  }
   // \p{N}{1,3} over ASCII digits starting at i.
   std::size_t digits(std::size_t i) const {
     std::size_t e = i + 1;
@@ -300,8 +341,29 @@ void split_gpt2(const unsigned char* s, std::size_t n, Sink&& sink) {
   }
 }
 
+// What the ASCII fast paths below return when they have passed the pieces to the sink themselves (a
+// run of digits, for a sink that wants_digits): where those pieces end, plus this flag. npos has it
+// too, so that the usual path pays one test for both.
+inline constexpr std::size_t kEmitted = std::size_t{1} << (8 * sizeof(std::size_t) - 2);
+
+// A piece that starts with an ASCII digit: the whole run for a sink that wants digits, else one
+// piece.
+template <class Sink>
+TOKENLANE_ALWAYS_INLINE std::size_t ascii_digits(const AsciiScan& a, std::size_t i, Sink* sink) {
+  if constexpr (wants_digits<Sink>) {
+    return a.digit_run(i, *sink) | kEmitted;
+  } else {
+    (void)sink;
+    return a.digits(i);
+  }
+}
+
+// No sink: the fast paths return one piece at a time.
+struct NoSink {};
+
 // cl100k_base, ASCII fast path (see AsciiScan).
-inline std::size_t cl100k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i) {
+template <class Sink = NoSink>
+inline std::size_t cl100k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i, Sink* sink = nullptr) {
   const std::uint8_t k0 = a.kind(i), k1 = a.kind(i + 1);
   std::size_t j;  // where the letters start
   if (k0 <= kbUpper) {
@@ -311,7 +373,7 @@ inline std::size_t cl100k_ascii_piece(const Cursor& t, const AsciiScan& a, std::
   } else if ((k0 == kbSpace || k0 == kbOtherSpace || k0 == kbPunct) && k1 <= kbUpper) {
     j = i + 1;  // [^\r\n\p{L}\p{N}]?+\p{L}++
   } else if (k0 == kbDigit) {
-    return a.digits(i);
+    return ascii_digits(a, i, sink);
   } else if (k0 == kbHigh || k1 == kbHigh) {
     return Cursor::npos;  // a non-ASCII letter, number or space may be involved
   } else if (k0 == kbPunct) {
@@ -354,8 +416,14 @@ void split_cl100k(const unsigned char* s, std::size_t n, Sink&& sink) {
   const Cursor t(s, n);
   const AsciiScan a{s, n};
   for (std::size_t i = 0; i < n;) {
-    std::size_t e = cl100k_ascii_piece(t, a, i);
-    if (e == Cursor::npos) e = cl100k_piece_end(t, i);
+    std::size_t e = cl100k_ascii_piece(t, a, i, &sink);
+    if (e >= kEmitted) {
+      if (e != Cursor::npos) {
+        i = e & ~kEmitted;
+        continue;
+      }
+      e = cl100k_piece_end(t, i);
+    }
     sink(i, e);
     i = e;
   }
@@ -412,7 +480,8 @@ class O200kWords {
 // o200k_base, ASCII fast path (see AsciiScan). An ASCII word is what A (upper* lower+) or else B
 // (upper+) match; it goes to the general path when a non-ASCII byte follows it (a letter or mark
 // may continue it).
-inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i) {
+template <class Sink = NoSink>
+inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::size_t i, Sink* sink = nullptr) {
   const std::uint8_t k0 = a.kind(i), k1 = a.kind(i + 1);
   std::size_t j;  // where the letters start
   if (k0 <= kbUpper) {
@@ -420,7 +489,7 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
   } else if ((k0 == kbSpace || k0 == kbOtherSpace || k0 == kbPunct) && k1 <= kbUpper) {
     j = i + 1;  // the optional [^\r\n\p{L}\p{N}] prefix
   } else if (k0 == kbDigit) {
-    return a.digits(i);
+    return ascii_digits(a, i, sink);
   } else if (k0 == kbHigh || k1 == kbHigh) {
     return Cursor::npos;
   } else if (k0 == kbPunct) {
@@ -705,11 +774,12 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
   return seed | ((seed >> 32) & run);
 }
 
-// The pieces of o200k_base in the 64 bytes at s + i (readable; i is a piece start), passed to sink
-// with offsets relative to s. Returns where the next piece starts: i itself when no piece could be
-// decided inside the window (the caller then takes one piece the scalar way).
+// The pieces of o200k_base in the 64 bytes at s + i (readable; i is a piece start; n: the text's
+// length), passed to sink with offsets relative to s; a window of digits only passes the whole run
+// of digits (to a sink that wants_digits). Returns where the next piece starts: i itself when no
+// piece could be decided inside the window (the caller then takes one piece the scalar way).
 template <class Sink>
-std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std::uint64_t& high) {
+std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, Sink& sink, std::uint64_t& high) {
   AsciiMasks m = classify64(s + i);
   if (m.high) add_multibyte_punct(m, s + i);
   high = m.high;
@@ -784,6 +854,24 @@ std::size_t o200k_window(const unsigned char* s, std::size_t i, Sink& sink, std:
   std::uint64_t emit = starts & ((std::uint64_t{1} << cert) - 1) & ~std::uint64_t{1};
   if (cert == 0 || emit == 0) return i;
   std::size_t b = i;
+  if constexpr (wants_digits<Sink>) {
+    // A piece that starts with a digit is \p{N}{1,3} of ASCII digits (no other kind of piece holds
+    // one). The test per piece is paid only in windows with digits.
+    if (m.digit & ((std::uint64_t{1} << cert) - 1)) {
+      // A window of digits only: the whole run at once (pieces of three from i).
+      if (m.digit == ~std::uint64_t{0}) return AsciiScan{s, n}.digit_run(i, sink);
+      for (; emit; emit &= emit - 1) {
+        const std::size_t e = i + static_cast<std::size_t>(__builtin_ctzll(emit));
+        if ((m.digit >> (b - i)) & 1) {
+          sink.digits(b, e);
+        } else {
+          sink(b, e);
+        }
+        b = e;
+      }
+      return b;
+    }
+  }
   for (; emit; emit &= emit - 1) {
     const std::size_t e = i + static_cast<std::size_t>(__builtin_ctzll(emit));
     sink(b, e);
@@ -828,7 +916,7 @@ void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
   for (std::size_t i = 0; i < n;) {
     if (i >= window_from && i + 64 <= n) {
       std::uint64_t high;
-      const std::size_t next = o200k_window(s, i, sink, high);
+      const std::size_t next = o200k_window(s, n, i, sink, high);
       if (next != i) {
         i = next;
         skip = 0;
@@ -841,7 +929,14 @@ void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
         window_from = i + skip;
       }
     }
-    const std::size_t e = o200k_scalar_piece_end(t, a, i);
+    std::size_t e = o200k_ascii_piece(t, a, i, &sink);
+    if (e >= kEmitted) {
+      if (e != Cursor::npos) {
+        i = e & ~kEmitted;
+        continue;
+      }
+      e = o200k_piece_end(t, i);
+    }
     sink(i, e);
     i = e;
   }
