@@ -271,7 +271,7 @@ int trace(int argc, char** argv) {
             case 4:
               c.scheduler.max_wait_s = 20;
               c.scheduler.max_queue = 500;
-              c.clock_origin_s = 0;  // (on the epoch clock, a shed at exactly max_wait takes ~1e6 tiny steps)
+              c.clock_origin_s = 0;  // (kept: on the epoch clock builds before the max_wait wake-up fix crept by ~1e6 tiny steps)
               break;
             case 5:
               c.scheduler.tenant_max_concurrency = 12;

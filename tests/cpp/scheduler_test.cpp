@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <random>
@@ -331,6 +332,37 @@ TEST_CASE("queue length and maximum wait shed with reasons", "[scheduler][limits
   CHECK(s.status("b") == std::nullopt);
   CHECK(s.status("c") == RequestState::queued);
   CHECK(s.pop_rejected(10.5).empty());
+}
+
+// A request whose wait equals max_wait_s is not shed yet (it waited *longer* than the maximum only
+// after that), so next_wakeup must not name that moment: a driver waking there finds nothing to do
+// and is told "now" again. The simulator on an epoch clock (origin ~1.7e9 s) then crept forward by
+// tiny steps that did not move the clock. The wake-up must be a time at which the request is shed.
+TEST_CASE("max_wait: next_wakeup names a time at which the request is shed", "[scheduler][limits]") {
+  for (const double origin : {0.0, 1733400000.0, 1733400000.1234567}) {
+    for (const double max_wait : {10.0, 30.0, 0.3, 7.1}) {
+      SchedulerConfig c;
+      c.policy = Policy::fifo;
+      c.max_concurrency = 1;
+      c.max_wait_s = max_wait;
+      c.shed_expired = false;
+      Scheduler s(c);
+      s.submit(req("a"), origin);
+      s.submit(req("b"), origin);
+      const auto w = s.next_wakeup(origin + max_wait / 2);
+      REQUIRE(w.has_value());
+      CHECK(*w > origin + max_wait / 2);
+      CHECK(*w - origin > max_wait);
+      CHECK(*w - origin <= max_wait + 1e-6);
+      // Just before it, nothing is due; at it, b is shed.
+      CHECK(s.pop_rejected(std::nextafter(*w, 0.0)).empty());
+      CHECK(s.next_wakeup(*w) == *w);
+      const auto shed = s.pop_rejected(*w);
+      REQUIRE(shed.size() == 1);
+      CHECK(shed[0].first == "b");
+      CHECK(shed[0].second.reason == "max_wait");
+    }
+  }
 }
 
 TEST_CASE("max_queue = 0 refuses with the blocking cause", "[scheduler][limits]") {

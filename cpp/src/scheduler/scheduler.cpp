@@ -430,7 +430,7 @@ struct Scheduler::Impl {
     while (!urgent_far.empty() && urgent_far.begin()->first <= horizon) {
       const std::vector<Key>& bucket = urgent_far.begin()->second;
       for (std::size_t i = 0; i < bucket.size(); ++i) {
-        if (i + 8 < bucket.size()) prefetch_rec(bucket[i + 8].slot, 64);  // records are cold by now
+        if (i + 16 < bucket.size()) prefetch_rec(bucket[i + 16].slot, 64);  // records are cold by now
         const Key& u = bucket[i];
         Rec& r = recs[u.slot];
         if (!r.live || r.key.seq != u.seq || r.urgent_at != UrgentAt::far) continue;  // another request's
@@ -539,6 +539,8 @@ struct Scheduler::Impl {
     if (r.urgent_at == UrgentAt::near) {
       urgent.erase(urgent_key(r));
       r.urgent_at = UrgentAt::none;
+      // The next urgent request is the first thing the next pick() reads: its record is cold.
+      if (!urgent.empty()) prefetch_rec(urgent.front().slot, 192);
     }  // a far entry stays (stale unless it is queued again) until its bucket moves
     if (was_head && reindex_tenant) reindex(t);
     return was_head;
@@ -840,6 +842,17 @@ struct Scheduler::Impl {
     }
   }
 
+  // The first time at which shed_waiting sheds a request submitted at `at`: now − at > max_wait_s.
+  // Not at + max_wait_s, which is where the wait *equals* the maximum (not shed yet), or rounded
+  // either way on an epoch clock: a wake-up there would find nothing to do and ask again.
+  double max_wait_due(double at) const {
+    const double w = *cfg.max_wait_s;
+    double t = at + w;
+    while (!(t - at > w)) t = std::nextafter(t, kInf);
+    for (double lower = std::nextafter(t, -kInf); lower - at > w; lower = std::nextafter(t, -kInf)) t = lower;
+    return t;
+  }
+
   // Estimated seconds until `ahead + 1` requests have started, from the mean observed service time.
   double estimate_wait(std::uint64_t ahead) const {
     const double service = std::isnan(mean_service) ? cfg.ttft_s + cfg.tpot_s * 256 : mean_service;
@@ -1054,7 +1067,7 @@ struct Scheduler::Impl {
       for (const auto& [s, slot] : wait_fifo) {
         const Rec& r = recs[slot];
         if (!r.live || r.key.seq != s || r.state != RequestState::queued) continue;
-        best = std::min(best, r.submitted_at + *cfg.max_wait_s);
+        best = std::min(best, max_wait_due(r.submitted_at));
         break;
       }
     }
