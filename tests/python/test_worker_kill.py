@@ -126,8 +126,13 @@ def test_the_next_process_reclaims_a_killed_workers_holds_and_rows_at_start(tmp_
                             for i in range(5)]
                 led = Ledger(db)
                 deadline = time.monotonic() + 30
-                while led.count_requests(status="running") < 5:  # all admitted: their holds are taken
+                # All admitted (a row is written when its request is admitted, before its hold is
+                # taken) and every hold taken: the amount reserved has stopped growing.
+                reserved: list[int] = []
+                while (led.count_requests(status="running") < 5 or len(reserved) < 3 or reserved[-3] == 0
+                       or len(set(reserved[-3:])) > 1):
                     assert time.monotonic() < deadline
+                    reserved.append(led.usage("anonymous")["reserved_pico_usd"])
                     await asyncio.sleep(0.1)
                 os.kill(server.pid, signal.SIGKILL)
                 await asyncio.gather(*requests, return_exceptions=True)
