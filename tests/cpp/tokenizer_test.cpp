@@ -394,6 +394,86 @@ TEST_CASE("the per-thread piece cache gives the same ids when it grows, wipes an
   }
 }
 
+TEST_CASE("the piece cache drops the pieces an epoch did not use and shrinks, exactly", "[tokenizer]") {
+  using tokenlane::detail::PieceCache;
+  using tokenlane::detail::cache_hash;
+  using tokenlane::detail::head_bytes;
+  // Distinct pieces of 2..45 bytes with one to three tokens (inline, in the arena, longer than 8 bytes).
+  auto piece = [](unsigned i) {
+    return "p" + std::to_string(i) + std::string(i % 40, static_cast<char>('a' + i % 26));  // unique
+  };
+  auto tokens_of = [](unsigned i) { return std::vector<Rank>{i, i + 1, i + 2}; };
+  auto count_of = [](unsigned i) { return 1u + i % 3; };
+  PieceCache cache;
+  auto find = [&](unsigned i, std::uint32_t& count) {
+    const std::string p = piece(i);
+    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
+    const std::uint64_t head = head_bytes(b, p.size());
+    return cache.find(b, p.size(), head, cache_hash(b, p.size(), head), count);
+  };
+  auto insert = [&](unsigned i) {
+    const std::string p = piece(i);
+    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
+    const std::uint64_t head = head_bytes(b, p.size());
+    cache.insert(b, p.size(), head, cache_hash(b, p.size(), head), tokens_of(i).data(), count_of(i));
+  };
+  auto holds = [&](unsigned i) {
+    std::uint32_t count = 0;
+    const Rank* t = find(i, count);
+    std::vector<Rank> want = tokens_of(i);
+    want.resize(count_of(i));
+    return t != nullptr && count == count_of(i) && std::vector<Rank>(t, t + count) == want;
+  };
+  const unsigned kMany = 40000, kMore = 10000, kFew = 1000;  // grows the table to 2^16 slots
+  const std::size_t kEpoch = std::size_t{1} << 30;               // longer than any epoch
+  for (unsigned i = 0; i < kMany; ++i) insert(i);
+  cache.tick(kEpoch);  // an epoch of many new pieces: the next one stamps the pieces it uses
+  for (unsigned i = 0; i < kMany; ++i) REQUIRE(holds(i));
+  cache.tick(kEpoch);  // every piece used: nothing dropped
+  for (unsigned i = 0; i < kFew; ++i) REQUIRE(holds(i));
+  cache.tick(kEpoch);  // no new pieces in the last epoch: nothing tracked, nothing dropped
+  for (unsigned i = 0; i < kMany; ++i) REQUIRE(holds(i));
+  for (unsigned i = kMany; i < kMany + kMore; ++i) insert(i);
+  cache.tick(kEpoch);  // many new pieces: the next epoch is tracked
+  for (unsigned i = 0; i < kFew; ++i) REQUIRE(holds(i));
+  cache.tick(kEpoch);  // only kFew used in it: the others go, the table shrinks
+  for (unsigned i = 0; i < kFew; ++i) CHECK(holds(i));
+  std::uint32_t count = 0;
+  for (unsigned i = kFew; i < kMany + kMore; ++i) REQUIRE(find(i, count) == nullptr);
+  // Inserts after the shrink land in the smaller table and grow it again.
+  for (unsigned i = kFew; i < kMany + kMore; ++i) insert(i);
+  for (unsigned i = 0; i < kMany + kMore; ++i) REQUIRE(holds(i));
+}
+
+TEST_CASE("encoding gives the same ids after the piece cache shrank", "[tokenizer]") {
+  // A text of many distinct pieces grows the cache; then a short text repeated for several epochs
+  // makes it drop them and shrink; then the first text again.
+  std::string many;
+  for (unsigned i = 0; i < 60000; ++i) {
+    many += ' ';
+    for (unsigned k = i; k != 0 || many.back() == ' '; k /= 26) many += static_cast<char>('a' + k % 26);
+    if (i % 5 == 0) many += "zqxjkvbwy";
+  }
+  const std::string few = "The quick brown fox jumps over the lazy dog, über Straße und Brücke. ";
+  for (const char* name : {"cl100k_base", "o200k_base"}) {
+    auto enc = tokenlane::get_encoding(name);
+    std::vector<Rank> many_cold, few_cold, many_again;
+    std::vector<std::vector<Rank>> few_warm;
+    std::thread([&] {
+      many_cold = enc->encode_ordinary(many);
+      few_cold = enc->encode_ordinary(few);
+      for (int k = 0; k < 200000; ++k) {
+        std::vector<Rank> ids = enc->encode_ordinary(few);
+        if (ids != few_cold) few_warm.push_back(std::move(ids));
+      }
+      many_again = enc->encode_ordinary(many);
+    }).join();
+    CHECK(few_warm.empty());
+    CHECK(many_again == many_cold);
+    CHECK(enc->decode_bytes(many_cold) == many);
+  }
+}
+
 TEST_CASE("long pieces and invalid UTF-8 round-trip", "[tokenizer]") {
   auto enc = tokenlane::get_encoding("cl100k_base");
   for (std::size_t n : {1u, 127u, 128u, 129u, 5000u, 100000u}) {

@@ -53,6 +53,7 @@ struct Encoding::Impl {
 
   template <class Out>
   void encode_ordinary(std::string_view text, Out& out, detail::PieceCache& cache) const {
+    cache.tick(text.size());
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
     Pieces<Out> piece{vocab, s, s + text.size(), cache, out};
     switch (spec.pretokenizer) {
