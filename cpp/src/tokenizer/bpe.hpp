@@ -19,15 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "inlining.hpp"
 #include "tokenlane/tokenizer.hpp"
-
-#if defined(__GNUC__) || defined(__clang__)
-#define TOKENLANE_PIECE_INLINE __attribute__((always_inline))
-#define TOKENLANE_PIECE_NOINLINE __attribute__((noinline))
-#else
-#define TOKENLANE_PIECE_INLINE
-#define TOKENLANE_PIECE_NOINLINE
-#endif
 
 namespace tokenlane::detail {
 
@@ -112,10 +105,10 @@ class PieceCache {
     for (std::size_t i = h >> shift_;; i = (i + 1) & mask_) {
       Slot& s = slots_[i];
       if ((s.key & ~(kCountBits | kEpochBits)) == want && s.head == head) {
-        const std::uint32_t c = (s.key & kCountBits) >> 8;
+        const std::uint32_t c = count_of(s);
         // A select, not a branch: one token inline or several in the arena is a coin toss per
         // piece in some languages.
-        const bool inline_token = (c == 1) & (n <= 8);
+        const bool inline_token = is_inline(n, c);
         const Rank* tokens = inline_token ? &s.value : arena_.data() + s.value;
         if (n > 8 && !equal_after_head(reinterpret_cast<const unsigned char*>(tokens + c), p, n)) continue;
         if (tracking_) s.key = (s.key & ~kEpochBits) | epoch_;  // used in this epoch
@@ -128,8 +121,8 @@ class PieceCache {
 
   void insert(const unsigned char* p, std::size_t n, std::uint64_t head, std::uint64_t h, const Rank* tokens,
               std::uint32_t count) {
-    const bool inline_token = count == 1 && n <= 8;  // most pieces: the slot alone holds them
-    const std::size_t words = inline_token ? 0 : count + (n > 8 ? (n + 3) / 4 : 0);
+    const bool inline_token = is_inline(n, count);  // most pieces: the slot alone holds them
+    const std::size_t words = arena_words(n, count);
     if (4 * (entries_ + 1) > 3 * slots_.size()) grow();
     if (arena_.size() + words > kArenaWords) clear();
     std::size_t i = h >> shift_;
@@ -200,24 +193,39 @@ class PieceCache {
   static std::uint32_t key_of(std::size_t n, std::uint64_t h, std::uint32_t count) {
     return static_cast<std::uint32_t>(n) | (count << 8) | (static_cast<std::uint32_t>(h >> 24) << 19);
   }
+  static std::size_t length_of(const Slot& s) { return s.key & 0xFF; }
+  static std::uint32_t count_of(const Slot& s) { return (s.key & kCountBits) >> 8; }
+  // Whether the slot alone holds the piece's tokens (one token, up to 8 bytes). A select, not a branch.
+  static bool is_inline(std::size_t n, std::uint32_t count) { return (count == 1) & (n <= 8); }
+  // The arena words a piece takes: its tokens, then its bytes when longer than 8; none inline.
+  static std::size_t arena_words(std::size_t n, std::uint32_t count) {
+    return is_inline(n, count) ? 0 : count + (n > 8 ? (n + 3) / 4 : 0);
+  }
   // Where a stored slot goes in the current table (its hash is recomputed from its bytes).
   std::size_t rehash_index(const Slot& s) const {
-    const std::size_t n = s.key & 0xFF;
-    const std::uint32_t c = (s.key & kCountBits) >> 8;
+    const std::size_t n = length_of(s);
+    const std::uint32_t c = count_of(s);
     const auto* bytes = n > 8 ? reinterpret_cast<const unsigned char*>(arena_.data() + s.value + c) : nullptr;
     return cache_hash(bytes, n, s.head) >> shift_;  // up to 8 bytes, the hash needs only the head
   }
   void grow() {
     if (slots_.size() >= kMaxSlots) return clear();
-    std::vector<Slot> old(slots_.size() * 2);
+    rebuild(slots_.size() * 2, [](Slot&) { return true; });
+  }
+  // Moves the table to `size` slots, keeping the slots `keep` accepts (it may move their arena data).
+  template <class Keep>
+  void rebuild(std::size_t size, Keep keep) {
+    std::vector<Slot> old(size);
     old.swap(slots_);
-    mask_ = slots_.size() - 1;
-    --shift_;
-    for (const Slot& s : old) {
-      if (s.key == 0) continue;
+    mask_ = size - 1;
+    shift_ = 64 - __builtin_ctzll(size);
+    entries_ = 0;
+    for (Slot s : old) {
+      if (s.key == 0 || !keep(s)) continue;
       std::size_t i = rehash_index(s);
       while (slots_[i].key != 0) i = (i + 1) & mask_;
       slots_[i] = s;
+      ++entries_;
     }
   }
   void clear() {
@@ -242,30 +250,20 @@ class PieceCache {
     inserts_ = 0;
     bytes_ = 0;
   }
-  // Rebuilds the table with `size` slots and only the pieces used in this epoch.
+  // Rebuilds the table with `size` slots and only the pieces used in this epoch, their arena data
+  // compacted.
   void keep_used(std::size_t size) {
-    std::vector<Slot> old(size);
-    old.swap(slots_);
     std::vector<Rank> old_arena;
     old_arena.swap(arena_);
-    mask_ = size - 1;
-    shift_ = 64 - __builtin_ctzll(size);
-    entries_ = 0;
-    for (Slot s : old) {
-      if (s.key == 0 || (s.key & kEpochBits) != epoch_) continue;
-      const std::size_t n = s.key & 0xFF;
-      const std::uint32_t c = (s.key & kCountBits) >> 8;
-      if (!(c == 1 && n <= 8)) {
-        const std::size_t words = c + (n > 8 ? (n + 3) / 4 : 0);
-        const std::size_t at = arena_.size();
-        arena_.insert(arena_.end(), old_arena.begin() + s.value, old_arena.begin() + s.value + words);
-        s.value = static_cast<std::uint32_t>(at);
+    rebuild(size, [&](Slot& s) {
+      if ((s.key & kEpochBits) != epoch_) return false;
+      if (const std::size_t words = arena_words(length_of(s), count_of(s))) {
+        const auto from = old_arena.begin() + s.value;
+        s.value = static_cast<std::uint32_t>(arena_.size());
+        arena_.insert(arena_.end(), from, from + words);
       }
-      std::size_t i = rehash_index(s);
-      while (slots_[i].key != 0) i = (i + 1) & mask_;
-      slots_[i] = s;
-      ++entries_;
-    }
+      return true;
+    });
   }
   std::vector<Slot> slots_;
   std::size_t mask_;
@@ -356,7 +354,7 @@ class Vocabulary {
   // Appends the tokens of one piece to `out` (anything with push(Rank) and push_n(Rank, count)); the
   // bytes up to `end` are readable (the rest of the text).
   template <class Out>
-  TOKENLANE_PIECE_INLINE void encode_piece(const unsigned char* p, std::size_t n, const unsigned char* end,
+  TOKENLANE_ALWAYS_INLINE void encode_piece(const unsigned char* p, std::size_t n, const unsigned char* end,
                                             PieceCache& cache, Out& out) const {
     // Pieces of every length take the same path: special cases for one- and two-byte pieces (a third
     // of the pieces of code, mixed with longer ones) cost a mispredicted branch per piece, more than
@@ -376,7 +374,7 @@ class Vocabulary {
   // encode_piece's cache miss, out of line: the hit path then inlines into the pre-tokenizer's loop
   // (C++ core, o200k count +2-4%, encode +0-2%).
   template <class Out>
-  TOKENLANE_PIECE_NOINLINE void encode_missed_piece(const unsigned char* p, std::size_t n, std::uint64_t head,
+  TOKENLANE_NOINLINE void encode_missed_piece(const unsigned char* p, std::size_t n, std::uint64_t head,
                                                     std::uint64_t ch, PieceCache& cache, Out& out) const {
     std::uint32_t count = 0;
     const std::uint64_t h = hash_bytes(p, n, head);  // the vocabulary's hash, on a miss only
@@ -394,7 +392,7 @@ class Vocabulary {
   // A piece too long for the cache: one token (tiktoken's shortcut; only pieces no longer than the
   // longest token are hashed, not a megabyte of blanks), runs of one byte, or anything else.
   template <class Out>
-  TOKENLANE_PIECE_NOINLINE void encode_long_piece(const unsigned char* p, std::size_t n, PieceCache& cache,
+  TOKENLANE_NOINLINE void encode_long_piece(const unsigned char* p, std::size_t n, PieceCache& cache,
                                                  Out& out) const {
     if (n <= max_token_bytes_) {
       const std::uint64_t head = head_bytes(p, n);

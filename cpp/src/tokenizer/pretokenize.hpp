@@ -23,12 +23,8 @@
 
 #include "unicode.hpp"
 
-// The general (any Unicode) paths are kept out of line, so that the hot ASCII loops stay small.
-#if defined(__GNUC__) || defined(__clang__)
-#define TOKENLANE_NOINLINE __attribute__((noinline))
-#else
-#define TOKENLANE_NOINLINE
-#endif
+// The general (any Unicode) paths are kept out of line (TOKENLANE_NOINLINE), so that the hot ASCII
+// loops stay small.
 
 namespace tokenlane::detail {
 

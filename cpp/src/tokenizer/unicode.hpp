@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "inlining.hpp"
+
 namespace tokenlane::detail {
 
 // Class flags per code point (generated into unicode_data.cpp by scripts/gen_unicode_tables.py).
@@ -41,11 +43,6 @@ inline std::uint8_t class_of(std::uint32_t cp) {
   return kClassStage2[(static_cast<std::uint32_t>(kClassStage1[cp >> 7]) << 7) | (cp & 127)];
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define TOKENLANE_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define TOKENLANE_ALWAYS_INLINE inline
-#endif
 
 // A decoded character: its code point, its byte length and its class flags.
 struct Char {
