@@ -182,6 +182,7 @@ struct Scheduler::Impl {
   std::deque<std::pair<std::uint64_t, std::uint32_t>> wait_fifo;  // (seq, slot) for max_wait
   std::vector<std::uint32_t> running;  // slots, unordered (Rec::run_pos is each one's index)
   std::vector<std::uint32_t> scratch;
+  std::uint32_t solo = kNone;  // the one tenant with queued requests whose queue is `index` (see solo_of)
   bool any_budget = false;
   // combined: the queued requests by latest start time (deadline − predicted service), to let
   // requests about to miss their deadline go first; hopeless ones (past it) leave it for good.
@@ -245,6 +246,23 @@ struct Scheduler::Impl {
   }
   std::uint32_t tenant_idx(const Tenant& t) const { return static_cast<std::uint32_t>(&t - tenants.data()); }
 
+  // ---- one backlogged tenant ---------------------------------------------------------------------
+  // While every queued request belongs to one tenant (`solo`), that tenant's queue would hold
+  // exactly the keys of `index`, in the same order: its own set is left empty and `index` stands in
+  // for it, so an enqueue and a start each touch one ordered set instead of two. The tenant becomes
+  // solo when it enqueues into an empty queue; when another tenant enqueues, its set is filled from
+  // `index` (in order, keys only appended) and sharing stops until the queue is empty again. That
+  // copy moves at most the keys enqueued since the queue was last empty: O(1) amortized per enqueue.
+  bool solo_of(const Tenant& t) const { return solo != kNone && &tenants[solo] == &t; }
+  bool queue_empty(const Tenant& t) const { return solo_of(t) ? index.empty() : t.queue.empty(); }
+  std::size_t queue_size(const Tenant& t) const { return solo_of(t) ? index.size() : t.queue.size(); }
+  void end_solo() {
+    if (solo == kNone) return;
+    Tenant& t = tenants[solo];
+    solo = kNone;
+    for (const Key& k : index) t.queue.insert(k);
+  }
+
   // ---- forgetting idle tenants ---------------------------------------------------------------------
   // A service that accepts unknown API keys sees tenant names without end; a record is kept only
   // while it holds something a new record would not: work (queued, deferred, running), a budget,
@@ -253,13 +271,13 @@ struct Scheduler::Impl {
   // tenants"). Idle records are forgotten after tenant_idle_forget_s, or sooner, least recently
   // active first, while more than max_tenant_records exist.
 
-  static bool idle(const Tenant& t) { return t.queue.empty() && t.deferred == 0 && t.running == 0; }
+  bool idle(const Tenant& t) const { return queue_empty(t) && t.deferred == 0 && t.running == 0; }
   static bool bucket_full(const Bucket& b, double now) {
     if (!b.on || std::isnan(b.last) || b.level >= b.capacity) return true;
     return now > b.last && b.level + (now - b.last) * b.rate >= b.capacity;
   }
   // What a newly created record would hold, apart from the counter and output average.
-  static bool forgettable(const Tenant& t, double now) {
+  bool forgettable(const Tenant& t, double now) const {
     return idle(t) && !t.budget && t.weight == 1.0 && t.reserved.pico() == 0 && bucket_full(t.rpm, now) &&
            bucket_full(t.tpm, now);
   }
@@ -396,7 +414,7 @@ struct Scheduler::Impl {
   }
 
   // The best queued request of a tenant with a non-empty queue.
-  static const Key* head_of(const Tenant& t) { return &t.queue.front(); }
+  const Key* head_of(const Tenant& t) const { return solo_of(t) ? &index.front() : &t.queue.front(); }
   static Key urgent_key(const Rec& r) {
     Key u;
     u.k = r.urgent_k;
@@ -459,7 +477,7 @@ struct Scheduler::Impl {
   void reindex(Tenant& t) {
     const std::uint32_t ti = tenant_idx(t);
     const bool fair = fair_order();
-    if (t.queue.empty()) {
+    if (queue_empty(t)) {
       if (t.indexed) {
         tenant_order.erase(t.tkey);
         t.indexed = false;
@@ -511,15 +529,17 @@ struct Scheduler::Impl {
     Tenant& t = tenants[r.tenant];
     r.state = RequestState::queued;
     r.key = make_key(r, slot);
-    if (lift && t.queue.empty() && fair_order() && !tenant_order.empty()) {
+    if (index.empty()) solo = r.tenant;  // (every tenant's own set is empty)
+    else if (solo != r.tenant) end_solo();
+    if (lift && queue_empty(t) && fair_order() && !tenant_order.empty()) {
       // VTC's lift: a tenant returning from idle starts at the least counter of the backlogged
       // tenants, so idle time is not banked as credit.
       t.counter = std::max(t.counter, least_counter());
     }
-    const bool new_head = t.queue.empty() || r.key < *head_of(t);
+    const bool new_head = queue_empty(t) || r.key < *head_of(t);
     r.in_queue = true;
     queued_work += r.pred_service;
-    t.queue.insert(r.key);
+    if (solo != r.tenant) t.queue.insert(r.key);
     const std::size_t position = index.insert_ranked(r.key);
     if (new_head) reindex(t);
     if (cfg.max_wait_s) wait_fifo.emplace_back(r.key.seq, slot);
@@ -534,8 +554,9 @@ struct Scheduler::Impl {
     const bool was_head = head_of(t)->seq == r.key.seq;
     r.in_queue = false;
     queued_work = index.size() > 1 ? std::max(0.0, queued_work - r.pred_service) : 0.0;
-    t.queue.erase(r.key);
+    if (solo != r.tenant) t.queue.erase(r.key);
     index.erase(r.key);
+    if (index.empty()) solo = kNone;
     if (r.urgent_at == UrgentAt::near) {
       urgent.erase(urgent_key(r));
       r.urgent_at = UrgentAt::none;
@@ -651,7 +672,7 @@ struct Scheduler::Impl {
     r.vtc_charged = (cfg.vtc_input_weight * static_cast<double>(r.input_tokens) + cfg.vtc_output_weight * out) /
                     t.weight;
     t.counter += r.vtc_charged;
-    if (reindex_tenant || (fair_order() && !t.queue.empty())) reindex(t);
+    if (reindex_tenant || (fair_order() && !queue_empty(t))) reindex(t);
     t.running++;
     r.run_pos = static_cast<std::uint32_t>(running.size());
     running.push_back(slot);
@@ -686,7 +707,7 @@ struct Scheduler::Impl {
       if (t.tpm.on) t.tpm.level += token_correction;
     }
     t.counter += vtc_correction;
-    if (fair_order() && !t.queue.empty()) reindex(t);
+    if (fair_order() && !queue_empty(t)) reindex(t);
     t.running--;
     const std::uint32_t moved = running.back();  // swap-remove
     running[r.run_pos] = moved;
@@ -810,7 +831,7 @@ struct Scheduler::Impl {
     for (std::uint32_t ti : ts) {
       Tenant& t = tenants[ti];
       if (t.budget) roll(*t.budget, now);
-      while (!t.queue.empty()) {
+      while (!queue_empty(t)) {
         const std::uint32_t slot = head_of(t)->slot;
         const Rec& r = recs[slot];
         if (expired(r, now)) {
@@ -1186,7 +1207,7 @@ void Scheduler::add_service(const std::string& tenant, std::uint64_t input_token
   Tenant& t = m.tenant_of(tenant);
   t.counter += (m.cfg.vtc_input_weight * static_cast<double>(input_tokens) +
                 m.cfg.vtc_output_weight * static_cast<double>(output_tokens)) / t.weight;
-  if (m.fair_order() && !t.queue.empty()) m.reindex(t);
+  if (m.fair_order() && !m.queue_empty(t)) m.reindex(t);
   m.note_idle(t, m.last_now);  // a tenant served only elsewhere is an idle record here
 }
 
@@ -1351,10 +1372,10 @@ SchedulerSnapshot Scheduler::snapshot(double now, std::size_t max_items) {
     s.running.push_back(entry(slot, pos++));
   }
   for (const Tenant& t : m.tenants) {
-    if (t.queue.empty() && t.deferred == 0 && t.running == 0 && t.reserved.pico() == 0) continue;
+    if (m.queue_empty(t) && t.deferred == 0 && t.running == 0 && t.reserved.pico() == 0) continue;
     TenantSnapshot ts;
     ts.tenant = t.name;
-    ts.queued = t.queue.size();
+    ts.queued = m.queue_size(t);
     ts.deferred = t.deferred;
     ts.running = t.running;
     ts.reserved = t.reserved;
