@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "scheduler/bucket_queue.hpp"
 #include "scheduler/id_table.hpp"
 #include "scheduler/ordered_index.hpp"
 #include "tokenlane/error.hpp"
@@ -834,6 +835,109 @@ TEST_CASE("one scheduler driven from several threads keeps its limits and leaks 
   CHECK(s.running_count() == 0);
   CHECK(s.queued_count() == 0);
   CHECK(s.usage("t0", now).reserved == Money());
+}
+
+// A tenant's queue (bucket_queue.hpp: sorted front buckets, unsorted far buckets, lazy erase from
+// the far ones) against std::set: front, size, erases anywhere, and keys erased and inserted again
+// before their bucket is sorted in (they must come out once).
+TEST_CASE("bucket queue agrees with std::set", "[scheduler][property]") {
+  using K = std::pair<int, int>;
+  struct BucketOf {
+    int operator()(const K& k) const { return k.first >= 0 ? k.first / 16 : -1 - (-1 - k.first) / 16; }
+  };
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 4; ++round) {
+    detail::BucketQueue<K, BucketOf> q;
+    std::set<K> ref;
+    const int range = round % 2 ? 4000 : 200;
+    const auto live = [&](const K& k) { return ref.count(k) == 1; };
+    int base = 0;  // keys drift upwards, as arrival-based keys do
+    for (int step = 0; step < 80000; ++step) {
+      const bool grow = (step / 10000) % 2 == 0;
+      const int op = static_cast<int>(rng() % 10);
+      base += static_cast<int>(rng() % 2);
+      const K k{base - range / 4 + static_cast<int>(rng() % static_cast<unsigned>(range)), static_cast<int>(rng() % 3)};
+      if ((grow && op < 6) || (!grow && op < 3)) {
+        if (ref.insert(k).second) q.insert(k);
+      } else if (op < 8 && !ref.empty()) {  // erase anywhere, sometimes inserting it again at once
+        auto it = ref.lower_bound(k);
+        if (it == ref.end()) it = ref.begin();
+        const K gone = *it;
+        ref.erase(it);
+        q.erase(gone, live);
+        if (rng() % 3 == 0) {
+          ref.insert(gone);
+          q.insert(gone);
+        }
+      } else if (!ref.empty()) {
+        REQUIRE(q.front() == *ref.begin());
+        const K first = *ref.begin();
+        ref.erase(ref.begin());
+        q.erase(first, live);
+      }
+      REQUIRE(q.size() == ref.size());
+      if (!ref.empty()) REQUIRE(q.front() == *ref.begin());
+    }
+    while (!ref.empty()) {
+      REQUIRE(q.front() == *ref.begin());
+      const K first = *ref.begin();
+      ref.erase(ref.begin());
+      q.erase(first, live);
+      REQUIRE(q.size() == ref.size());
+    }
+    REQUIRE(q.empty());
+  }
+}
+
+// While one tenant holds every queued request its queue is the rank index itself; a second tenant's
+// arrival gives it its own again, and the queue emptying lets the next tenant share it. Positions,
+// the snapshot's order and counts, and the start order must not notice.
+TEST_CASE("one backlogged tenant shares the rank index, and stops when another queues", "[scheduler][policy]") {
+  Scheduler s(cfg(Policy::deadline));
+  auto dl = [](const std::string& id, const std::string& tenant, double deadline) {
+    ScheduledRequest r = req(id, 100, 1000, tenant);
+    r.deadline_s = deadline;
+    return r;
+  };
+  REQUIRE(s.submit(req("blocker"), 0).kind == DecisionKind::admit);
+  CHECK(s.submit(dl("a1", "A", 50), 0.001).position == 0u);
+  CHECK(s.submit(dl("a2", "A", 20), 0.002).position == 0u);
+  CHECK(s.submit(dl("a3", "A", 40), 0.003).position == 1u);
+  CHECK(s.submit(dl("b1", "B", 30), 0.004).position == 1u);  // A stops sharing here
+  CHECK(s.submit(dl("a4", "A", 10), 0.005).position == 0u);
+  CHECK(s.cancel("a3", 0.006));
+  const auto snap = s.snapshot(0.007);
+  std::vector<std::string> queue;
+  for (const auto& e : snap.queue) queue.push_back(e.id);
+  CHECK(queue == std::vector<std::string>{"a4", "a2", "b1", "a1"});
+  REQUIRE(snap.tenants.size() == 3);  // "A", "B", "t" (the blocker's)
+  CHECK(snap.tenants[0].queued == 3);
+  CHECK(snap.tenants[1].queued == 1);
+  std::vector<std::string> order;
+  std::string running = "blocker";
+  double now = 0.01;
+  auto drain = [&] {
+    for (;;) {
+      now += 0.001;
+      s.complete(running, now, Money(), 10, 100);
+      const auto ids = s.pop_ready(now);
+      if (ids.empty()) break;
+      REQUIRE(ids.size() == 1);
+      order.push_back(ids[0]);
+      running = ids[0];
+    }
+  };
+  drain();
+  CHECK(order == std::vector<std::string>{"a4", "a2", "b1", "a1"});
+  CHECK(s.queued_count() == 0);
+  REQUIRE(s.submit(req("blocker2"), now).kind == DecisionKind::admit);
+  running = "blocker2";
+  CHECK(s.submit(dl("b2", "B", 5), now).position == 0u);  // B shares the index now
+  CHECK(s.submit(dl("b3", "B", 8), now).position == 1u);
+  CHECK(s.submit(dl("a5", "A", 1), now).position == 0u);
+  order.clear();
+  drain();
+  CHECK(order == std::vector<std::string>{"a5", "b2", "b3"});
 }
 
 // The scheduler's private ordered sets (counted B+tree) and id table, against std::set / std::map on

@@ -23,6 +23,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "bucket_queue.hpp"
 #include "id_table.hpp"
 #include "ordered_index.hpp"
 #include "tokenlane/error.hpp"
@@ -45,6 +46,12 @@ struct Key {
     if (k != o.k) return k < o.k;
     return seq < o.seq;
   }
+};
+
+// A tenant queue's buckets (bucket_queue.hpp): class, then whole seconds of the key (monotone in the
+// order of Key).
+struct KeyBucket {
+  std::pair<int, double> operator()(const Key& k) const { return {k.cls, std::floor(k.k * 0.125)}; }
 };
 
 struct TenantKey {
@@ -136,7 +143,7 @@ struct Tenant {
   std::string name;
   double weight = 1.0, counter = 0.0;
   double mean_output = std::numeric_limits<double>::quiet_NaN();  // EMA of its actual output tokens
-  detail::OrderedIndex<Key> queue;  // its queued requests, in policy order
+  detail::BucketQueue<Key, KeyBucket> queue;  // its queued requests, in policy order
   std::uint32_t running = 0;
   std::uint64_t deferred = 0;
   Money reserved, spent_all;
@@ -554,7 +561,13 @@ struct Scheduler::Impl {
     const bool was_head = head_of(t)->seq == r.key.seq;
     r.in_queue = false;
     queued_work = index.size() > 1 ? std::max(0.0, queued_work - r.pred_service) : 0.0;
-    if (solo != r.tenant) t.queue.erase(r.key);
+    if (solo != r.tenant) {
+      // (a key erased from a far bucket is dropped when the bucket is sorted in: the ones still queued)
+      t.queue.erase(r.key, [this](const Key& k) {
+        const Rec& q = recs[k.slot];
+        return q.live && q.in_queue && !(q.key < k) && !(k < q.key);
+      });
+    }
     index.erase(r.key);
     if (index.empty()) solo = kNone;
     if (r.urgent_at == UrgentAt::near) {
