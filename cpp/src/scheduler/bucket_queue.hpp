@@ -25,6 +25,76 @@
 
 namespace tokenlane::detail {
 
+// Unsorted buckets of keys by an ordered bucket id. The first kNear buckets (a few dozen: what a
+// queue spread over minutes needs) are kept in one vector sorted by id, largest first, so finding
+// one is a binary search in a line or two (a std::map walks a cold node per level) and the smallest
+// leaves from the back; later ones wait in a std::map, which refills the vector when it empties, so
+// a queue spread over days of buckets costs O(log) per bucket as before. Emptied buckets keep their
+// key vectors for reuse.
+template <class Bucket, class Key>
+class Buckets {
+ public:
+  struct Far {
+    Bucket id{};
+    std::vector<Key> keys;
+    std::uint32_t stale = 0;  // erased keys still in `keys` (BucketQueue)
+  };
+  bool empty() const { return near_.empty(); }  // (the map is empty whenever the vector is)
+  Far& front() { return near_.back(); }        // the smallest id; not empty
+  // The bucket `id`, created empty if absent.
+  Far& at(const Bucket& id) {
+    if (!later_.empty() && near_.front().id < id) {  // past the vector's buckets
+      Far& f = later_[id];
+      f.id = id;
+      return f;
+    }
+    auto it = std::lower_bound(near_.begin(), near_.end(), id, [](const Far& f, const Bucket& b) { return b < f.id; });
+    if (it != near_.end() && !(it->id < id)) return *it;  // (it->id <= id: equal)
+    std::size_t at = static_cast<std::size_t>(it - near_.begin());
+    if (near_.size() == kNear) {  // make room: the largest moves to the map
+      if (at == 0) {  // (it would be the largest itself)
+        Far& f = later_[id];
+        f.id = id;
+        return f;
+      }
+      later_.emplace(near_.front().id, std::move(near_.front()));
+      near_.erase(near_.begin());
+      --at;
+    }
+    it = near_.insert(near_.begin() + static_cast<std::ptrdiff_t>(at), Far{});
+    it->id = id;
+    if (!spare_.empty()) {
+      it->keys.swap(spare_.back());
+      spare_.pop_back();
+    }
+    return *it;
+  }
+  void pop_front() {
+    Far& f = near_.back();
+    f.keys.clear();
+    if (spare_.size() < 8 && f.keys.capacity() <= 4096) spare_.push_back(std::move(f.keys));
+    near_.pop_back();
+    if (near_.empty()) {  // the next kNear / 2 buckets come back from the map
+      auto stop = later_.begin();
+      for (std::size_t i = 0; i < kNear / 2 && stop != later_.end(); ++i) ++stop;
+      for (auto it = stop; it != later_.begin();) {
+        --it;
+        near_.push_back(std::move(it->second));
+      }
+      later_.erase(later_.begin(), stop);
+    }
+  }
+  void clear() {
+    while (!near_.empty()) pop_front();
+  }
+
+ private:
+  static constexpr std::size_t kNear = 64;
+  std::vector<Far> near_;      // by id, largest first
+  std::map<Bucket, Far> later_;  // ids above every one in near_
+  std::vector<std::vector<Key>> spare_;
+};
+
 template <class Key, class BucketOf, class Less = std::less<Key>>
 class BucketQueue {
   using Bucket = decltype(BucketOf{}(std::declval<const Key&>()));
@@ -45,7 +115,7 @@ class BucketQueue {
     if (!(horizon_ < b)) {
       near_.insert(k);
     } else {
-      far_[b].keys.push_back(k);
+      far_.at(b).keys.push_back(k);
     }
   }
 
@@ -58,7 +128,7 @@ class BucketQueue {
     if (!(horizon_ < b)) {
       near_.erase(k);
     } else {
-      far_[b].stale++;
+      far_.at(b).stale++;
     }
     if (size_ == 0) {
       near_.clear();
@@ -69,17 +139,12 @@ class BucketQueue {
   }
 
  private:
-  struct Far {
-    std::vector<Key> keys;
-    std::uint32_t stale = 0;  // erased keys still in `keys`
-  };
-
   template <class Live>
   void pull(const Live& live) {
-    auto it = far_.begin();
-    horizon_ = it->first;
-    std::vector<Key>& keys = it->second.keys;
-    if (it->second.stale) {
+    auto& f = far_.front();
+    horizon_ = f.id;
+    std::vector<Key>& keys = f.keys;
+    if (f.stale) {
       keys.erase(std::remove_if(keys.begin(), keys.end(), [&](const Key& k) { return !live(k); }), keys.end());
     }
     std::sort(keys.begin(), keys.end(), Less{});
@@ -89,11 +154,11 @@ class BucketQueue {
       near_.insert(k);
       prev = &k;
     }
-    far_.erase(it);
+    far_.pop_front();
   }
 
   OrderedIndex<Key, Less> near_;
-  std::map<Bucket, Far> far_;
+  Buckets<Bucket, Key> far_;
   Bucket horizon_{};
   std::size_t size_ = 0;
 };

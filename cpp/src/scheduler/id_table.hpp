@@ -34,6 +34,11 @@ class IdTable {
     }
   }
 
+  // Starts loading the line where a lookup of hash h begins.
+  void prefetch(std::uint32_t h) const {
+    if (!table_.empty()) __builtin_prefetch(&table_[h & mask_]);
+  }
+
   // Adds a slot for an id that is not present.
   void insert(std::uint32_t h, std::uint32_t slot) {
     if ((size_ + 1) * 2 > table_.size()) grow();

@@ -198,7 +198,7 @@ struct Scheduler::Impl {
   // `urgent_far` by bucket, moved over as the clock reaches them. A far entry of a request that
   // left the queue is dropped when its bucket moves (it no longer matches a queued request).
   detail::OrderedIndex<Key> urgent;
-  std::map<double, std::vector<Key>> urgent_far;
+  detail::Buckets<double, Key> urgent_far;
   double urgent_horizon = -kInf;
   std::vector<std::string> ready_outbox;
   std::vector<std::pair<std::string, Decision>> rejected_outbox;
@@ -232,8 +232,9 @@ struct Scheduler::Impl {
   bool fair_order() const { return cfg.policy == Policy::fair || cfg.policy == Policy::combined; }
   bool uses_lane() const { return cfg.policy != Policy::fifo; }
 
-  Tenant& tenant_of(const std::string& name) {
-    auto it = tenant_ids.find(name);
+  Tenant& tenant_of(const std::string& name) { return tenant_of(name, tenant_ids.find(name)); }
+  // `it`: tenant_ids.find(name).
+  Tenant& tenant_of(const std::string& name, std::unordered_map<std::string, std::uint32_t>::iterator it) {
     if (it != tenant_ids.end()) return tenants[it->second];
     std::uint32_t idx;
     if (!free_tenants.empty()) {
@@ -442,7 +443,7 @@ struct Scheduler::Impl {
       urgent.insert(urgent_key(r));
       r.urgent_at = UrgentAt::near;
     } else {
-      urgent_far[b].push_back(urgent_key(r));
+      urgent_far.at(b).keys.push_back(urgent_key(r));
       r.urgent_at = UrgentAt::far;
     }
   }
@@ -452,8 +453,8 @@ struct Scheduler::Impl {
     const double horizon = urgent_bucket(now + cfg.urgency_s);
     if (horizon <= urgent_horizon) return;
     urgent_horizon = horizon;
-    while (!urgent_far.empty() && urgent_far.begin()->first <= horizon) {
-      const std::vector<Key>& bucket = urgent_far.begin()->second;
+    while (!urgent_far.empty() && urgent_far.front().id <= horizon) {
+      const std::vector<Key>& bucket = urgent_far.front().keys;
       for (std::size_t i = 0; i < bucket.size(); ++i) {
         if (i + 16 < bucket.size()) prefetch_rec(bucket[i + 16].slot, 64);  // records are cold by now
         const Key& u = bucket[i];
@@ -466,7 +467,7 @@ struct Scheduler::Impl {
           r.urgent_at = UrgentAt::none;
         }
       }
-      urgent_far.erase(urgent_far.begin());
+      urgent_far.pop_front();
     }
   }
 
@@ -941,11 +942,14 @@ struct Scheduler::Impl {
 
   Decision submit(const ScheduledRequest& req, double now) {
     const std::uint32_t id_hash = detail::IdTable::hash(req.id);
+    // The id table's line is cold: fetch it while the tenant is looked up (which creates nothing).
+    ids.prefetch(id_hash);
+    const auto tenant_it = tenant_ids.find(req.tenant);
     if (ids.find(id_hash, req.id, id_of()) != kNone)
       throw Error(ErrorCode::invalid_argument, "request id '" + req.id + "' is already queued or running");
     n_submitted++;
     last_now = std::max(last_now, now);
-    Tenant& t = tenant_of(req.tenant);
+    Tenant& t = tenant_of(req.tenant, tenant_it);
     note_active(t);
     Decision d = decide(req, t, id_hash, now);
     note_idle(t, now);  // refused: a new tenant's record may be left with nothing
