@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "ordered_index.hpp"
@@ -43,8 +44,8 @@ class Buckets {
   Far& front() { return near_.back(); }        // the smallest id; not empty
   // The bucket `id`, created empty if absent.
   Far& at(const Bucket& id) {
-    if (!later_.empty() && near_.front().id < id) {  // past the vector's buckets
-      Far& f = later_[id];
+    if (later_ && !later_->empty() && near_.front().id < id) {  // past the vector's buckets
+      Far& f = (*later_)[id];
       f.id = id;
       return f;
     }
@@ -52,12 +53,13 @@ class Buckets {
     if (it != near_.end() && !(it->id < id)) return *it;  // (it->id <= id: equal)
     std::size_t at = static_cast<std::size_t>(it - near_.begin());
     if (near_.size() == kNear) {  // make room: the largest moves to the map
+      if (!later_) later_ = std::make_unique<std::map<Bucket, Far>>();
       if (at == 0) {  // (it would be the largest itself)
-        Far& f = later_[id];
+        Far& f = (*later_)[id];
         f.id = id;
         return f;
       }
-      later_.emplace(near_.front().id, std::move(near_.front()));
+      later_->emplace(near_.front().id, std::move(near_.front()));
       near_.erase(near_.begin());
       --at;
     }
@@ -74,14 +76,14 @@ class Buckets {
     f.keys.clear();
     if (spare_.size() < 8 && f.keys.capacity() <= 4096) spare_.push_back(std::move(f.keys));
     near_.pop_back();
-    if (near_.empty()) {  // the next kNear / 2 buckets come back from the map
-      auto stop = later_.begin();
-      for (std::size_t i = 0; i < kNear / 2 && stop != later_.end(); ++i) ++stop;
-      for (auto it = stop; it != later_.begin();) {
+    if (near_.empty() && later_) {  // the next kNear / 2 buckets come back from the map
+      auto stop = later_->begin();
+      for (std::size_t i = 0; i < kNear / 2 && stop != later_->end(); ++i) ++stop;
+      for (auto it = stop; it != later_->begin();) {
         --it;
         near_.push_back(std::move(it->second));
       }
-      later_.erase(later_.begin(), stop);
+      later_->erase(later_->begin(), stop);
     }
   }
   void clear() {
@@ -91,7 +93,7 @@ class Buckets {
  private:
   static constexpr std::size_t kNear = 64;
   std::vector<Far> near_;      // by id, largest first
-  std::map<Bucket, Far> later_;  // ids above every one in near_
+  std::unique_ptr<std::map<Bucket, Far>> later_;  // ids above every one in near_ (made when needed)
   std::vector<std::vector<Key>> spare_;
 };
 
