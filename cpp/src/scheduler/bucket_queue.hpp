@@ -149,7 +149,8 @@ class BucketQueue {
     if (f.stale) {
       keys.erase(std::remove_if(keys.begin(), keys.end(), [&](const Key& k) { return !live(k); }), keys.end());
     }
-    std::sort(keys.begin(), keys.end(), Less{});
+    // (Keys by arrival, as fifo and fair give, come in order: no sort then.)
+    if (!std::is_sorted(keys.begin(), keys.end(), Less{})) std::sort(keys.begin(), keys.end(), Less{});
     const Key* prev = nullptr;
     for (const Key& k : keys) {
       if (prev && !Less{}(*prev, k)) continue;  // the same key twice (erased and inserted again)

@@ -1,14 +1,16 @@
 // The scheduler state machine. Layout (all under one mutex):
 //  - request records live in a slab (vector + free list), found by id through a flat hash table of
 //    slots (id_table.hpp);
-//  - each tenant keeps its queued requests in an ordered set by the policy key, so a tenant's
-//    head is its best request; tenants are ordered in `tenant_order` by a tenant key (the head's
-//    key, or the VTC counter for the fair orders), so picking the next request is O(log n) and a
-//    tenant blocked by its own limits is skipped without scanning its requests;
-//  - `index` holds every queued request in the global key order for O(log n) queue positions;
+//  - each tenant keeps its queued requests in a bucket queue by the policy key (bucket_queue.hpp:
+//    exact order at the front, unsorted appends behind), so a tenant's head is its best request;
+//    tenants are ordered in `tenant_order` by a tenant key (the head's key, or the VTC counter for
+//    the fair orders), so picking the next request is O(log n) and a tenant blocked by its own
+//    limits is skipped without scanning its requests;
+//  - `index` holds every queued request in the global key order for O(log n) queue positions; while
+//    one tenant holds every queued request, it is that tenant's queue too (Impl::solo_of);
 //  - the deferred lane is one ordered set.
-// The ordered sets are counted B+trees with pooled nodes (ordered_index.hpp), so a warm scheduler
-// allocates nothing per request beyond the strings its API returns.
+// The ordered sets are counted B+trees with pooled nodes (ordered_index.hpp), and bucket key vectors
+// are reused, so a warm scheduler allocates little per request beyond the strings its API returns.
 // Policy keys are static per request (aging is linear in arrival time, and slack ordering only
 // needs deadline − predicted service), so no key changes while a request waits.
 #include <algorithm>
