@@ -74,7 +74,7 @@ class Buckets {
   void pop_front() {
     Far& f = near_.back();
     f.keys.clear();
-    if (spare_.size() < 8 && f.keys.capacity() <= 4096) spare_.push_back(std::move(f.keys));
+    if (spare_.size() < 2 && f.keys.capacity() <= 4096) spare_.push_back(std::move(f.keys));  // (no more than churn needs)
     near_.pop_back();
     if (near_.empty() && later_) {  // the next kNear / 2 buckets come back from the map
       auto stop = later_->begin();
