@@ -172,3 +172,39 @@ def test_a_slot_taken_in_redis_is_given_back_when_the_ledger_then_fails(tmp_path
 
     asyncio.run(run())
     rt.thread.close()
+
+
+def test_an_acquire_interrupted_mid_call_gives_its_lease_back_at_once(redis_url: str, prefix: str) -> None:
+    """A request cancelled while its acquire script is on the server (the client hung up, the
+    process shuts down) gives back what that script took at once, not when the lease expires (a
+    global slot held for the lease's 15 s): with one slot, the next request gets it. Cancelled at
+    any point (before the call, while it is in flight), it raises the cancellation rather than
+    swallowing it."""
+    import time
+
+    from tokenlane.state.shared import SharedAdmission
+
+    async def run() -> None:
+        admission = SharedAdmission(redis_url, limits=Limits(concurrency=1), failure="closed", replicas=1,
+                                    lease_s=60)
+        admission.redis.prefix = prefix
+        for steps in range(12):  # cancelled before the call, while it is in flight, or answered
+            task = asyncio.ensure_future(admission.acquire(f"l{steps}", ["k:a"], [], 1, seed=zero,
+                                                           deadline=time.monotonic() + 5))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            if task.cancel():
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:  # answered before the cancellation: an admitted request given back as usual
+                assert (await task).ok
+                admission.settle(f"l{steps}", 0, 0)
+            for _ in range(50):  # the call completes in the background, then its give-back
+                await asyncio.sleep(0.002)
+                await admission.drain()
+            snap = await admission.redis.snapshot()
+            assert (snap["leases"], snap["slots"].get("*", 0)) == (0, 0), steps
+        assert (await admission.acquire("last", ["k:a"], [], 1, seed=zero, deadline=time.monotonic() + 1)).ok
+        await admission.redis.close()
+
+    asyncio.run(run())

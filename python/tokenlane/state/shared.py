@@ -105,7 +105,7 @@ class SharedAdmission:
         delay = 0.005
         while True:
             try:
-                verdict = await self.redis.acquire(lease_id, principals, budgets, tokens, seed)
+                verdict = await self._acquire_once(lease_id, principals, budgets, tokens, seed)
                 self._recovered()
                 if verdict.ok or verdict.reason not in ("concurrency", "rate"):
                     return verdict
@@ -127,6 +127,19 @@ class SharedAdmission:
             pause = min(remaining, max(delay, wait or 0.0)) * (0.75 + random.random() / 2)
             await asyncio.sleep(pause)
             delay = min(delay * 2, 0.25)
+
+    async def _acquire_once(self, lease_id: str, principals: list[str], budgets: list[BudgetHold], tokens: int,
+                            seed: Callable[[str], Awaitable[int]]) -> Verdict:
+        """One acquire script. Interrupted while it runs (the request was refused elsewhere, or
+        gone), it still completes, and what it took is given back at once rather than when the
+        lease expires."""
+        call = asyncio.ensure_future(self.redis.acquire(lease_id, principals, budgets, tokens, seed))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: done.cancelled() or done.exception() is not None
+                                   or not done.result().ok or self.settle(lease_id, 0, 0))
+            raise
 
     def settle(self, lease_id: str, actual_pico_usd: int, tokens: int, service: Service | None = None) -> None:
         """Charges and gives back (and counts ``service`` for the fleet's fair share), in the
