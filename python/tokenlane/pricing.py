@@ -42,7 +42,11 @@ _COUNT_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_
 
 def usd_text(pico: int) -> str:
     """Plain decimal USD (no exponent), as the cost headers carry it."""
-    return format(Decimal(pico).scaleb(-12).normalize(), "f") if pico else "0"
+    if type(pico) is not int:
+        return format(Decimal(pico).scaleb(-12).normalize(), "f") if pico else "0"
+    whole, frac = divmod(-pico if pico < 0 else pico, PICO_PER_USD)  # integers: no Decimal per header
+    text = f"{whole}.{frac:012d}".rstrip("0") if frac else str(whole)
+    return "-" + text if pico < 0 else text
 
 
 def _usd(pico: int) -> Decimal:
@@ -80,6 +84,14 @@ class Cost:
     @classmethod
     def _from_core(cls, d: Mapping[str, Any]) -> Cost:
         return cls(*[d[key] for key in _core_keys(cls)])  # positionally: once per priced request
+
+    @classmethod
+    def _from_fields(cls, values: tuple[Any, ...]) -> Cost:
+        """From the core's values in field order, without the frozen ``__init__``'s per-field
+        ``object.__setattr__`` (a Cost is built on every answered request)."""
+        cost = object.__new__(cls)
+        cost.__dict__.update(zip(_cost_fields(cls), values))
+        return cost
 
     @property
     def usd(self) -> float:
@@ -257,6 +269,10 @@ class Pricing:
         OpenAI's ``prompt_tokens`` include ``prompt_tokens_details.cached_tokens``; Anthropic's
         ``input_tokens`` exclude ``cache_read_input_tokens`` and ``cache_creation_input_tokens``;
         Gemini's ``usageMetadata`` is read too. The keys present decide the convention."""
+        if type(usage) is dict:  # the usual case (a response's parsed usage): no json.dumps, no dict back
+            fields = self._core.cost_of_usage_fields(model, usage, bool(batch))
+            if fields is not None:
+                return Cost._from_fields(fields)
         return Cost._from_core(self._core.cost_of_usage(model, _to_json(usage, "usage"), bool(batch)))
 
     # -- the table ---------------------------------------------------------------------------------

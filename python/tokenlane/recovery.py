@@ -42,12 +42,22 @@ def _start_ticks(pid: int) -> str | None:
 
 
 def owner_token() -> str:
-    """This process's owner token (recomputed after a fork)."""
+    """This process's owner token (recomputed after a fork; every ledger row carries it, so it is
+    kept rather than checked against ``os.getpid()``, a system call, on every request)."""
     global _owner
-    pid = os.getpid()
-    if _owner is None or _owner[0] != pid:
+    if _owner is None:
+        pid = os.getpid()
         _owner = (pid, f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '0'}")
     return _owner[1]
+
+
+def _forget_owner() -> None:
+    global _owner
+    _owner = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_owner)
 
 
 def is_alive(owner: str) -> bool | None:

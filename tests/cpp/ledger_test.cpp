@@ -27,7 +27,7 @@ struct TempDb {
   }
   ~TempDb() {
     std::error_code ec;
-    for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(path.string() + suffix, ec);
+    for (const char* suffix : {"", "-wal", "-shm", "-budgets"}) fs::remove(path.string() + suffix, ec);
   }
   std::string str() const { return path.string(); }
 };
@@ -660,6 +660,26 @@ TEST_CASE("ledger: one connection shared by several threads", "[ledger][threads]
   const auto u = led.usage("shared", kNoon);
   CHECK(u.integer("reserved_pico_usd") == 0);
   CHECK(u.integer("spent_pico_usd") == 200 * 60);
+}
+
+TEST_CASE("ledger: budget_version sees another connection's set_budget at once", "[ledger]") {
+  TempDb tmp;
+  Ledger writer(tmp.str());
+  Ledger reader(tmp.str());  // as another process: its own connections and its own cached version
+  const double now = 1'700'000'000.0;
+  const std::int64_t v = reader.budget_version();
+  CHECK(reader.budget_version() == v);  // unchanged: answered from the epoch, no SQLite read
+  writer.set_budget("acme", std::int64_t{1'000'000}, BudgetWindow::day, now);
+  CHECK(reader.budget_version() == v + 1);
+  writer.set_budget("acme", std::nullopt, BudgetWindow::day, now);
+  CHECK(reader.budget_version() == v + 2);
+  CHECK(fs::exists(tmp.str() + "-budgets"));
+
+  // A writer that never bumps the epoch (an older build; here plain SQL) is still seen once the
+  // cached version is older than its maximum age.
+  raw_exec(tmp.str(), "UPDATE ledger_meta SET value = value + 1 WHERE key = 'budget_version'");
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  CHECK(reader.budget_version() == v + 3);
 }
 
 TEST_CASE("ledger: journal records apply once; a dead owner's holds and rows are reclaimed", "[ledger]") {

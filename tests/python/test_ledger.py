@@ -436,3 +436,17 @@ def test_sqlite_memory_statistics_are_off_once_tokenlane_is_imported(tmp_path):
             "print(lib.sqlite3_memory_used())\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l.db")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_budget_version_sees_another_process_at_once(tmp_path: Path) -> None:
+    """budget_version() answers from a counter beside the file while no budget changes (no SQLite
+    read on every request), and sees a budget set by another process at once."""
+    db = str(tmp_path / "ledger.db")
+    led = Ledger(db)
+    v = led.budget_version()
+    assert led.budget_version() == v
+    subprocess.run([sys.executable, "-c", f"from tokenlane import Ledger; Ledger({db!r}).set_budget('acme', 5, 'day')"],
+                   check=True)
+    assert led.budget_version() == v + 1
+    led.set_budget("acme", None, "day")
+    assert led.budget_version() == v + 2

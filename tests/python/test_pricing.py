@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tokenlane
-from tokenlane import Cost, Pricing
+from tokenlane import Cost, InvalidArgumentError, Pricing
 from tokenlane.pricing import DEFAULT_TABLE, batch_discount_percent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,3 +300,33 @@ def test_generated_table_is_what_the_generator_gives(tmp_path) -> None:
     assert table["gpt-4o"]["input_cost_per_token"] == 2.5e-06  # the checked entry wins
     loaded = Pricing.from_dict(table)
     assert loaded.cost("vendor-model", input_tokens=1000, batch=True).decimal == Decimal("0.0005")
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 1008, "completion_tokens": 7, "total_tokens": 1015},
+    {"prompt_tokens": 100, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": None},
+     "completion_tokens_details": {"reasoning_tokens": 10, "ratio": 0.5, "flags": [True, False, "é\"\\\n"]}},
+    {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 5, "output_tokens": 3},
+    {"input_tokens": 10, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 4}},
+    {"promptTokenCount": 10, "candidatesTokenCount": 3, "thoughtsTokenCount": 2},
+    {"usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+    {1: 2, "prompt_tokens": 5, "completion_tokens": 1},          # a non-str key: json.dumps's route
+    {"prompt_tokens": 5, "completion_tokens": 1, "x": (1, 2)},  # a tuple: json.dumps's route
+    {"prompt_tokens": 5, "completion_tokens": 1, "x": 10**30},  # past int64: json.dumps's route
+])
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_cost_of_usage_dict_equals_its_json(usage, model) -> None:
+    """A usage dict crosses to the core without json.dumps; the cost is the JSON text's."""
+    pricing = Pricing.default()
+    from_dict = pricing.cost_of_usage(model, usage)
+    assert from_dict == pricing.cost_of_usage(model, json.dumps(usage))
+    assert hash(from_dict) == hash(pricing.cost_of_usage(model, json.dumps(usage)))
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -1}, {"prompt_tokens": 1.5}, {"nothing": 1}])
+def test_cost_of_usage_dict_refuses_what_its_json_refuses(usage) -> None:
+    with pytest.raises(InvalidArgumentError) as from_dict:
+        Pricing.default().cost_of_usage("gpt-4o-mini", usage)
+    with pytest.raises(InvalidArgumentError) as from_json:
+        Pricing.default().cost_of_usage("gpt-4o-mini", json.dumps(usage))
+    assert str(from_dict.value) == str(from_json.value)

@@ -154,6 +154,7 @@ SQLite::Statement& st = *st_h;
     impl_->db.exec("INSERT INTO ledger_meta (key, value) VALUES ('budget_version', 1) "
                    "ON CONFLICT (key) DO UPDATE SET value = value + 1");
     tx.commit();
+    impl_->bump_budget_epoch();  // every process's budget_version() reads SQLite again
   });
 }
 

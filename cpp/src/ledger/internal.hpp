@@ -1,6 +1,9 @@
 // Internal to the ledger: the connection, the lock, and small helpers shared by its sources.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Exception.h>
 #include <SQLiteCpp/Statement.h>
@@ -61,6 +64,24 @@ struct Ledger::Impl {
   mutable std::mutex reader_mutex;
   mutable std::unique_ptr<SQLite::Database> reader;
   mutable std::unique_ptr<SQLite::Statement> reader_version;
+
+  // budget_version()'s shortcut: a counter in a small file beside the database ("<path>-budgets",
+  // mapped shared) that set_budget bumps after its commit, in every process. While it holds
+  // still, the version last read from SQLite still holds (re-read at least every
+  // kBudgetVersionMaxAge all the same, for a writer that never bumps it: an older build).
+  // Mapped on first use under reader_mutex; null when the file cannot be had (SQLite each time).
+  struct BudgetEpoch {
+    std::uint64_t* counter = nullptr;
+    bool tried = false;
+    std::int64_t version = -1;  // the version read from SQLite at `epoch`
+    std::uint64_t epoch = 0;
+    std::chrono::steady_clock::time_point read_at;
+    ~BudgetEpoch();
+  };
+  static constexpr std::chrono::milliseconds kBudgetVersionMaxAge{100};
+  mutable BudgetEpoch budget_epoch;
+  std::uint64_t* budget_epoch_counter() const;  // maps it if not tried yet (call under reader_mutex)
+  void bump_budget_epoch() const;               // after a committed budget change
 
   // Runs `f` under the lock; SQLite failures become Error(storage) naming `what`.
   template <class F>

@@ -1,6 +1,10 @@
 // Write-behind and crash recovery: journal records applied in batches, each exactly once; budget
 // holds recorded with the worker that owns them, so a dead worker's share can be freed.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <string>
@@ -247,16 +251,57 @@ std::int64_t Ledger::budget_version() const {
     }
   }
   std::lock_guard<std::mutex> lock(impl_->reader_mutex);
+  Impl::BudgetEpoch& cache = impl_->budget_epoch;
+  const std::uint64_t* counter = impl_->budget_epoch_counter();
+  const std::uint64_t epoch = counter ? __atomic_load_n(counter, __ATOMIC_ACQUIRE) : 0;
+  const auto now = std::chrono::steady_clock::now();
+  if (counter && cache.version >= 0 && epoch == cache.epoch && now - cache.read_at < Impl::kBudgetVersionMaxAge) {
+    return cache.version;  // no budget changed since the last read (no SQLite transaction)
+  }
   try {
     if (!impl_->reader) {  // no busy timeout: a locked moment reads as "unknown"
       impl_->reader = std::make_unique<SQLite::Database>(impl_->path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX);
       impl_->reader_version = std::make_unique<SQLite::Statement>(*impl_->reader, kSql);
     }
-    return read(*impl_->reader_version);
+    // The epoch was read before this read: a change committed meanwhile bumps it after its
+    // commit, so the next call reads again.
+    cache.version = read(*impl_->reader_version);
+    cache.epoch = epoch;
+    cache.read_at = now;
+    return cache.version;
   } catch (const SQLite::Exception&) {
     if (impl_->reader_version) impl_->reader_version->tryReset();
+    cache.version = -1;
     return -1;
   }
+}
+
+Ledger::Impl::BudgetEpoch::~BudgetEpoch() {
+  if (counter != nullptr) munmap(counter, sizeof(std::uint64_t));
+}
+
+std::uint64_t* Ledger::Impl::budget_epoch_counter() const {
+  if (budget_epoch.tried) return budget_epoch.counter;
+  budget_epoch.tried = true;
+  if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0) return nullptr;
+  const std::string file = path + "-budgets";
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return nullptr;
+  struct stat st {};
+  void* map = MAP_FAILED;
+  // Grown to 8 bytes (zeros) by whichever process comes first; a larger file is never shrunk.
+  if (::fstat(fd, &st) == 0 && (st.st_size >= static_cast<off_t>(sizeof(std::uint64_t)) ||
+                                ::ftruncate(fd, sizeof(std::uint64_t)) == 0)) {
+    map = ::mmap(nullptr, sizeof(std::uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  }
+  ::close(fd);
+  if (map != MAP_FAILED) budget_epoch.counter = static_cast<std::uint64_t*>(map);
+  return budget_epoch.counter;
+}
+
+void Ledger::Impl::bump_budget_epoch() const {
+  std::lock_guard<std::mutex> lock(reader_mutex);
+  if (std::uint64_t* counter = budget_epoch_counter()) __atomic_fetch_add(counter, 1, __ATOMIC_SEQ_CST);
 }
 
 }  // namespace tokenlane

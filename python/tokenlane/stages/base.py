@@ -128,6 +128,7 @@ class Priced:
     untrimmed_input_tokens: int | None = None  # prompt tokens before trimming
     predicted_cached_tokens: int = 0          # provider prompt cache, predicted (priced at the cached rate)
     row_json: str | None = None               # the ledger row as decided, JSON (reused by the final record)
+    decided: tuple[str, Any] | None = None    # (row status, the scheduler's decision), once decided
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
 
     def scheduler_request(self) -> dict[str, Any]:

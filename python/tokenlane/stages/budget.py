@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +46,10 @@ class Budget:
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
         return bool(self._tenants.get(tenant))
+
+    def known(self, tenant: str) -> bool:
+        """Whether the tenant's budget is set up in this process (:meth:`ensure` has nothing to do)."""
+        return tenant in self._tenants
 
     async def ensure(self, tenant: str, now: float) -> bool:
         """Whether the tenant has a budget, setting it up on first sight."""
@@ -140,6 +143,9 @@ class Budget:
         """What the request takes from the shared state: its amount at every level it is charged to,
         and a place in the TPM/RPM buckets and concurrency slots of every level that has limits."""
         chain = p.identity.chain()
+        if not self._limits:  # no TPM / RPM / concurrency limit anywhere (the usual case)
+            return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p), amount_tokens=self.token_amount(p),
+                        tokens=p.input_tokens + p.est_p50)
         limits = [(level, self._limits[level]) for level in chain if level in self._limits]
         return Hold(id=p.id, budgets=chain, amount_pico_usd=self.amount(p), amount_tokens=self.token_amount(p),
                     rates=tuple(Rate(level, lim.get("tpm"), lim.get("rpm")) for level, lim in limits
@@ -181,7 +187,7 @@ class Budget:
         if (hold.amount_pico_usd > 0 or hold.amount_tokens > 0) and not await self._limited(hold.budgets):
             # No level has a limit, in any process: nothing to reserve (spend is still settled at
             # every level), so no ledger transaction for the request to wait for.
-            hold = replace(hold, amount_pico_usd=0, amount_tokens=0)
+            hold = Hold(id=hold.id, budgets=hold.budgets, rates=hold.rates, slots=hold.slots, tokens=hold.tokens)
             if not hold.rates and not hold.slots:
                 p.hold = hold
                 return

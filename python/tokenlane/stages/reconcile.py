@@ -79,10 +79,26 @@ class Reconcile:
 
     def decided(self, p: Priced, status: str, decision: Any) -> None:
         """Queues the request's row as decided (not journaled: until the request is answered, its
-        row only shows it running; a worker that dies before then is reclaimed)."""
-        p.row_json = json.dumps(self.ledger_row(p, status, decision))
-        self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode()),
-                           durable=False)
+        row only shows it running; a worker that dies before then is reclaimed). Written once the
+        event loop is done with this step of the request (the wrapped app has started, or waits
+        for its upstream): nothing the request's first byte waits for. A request answered within
+        the same step has its row written by its final record instead (see :meth:`finish_row`)."""
+        p.decided = (status, decision)
+        try:
+            asyncio.get_running_loop().call_soon(self._record_decided, p)
+        except RuntimeError:  # outside a loop: at once
+            self._record_decided(p)
+
+    def _record_decided(self, p: Priced) -> None:
+        if p.row_json is not None:  # the final record (with this row) went first
+            return
+        p.row_json = self._row_json(p)
+        self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode()), durable=False)
+
+    def _row_json(self, p: Priced) -> str:
+        """The row as decided (``running`` when no decision was recorded), as JSON."""
+        status, decision = p.decided or ("running", None)
+        return json.dumps(self.ledger_row(p, status, decision))
 
     def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
                    actual: int = 0, reserved_tokens: int = 0, tokens: int = 0,
@@ -93,7 +109,7 @@ class Reconcile:
         charged), applied together exactly once. Returns (the Future of ``after``, a Future to await
         before answering when the record is not durable yet)."""
         if p.row_json is None:
-            p.row_json = json.dumps(self.ledger_row(p, "running"))
+            p.row_json = self._row_json(p)
         settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"reserved_tokens":%d,"tokens":%d,"now":%r' % (
             json.dumps(levels).encode(), reserved, actual, reserved_tokens, tokens, fields["finished_at"])
                   ) if levels else b""

@@ -12,7 +12,7 @@ from typing import Any
 from ..asgi_io import DisconnectWatch
 from ..errors import RequestError, refusal
 from ..metrics import Metrics
-from ..scheduler import Scheduler
+from ..scheduler import Decision, Scheduler
 from .base import Priced
 from .budget import Budget
 from .shared import SharedLimits
@@ -34,15 +34,27 @@ class Schedule:
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decision_series: dict[tuple[str, str, str], Any] = {}  # labels() looks them up each call
+        # tokenlane's own Scheduler takes the priced request's fields straight to its core.
+        self._own_submit = (type(scheduler).submit is Scheduler.submit and type(scheduler).complete is Scheduler.complete
+                            and hasattr(scheduler, "_core"))
 
     async def __call__(self, p: Priced, disconnected: DisconnectWatch | asyncio.Future[Any] | None = None,
                        on_decision: Callable[[Any], None] | None = None) -> Any:
         """Submits and waits until the request may run. Returns the scheduler's Decision; raises
         RequestError when refused (or deferred: callers handle ``kind == "defer"`` themselves).
         ``disconnected`` (a hang-up, or a watch started if the request has to queue) ends a wait."""
-        await self.budget.ensure(p.identity.tenant, p.arrival)  # the scheduler's view of the tenant's budget
-        decision = self.scheduler.submit(p.scheduler_request(), self.clock())
-        self._count_decision(p, decision)
+        if not self.budget.known(p.identity.tenant):
+            await self.budget.ensure(p.identity.tenant, p.arrival)  # the scheduler's view of the tenant's budget
+        if self._own_submit:  # the request's fields are the price stage's, checked already
+            identity = p.identity
+            decision = Decision._from_core(self.scheduler._core.submit(
+                p.id, identity.tenant, str(identity.user_id) if identity.user_id is not None else "",
+                p.request.model, p.priority, p.deadline_s, p.input_tokens, p.est_p50, p.est_p90, p.max_output,
+                p.cost_p50, p.cost_p90, p.cost_max, float(self.clock())))
+        else:
+            decision = self.scheduler.submit(p.scheduler_request(), self.clock())
+        if self.metrics:
+            _after_step(self._count_decision, p, decision)
         if on_decision:
             on_decision(decision)
         if decision.kind == "reject":
@@ -75,7 +87,7 @@ class Schedule:
                 raise
         p.admitted_at = self.clock()
         if self.metrics:
-            self.metrics.queue_wait.observe(p.queue_ms / 1000.0)
+            _after_step(self.metrics.queue_wait.observe, p.queue_ms / 1000.0)
         try:  # every level of the chain may carry a budget: reserve at all of them
             await self.budget.reserve(p, p.admitted_at)
         except BaseException:  # refused, the ledger unreachable, or interrupted: it will not run
@@ -91,12 +103,17 @@ class Schedule:
         self.wake()
 
     def complete(self, p: Priced, now: float, actual: int, input_tokens: int, output_tokens: int) -> None:
-        self.scheduler.complete(p.id, now, actual, input_tokens, output_tokens)
+        if self._own_submit:  # (the costs and counts are the core's own: checked already)
+            self.scheduler._core.complete(p.id, float(now), actual, input_tokens, output_tokens)
+        else:
+            self.scheduler.complete(p.id, now, actual, input_tokens, output_tokens)
         if p.state_mode is not None and self.shared is not None:
             self.shared.settle(p, actual, input_tokens, output_tokens)
         self.wake()
 
     def _count_decision(self, p: Priced, decision: Any) -> None:
+        """Counts a decision (called once the event loop is done with the request's step: metrics
+        are nothing the response waits for)."""
         if self.metrics:
             key = (decision.kind, decision.reason, p.request.model)
             series = self._decision_series.get(key)
@@ -169,6 +186,11 @@ class Schedule:
         for rejected, decision in self.scheduler.pop_rejected(self.clock()):  # the ledger row follows
             self._resolve(rejected, decision)
         return True
+
+
+def _after_step(fn: Callable[..., Any], *args: Any) -> None:
+    """Runs ``fn`` once the event loop is done with this step of the request."""
+    asyncio.get_running_loop().call_soon(fn, *args)
 
 
 __all__ = ["Schedule"]
