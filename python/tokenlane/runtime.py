@@ -131,10 +131,12 @@ class Tokenlane:
         # Shared hot state: one host here (budgets in the SQLite ledger, buckets and slots in-process).
         self.state: State = LocalState(self.ledger, self.thread.write, beside=self.thread.beside)
         self.budget = Budget(s, self.ledger, self.scheduler, self.thread, self.state)
-        # With state="redis://...": global slots and TPM/RPM buckets in Redis (SharedLimits); budgets
-        # stay in the ledger (self.state above), at every level.
+        # With state="redis://...": budget reservations at every level, global slots and TPM/RPM
+        # buckets in Redis (SharedLimits); the ledger keeps the spend of record (and reserves
+        # budgets only while Redis is unreachable, with state_failure="local").
         self.shared = (SharedLimits(s, self.ledger, self.thread, self.budget, self.metrics, clock,
                                     add_service=self.scheduler.add_service) if s.state else None)
+        self.budget.shared = self.shared
         self.schedule = Schedule(self.scheduler, self.budget, self.metrics, clock, self.shared)
         self.observe = self._observe(on_alert, tracer_provider, meter_provider)
         self.reconcile = Reconcile(s, self.pricing, self.estimator, self.ledger, self.thread, self.budget,
@@ -171,10 +173,23 @@ class Tokenlane:
         scheduler has free slots. ``options`` go to :class:`tokenlane.batch.BatchLane`."""
         options.setdefault("idle", lambda: self.scheduler.snapshot(self.clock(), 0).get("queued", 0) == 0)
         decided = SimpleNamespace(kind="defer", reason="batch_lane")
-        self.batch = Batch(BatchLane(provider, **options), self.budget.reserve, self.reconcile,
+        self.batch = Batch(BatchLane(provider, **options), self._reserve_batch, self.reconcile,
                            lambda p: self.write(self.ledger.insert_request,
                                                 self.reconcile.ledger_row(p, "deferred", decided)),
                            self.jobs, self.clock)
+    async def _reserve_batch(self, p: Priced, now: float) -> None:
+        """The batch lane's reservation: budgets only (in Redis with ``state``, else the ledger)."""
+        if self.shared is not None:
+            await self.budget.prepare(p, now)
+            await self.shared(p, budgets_only=True)
+        try:
+            await self.budget.reserve(p, now)
+        except BaseException:
+            if p.state_mode is not None and self.shared is not None:
+                p.state_mode = None
+                self.shared.settle(p, 0, 0, 0)
+            raise
+
     def _observe(self, on_alert: Any, tracer_provider: Any, meter_provider: Any) -> Observe | None:
         """The after-reconcile stage with only what is configured; ``None`` when all is off."""
         s = self.settings
@@ -317,6 +332,9 @@ class Tokenlane:
             await asyncio.wait(pending, timeout=10.0)  # each settles itself (Upstream, _run)
         if self.reconcile._settling:
             await asyncio.wait(set(self.reconcile._settling), timeout=10.0)
+        if self.shared is not None:  # settlements in Redis (each retries while Redis is away)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.shared.admission.drain(), timeout=10.0)
         if self.reconcile.learner is not None:  # the estimator's updates of the answered requests
             await asyncio.to_thread(self.reconcile.learner.flush)
         try:  # a barrier: the ledger thread runs calls in order, so every earlier write is done

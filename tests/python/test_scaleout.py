@@ -95,9 +95,14 @@ def ledger_rows(pg: str) -> dict[str, dict[str, Any]]:
         return {r["id"]: r for r in conn.execute("SELECT id, tenant, status, cost_pico_usd FROM requests")}
 
 
+def held_in_redis(r: redis.Redis) -> int:
+    """pico-USD and tokens that budget reservations hold, summed over every principal."""
+    return sum(int(v or 0) for k in r.scan_iter("tokenlane:budget:*") for v in r.hmget(k, "rs", "rsk"))
+
+
 def state_left(state_url: str) -> dict[str, Any]:
     r = redis.Redis.from_url(state_url)
-    reserved = {k.decode(): int(r.get(k) or 0) for k in r.scan_iter("tokenlane:reserved:*")}
+    reserved = {"all": held_in_redis(r)}
     slots = {k.decode(): r.zcard(k) for k in r.scan_iter("tokenlane:conc:*")}
     return {"leases": r.zcard("tokenlane:leases"), "reserved": sum(reserved.values()), "slots": sum(slots.values())}
 

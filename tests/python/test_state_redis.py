@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tokenlane.state.redis import BudgetHold, Limits, RedisState, StateUnavailable
+from tokenlane.state.redis import BudgetHold, BudgetSeed, Limits, RedisState, StateUnavailable
 
 
 def state(url: str, prefix: str, **kw) -> RedisState:
@@ -20,32 +20,43 @@ def prefix() -> str:
     return f"tltest:{uuid.uuid4().hex[:8]}:"
 
 
-def hold(principal: str, limit: int | None, amount: int) -> BudgetHold:
-    return BudgetHold(principal, limit, window_start=0, window_ttl_s=3600, amount=amount)
+def hold(principal: str, amount: int, tokens: int = 0) -> BudgetHold:
+    return BudgetHold(principal, amount, tokens)
 
 
-async def zero(_principal: str) -> int:
-    return 0
+def ledger(limits: dict[str, int | None], spent: int = 0, *, tokens: dict[str, int] | None = None,
+           window: str = "day", reads: list[str] | None = None):
+    """A stand-in for the ledger's budget rows: ``seed(principals) -> [BudgetSeed]``."""
+    async def seed(principals: list[str]) -> list[BudgetSeed]:
+        if reads is not None:
+            reads.extend(principals)
+        return [BudgetSeed(limits.get(p), (tokens or {}).get(p), window, spent, 0) for p in principals]
+    return seed
+
+
+zero = ledger({})
 
 
 def test_reservation_is_all_levels_or_none(redis_url: str, prefix: str) -> None:
     async def run() -> None:
         s = state(redis_url, prefix)
         levels = ["org:a", "team:a", "key:1", "user:u"]
-        ok = await s.acquire("l1", levels, [hold("org:a", 100, 60), hold("team:a", 80, 60),
-                                            hold("key:1", 1000, 60), hold("user:u", 70, 60)], 10, zero)
+        seed = ledger({"org:a": 100, "team:a": 80, "key:1": 1000, "user:u": 70})
+        ok = await s.acquire("l1", levels, [hold(p, 60) for p in levels], 10, seed)
         assert ok.ok
         # The team has 20 left: refused at that level, and no other level reserved anything.
-        refused = await s.acquire("l2", levels, [hold("org:a", 100, 30), hold("team:a", 80, 30),
-                                                 hold("key:1", 1000, 30), hold("user:u", 70, 5)], 10, zero)
+        refused = await s.acquire("l2", levels, [hold("org:a", 30), hold("team:a", 30), hold("key:1", 30),
+                                                 hold("user:u", 5)], 10, seed)
         assert (refused.ok, refused.reason, refused.level) == (False, "budget", 1)
+        assert refused.usage == {"limit_pico_usd": 80, "limit_tokens": None, "window": "day", "spent_pico_usd": 0,
+                                 "spent_tokens": 0, "reserved_pico_usd": 60, "reserved_tokens": 0}
         snap = await s.snapshot()
-        assert snap["reserved"] == {"org:a": 60, "team:a": 60, "key:1": 60, "user:u": 60}
+        assert snap["reserved"] == {level: (60, 0) for level in levels}
         await s.settle("l1", 25, 8)  # charged 25 at every level, reservation given back
         snap = await s.snapshot()
-        assert set(snap["reserved"].values()) == {0} and snap["leases"] == 0
-        again = await s.acquire("l3", levels, [hold("org:a", 100, 75), hold("team:a", 80, 55),
-                                               hold("key:1", 1000, 75), hold("user:u", 70, 45)], 10, zero)
+        assert set(snap["reserved"].values()) == {(0, 0)} and snap["leases"] == 0
+        again = await s.acquire("l3", levels, [hold("org:a", 75), hold("team:a", 55), hold("key:1", 75),
+                                               hold("user:u", 45)], 10, seed)
         assert again.ok  # 25 spent + 75 ≤ 100, 25 + 55 ≤ 80, 25 + 45 ≤ 70
         assert s.round_trips == 3 + 1 + 1 + 1  # acquire+seed+acquire, acquire, settle, acquire
         await s.close()
@@ -53,19 +64,49 @@ def test_reservation_is_all_levels_or_none(redis_url: str, prefix: str) -> None:
     asyncio.run(run())
 
 
-def test_seed_comes_from_the_ledger_once(redis_url: str, prefix: str) -> None:
-    seeded: list[str] = []
-
-    async def ledger_spent(principal: str) -> int:
-        seeded.append(principal)
-        return 90
-
+def test_token_budgets_and_unlimited_levels(redis_url: str, prefix: str) -> None:
     async def run() -> None:
         s = state(redis_url, prefix)
-        refused = await s.acquire("a", ["k"], [hold("k", 100, 20)], 1, ledger_spent)
-        assert (refused.ok, refused.reason, refused.spent) == (False, "budget", 90)
-        assert (await s.acquire("b", ["k"], [hold("k", 100, 10)], 1, ledger_spent)).ok
-        assert seeded == ["k"]
+        seed = ledger({}, tokens={"key:1": 1000})  # a token budget on the key, nothing on the tenant
+        assert (await s.acquire("a", ["t"], [hold("t", 5, 600), hold("key:1", 5, 600)], 1, seed)).ok
+        refused = await s.acquire("b", ["t"], [hold("t", 5, 600), hold("key:1", 5, 600)], 1, seed)
+        assert (refused.reason, refused.level, refused.usage["reserved_tokens"]) == ("budget", 1, 600)
+        await s.settle("a", 5, 300)
+        assert (await s.acquire("c", ["t"], [hold("t", 5, 600), hold("key:1", 5, 600)], 1, seed)).ok
+        assert (await s.snapshot())["reserved"] == {"t": (0, 0), "key:1": (5, 600)}  # unlimited: nothing held
+        await s.close()
+
+    asyncio.run(run())
+
+
+def test_seed_comes_from_the_ledger_once(redis_url: str, prefix: str) -> None:
+    async def run() -> None:
+        reads: list[str] = []
+        s = state(redis_url, prefix)
+        seed = ledger({"k": 100}, spent=90, reads=reads)
+        refused = await s.acquire("a", ["k"], [hold("k", 20)], 1, seed)
+        assert (refused.ok, refused.reason, refused.usage["spent_pico_usd"]) == (False, "budget", 90)
+        assert (await s.acquire("b", ["k"], [hold("k", 10)], 1, seed)).ok
+        assert reads == ["k"]
+        await s.close()
+
+    asyncio.run(run())
+
+
+def test_the_window_rolls_over_and_budget_changes_reach_redis(redis_url: str, prefix: str) -> None:
+    async def run() -> None:
+        s = state(redis_url, prefix)
+        day = 86400.0 * 20_000
+        seed = ledger({"k": 100})
+        assert (await s.acquire("a", ["k"], [hold("k", 80)], 1, seed, now=day + 10)).ok
+        await s.settle("a", 80, 1, now=day + 20)
+        assert (await s.acquire("b", ["k"], [hold("k", 30)], 1, seed, now=day + 30)).reason == "budget"
+        assert (await s.acquire("c", ["k"], [hold("k", 30)], 1, seed, now=day + 86400 + 5)).ok  # a new day
+        await s.settle("c", 0, 0)
+        # Another replica's admin raised the limit: the ledger's new row reaches the hash, spend stays.
+        s.sync_budget("k", BudgetSeed(200, None, "day", 999, 0), day + 86400 + 6)
+        assert (await s.acquire("d", ["k"], [hold("k", 190)], 1, seed, now=day + 86400 + 7)).ok
+        assert s.held("k") == (190, 0)
         await s.close()
 
     asyncio.run(run())
@@ -106,21 +147,22 @@ def test_a_dead_replicas_leases_return_within_the_ttl(redis_url: str, prefix: st
         limits = Limits(concurrency=2)
         dead = state(redis_url, prefix, lease_s=0.6, limits=limits)
         alive = state(redis_url, prefix, lease_s=0.6, limits=limits)
-        assert (await dead.acquire("d1", ["k"], [hold("k", 100, 40)], 1, zero)).ok
-        assert (await dead.acquire("d2", ["k"], [hold("k", 100, 40)], 1, zero)).ok
+        seed = ledger({"k": 100})
+        assert (await dead.acquire("d1", ["k"], [hold("k", 40)], 1, seed)).ok
+        assert (await dead.acquire("d2", ["k"], [hold("k", 40)], 1, seed)).ok
         dead._renewer.cancel()  # kill -9: no more renewals, no settle
         assert (await alive.acquire("a1", ["k"], [], 1)).reason == "concurrency"
         # The living replica renews its own lease past the TTL; the dead one's expire.
         assert (await alive.acquire("a0", ["other"], [], 1)).reason == "concurrency"
         await asyncio.sleep(0.8)
-        assert (await alive.acquire("a1", ["k"], [hold("k", 100, 90)], 1, zero)).ok
+        assert (await alive.acquire("a1", ["k"], [hold("k", 90)], 1, seed)).ok
         assert (await alive.acquire("a2", ["k"], [], 1)).ok
         await asyncio.sleep(0.8)  # past the TTL again: renewed, so still held
         assert (await alive.snapshot())["leases"] == 2
         # The dead replica's late settle charges its spend but never gives back twice.
         await dead.settle("d1", 10, 1)
         snap = await alive.snapshot()
-        assert snap["reserved"]["k"] == 90
+        assert snap["reserved"]["k"] == (90, 0)
         await alive.close()
         await dead.close()
 
@@ -131,39 +173,39 @@ def test_unreachable_redis_is_an_error_not_a_grant() -> None:
     async def run() -> None:
         s = RedisState("redis://127.0.0.1:1/0", timeout_s=0.5)
         with pytest.raises(StateUnavailable):
-            await s.acquire("x", ["k"], [hold("k", 10, 1)], 1, zero)
+            await s.acquire("x", ["k"], [hold("k", 1)], 1, zero)
         await s.close()
 
     asyncio.run(run())
 
 
 def test_a_slot_taken_in_redis_is_given_back_when_the_ledger_then_fails(tmp_path, redis_db) -> None:
-    """Admission takes the Redis concurrency slot first, then the budget reservation in the
-    ledger. When the ledger fails there (503), the slot must come back at once: with one slot, the
-    next request is served rather than refused after waiting for a slot nobody holds."""
+    """Admission takes the Redis concurrency slot and budget reservation first, then the budget
+    stage's own part (the ledger). When that fails (503), the slot must come back at once: with
+    one slot, the next request is served rather than refused after waiting for a slot nobody holds."""
     import httpx
     from middleware_app import build_app
 
     from tokenlane import StorageError, Tokenlane
+    from tokenlane.errors import ledger_unavailable
 
     rt = Tokenlane(db=str(tmp_path / "ledger.db"), state=redis_db, max_concurrency=1, max_wait_s=1.0,
                    budget_usd=100)
-    rt.thread.retry_s = 0.1  # the ledger's retries give up quickly here
-    real = rt.ledger.reserve_all
+    real = rt.budget.reserve
 
-    def broken(*args, **kwargs):
-        raise StorageError("database is locked")
+    async def broken(*args, **kwargs):
+        raise ledger_unavailable(StorageError("database is locked"))
 
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
     async def run() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(rt)), base_url="http://t") as client:
-            rt.ledger.reserve_all = broken
+            rt.budget.reserve = broken
             r = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
             assert r.status_code == 503, r.text
             await rt.shared.admission.drain()
             assert (await rt.shared.admission.redis.snapshot())["slots"].get("*", 0) == 0
-            rt.ledger.reserve_all = real
+            rt.budget.reserve = real
             r = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
             assert r.status_code == 200, r.text
         await rt.shared.admission.drain()

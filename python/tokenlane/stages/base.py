@@ -130,6 +130,14 @@ class Priced:
     row_json: str | None = None               # the ledger row as decided, JSON (reused by the final record)
     decided: tuple[str, Any] | None = None    # (row status, the scheduler's decision), once decided
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
+    settling: Any = None  # the shared state's settlement (an asyncio task): see settled()
+
+    async def settled(self, timeout_s: float = 1.0) -> None:
+        """Waits (at most ``timeout_s``: Redis may be away, and it retries on its own) until the
+        shared state has settled the request, so that what the client reads next (its usage) has
+        its reservation given back; alongside the ledger write, so it costs the response nothing more."""
+        if self.settling is not None and not self.settling.done():
+            await asyncio.wait({self.settling}, timeout=timeout_s)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {

@@ -84,6 +84,7 @@ class Batch:
             log.warning("tokenlane batch request %s failed: %s", p.id, exc)
         _, written = self.reconcile(p, outcome)
         await asyncio.wrap_future(written)
+        await p.settled()
         if job.done is not None:
             job.done.set()
 

@@ -42,6 +42,9 @@ class Budget:
         self._budget_limits: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for Redis
         self._limits_version: int | None = None  # the ledger's budget version _limited_principals is of
         self._limited_principals: set[str] = set()
+        # With state="redis://...": the SharedLimits stage, where reservations live (every replica's)
+        # and budget changes go after the ledger.
+        self.shared: Any = None
 
     def has_budget(self, tenant: str) -> bool:
         """Whether this process knows the tenant to have a budget (set up on its first request)."""
@@ -105,6 +108,8 @@ class Budget:
             raise ValueError(f"limit_tokens must be a non-negative integer or None, got {limit_tokens!r}")
         pico = None if limit_usd is None else int(Decimal(str(limit_usd)) * PICO_PER_USD)
         self.ledger.set_budget(tenant, pico, window, limit_tokens=limit_tokens)
+        if self.shared is not None:
+            self.shared.budget_changed(tenant, now)
         self.scheduler.set_budget(tenant, pico, window)
         if pico is None:
             self._budget_limits.pop(tenant, None)
@@ -116,6 +121,12 @@ class Budget:
     def usage(self, tenant: str, now: float) -> dict[str, Any]:
         """A tenant's spend in its budget window (blocking)."""
         u = self.ledger.usage(tenant, now)
+        if self.shared is not None:  # what requests running on every replica hold
+            held = self.shared.held(tenant)
+            for unit, amount in zip(("pico_usd", "tokens"), held):
+                u[f"reserved_{unit}"] = u.get(f"reserved_{unit}", 0) + amount
+                if u.get(f"limit_{unit}") is not None:
+                    u[f"remaining_{unit}"] = max(0, u[f"limit_{unit}"] - u[f"spent_{unit}"] - u[f"reserved_{unit}"])
         limit = u.get("limit_pico_usd")
         remaining = u.get("remaining_pico_usd")
 
@@ -170,23 +181,29 @@ class Budget:
     def limits(self, principal: str) -> dict[str, int]:
         return dict(self._limits.get(principal, {}))
 
-    async def reserve(self, p: Priced, now: float) -> None:
-        """Reserves the request's amount at every level of its chain (organisation, team, tenant,
-        key, end user), all or nothing; raises a 429 naming the first level without room. The
-        scheduler's budget is this process's view of the tenant level; the shared state (on one
-        host, one SQLite transaction) is the guard all processes share."""
-        hold = self.hold(p)
-        if hold.amount_pico_usd <= 0 and hold.amount_tokens <= 0 and not hold.rates and not hold.slots:
-            return
+    async def prepare(self, p: Priced, now: float) -> None:
+        """Before any reservation: an end user's default budget, on first sight."""
         end_user = p.identity.end_user
         if end_user and (self.settings.end_user_budget_usd is not None
                          or self.settings.end_user_budget_tokens is not None):
             principal = end_user_principal(p.identity.owner, end_user)
             if principal not in self._end_users:
                 await self.thread.write(self._setup_end_user, principal, now)
-        if (hold.amount_pico_usd > 0 or hold.amount_tokens > 0) and not await self._limited(hold.budgets):
-            # No level has a limit, in any process: nothing to reserve (spend is still settled at
-            # every level), so no ledger transaction for the request to wait for.
+
+    async def reserve(self, p: Priced, now: float) -> None:
+        """Reserves the request's amount at every level of its chain (organisation, team, tenant,
+        key, end user), all or nothing; raises a 429 naming the first level without room. The
+        scheduler's budget is this process's view of the tenant level; the shared state (on one
+        host, one SQLite transaction) is the guard all processes share. A request admitted through
+        Redis (``p.state_mode == "shared"``) holds its budgets there already."""
+        hold = self.hold(p)
+        if hold.amount_pico_usd <= 0 and hold.amount_tokens <= 0 and not hold.rates and not hold.slots:
+            return
+        await self.prepare(p, now)
+        if (hold.amount_pico_usd > 0 or hold.amount_tokens > 0) and (
+                p.state_mode == "shared" or not await self._limited(hold.budgets)):
+            # Nothing to reserve here (no level has a limit, in any process; or Redis holds it):
+            # spend is still settled at every level, with no ledger transaction to wait for.
             hold = Hold(id=hold.id, budgets=hold.budgets, rates=hold.rates, slots=hold.slots, tokens=hold.tokens)
             if not hold.rates and not hold.slots:
                 p.hold = hold

@@ -81,8 +81,9 @@ class Schedule:
                 raise refusal(late)
         if self.shared is not None:
             try:
-                await self.shared(p, self.budget.amount(p))
-            except RequestError:
+                await self.budget.prepare(p, self.clock())  # an end user's budget exists before Redis reads it
+                await self.shared(p)
+            except BaseException:
                 self.cancel(p.id)
                 raise
         p.admitted_at = self.clock()

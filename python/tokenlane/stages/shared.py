@@ -1,9 +1,12 @@
 """Stage: shared limits, with ``state="redis://..."``. After the local scheduler lets a request
-run, it takes the request's budget reservation, concurrency slots and rate-limit room from the
-state every replica shares (:mod:`tokenlane.state`), all at once; it waits there (bounded by
+run, it takes the request's budget reservation at every level of its principal chain, its
+concurrency slots and its rate-limit room from the state every replica shares
+(:mod:`tokenlane.state.redis`), all at once, in one script; it waits there (bounded by
 ``max_wait_s``) while slots or rate are short, and refuses over budget. Reconcile settles it,
-counting the tokens served for the fleet's fair share, which :class:`FleetService` feeds back into
-the local scheduler's counters. Without ``state`` the runtime does not build this stage."""
+charging the actual cost at every level and counting the tokens served for the fleet's fair
+share, which :class:`FleetService` feeds back into the local scheduler's counters. The ledger
+keeps the spend of record (each request's final record charges every level there too) and seeds
+Redis's budget counters. Without ``state`` the runtime does not build this stage."""
 
 from __future__ import annotations
 
@@ -16,13 +19,12 @@ from ..config import Settings
 from ..errors import RequestError, ledger_unavailable
 from ..ledger import Ledger
 from ..metrics import Metrics
-from ..pricing import usd_text
 from ..state.fairshare import FleetService
-from ..state.redis import BudgetHold, Limits, Service, StateUnavailable, current_minute
+from ..state.redis import BudgetHold, BudgetSeed, Limits, Service, StateUnavailable, current_minute
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
-from .budget import Budget
+from .budget import Budget, over_budget_message
 
 
 class SharedLimits:
@@ -42,24 +44,21 @@ class SharedLimits:
                                          rpm=s.rpm, tpm=s.tpm, principal_rpm=s.tenant_rpm, principal_tpm=s.tenant_tpm),
             failure=s.state_failure, replicas=s.state_replicas, lease_s=s.state_lease_s, metrics=metrics)
         self.fleet = FleetService(self.admission.redis, add_service)
+        self._stale: set[str] = set()  # principals whose spend Redis may lack (charged while it was away)
+        self.admission.on_recovered = self._resync
 
-    async def __call__(self, p: Priced, amount: int) -> None:
+    async def __call__(self, p: Priced, *, budgets_only: bool = False) -> None:
         """Sets ``p.state_mode``: "shared", or "local" when Redis is unreachable and
-        state_failure="local" (the ledger then reserves the budget). Raises RequestError when refused."""
+        state_failure="local" (the budget stage then reserves in the ledger). Raises RequestError
+        when refused. ``budgets_only``: no slot, no rate (the batch lane)."""
         tenant = p.identity.tenant
-        # Budgets at every level of the principal chain are reserved by the budget stage in the
-        # ledger (PostgreSQL: one transaction over the levels, global and atomic); Redis holds
-        # the slots and buckets. (RedisState can hold the budgets too: BudgetHold.)
-        holds: list[BudgetHold] = []
-        limit = None
-
-        async def ledger_spent(principal: str) -> int:
-            return (await self.thread.write(self.ledger.usage, principal, self.clock()))["spent_pico_usd"]
-
+        amount, tokens = self.budget.amount(p), self.budget.token_amount(p)
+        holds = [BudgetHold(level, amount, tokens) for level in p.identity.chain()]
         deadline = time.monotonic() + (self.settings.max_wait_s or 0.0)
         try:
             verdict = await self.admission.acquire(p.id, [tenant], holds, p.input_tokens + p.est_p90,
-                                                   seed=ledger_spent, deadline=deadline)
+                                                   seed=self._read_budgets, deadline=deadline,
+                                                   budgets_only=budgets_only)
         except StorageError as exc:  # the ledger could not seed a budget counter
             raise ledger_unavailable(exc) from None
         except StateUnavailable:
@@ -69,15 +68,16 @@ class SharedLimits:
                                headers={"x-tokenlane-state": "unavailable"}) from None
         if verdict.ok:
             p.state_mode, p.rate_limits = verdict.mode, verdict.rate or None
+            if verdict.mode == "local":
+                self._stale.update(p.identity.chain())  # charged in the ledger only, until Redis is back
             return
         if verdict.reason == "budget":
-            assert limit is not None
-            end = budget_window(limit[1], p.arrival)[1]
-            raise RequestError(
-                429, f"budget of tenant {tenant!r} is used up for this {limit[1]} (spent {usd_text(verdict.spent)} "
-                f"USD, reserved {usd_text(verdict.reserved)} USD over all replicas); this request may cost up to "
-                f"{usd_text(amount)} USD", type="insufficient_quota", code="insufficient_quota",
-                retry_after_s=None if end is None else max(1.0, end - p.arrival))
+            refused = holds[verdict.level].principal
+            usage = verdict.usage
+            end = budget_window(usage.get("window") or "total", p.arrival)[1]
+            raise RequestError(429, over_budget_message(refused, usage, self.budget.hold(p)),
+                               type="insufficient_quota", code="insufficient_quota",
+                               retry_after_s=None if end is None else max(1.0, end - p.arrival))
         if verdict.reason == "too_large":
             raise RequestError(413, "this request asks for more tokens than the per-minute limit allows",
                                code="request_too_large")
@@ -85,13 +85,57 @@ class SharedLimits:
                            f"{self.settings.max_wait_s} s", type="rate_limit_exceeded", code="queue_timeout",
                            retry_after_s=1.0)
 
+    async def _read_budgets(self, principals: list[str]) -> list[BudgetSeed]:
+        """What the ledger says of these principals' budgets (one ledger call), to seed Redis."""
+        return await self.thread.write(self.budget_seeds, principals, self.clock())
+
+    def budget_seeds(self, principals: list[str], now: float) -> list[BudgetSeed]:
+        """(Blocking.) Each principal's limits, window and spend in it, from the ledger."""
+        out = []
+        for principal in principals:
+            u = self.ledger.usage(principal, now)
+            out.append(BudgetSeed(u.get("limit_pico_usd"), u.get("limit_tokens"),
+                                  u.get("window") or self.settings.budget_window,
+                                  u["spent_pico_usd"], u.get("spent_tokens", 0)))
+        return out
+
+    def budget_changed(self, principal: str, now: float, *, respend: bool = False) -> None:
+        """(Blocking, after the ledger changed.) The principal's budget in Redis follows the ledger."""
+        self.admission.redis.sync_budget(principal, self.budget_seeds([principal], now)[0], now, respend=respend)
+
+    def held(self, principal: str) -> tuple[int, int]:
+        """(Blocking.) What running requests of every replica hold at ``principal``; (0, 0) when
+        Redis does not answer (the ledger's reservations, made while it was away, still count)."""
+        try:
+            return self.admission.redis.held(principal)
+        except StateUnavailable:
+            return 0, 0
+
+    def _resync(self) -> None:
+        """Redis answers again: the budgets charged only in the ledger meanwhile take their spend
+        from it (in the background, on the ledger thread)."""
+        stale, self._stale = self._stale, set()
+        if not stale:
+            return
+
+        def resync() -> None:
+            for principal in stale:
+                try:
+                    self.budget_changed(principal, self.clock(), respend=True)
+                except StateUnavailable:
+                    self._stale.add(principal)  # gone again: next time
+
+        self.thread.submit(resync)
+
     def settle(self, p: Priced, actual_pico_usd: int, input_tokens: int, output_tokens: int) -> None:
         """Charges the actual cost, counts the tokens served, gives the lease back (in the background)."""
         service = None
         if p.state_mode == "shared" and (input_tokens or output_tokens):
             service = Service(current_minute(), input_tokens, output_tokens)
             self.fleet.served_here([p.identity.tenant], service)  # before it can reach Redis
-        self.admission.settle(p.id, actual_pico_usd, input_tokens + output_tokens, service)
+        if self.admission.degraded:
+            self._stale.update(p.identity.chain())  # its settlement may not reach Redis
+        p.settling = self.admission.settle(p.id, actual_pico_usd, input_tokens + output_tokens, service)
 
 
 __all__ = ["SharedLimits"]

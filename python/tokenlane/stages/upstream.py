@@ -7,6 +7,7 @@ ledger write completes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class Upstream:
                         await asyncio.wrap_future(wait)
                     except StorageError:  # the ledger stayed unwritable past its retries: the answer still goes out
                         log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
+                await p.settled()
             return finished
 
         async def inner_receive() -> dict[str, Any]:
@@ -201,6 +203,10 @@ class Upstream:
                         log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
                     except StorageError:
                         log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
+                if p.settling is not None:
+                    # (A second cancellation while waiting ends the wait; the first one goes on.)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await p.settled()
         return outcome
 
 

@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..windows import budget_window
+
 log = logging.getLogger("tokenlane")
 
 try:
@@ -44,18 +46,39 @@ except ImportError:  # pragma: no cover - the `scale` extra is not installed
         pass
 
 
-# Gives back the reservations and slots of expired leases (at most 50 per call). Shared by the
-# scripts below through string concatenation, so each script stays one atomic call.
-_REAP = """
+# Shared by the scripts below through string concatenation, so each script stays one atomic call.
+# A principal's budget is one hash, {prefix}budget:<principal>: its limits (lim pico-USD, limk
+# tokens; absent: none), window (win: hour | day | month | total) and the window's start (ws), the
+# spend in that window (sp pico-USD, spk tokens) and what running requests hold (rs, rsk). Amounts
+# travel as decimal strings (HINCRBY is exact on 64 bits) and are compared as doubles.
+_COMMON = """
+local function budget(key, windows)
+  -- the hash's fields, its window rolled over to the current one first (spend starts at 0 again)
+  local h = redis.call('HMGET', key, 'lim', 'limk', 'win', 'ws', 'sp', 'spk', 'rs', 'rsk')
+  local ws = windows[h[3]] or '0'
+  if h[4] ~= ws then
+    redis.call('HSET', key, 'ws', ws, 'sp', '0', 'spk', '0')
+    h[5], h[6] = '0', '0'
+  end
+  return h
+end
+local function unhold(rec)
+  for _, b in ipairs(rec.budgets) do
+    for field, amount in pairs({rs = b.amount, rsk = b.tokens}) do
+      if amount ~= '0' and redis.call('HINCRBY', b.key, field, '-'..amount) < 0 then
+        redis.call('HSET', b.key, field, '0')
+      end
+    end
+  end
+end
+-- Gives back the reservations and slots of expired leases (at most 50 per call).
 local function reap(P, now)
   local expired = redis.call('ZRANGEBYSCORE', P..'leases', '-inf', now, 'LIMIT', 0, 50)
   for _, id in ipairs(expired) do
     local raw = redis.call('GET', P..'lease:'..id)
     if raw then
       local rec = cjson.decode(raw)
-      for _, b in ipairs(rec.budgets) do
-        if redis.call('DECRBY', b.reserved_key, b.amount) < 0 then redis.call('SET', b.reserved_key, 0) end
-      end
+      unhold(rec)
       for _, s in ipairs(rec.slots) do redis.call('ZREM', s.key, id) end
       redis.call('DEL', P..'lease:'..id)
     end
@@ -70,24 +93,28 @@ end
 """
 
 # KEYS: none (single Redis; the prefix keeps tokenlane's keys together). ARGV[1]: the request as
-# JSON. Returns {'ok', lease_expiry_ms} or {reason, level index, detail...} without changing
-# anything when one level has no room.
-_ACQUIRE = _REAP + """
+# JSON. Returns {'ok', lease_expiry_ms, bucket levels...}, {'seed', level indexes...} when budget
+# hashes are missing (the caller seeds them from the ledger), or {reason, index, detail...} without
+# changing anything when one level has no room.
+_ACQUIRE = _COMMON + """
 local req = cjson.decode(ARGV[1])
 local P = req.prefix
 local now = server_ms()
 reap(P, now)
 local missing = {'seed'}
 for i, b in ipairs(req.budgets) do
-  if redis.call('EXISTS', b.spent_key) == 0 then missing[#missing + 1] = i end
+  if redis.call('EXISTS', b.key) == 0 then missing[#missing + 1] = i end
 end
 if #missing > 1 then return missing end
+local held = {}
 for i, b in ipairs(req.budgets) do
-  local spent = redis.call('GET', b.spent_key)
-  local reserved = tonumber(redis.call('GET', b.reserved_key) or '0')
-  if tonumber(spent) + reserved + tonumber(b.amount) > tonumber(b.limit) then
-    return {'budget', i, spent, tostring(reserved)}
+  local h = budget(b.key, req.windows)
+  local lim, limk = tonumber(h[1]), tonumber(h[2])
+  if (lim and tonumber(h[5]) + tonumber(h[7] or '0') + tonumber(b.amount) > lim)
+      or (limk and tonumber(h[6]) + tonumber(h[8] or '0') + tonumber(b.tokens) > limk) then
+    return {'budget', i, h[1] or '', h[2] or '', h[3] or '', h[5], h[6], h[7] or '0', h[8] or '0'}
   end
+  if lim or limk then held[#held + 1] = b end
 end
 for i, s in ipairs(req.slots) do
   redis.call('ZREMRANGEBYSCORE', s.key, '-inf', now)
@@ -106,39 +133,76 @@ for i, r in ipairs(req.buckets) do
   levels[i] = level
 end
 local expiry = now + req.lease_ms
-for _, b in ipairs(req.budgets) do redis.call('INCRBY', b.reserved_key, b.amount) end
+for _, b in ipairs(held) do
+  redis.call('HINCRBY', b.key, 'rs', b.amount)
+  redis.call('HINCRBY', b.key, 'rsk', b.tokens)
+end
+for _, b in ipairs(req.budgets) do redis.call('EXPIRE', b.key, req.budget_ttl_s) end
 for _, s in ipairs(req.slots) do redis.call('ZADD', s.key, expiry, req.lease) end
 for i, r in ipairs(req.buckets) do
   redis.call('HSET', r.key, 'level', tostring(levels[i] - r.amount), 'ts', tostring(now))
   redis.call('PEXPIRE', r.key, 120000)
 end
-redis.call('SET', P..'lease:'..req.lease, ARGV[1])
+local rec = {budgets = held, slots = req.slots}
+redis.call('SET', P..'lease:'..req.lease, cjson.encode(rec))
 redis.call('ZADD', P..'leases', expiry, req.lease)
 local answer = {'ok', tostring(expiry)}
 for i, r in ipairs(req.buckets) do answer[#answer + 1] = tostring(levels[i] - r.amount) end
 return answer
 """
 
-# ARGV[1]: {prefix, lease, charges: [{spent_key, amount, ttl_s}], buckets: [{key, limit, delta}],
-# served: {key, principals, input, output} or absent}. Charges the actual spend; gives back what
-# the lease held unless it has expired already (then the reaper gave it back: never twice); counts
-# the tokens served to each principal in the minute's service hash (fields i:<p> and o:<p>).
-_SETTLE = _REAP + """
+# ARGV[1]: {budget_ttl_s, budgets: [{key, fields}]}. Creates the budget hashes that are still
+# missing (NX: another replica may have seeded one first), from what the ledger says.
+_SEED = """
+local req = cjson.decode(ARGV[1])
+for _, b in ipairs(req.budgets) do
+  if redis.call('EXISTS', b.key) == 0 then
+    for name, value in pairs(b.fields) do redis.call('HSET', b.key, name, value) end
+    redis.call('HSET', b.key, 'rs', '0', 'rsk', '0')
+    redis.call('EXPIRE', b.key, req.budget_ttl_s)
+  end
+end
+return 1
+"""
+
+# ARGV[1]: {key, fields, respend}. A budget changed in the ledger (any replica's admin): its limits
+# here too; its window's spend from the ledger when the window changed, or when ``respend`` (spend
+# that went to the ledger alone while Redis was unreachable). Reservations stay.
+_SYNC = """
+local req = cjson.decode(ARGV[1])
+if redis.call('EXISTS', req.key) == 0 then return 0 end
+local f = req.fields
+redis.call('HDEL', req.key, 'lim', 'limk')
+if f.lim then redis.call('HSET', req.key, 'lim', f.lim) end
+if f.limk then redis.call('HSET', req.key, 'limk', f.limk) end
+if req.respend or redis.call('HGET', req.key, 'win') ~= f.win then
+  redis.call('HSET', req.key, 'win', f.win, 'ws', f.ws, 'sp', f.sp, 'spk', f.spk)
+end
+return 1
+"""
+
+# ARGV[1]: {prefix, lease, charges: {keys, amount, tokens, windows}, buckets: [{key, limit, delta}],
+# served: {key, principals, input, output} or absent}. Charges the actual spend at every level;
+# gives back what the lease held unless it has expired already (then the reaper gave it back: never
+# twice); counts the tokens served to each principal in the minute's service hash (fields i:<p>
+# and o:<p>).
+_SETTLE = _COMMON + """
 local req = cjson.decode(ARGV[1])
 local P = req.prefix
 local raw = redis.call('GET', P..'lease:'..req.lease)
 if raw then
   local rec = cjson.decode(raw)
-  for _, b in ipairs(rec.budgets) do
-    if redis.call('DECRBY', b.reserved_key, b.amount) < 0 then redis.call('SET', b.reserved_key, 0) end
-  end
+  unhold(rec)
   for _, s in ipairs(rec.slots) do redis.call('ZREM', s.key, req.lease) end
   redis.call('DEL', P..'lease:'..req.lease)
   redis.call('ZREM', P..'leases', req.lease)
 end
-for _, c in ipairs(req.charges) do
-  if redis.call('EXISTS', c.spent_key) == 1 then
-    redis.call('INCRBY', c.spent_key, c.amount)
+local c = req.charges
+for _, key in ipairs(c.keys) do
+  if redis.call('EXISTS', key) == 1 then
+    budget(key, c.windows)
+    redis.call('HINCRBY', key, 'sp', c.amount)
+    redis.call('HINCRBY', key, 'spk', c.tokens)
   end
 end
 local now = server_ms()
@@ -162,7 +226,7 @@ return raw and 1 or 0
 """
 
 # ARGV[1]: {prefix, lease_ms, leases: [ids]}. Extends this replica's live leases; reaps others'.
-_RENEW = _REAP + """
+_RENEW = _COMMON + """
 local req = cjson.decode(ARGV[1])
 local P = req.prefix
 local now = server_ms()
@@ -180,20 +244,44 @@ reap(P, now)
 return kept
 """
 
+BUDGET_TTL_S = 2 * 86400  # a budget hash idle this long goes (seeded again from the ledger on next use)
+
 
 class StateUnavailable(Exception):
     """Redis did not answer (or answered with an error): the failure mode decides what follows."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class BudgetHold:
-    """One principal level's budget: what to reserve and the limit it must stay under."""
+    """One level of a request's principal chain: what to reserve there while it runs."""
 
     principal: str
-    limit: int | None         # pico-USD in the window; None: track spend only
-    window_start: int         # Unix seconds (0 for a "total" budget)
-    window_ttl_s: int         # how long the window's spend counter must live
-    amount: int               # pico-USD to reserve
+    amount: int               # pico-USD
+    tokens: int = 0           # input + output tokens
+
+
+@dataclass(frozen=True)
+class BudgetSeed:
+    """A principal's budget as the ledger has it: what a missing budget hash starts from."""
+
+    limit: int | None         # pico-USD per window (None: no limit)
+    limit_tokens: int | None
+    window: str               # hour | day | month | total
+    spent: int                # in the current window
+    spent_tokens: int
+
+
+def window_starts(now: float) -> dict[str, str]:
+    """The start of the current hour, day and month (what budget hashes roll over by)."""
+    return {w: str(budget_window(w, now)[0]) for w in ("hour", "day", "month")}
+
+
+def budget_usage(fields: list[Any]) -> dict[str, Any]:
+    """A budget refusal's detail (lim, limk, win, sp, spk, rs, rsk) as the ledger's usage keys."""
+    lim, limk, win, sp, spk, rs, rsk = (_text(f) for f in fields)
+    return {"limit_pico_usd": int(lim) if lim else None, "limit_tokens": int(limk) if limk else None,
+            "window": win or None, "spent_pico_usd": int(sp), "spent_tokens": int(spk),
+            "reserved_pico_usd": int(rs), "reserved_tokens": int(rsk)}
 
 
 @dataclass(frozen=True)
@@ -228,8 +316,7 @@ class Verdict:
     reason: str = ""            # budget | concurrency | rate | too_large | timeout
     level: int = -1             # index of the level that refused (budgets, slots or buckets)
     retry_after_s: float | None = None
-    spent: int = 0
-    reserved: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)  # the refusing budget level (budget_usage)
     mode: str = "shared"        # admitted through Redis ("shared") or this replica's share ("local")
     rate: dict[str, float] = field(default_factory=dict)  # OpenAI x-ratelimit values after this request
 
@@ -264,27 +351,29 @@ class RedisState:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
         self._renew = self._redis.register_script(_RENEW)
+        self._seed = self._redis.register_script(_SEED)
+        self._sync_url, self._sync_timeout_s = url, timeout_s
+        self._sync_client: Any = None  # for blocking admin calls from other threads (budget changes, usage)
         self._leases: dict[str, Lease] = {}
         self._renewer: asyncio.Task[None] | None = None
         self.round_trips = 0  # hot-path calls made (acquire + settle + seed), for the benchmark
 
     # --- keys ---------------------------------------------------------------------------------
 
-    def _spent_key(self, b: BudgetHold) -> str:
-        return f"{self.prefix}spent:{b.principal}:{b.window_start}"
-
-    def _reserved_key(self, principal: str) -> str:
-        return f"{self.prefix}reserved:{principal}"
+    def budget_key(self, principal: str) -> str:
+        return f"{self.prefix}budget:{principal}"
 
     # --- the hot path -------------------------------------------------------------------------
 
     async def acquire(self, lease_id: str, principals: list[str], budgets: list[BudgetHold], tokens: int,
-                      seed: Any = None) -> Verdict:
-        """Reserves at every budget level, takes a concurrency slot at every level, draws one
-        request and ``tokens`` from every bucket: all or nothing. ``seed(principal) -> spent``
-        (async) gives a level's window spend from the ledger when Redis has none yet (first use,
-        or after Redis lost its data): one more round trip, then the acquire again."""
-        L = self.limits
+                      seed: Any = None, now: float | None = None, *, budgets_only: bool = False) -> Verdict:
+        """Reserves at every budget level that has a limit, takes a concurrency slot at every level,
+        draws one request and ``tokens`` from every bucket: all or nothing. ``seed(principals) ->
+        [BudgetSeed]`` (async) reads what the ledger says of budgets Redis does not have yet (first
+        use, idle for BUDGET_TTL_S, or Redis lost its data): one more round trip, then the acquire
+        again. ``now``: Unix seconds (budget windows; default: the clock). ``budgets_only``: no
+        slot and no rate (the batch lane: hours in the provider's queue, no load here)."""
+        L = Limits() if budgets_only else self.limits
         slots = []
         if L.concurrency:
             slots.append({"key": f"{self.prefix}conc:*", "limit": L.concurrency})
@@ -296,11 +385,12 @@ class RedisState:
                 buckets.append({"key": f"{self.prefix}rpm:{scope}", "limit": rpm, "amount": 1})
             if tpm:
                 buckets.append({"key": f"{self.prefix}tpm:{scope}", "limit": tpm, "amount": tokens})
+        now = time.time() if now is None else now
         request = {
             "prefix": self.prefix, "lease": lease_id, "lease_ms": int(self.lease_s * 1000),
-            "budgets": [{"spent_key": self._spent_key(b), "reserved_key": self._reserved_key(b.principal),
-                         "limit": None if b.limit is None else str(b.limit), "amount": str(b.amount)}
-                        for b in budgets if b.limit is not None],
+            "windows": window_starts(now), "budget_ttl_s": BUDGET_TTL_S,
+            "budgets": [{"key": self.budget_key(b.principal), "amount": str(b.amount), "tokens": str(b.tokens)}
+                        for b in budgets],
             "slots": slots, "buckets": buckets,
         }
         payload = json.dumps(request)
@@ -314,30 +404,30 @@ class RedisState:
                 return Verdict(True, rate=_tightest(buckets, [float(_text(x)) for x in answer[2:]]))
             level = int(answer[1]) - 1
             if kind == "seed":
-                # First use of these windows (or Redis lost them): their spend comes from the ledger,
-                # all in one pipelined call; NX keeps a counter another replica seeded first.
                 if seed is None:
                     raise StateUnavailable("budget counters are missing in Redis and no ledger to seed them")
-                limited = [b for b in budgets if b.limit is not None]
-                holds = [limited[int(i) - 1] for i in answer[1:]]
-                spent = await asyncio.gather(*(seed(b.principal) for b in holds))
-                pipe = self._redis.pipeline(transaction=False)
-                for b, value in zip(holds, spent):
-                    pipe.set(self._spent_key(b), int(value), nx=True, ex=b.window_ttl_s)
-                self.round_trips += 1
-                await self._guard(pipe.execute())
+                await self.seed([budgets[int(i) - 1].principal for i in answer[1:]], seed, now)
                 continue
             if kind == "budget":
-                return Verdict(False, "budget", level, spent=int(_text(answer[2])), reserved=int(float(_text(answer[3]))))
+                return Verdict(False, "budget", level, usage=budget_usage(answer[2:9]))
             if kind == "rate":
                 return Verdict(False, "rate", level, retry_after_s=int(_text(answer[2])) / 1000.0)
             return Verdict(False, kind, level)
         raise StateUnavailable("Redis kept losing the budget counters while seeding them")
 
+    async def seed(self, principals: list[str], read: Any, now: float) -> None:
+        """Creates the budget hashes of ``principals`` from ``read(principals) -> [BudgetSeed]``
+        (the ledger), unless another replica did first."""
+        seeds = await read(principals)
+        payload = json.dumps({"budget_ttl_s": BUDGET_TTL_S, "budgets": [
+            {"key": self.budget_key(p), "fields": _budget_fields(b, now)} for p, b in zip(principals, seeds)]})
+        await self._call(self._seed, payload)
+
     async def settle(self, lease_id: str, actual_pico_usd: int, actual_tokens: int,
-                     service: Service | None = None) -> None:
-        """Charges the actual cost at every level, corrects the token buckets by ``actual_tokens``
-        (input + output), counts ``service`` for the fair share, gives the lease back."""
+                     service: Service | None = None, now: float | None = None, *, charge: bool = True) -> None:
+        """Charges the actual cost and tokens (input + output) at every budget level (unless not
+        ``charge``), corrects the token buckets by ``actual_tokens``, counts ``service`` for the
+        fair share, gives the lease back."""
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return
@@ -347,10 +437,12 @@ class RedisState:
         for scope, tpm in [("*", L.tpm)] + [(p, L.principal_tpm) for p in lease.principals]:
             if tpm and delta:
                 buckets.append({"key": f"{self.prefix}tpm:{scope}", "limit": tpm, "delta": delta})
+        charged = charge and (actual_pico_usd > 0 or actual_tokens > 0)
         request = {
             "prefix": self.prefix, "lease": lease_id,
-            "charges": [{"spent_key": self._spent_key(b), "amount": str(actual_pico_usd)}
-                        for b in lease.budgets if b.limit is not None and actual_pico_usd],
+            "charges": {"keys": [self.budget_key(b.principal) for b in lease.budgets] if charged else [],
+                        "amount": str(actual_pico_usd), "tokens": str(actual_tokens),
+                        "windows": window_starts(time.time() if now is None else now)},
             "buckets": buckets,
         }
         if service is not None and (service.input_tokens or service.output_tokens):
@@ -360,7 +452,35 @@ class RedisState:
 
     async def release(self, lease_id: str) -> None:
         """Gives a lease back without charging (refused or cancelled before the call)."""
-        await self.settle(lease_id, 0, self._leases[lease_id].tokens if lease_id in self._leases else 0)
+        await self.settle(lease_id, 0, self._leases[lease_id].tokens if lease_id in self._leases else 0, charge=False)
+
+    # --- budgets, from blocking admin calls (any thread) ------------------------------------------
+
+    def _sync(self) -> Any:
+        if self._sync_client is None:
+            import redis
+
+            self._sync_client = redis.Redis.from_url(self._sync_url, socket_timeout=self._sync_timeout_s,
+                                                     socket_connect_timeout=self._sync_timeout_s)
+        return self._sync_client
+
+    def sync_budget(self, principal: str, seed: BudgetSeed, now: float, *, respend: bool = False) -> None:
+        """A budget changed in the ledger: its limits here too (and its window's spend when the
+        window changed, or with ``respend``). Nothing to do when Redis has no hash for it yet."""
+        payload = json.dumps({"key": self.budget_key(principal), "fields": _budget_fields(seed, now),
+                              "respend": respend})
+        try:
+            self._sync().eval(_SYNC, 0, payload)
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    def held(self, principal: str) -> tuple[int, int]:
+        """(pico-USD, tokens) that running requests of every replica hold at ``principal``."""
+        try:
+            rs, rsk = self._sync().hmget(self.budget_key(principal), "rs", "rsk")
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return int(rs or 0), int(rsk or 0)
 
     # --- background and admin -----------------------------------------------------------------
 
@@ -401,8 +521,9 @@ class RedisState:
         slots = {_text(k)[len(self.prefix) + 5:]: await r.zcard(k)
                  async for k in r.scan_iter(f"{self.prefix}conc:*")}
         reserved = {}
-        async for k in r.scan_iter(f"{self.prefix}reserved:*"):
-            reserved[_text(k)[len(self.prefix) + 9:]] = int(await r.get(k) or 0)
+        async for k in r.scan_iter(f"{self.prefix}budget:*"):
+            rs, rsk = await r.hmget(k, "rs", "rsk")
+            reserved[_text(k)[len(self.prefix) + 7:]] = (int(rs or 0), int(rsk or 0))
         return {"leases": int(leases), "slots": slots, "reserved": reserved}
 
     def _service_key(self, minute: int) -> str:
@@ -438,6 +559,8 @@ class RedisState:
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+        if self._sync_client is not None:
+            self._sync_client.close()
         await self._redis.aclose()
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -475,8 +598,18 @@ def _tightest(buckets: list[dict[str, Any]], levels: list[float]) -> dict[str, f
     return out
 
 
+def _budget_fields(seed: BudgetSeed, now: float) -> dict[str, str]:
+    fields = {"win": seed.window, "ws": str(budget_window(seed.window, now)[0]), "sp": str(seed.spent),
+              "spk": str(seed.spent_tokens)}
+    if seed.limit is not None:
+        fields["lim"] = str(seed.limit)
+    if seed.limit_tokens is not None:
+        fields["limk"] = str(seed.limit_tokens)
+    return fields
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["BudgetHold", "Limits", "RedisState", "Service", "StateUnavailable", "Verdict", "current_minute"]
+__all__ = ["BUDGET_TTL_S", "BudgetHold", "BudgetSeed", "Limits", "RedisState", "Service", "StateUnavailable", "Verdict", "current_minute"]

@@ -3,7 +3,9 @@
 ``state_failure="closed"``: refuse with 503 (OpenAI-shaped, ``code: state_unavailable``).
 ``state_failure="local"``: this replica enforces 1/N of every rate and concurrency limit on its own
 (N = ``state_replicas``) and budgets through the ledger's atomic reservation (PostgreSQL's
-conditional update is one global guard, so budgets stay hard caps). Never a silent fallback to the
+conditional update is one global guard, so budgets stay hard caps); once Redis answers again, the
+budget hashes of the principals charged meanwhile take their spend from the ledger
+(``on_recovered``). Never a silent fallback to the
 full limits: the ``tokenlane_state_unavailable_total`` counter, the ``tokenlane_state_degraded``
 gauge, a warning in the log and the ``x-tokenlane-state`` response header say it.
 """
@@ -93,11 +95,12 @@ class SharedAdmission:
         self.local = LocalShare(limits, replicas)
         self.metrics = metrics
         self.degraded = False
+        self.on_recovered: Callable[[], None] = lambda: None  # Redis answers again (after a failure)
         self._local_leases: set[str] = set()
         self._pending: set[asyncio.Task[Any]] = set()
 
     async def acquire(self, lease_id: str, principals: list[str], budgets: list[BudgetHold], tokens: int, *,
-                      seed: Callable[[str], Awaitable[int]], deadline: float) -> Any:
+                      seed: Callable[[list[str]], Awaitable[Any]], deadline: float, budgets_only: bool = False) -> Any:
         """Waits (polling with backoff) while slots or rate are short, until ``deadline``
         (monotonic). Returns the Verdict: admitted with ``mode`` "shared", or "local" (degraded: the
         caller reserves budgets in the ledger), or refused (``reason`` budget, too_large, timeout).
@@ -105,7 +108,7 @@ class SharedAdmission:
         delay = 0.005
         while True:
             try:
-                verdict = await self._acquire_once(lease_id, principals, budgets, tokens, seed)
+                verdict = await self._acquire_once(lease_id, principals, budgets, tokens, seed, budgets_only)
                 self._recovered()
                 if verdict.ok or verdict.reason not in ("concurrency", "rate"):
                     return verdict
@@ -114,7 +117,7 @@ class SharedAdmission:
                 self._failed(exc)
                 if self.failure == "closed":
                     raise
-                refused = self.local.acquire(lease_id, principals, tokens)
+                refused = None if budgets_only else self.local.acquire(lease_id, principals, tokens)
                 if refused is None:
                     self._local_leases.add(lease_id)
                     return Verdict(True, mode="local")
@@ -129,11 +132,12 @@ class SharedAdmission:
             delay = min(delay * 2, 0.25)
 
     async def _acquire_once(self, lease_id: str, principals: list[str], budgets: list[BudgetHold], tokens: int,
-                            seed: Callable[[str], Awaitable[int]]) -> Verdict:
+                            seed: Callable[[list[str]], Awaitable[Any]], budgets_only: bool) -> Verdict:
         """One acquire script. Interrupted while it runs (the request was refused elsewhere, or
         gone), it still completes, and what it took is given back at once rather than when the
         lease expires."""
-        call = asyncio.ensure_future(self.redis.acquire(lease_id, principals, budgets, tokens, seed))
+        call = asyncio.ensure_future(self.redis.acquire(lease_id, principals, budgets, tokens, seed,
+                                                        budgets_only=budgets_only))
         try:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -141,16 +145,19 @@ class SharedAdmission:
                                    or not done.result().ok or self.settle(lease_id, 0, 0))
             raise
 
-    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int, service: Service | None = None) -> None:
+    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int,
+               service: Service | None = None) -> asyncio.Future[Any] | None:
         """Charges and gives back (and counts ``service`` for the fleet's fair share), in the
-        background (retried while Redis is away; the lease returns the slots anyway once it expires)."""
+        background (retried while Redis is away; the lease returns the slots anyway once it expires).
+        Returns the settlement's task (None for this replica's local share)."""
         if lease_id in self._local_leases:
             self._local_leases.discard(lease_id)
             self.local.release(lease_id)
-            return
+            return None
         task = asyncio.ensure_future(self._settle(lease_id, actual_pico_usd, tokens, service))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _settle(self, lease_id: str, actual: int, tokens: int, service: Service | None) -> None:
         for attempt in range(20):
@@ -183,6 +190,7 @@ class SharedAdmission:
             if self.metrics is not None:
                 self.metrics.state_degraded.set(0)
             log.warning("tokenlane: shared state (Redis) reachable again; limits are global again")
+            self.on_recovered()
 
 
 __all__ = ["STATE_HEADER", "LocalShare", "SharedAdmission"]
