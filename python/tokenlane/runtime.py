@@ -341,6 +341,9 @@ class Tokenlane:
             await asyncio.wait_for(asyncio.to_thread(self.thread.flush), timeout=max(10.0, self.thread.retry_s + 5.0))
         except (asyncio.TimeoutError, StorageError):
             log.error("tokenlane: ledger writes still pending at shutdown")
+        if self.shared is not None:  # the final records the ledger now has need not stay in Redis
+            with contextlib.suppress(StateUnavailable):
+                await self.shared.admission.redis.forget_committed()
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, job: Job | None,
                       on_decision: Callable[[dict[str, Any]], None] | None) -> None:
@@ -580,6 +583,7 @@ class Tokenlane:
             return
         self.jobs.start_worker()
         self.shared.fleet.start()  # the fair share sees every replica's service
+        self.shared.admission.redis.start()  # leases renewed; a dead replica's final records adopted
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_queue(), name="tokenlane-queue")
 

@@ -7,8 +7,13 @@ import os
 import shutil
 from pathlib import Path
 
+import anyio._core._fileio  # noqa: F401 - see below
 import pytest
 from store_support import fresh_database, services_module
+
+# anyio (a pytest plugin, so pytest rewrites its modules on import) imports this module lazily, the
+# first time a static file is served: compiled then, beside the ledger and Redis threads, CPython
+# 3.11.7 can fail with "SystemError: AST constructor recursion depth mismatch" (fixed in 3.11.8).
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_VOCAB = REPO.parent / "shared" / "vocab"

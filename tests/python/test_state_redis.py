@@ -169,6 +169,36 @@ def test_a_dead_replicas_leases_return_within_the_ttl(redis_url: str, prefix: st
     asyncio.run(run())
 
 
+def test_final_records_stay_until_committed_and_a_dead_replicas_are_adopted(redis_url: str, prefix: str) -> None:
+    async def run() -> None:
+        dead = state(redis_url, prefix, lease_s=0.6)
+        alive = state(redis_url, prefix, lease_s=0.6)
+        adopted: list[tuple[str, bytes]] = []
+        dead.on_orphans = alive.on_orphans = adopted.extend
+        r = dead._redis
+        for i in range(3):
+            assert (await dead.acquire(f"r{i}", ["k"], [], 1, zero)).ok
+            assert await dead.settle(f"r{i}", 5, 1, record=b'{"id":"r%d"}' % i)
+        dead.committed("r0")  # the ledger committed r0: the next call forgets it
+        assert await alive.renew() == 0 and not adopted  # not expired: nobody else takes them
+        await dead.renew()
+        assert sorted(await r.hkeys(f"{prefix}records")) == [b"r1", b"r2"]
+        dead._renewer.cancel()  # kill -9 before the ledger committed r1 and r2
+        await asyncio.sleep(0.8)
+        await alive.renew()
+        assert sorted(adopted) == [("r1", b'{"id":"r1"}'), ("r2", b'{"id":"r2"}')]
+        await alive.renew()
+        assert len(adopted) == 2  # claimed for a lease: not handed out twice while it applies them
+        alive.committed("r1")
+        alive.committed("r2")
+        await alive.forget_committed()
+        assert await r.zcard(f"{prefix}records:at") == 0 and await r.hlen(f"{prefix}records") == 0
+        await alive.close()
+        await dead.close()
+
+    asyncio.run(run())
+
+
 def test_unreachable_redis_is_an_error_not_a_grant() -> None:
     async def run() -> None:
         s = RedisState("redis://127.0.0.1:1/0", timeout_s=0.5)

@@ -131,13 +131,22 @@ class Priced:
     decided: tuple[str, Any] | None = None    # (row status, the scheduler's decision), once decided
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
     settling: Any = None  # the shared state's settlement (an asyncio task): see settled()
+    record_written: Any = None  # the ledger's Future of the final record Redis keeps meanwhile
 
     async def settled(self, timeout_s: float = 1.0) -> None:
-        """Waits (at most ``timeout_s``: Redis may be away, and it retries on its own) until the
-        shared state has settled the request, so that what the client reads next (its usage) has
-        its reservation given back; alongside the ledger write, so it costs the response nothing more."""
+        """Waits until the shared state has settled the request (so what the client reads next,
+        its usage, has its reservation given back) and kept its final ledger record; when Redis
+        did not keep it within ``timeout_s`` (unreachable: it retries on its own), until the ledger
+        has the record instead. Every answered request is in Redis or in the ledger."""
         if self.settling is not None and not self.settling.done():
             await asyncio.wait({self.settling}, timeout=timeout_s)
+        if self.record_written is not None:
+            s = self.settling
+            if s is None or not s.done() or s.cancelled() or s.exception() is not None or not s.result():
+                try:
+                    await asyncio.wrap_future(self.record_written)
+                except StorageError:  # the ledger stayed unwritable past its retries: logged there
+                    log.error("tokenlane: ledger row of %s not written yet (kept for retry)", self.id)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
@@ -208,6 +217,7 @@ class LedgerThread:
         self._records: list[bytes] = []
         self._after: list[tuple[Future[Any], Callable[[], Any] | None]] = []
         self._scheduled = False   # an apply job is queued
+        self._waited = False      # a record somebody waits for is queued (see record's ``urgent``)
         self._queued = 0          # records queued so far, and applied so far (for flush)
         self._applied = 0
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
@@ -299,12 +309,15 @@ class LedgerThread:
 
     # --- records (write-behind) -----------------------------------------------------------------
 
-    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None) -> Future[Any] | None:
+    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None,
+               urgent: bool = True) -> Future[Any] | None:
         """Queues one journal record (a JSON object and a newline) for the next batch. ``durable``:
         appended to the journal file first, so from now on a ``kill -9`` cannot lose it (raises
         OSError when the file cannot be written). Returns a Future of ``after()`` (run on this
         thread once the record is applied) when ``after`` is given or the record is not durable
-        before it is applied (no journal: await it before answering); else None."""
+        before it is applied (no journal: await it before answering); else None. Not ``urgent``:
+        nobody waits for it (Redis keeps it meanwhile), so it gathers with others for
+        BATCH_DELAY_S."""
         if self._native is not None:
             return self._record_native(line, durable, after)
         future: Future[Any] | None = None
@@ -322,6 +335,8 @@ class LedgerThread:
             if after is not None or (durable and not journaled):
                 future = _Uncancellable()
                 self._after.append((future, after))
+            waited = future is not None and urgent
+            self._waited = self._waited or waited
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
@@ -332,11 +347,11 @@ class LedgerThread:
                 # on PostgreSQL) lets others gather behind it; one a response waits for, or any
                 # call queued behind the batch, sets it going at once (on PostgreSQL the decided row
                 # and the final record of a quick request are one round trip, not two in a row).
-                if future is None:
+                if not waited:
                     self._put(self._apply_later, hurry=False)
                 else:
                     self._put(self._apply_pending)
-        elif future is not None:
+        elif waited:
             self._hurry.set()
         return future
 
@@ -400,7 +415,7 @@ class LedgerThread:
         # this thread takes the GIL once per batch rather than once per request; until something
         # waits for the batch (see record).
         with self._lock, self._start_lock:
-            if not self._after and self._jobs_pending <= 1:
+            if not self._waited and self._jobs_pending <= 1:
                 self._hurry.clear()  # left from a call that ran already: nothing waits now
         self._hurry.wait(BATCH_DELAY_S)
         self._apply_pending()
@@ -408,7 +423,7 @@ class LedgerThread:
     def _apply_pending(self) -> None:
         with self._lock:
             batch, after, self._records, self._after = self._records, self._after, [], []
-            self._scheduled = False
+            self._scheduled = self._waited = False
             self._hurry.clear()  # whatever waited for the records is in this batch
             applied_to = self._queued
             if self.journal is not None:

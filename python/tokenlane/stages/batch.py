@@ -82,8 +82,9 @@ class Batch:
                                                       "code": "batch_failed"}}).encode()
             job.status = "failed"
             log.warning("tokenlane batch request %s failed: %s", p.id, exc)
-        _, written = self.reconcile(p, outcome)
-        await asyncio.wrap_future(written)
+        _, wait = self.reconcile(p, outcome)
+        if wait is not None:
+            await asyncio.wrap_future(wait)
         await p.settled()
         if job.done is not None:
             job.done.set()

@@ -102,12 +102,16 @@ class Reconcile:
 
     def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
                    actual: int = 0, reserved_tokens: int = 0, tokens: int = 0,
-                   after: Callable[[], Any] | None = None) -> tuple[Future[Any] | None, Future[Any] | None]:
+                   after: Callable[[], Any] | None = None, shared: Any = None,
+                   settlement: tuple[int, int, int] = (0, 0, 0)) -> tuple[Future[Any] | None, Future[Any] | None]:
         """Journals the request's final record: its row (inserted if the decision's insert has not
         been applied yet), the final ``fields``, and the settlement of ``levels`` (the hold, or
         ``reserved`` pico-USD and ``reserved_tokens``, freed; ``actual`` pico-USD and ``tokens``
-        charged), applied together exactly once. Returns (the Future of ``after``, a Future to await
-        before answering when the record is not durable yet)."""
+        charged), applied together exactly once. ``shared`` (the SharedLimits stage of a request
+        admitted through it) settles the request there with ``settlement`` (actual pico-USD, input
+        and output tokens), keeping the record in Redis until the ledger commits it. Returns (the
+        Future of ``after``, a Future to await before answering when the record is not durable yet;
+        with ``shared``, await ``p.settled()`` too)."""
         if p.row_json is None:
             p.row_json = self._row_json(p)
         settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"reserved_tokens":%d,"tokens":%d,"now":%r' % (
@@ -115,7 +119,19 @@ class Reconcile:
                   ) if levels else b""
         line = b'{"id":%s,"row":%s,"final":%s%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode(),
                                                          json.dumps(fields).encode(), settle)
+        if shared is not None and p.state_mode == "shared" and not self.thread.write_behind:
+            # Redis keeps the record until the ledger commits it (see SharedLimits.settle): the
+            # response waits for Redis (p.settled), not for the ledger.
+            def committed() -> Any:
+                shared.committed(p.id)
+                return after() if after is not None else None
+
+            shared.settle(p, *settlement, record=line[:-1])  # (first: the commit may be reported at once)
+            p.record_written = written = self.thread.record(line, after=committed, urgent=False)
+            return written, None
         written = self.thread.record(line, after=after)
+        if shared is not None:
+            shared.settle(p, *settlement)
         return written, (None if self.thread.write_behind else written)
 
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any] | None]:
@@ -190,8 +206,10 @@ class Reconcile:
         tenant = p.identity.tenant
         after = ((lambda: self.observe.settled(tenant, now))  # type: ignore[union-attr]
                  if self.observe is not None and self.observe.waits_for_row(tenant) else None)
+        shared = self.budget.shared if p.state_mode is not None else None
         written, wait = self.finish_row(p, fields, levels=levels, reserved=reserved_ledger, actual=actual,
-                                        reserved_tokens=reserved_tokens, tokens=tokens, after=after)
+                                        reserved_tokens=reserved_tokens, tokens=tokens, after=after, shared=shared,
+                                        settlement=(actual, cost.input_tokens, cost.output_tokens))
         fields["usage_source"] = source
         if succeeded and p.request.generates and source != "none":
             per_completion = max(1, cost.output_tokens // p.request.n)

@@ -108,8 +108,6 @@ class Schedule:
             self.scheduler._core.complete(p.id, float(now), actual, input_tokens, output_tokens)
         else:
             self.scheduler.complete(p.id, now, actual, input_tokens, output_tokens)
-        if p.state_mode is not None and self.shared is not None:
-            self.shared.settle(p, actual, input_tokens, output_tokens)
         self.wake()
 
     def _count_decision(self, p: Priced, decision: Any) -> None:

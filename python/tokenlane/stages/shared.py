@@ -10,6 +10,7 @@ Redis's budget counters. Without ``state`` the runtime does not build this stage
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,11 @@ from ..state.redis import BudgetHold, BudgetSeed, Limits, Service, StateUnavaila
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
+
+log = logging.getLogger("tokenlane")
+
+UNFINISHED = ("running", "queued", "deferred")
+LOST = "replica lost: its lease expired"  # the error the PostgreSQL lease sweep ends a row with
 from .budget import Budget, over_budget_message
 
 
@@ -46,6 +52,7 @@ class SharedLimits:
         self.fleet = FleetService(self.admission.redis, add_service)
         self._stale: set[str] = set()  # principals whose spend Redis may lack (charged while it was away)
         self.admission.on_recovered = self._resync
+        self.admission.redis.on_orphans = self._orphans
 
     async def __call__(self, p: Priced, *, budgets_only: bool = False) -> None:
         """Sets ``p.state_mode``: "shared", or "local" when Redis is unreachable and
@@ -127,15 +134,37 @@ class SharedLimits:
 
         self.thread.submit(resync)
 
-    def settle(self, p: Priced, actual_pico_usd: int, input_tokens: int, output_tokens: int) -> None:
-        """Charges the actual cost, counts the tokens served, gives the lease back (in the background)."""
+    def settle(self, p: Priced, actual_pico_usd: int, input_tokens: int, output_tokens: int,
+               record: bytes | None = None) -> None:
+        """Charges the actual cost, counts the tokens served, gives the lease back (in the
+        background: ``p.settling``); ``record``, the request's final ledger record, is kept in Redis
+        until the ledger has committed it (:meth:`committed`), so the response need not wait for the
+        ledger: a replica killed before it commits leaves it to another (:meth:`_adopt`)."""
         service = None
         if p.state_mode == "shared" and (input_tokens or output_tokens):
             service = Service(current_minute(), input_tokens, output_tokens)
             self.fleet.served_here([p.identity.tenant], service)  # before it can reach Redis
         if self.admission.degraded:
             self._stale.update(p.identity.chain())  # its settlement may not reach Redis
-        p.settling = self.admission.settle(p.id, actual_pico_usd, input_tokens + output_tokens, service)
+        p.settling = self.admission.settle(p.id, actual_pico_usd, input_tokens + output_tokens, service, record)
+
+    def committed(self, request_id: str) -> None:
+        """(The ledger thread.) The request's final record is in the ledger."""
+        self.admission.redis.committed(request_id)
+
+    def _orphans(self, records: list[tuple[str, bytes]]) -> None:
+        self.thread.submit(self._adopt, records)
+
+    def _adopt(self, records: list[tuple[str, bytes]]) -> None:
+        """(The ledger thread.) Final records a dead replica left in Redis, applied once each: a
+        record whose row is final already (its replica committed it before it died) is skipped,
+        unless the row is final only because the lease sweep gave the request up."""
+        for request_id, record in records:
+            row = self.ledger.get_request(request_id)
+            if row is None or row["status"] in UNFINISHED or row.get("error") == LOST:
+                for problem in self.ledger.apply_journal(record + b"\n"):
+                    log.error("tokenlane: ledger record skipped: %s", problem)
+            self.committed(request_id)
 
 
 __all__ = ["SharedLimits"]

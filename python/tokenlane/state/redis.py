@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -85,6 +86,13 @@ local function reap(P, now)
     redis.call('ZREM', P..'leases', id)
   end
   return #expired
+end
+-- Final ledger records the ledger has committed: Redis need not keep them any more.
+local function forget(P, done)
+  for _, id in ipairs(done) do
+    redis.call('HDEL', P..'records', id)
+    redis.call('ZREM', P..'records:at', id)
+  end
 end
 local function server_ms()
   local t = redis.call('TIME')
@@ -181,8 +189,10 @@ end
 return 1
 """
 
-# ARGV[1]: {prefix, lease, charges: {keys, amount, tokens, windows}, buckets: [{key, limit, delta}],
-# served: {key, principals, input, output} or absent}. Charges the actual spend at every level;
+# ARGV[1]: {prefix, lease, lease_ms, charges: {keys, amount, tokens, windows}, buckets: [{key, limit,
+# delta}], served: {key, principals, input, output} or absent, record: the request's final ledger
+# record or absent, done: [ids]}. Keeps the record (claimed by this replica for a lease, see _RENEW)
+# until the ledger has it, forgets the ``done`` ones the ledger has committed. Charges the actual spend at every level;
 # gives back what the lease held unless it has expired already (then the reaper gave it back: never
 # twice); counts the tokens served to each principal in the minute's service hash (fields i:<p>
 # and o:<p>).
@@ -206,6 +216,11 @@ for _, key in ipairs(c.keys) do
   end
 end
 local now = server_ms()
+if req.record then
+  redis.call('HSET', P..'records', req.lease, req.record)
+  redis.call('ZADD', P..'records:at', now + req.lease_ms, req.lease)
+end
+forget(P, req.done)
 for _, r in ipairs(req.buckets) do
   local st = redis.call('HMGET', r.key, 'level', 'ts')
   if st[1] then
@@ -225,7 +240,10 @@ reap(P, now)
 return raw and 1 or 0
 """
 
-# ARGV[1]: {prefix, lease_ms, leases: [ids]}. Extends this replica's live leases; reaps others'.
+# ARGV[1]: {prefix, lease_ms, leases: [ids], records: [ids], done: [ids]}. Extends this replica's
+# live leases and the claim on its final records not committed yet; forgets those committed; reaps
+# others' expired leases; claims (for one lease) final records whose claim expired (their replica
+# died before its ledger committed them) and returns them: {kept, id, record, id, record...}.
 _RENEW = _COMMON + """
 local req = cjson.decode(ARGV[1])
 local P = req.prefix
@@ -240,8 +258,21 @@ for _, id in ipairs(req.leases) do
     kept = kept + 1
   end
 end
+for _, id in ipairs(req.records) do redis.call('ZADD', P..'records:at', 'XX', expiry, id) end
+forget(P, req.done)
 reap(P, now)
-return kept
+local answer = {kept}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P..'records:at', '-inf', now, 'LIMIT', 0, 100)) do
+  local record = redis.call('HGET', P..'records', id)
+  if record then
+    redis.call('ZADD', P..'records:at', expiry, id)
+    answer[#answer + 1] = id
+    answer[#answer + 1] = record
+  else
+    redis.call('ZREM', P..'records:at', id)
+  end
+end
+return answer
 """
 
 BUDGET_TTL_S = 2 * 86400  # a budget hash idle this long goes (seeded again from the ledger on next use)
@@ -355,6 +386,16 @@ class RedisState:
         self._sync_url, self._sync_timeout_s = url, timeout_s
         self._sync_client: Any = None  # for blocking admin calls from other threads (budget changes, usage)
         self._leases: dict[str, Lease] = {}
+        # Final ledger records Redis keeps for this replica until its ledger has committed them
+        # (a dead replica's are claimed by another: on_orphans), and those committed since the
+        # last call (appended from the ledger thread).
+        self._records: set[str] = set()
+        self._committed: list[str] = []
+        # Records whose settle call is still on its way (True: committed meanwhile). Forgetting one
+        # before Redis stored it would leave it there for good: its forget waits for the call.
+        self._storing: dict[str, bool] = {}
+        self._records_lock = threading.Lock()  # the ledger thread reports commits
+        self.on_orphans: Any = None  # (list of (id, record)) -> None: records of a dead replica to apply
         self._renewer: asyncio.Task[None] | None = None
         self.round_trips = 0  # hot-path calls made (acquire + settle + seed), for the benchmark
 
@@ -424,13 +465,26 @@ class RedisState:
         await self._call(self._seed, payload)
 
     async def settle(self, lease_id: str, actual_pico_usd: int, actual_tokens: int,
-                     service: Service | None = None, now: float | None = None, *, charge: bool = True) -> None:
+                     service: Service | None = None, now: float | None = None, *, charge: bool = True,
+                     record: bytes | None = None) -> bool:
         """Charges the actual cost and tokens (input + output) at every budget level (unless not
         ``charge``), corrects the token buckets by ``actual_tokens``, counts ``service`` for the
-        fair share, gives the lease back."""
+        fair share, gives the lease back; keeps ``record`` (the request's final ledger record) until
+        :meth:`committed` says the ledger has it. True when done (False: no such lease)."""
+        own = record is not None and lease_id not in self._storing  # else the caller kept it (and retries)
+        if own:
+            self.keep(lease_id)
+        try:
+            return await self._settle_lease(lease_id, actual_pico_usd, actual_tokens, service, now, charge, record)
+        finally:
+            if own:
+                self.stored(lease_id)
+
+    async def _settle_lease(self, lease_id: str, actual_pico_usd: int, actual_tokens: int, service: Service | None,
+                            now: float | None, charge: bool, record: bytes | None) -> bool:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
-            return
+            return False
         L = self.limits
         buckets = []
         delta = actual_tokens - lease.tokens
@@ -439,7 +493,7 @@ class RedisState:
                 buckets.append({"key": f"{self.prefix}tpm:{scope}", "limit": tpm, "delta": delta})
         charged = charge and (actual_pico_usd > 0 or actual_tokens > 0)
         request = {
-            "prefix": self.prefix, "lease": lease_id,
+            "prefix": self.prefix, "lease": lease_id, "lease_ms": int(self.lease_s * 1000), "done": self._take_committed(),
             "charges": {"keys": [self.budget_key(b.principal) for b in lease.budgets] if charged else [],
                         "amount": str(actual_pico_usd), "tokens": str(actual_tokens),
                         "windows": window_starts(time.time() if now is None else now)},
@@ -448,7 +502,50 @@ class RedisState:
         if service is not None and (service.input_tokens or service.output_tokens):
             request["served"] = {"key": self._service_key(service.minute), "principals": lease.principals,
                                  "input": service.input_tokens, "output": service.output_tokens}
-        await self._call(self._settle, json.dumps(request))
+        if record is not None:
+            request["record"] = record.decode()
+        try:
+            await self._call(self._settle, json.dumps(request))
+        except StateUnavailable:
+            self._leases.setdefault(lease_id, lease)  # not settled: a retry finds it
+            with self._records_lock:
+                self._committed += request["done"]
+            raise
+        return True
+
+    def keep(self, request_id: str) -> None:
+        """(The event loop.) Settle calls will store this request's final record: a commit reported
+        before :meth:`stored` waits for it (see committed). Call it before the record can reach the
+        ledger."""
+        with self._records_lock:
+            self._records.add(request_id)
+            self._storing[request_id] = False
+
+    def stored(self, request_id: str) -> None:
+        """The settle calls of a kept record are over (done, or given up)."""
+        with self._records_lock:
+            if self._storing.pop(request_id, False):
+                self._committed.append(request_id)
+
+    def committed(self, request_id: str) -> None:
+        """(Any thread.) The ledger has committed this request's final record: Redis forgets it on
+        the next call (after its own settle call has stored it)."""
+        with self._records_lock:
+            if request_id in self._storing:
+                self._storing[request_id] = True
+            else:
+                self._committed.append(request_id)
+
+    def _take_committed(self) -> list[str]:
+        with self._records_lock:
+            done, self._committed = self._committed, []
+            self._records.difference_update(done)
+        return done
+
+    async def forget_committed(self) -> None:
+        """Forgets the records the ledger has committed now (at shutdown, after the ledger's flush)."""
+        if self._committed:
+            await self.renew()
 
     async def release(self, lease_id: str) -> None:
         """Gives a lease back without charging (refused or cancelled before the call)."""
@@ -484,7 +581,13 @@ class RedisState:
 
     # --- background and admin -----------------------------------------------------------------
 
+    def start(self) -> None:
+        """Starts the background renewal (needs a running loop; idempotent)."""
+        self._ensure_renewer()
+
     def _ensure_renewer(self) -> None:
+        """The background renewal (every lease_s / 3): this replica's leases and records, and the
+        claim of dead replicas' records; started by the first acquire (or start())."""
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop(), name="tokenlane-leases")
 
@@ -499,10 +602,22 @@ class RedisState:
                 log.warning("tokenlane: cannot renew leases in Redis: %s", exc)
 
     async def renew(self) -> int:
-        """Extends every live lease of this replica (one call) and reaps expired ones of others."""
+        """Extends every live lease and kept record of this replica (one call), forgets the records
+        committed, reaps expired leases of others and hands records of dead replicas to
+        ``on_orphans``. Returns the number of leases kept."""
+        done = self._take_committed()
         payload = json.dumps({"prefix": self.prefix, "lease_ms": int(self.lease_s * 1000),
-                              "leases": list(self._leases)})
-        return int(await self._guard(self._renew(args=[payload])))
+                              "leases": list(self._leases), "records": list(self._records), "done": done})
+        try:
+            answer = await self._guard(self._renew(args=[payload]))
+        except StateUnavailable:
+            with self._records_lock:
+                self._committed += done
+            raise
+        orphans = [(_text(answer[i]), answer[i + 1]) for i in range(1, len(answer) - 1, 2)]
+        if orphans and self.on_orphans is not None:
+            self.on_orphans(orphans)
+        return int(answer[0])
 
     async def publish_queue(self, snapshot: dict[str, Any]) -> None:
         """This replica's queue, for the admin page of any replica (kept 10 s)."""

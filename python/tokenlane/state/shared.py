@@ -145,29 +145,42 @@ class SharedAdmission:
                                    or not done.result().ok or self.settle(lease_id, 0, 0))
             raise
 
-    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int,
-               service: Service | None = None) -> asyncio.Future[Any] | None:
+    def settle(self, lease_id: str, actual_pico_usd: int, tokens: int, service: Service | None = None,
+               record: bytes | None = None) -> asyncio.Future[Any] | None:
         """Charges and gives back (and counts ``service`` for the fleet's fair share), in the
         background (retried while Redis is away; the lease returns the slots anyway once it expires).
-        Returns the settlement's task (None for this replica's local share)."""
+        ``record``: the request's final ledger record, which Redis keeps until the ledger has it.
+        Returns the settlement's task (its result: whether Redis took it; None for this replica's
+        local share)."""
         if lease_id in self._local_leases:
             self._local_leases.discard(lease_id)
             self.local.release(lease_id)
             return None
-        task = asyncio.ensure_future(self._settle(lease_id, actual_pico_usd, tokens, service))
+        if record is not None:
+            self.redis.keep(lease_id)  # before the ledger can report its commit
+        task = asyncio.ensure_future(self._settle(lease_id, actual_pico_usd, tokens, service, record))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
 
-    async def _settle(self, lease_id: str, actual: int, tokens: int, service: Service | None) -> None:
+    async def _settle(self, lease_id: str, actual: int, tokens: int, service: Service | None,
+                      record: bytes | None) -> bool:
+        try:
+            return await self._settle_retried(lease_id, actual, tokens, service, record)
+        finally:
+            if record is not None:
+                self.redis.stored(lease_id)
+
+    async def _settle_retried(self, lease_id: str, actual: int, tokens: int, service: Service | None,
+                              record: bytes | None) -> bool:
         for attempt in range(20):
             try:
-                await self.redis.settle(lease_id, actual, tokens, service)
-                return
+                return await self.redis.settle(lease_id, actual, tokens, service, record=record)
             except StateUnavailable as exc:
                 self._failed(exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
         log.error("tokenlane: could not settle lease %s in Redis; it expires on its own", lease_id)
+        return False
 
     async def drain(self) -> None:
         """Waits for background settlements (tests, shutdown)."""
