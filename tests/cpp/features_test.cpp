@@ -4,6 +4,7 @@
 // written here, and the features of varied texts against digests taken before the SSE2 scan.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -72,6 +73,54 @@ std::vector<std::string> varied_texts() {
   return t;
 }
 
+// The reference: the word at `begin` read one byte at a time, hashed as the scan always has (bytes
+// ASCII-lowercased and packed little-end first into 64-bit lanes, each full lane mixed, the tail
+// lane tagged with the length).
+struct ReferenceWord {
+  detail::WordScan scan;
+  std::uint64_t hash;
+};
+ReferenceWord reference_word(const std::string& text, std::size_t begin) {
+  auto is_word = [](unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c >= 0x80;
+  };
+  ReferenceWord r{};
+  r.scan.digits = true;
+  std::uint64_t h = detail::kFnvOffset, lane = 0;
+  unsigned shift = 0;
+  std::size_t i = begin;
+  while (i < text.size() && is_word(static_cast<unsigned char>(text[i]))) {
+    unsigned char c = static_cast<unsigned char>(text[i++]);
+    if (c >= 0x80) ++r.scan.non_ascii;
+    if (c >= 0xE3 && c <= 0xED) ++r.scan.cjk;
+    if (c < '0' || c > '9') r.scan.digits = false;
+    if (c >= 'A' && c <= 'Z') c = static_cast<unsigned char>(c - 'A' + 'a');
+    lane |= static_cast<std::uint64_t>(c) << shift;
+    shift += 8;
+    if (shift == 64) {
+      h = detail::mix(h, lane);
+      lane = 0;
+      shift = 0;
+    }
+  }
+  r.scan.end = i;
+  const std::uint64_t len = i - begin;
+  r.hash = detail::mix(h, lane ^ (len << 56));
+  return r;
+}
+
+void check_word(const std::string& text, std::size_t begin) {
+  const ReferenceWord want = reference_word(text, begin);
+  for (const detail::WordScan& got : {detail::scan_word(text, begin), detail::scan_word_bytes(text, begin)}) {
+    INFO("text " << text.size() << " bytes, word at " << begin);
+    REQUIRE(got.end == want.scan.end);
+    REQUIRE(got.non_ascii == want.scan.non_ascii);
+    REQUIRE(got.cjk == want.scan.cjk);
+    REQUIRE(got.digits == want.scan.digits);
+  }
+  REQUIRE(detail::hash_word(text.data() + begin, want.scan.end - begin) == want.hash);
+}
+
 std::uint64_t features_digest(const std::string& text) {
   EstimateQuery q;
   q.prompt = text;
@@ -96,4 +145,27 @@ TEST_CASE("features of varied texts are those of the byte-by-byte scan", "[estim
   // Taken with the byte-by-byte scan (features.cpp before the SSE2 word scan).
   CHECK(texts.size() == 1373);
   CHECK(all == 0x660e1af74ce7467fULL);
+}
+
+TEST_CASE("the 16-byte word scan finds the words and counts of the byte-by-byte scan", "[estimator][features]") {
+  for (const auto& text : varied_texts()) {
+    if (text.size() <= 256) {
+      for (std::size_t begin = 0; begin <= text.size(); ++begin) check_word(text, begin);  // every start
+    } else {
+      for (std::size_t begin = 0; begin < text.size();) {  // every word
+        check_word(text, begin);
+        begin = std::max(begin + 1, reference_word(text, begin).scan.end);
+      }
+    }
+  }
+  // Every byte value in every position of a chunk, at the text's end and before a space.
+  for (int c = 0; c < 256; ++c) {
+    for (std::size_t at = 0; at < 20; ++at) {
+      std::string text(at, 'x');
+      text += static_cast<char>(c);
+      check_word(text, 0);
+      check_word(text + "  yy", 0);
+      check_word(text, at);
+    }
+  }
 }
