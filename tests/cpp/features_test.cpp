@@ -1,7 +1,8 @@
-// The learned estimator's prompt features (cpp/src/estimator/features.cpp): the word scan reads 16
-// bytes at a time (SSE2) and must give exactly the words, hashes and counts of a byte-by-byte scan,
-// so a saved model keeps its meaning. Checked two ways: scan_word against a reference scanner
-// written here, and the features of varied texts against digests taken before the SSE2 scan.
+// The learned estimator's prompt features (cpp/src/estimator/features.cpp): the word scan and the
+// scan of a long prompt's skipped middle read 16 bytes at a time (SSE2) and must give exactly the
+// words, hashes and counts of the byte-by-byte scans, so a saved model keeps its meaning. Checked
+// against a reference scanner written here, the portable loops, and digests of the features of
+// varied texts taken before the SSE2 scans.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -70,6 +71,16 @@ std::vector<std::string> varied_texts() {
     for (int j = 0; j < n; ++j) s += pieces[rng() % pieces.size()];
     t.push_back(s);
   }
+  // Long random texts: their middles are read by the gap scan (code fences across its chunks,
+  // separators, questions, UTF-8 there).
+  const std::vector<std::string> long_pieces = {"The quick brown fox. ", "```", "`", "``", "?", "\n", "\x1e", "\x1f",
+                                                "字", "é", "😀", " ", "word ", "Explain in detail ", "- item\n"};
+  for (int k = 0; k < 40; ++k) {
+    std::string s;
+    const std::size_t size = 2100 + rng() % 5000;
+    while (s.size() < size) s += long_pieces[rng() % long_pieces.size()];
+    t.push_back(s);
+  }
   return t;
 }
 
@@ -117,8 +128,9 @@ void check_word(const std::string& text, std::size_t begin) {
     REQUIRE(got.non_ascii == want.scan.non_ascii);
     REQUIRE(got.cjk == want.scan.cjk);
     REQUIRE(got.digits == want.scan.digits);
+    REQUIRE(got.hash == want.hash);
   }
-  REQUIRE(detail::hash_word(text.data() + begin, want.scan.end - begin) == want.hash);
+  REQUIRE(detail::hash_word(std::string_view(text).substr(begin, want.scan.end - begin)) == want.hash);
 }
 
 std::uint64_t features_digest(const std::string& text) {
@@ -142,9 +154,9 @@ TEST_CASE("features of varied texts are those of the byte-by-byte scan", "[estim
   const auto texts = varied_texts();
   std::uint64_t all = 0;
   for (const auto& text : texts) all = detail::mix(all, features_digest(text));
-  // Taken with the byte-by-byte scan (features.cpp before the SSE2 word scan).
-  CHECK(texts.size() == 1373);
-  CHECK(all == 0x660e1af74ce7467fULL);
+  // Taken with the byte-by-byte scans (features.cpp at main b4583bd, before the SSE2 scans).
+  CHECK(texts.size() == 1413);
+  CHECK(all == 0xd1af15b3001e16a7ULL);
 }
 
 TEST_CASE("the 16-byte word scan finds the words and counts of the byte-by-byte scan", "[estimator][features]") {
@@ -166,6 +178,32 @@ TEST_CASE("the 16-byte word scan finds the words and counts of the byte-by-byte 
       check_word(text, 0);
       check_word(text + "  yy", 0);
       check_word(text, at);
+    }
+  }
+}
+
+TEST_CASE("the 16-byte gap scan counts what the byte-by-byte one does", "[estimator][features]") {
+  std::mt19937 rng(7);
+  for (const auto& text : varied_texts()) {
+    for (int k = 0; k < 8; ++k) {
+      const std::size_t a = text.empty() ? 0 : rng() % (text.size() + 1), b = text.empty() ? 0 : rng() % (text.size() + 1);
+      const std::size_t begin = std::min(a, b), end = std::max(a, b);
+      const detail::GapScan got = detail::scan_gap(text, begin, end), want = detail::scan_gap_bytes(text, begin, end);
+      INFO("text " << text.size() << " bytes, gap " << begin << ".." << end);
+      REQUIRE(got.newlines == want.newlines);
+      REQUIRE(got.non_ascii == want.non_ascii);
+      REQUIRE(got.cjk == want.cjk);
+      REQUIRE(got.question == want.question);
+      REQUIRE(got.code_fence == want.code_fence);
+      REQUIRE(got.separator == want.separator);
+    }
+  }
+  // A fence whose backticks straddle a chunk edge or the gap's end (the fence is read past it).
+  for (std::size_t at = 0; at < 40; ++at) {
+    const std::string text = std::string(at, 'x') + "```" + std::string(40, 'y');
+    for (std::size_t end = 0; end <= text.size(); ++end) {
+      REQUIRE(detail::scan_gap(text, 0, end).code_fence == (end > at));
+      REQUIRE(detail::scan_gap_bytes(text, 0, end).code_fence == (end > at));
     }
   }
 }
