@@ -193,16 +193,18 @@ class JsonWriter {
 
   void array(PyObject* o) {
     Owned seq(PySequence_Fast(o, "expected a sequence"));  // the object itself for lists and tuples
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.p);
-    if (n == 0) {
+    if (PySequence_Fast_GET_SIZE(seq.p) == 0) {
       out += "[]";
       return;
     }
     Nested nested(*this, o);
     out += '[';
-    for (Py_ssize_t i = 0; i < n; ++i) {
+    // The size is read again each time and each item held while written: a dict subclass's own
+    // items() (the only Python code a walk can run) could change the list.
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq.p); ++i) {
       if (i) out += item_sep_;
-      value(PySequence_Fast_GET_ITEM(seq.p, i));
+      Owned item(Py_NewRef(PySequence_Fast_GET_ITEM(seq.p, i)));
+      value(item.p);
     }
     out += ']';
   }
@@ -223,11 +225,15 @@ class JsonWriter {
       value(v);
     };
     if (PyDict_CheckExact(o)) {
-      // Borrowed references: the dict must not change while it is written. Only a str/int/float
-      // subclass's own code could do that, and json.dumps does not call any either.
+      // Key and value held while written (see array()); PyDict_Next itself stays in bounds. A dict
+      // changed while it is written (by a nested subclass's items()) may differ from json.dumps,
+      // which reads a copy of the items first: never the case for ledger rows.
       Py_ssize_t pos = 0;
       PyObject *k = nullptr, *v = nullptr;
-      while (PyDict_Next(o, &pos, &k, &v)) item(k, v);
+      while (PyDict_Next(o, &pos, &k, &v)) {
+        Owned key_ref(Py_NewRef(k)), value_ref(Py_NewRef(v));
+        item(key_ref.p, value_ref.p);
+      }
     } else {  // a dict subclass: its items(), as json.dumps reads them
       Owned items(PyMapping_Items(o));
       const Py_ssize_t n = PyList_GET_SIZE(items.p);
