@@ -18,6 +18,7 @@ void register_ledger(py::module_& m);
 void register_scheduler(py::module_& m);
 void register_sim(py::module_& m);
 void register_prepare(py::module_& m);
+void register_json(py::module_& m);
 
 // Releases the GIL only for work that may take long. Releasing it is a hand-off, not a free
 // action: if another Python thread wants the GIL (the ledger writer, a worker), it takes it, and the

@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   tokenlane::bindings::register_scheduler(m);
   tokenlane::bindings::register_sim(m);
   tokenlane::bindings::register_prepare(m);
+  tokenlane::bindings::register_json(m);
 }

@@ -96,6 +96,29 @@ struct Feature {
 std::size_t extract_features(const EstimateQuery& q, double input_tokens, std::uint32_t buckets,
                              std::vector<Feature>& out);
 
+// One word of the feature scan: the run of word bytes (ASCII letters and digits, '+', every byte
+// >= 0x80) that starts at `begin`, with what the features need of it.
+struct WordScan {
+  std::size_t end = 0;        // one past the word's last byte
+  std::uint64_t hash = 0;     // hash_word of the word
+  std::size_t non_ascii = 0;  // bytes >= 0x80
+  std::size_t cjk = 0;        // UTF-8 lead bytes 0xE3..0xED (CJK and Hangul blocks)
+  bool digits = true;         // every byte an ASCII digit
+};
+// Found, counted and hashed 16 bytes at a time with SSE2 where the compiler targets it, else
+// scan_word_bytes; both give the same.
+WordScan scan_word(std::string_view text, std::size_t begin);
+WordScan scan_word_bytes(std::string_view text, std::size_t begin);  // the portable byte loop
+// What the features read of the bytes the word scan skips in a long prompt: [begin, end).
+struct GapScan {
+  std::size_t newlines = 0, non_ascii = 0, cjk = 0;
+  bool question = false, code_fence = false, separator = false;  // a '?', a "```", a kMessageSeparator
+};
+GapScan scan_gap(std::string_view text, std::size_t begin, std::size_t end);  // SSE2 where targeted
+GapScan scan_gap_bytes(std::string_view text, std::size_t begin, std::size_t end);
+// The hash of a word (and of each word of a cue phrase), its bytes ASCII-lowercased.
+std::uint64_t hash_word(std::string_view word);
+
 // The template shape of a prompt: lowercase, ASCII digits -> '0', whitespace runs -> one space,
 // at most `chars` normalized bytes of the first message and of the last message.
 std::uint64_t template_hash(std::string_view prompt, std::size_t chars);

@@ -127,7 +127,7 @@ class Priced:
     clamped_max_tokens: int | None = None     # x-tokenlane-max-tokens-clamped
     untrimmed_input_tokens: int | None = None  # prompt tokens before trimming
     predicted_cached_tokens: int = 0          # provider prompt cache, predicted (priced at the cached rate)
-    row_json: str | None = None               # the ledger row as decided, JSON (reused by the final record)
+    row_json: bytes | None = None             # the ledger row as decided, JSON (reused by the final record)
     decided: tuple[str, Any] | None = None    # (row status, the scheduler's decision), once decided
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
     settling: Any = None  # the shared state's settlement (an asyncio task): see settled()

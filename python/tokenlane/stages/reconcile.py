@@ -5,7 +5,6 @@ ledger row, feeds the estimator, updates the metrics and logs one line."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -93,12 +92,13 @@ class Reconcile:
         if p.row_json is not None:  # the final record (with this row) went first
             return
         p.row_json = self._row_json(p)
-        self.thread.record(b'{"id":%s,"row":%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode()), durable=False)
+        self.thread.record(_core.journal_record(p.id, p.row_json), durable=False)
 
-    def _row_json(self, p: Priced) -> str:
-        """The row as decided (``running`` when no decision was recorded), as JSON."""
+    def _row_json(self, p: Priced) -> bytes:
+        """The row as decided (``running`` when no decision was recorded), as JSON: the bytes
+        ``json.dumps`` wrote, built by the core (bindings/register_json.cpp)."""
         status, decision = p.decided or ("running", None)
-        return json.dumps(self.ledger_row(p, status, decision))
+        return _core.json_text(self.ledger_row(p, status, decision))
 
     def finish_row(self, p: Priced, fields: dict[str, Any], *, levels: tuple[str, ...] = (), reserved: int = 0,
                    actual: int = 0, reserved_tokens: int = 0, tokens: int = 0,
@@ -114,11 +114,8 @@ class Reconcile:
         with ``shared``, await ``p.settled()`` too)."""
         if p.row_json is None:
             p.row_json = self._row_json(p)
-        settle = (b',"budgets":%s,"reserved":%d,"actual":%d,"reserved_tokens":%d,"tokens":%d,"now":%r' % (
-            json.dumps(levels).encode(), reserved, actual, reserved_tokens, tokens, fields["finished_at"])
-                  ) if levels else b""
-        line = b'{"id":%s,"row":%s,"final":%s%s}\n' % (json.dumps(p.id).encode(), p.row_json.encode(),
-                                                         json.dumps(fields).encode(), settle)
+        line = _core.journal_record(p.id, p.row_json, fields, levels, reserved, actual, reserved_tokens, tokens,
+                                    fields["finished_at"] if levels else 0.0)
         if shared is not None and p.state_mode == "shared" and not self.thread.write_behind:
             # Redis keeps the record until the ledger commits it (see SharedLimits.settle): the
             # response waits for Redis (p.settled), not for the ledger.
