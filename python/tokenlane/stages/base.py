@@ -134,19 +134,21 @@ class Priced:
     record_written: Any = None  # the ledger's Future of the final record Redis keeps meanwhile
 
     async def settled(self, timeout_s: float = 1.0) -> None:
-        """Waits until the shared state has settled the request (so what the client reads next,
-        its usage, has its reservation given back) and kept its final ledger record; when Redis
-        did not keep it within ``timeout_s`` (unreachable: it retries on its own), until the ledger
-        has the record instead. Every answered request is in Redis or in the ledger."""
-        if self.settling is not None and not self.settling.done():
-            await asyncio.wait({self.settling}, timeout=timeout_s)
-        if self.record_written is not None:
-            s = self.settling
-            if s is None or not s.done() or s.cancelled() or s.exception() is not None or not s.result():
-                try:
-                    await asyncio.wrap_future(self.record_written)
-                except StorageError:  # the ledger stayed unwritable past its retries: logged there
-                    log.error("tokenlane: ledger row of %s not written yet (kept for retry)", self.id)
+        """When Redis keeps the request's final ledger record (``record_written``): waits until
+        the settlement stored it (which also gives the reservation back, so what the client reads
+        next, its usage, is settled), or, when Redis did not within ``timeout_s`` (unreachable: it
+        retries on its own), until the ledger has the record instead. Every answered request is in
+        Redis or in the ledger. (With a journal the record is durable already: nothing to wait for.)"""
+        if self.record_written is None:
+            return
+        s = self.settling
+        if s is not None and not s.done():
+            await asyncio.wait({s}, timeout=timeout_s)
+        if s is None or not s.done() or s.cancelled() or s.exception() is not None or not s.result():
+            try:
+                await asyncio.wrap_future(self.record_written)
+            except StorageError:  # the ledger stayed unwritable past its retries: logged there
+                log.error("tokenlane: ledger row of %s not written yet (kept for retry)", self.id)
 
     def scheduler_request(self) -> dict[str, Any]:
         return {
