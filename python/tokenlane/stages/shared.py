@@ -25,12 +25,12 @@ from ..state.redis import BudgetHold, BudgetSeed, Limits, Service, StateUnavaila
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
+from .budget import Budget, over_budget_message
 
 log = logging.getLogger("tokenlane")
 
 UNFINISHED = ("running", "queued", "deferred")
 LOST = "replica lost: its lease expired"  # the error the PostgreSQL lease sweep ends a row with
-from .budget import Budget, over_budget_message
 
 
 class SharedLimits:

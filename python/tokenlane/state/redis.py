@@ -8,13 +8,17 @@ read-modify-write from Python):
 - concurrency slots (global and per principal),
 - fair-share counters (input and output tokens served per principal and minute, one hash per
   minute, read by every replica's fair-share sync: :mod:`tokenlane.state.fairshare`),
-- each replica's queue, published for the admin page.
+- each replica's queue, published for the admin page,
+- requests' final ledger records, kept from the answer until the replica's ledger commits them
+  (with a PostgreSQL ledger the response waits for Redis, not for the database); a dead replica's
+  are claimed by another once their claim expires.
 
 Every admitted request holds a *lease*: its reservations and slots are recorded under the lease id
 with an expiry; the replica renews its live leases in the background (one call for all of them).
 A replica that dies (``kill -9``) stops renewing, and the next call of any replica gives its
 reservations and slots back once the lease has expired. The hot path costs two round trips:
-``acquire`` (one script) and ``settle`` (one script).
+``acquire`` (one script) and ``settle`` (one script; it also stores the final record and forgets
+the committed ones).
 
 Amounts cross to Lua as decimal strings and are compared as doubles: exact up to 2^53 pico-USD
 (about 9,000 USD per counter); above that a check may be off by a few pico-USD.
