@@ -199,6 +199,31 @@ def test_final_records_stay_until_committed_and_a_dead_replicas_are_adopted(redi
     asyncio.run(run())
 
 
+def test_a_budget_set_while_redis_is_away_reaches_it_when_it_is_back(tmp_path, redis_db) -> None:
+    """The ledger takes the change at once; Redis, whose hash would keep the old limit, takes it
+    (and the window's spend) once it answers again."""
+    from tokenlane import Tokenlane
+
+    rt = Tokenlane(db=str(tmp_path / "ledger.db"), state=redis_db, state_failure="local")
+    hashes = rt.shared.admission.redis
+    hashes.sync_budget("k", BudgetSeed(100, None, "day", 0, 0), 0.0)  # (no hash yet: nothing to do)
+    hashes._sync().hset(hashes.budget_key("k"), mapping={"lim": 100, "win": "day", "ws": 0, "sp": 0, "spk": 0})
+    real_url = hashes._sync_url
+    hashes._sync().close()
+    hashes._sync_client, hashes._sync_url = None, "redis://127.0.0.1:1/0"  # Redis away
+    rt.set_budget("k", "0.000000000050")  # 50 pico-USD
+    assert rt.ledger.get_budget("k")["limit_pico_usd"] == 50 and rt.shared._stale == {"k"}
+    assert rt.shared.admission.degraded
+    hashes._sync().close()
+    hashes._sync_client, hashes._sync_url = None, real_url  # back: the next answer resyncs
+    rt.shared.admission._recovered()
+    rt.thread.flush()
+    rt.thread.submit(lambda: None).result()
+    assert int(hashes._sync().hget(hashes.budget_key("k"), "lim")) == 50 and not rt.shared._stale
+    hashes._sync().close()
+    rt.thread.close()
+
+
 def test_unreachable_redis_is_an_error_not_a_grant() -> None:
     async def run() -> None:
         s = RedisState("redis://127.0.0.1:1/0", timeout_s=0.5)

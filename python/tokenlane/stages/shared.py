@@ -107,8 +107,13 @@ class SharedLimits:
         return out
 
     def budget_changed(self, principal: str, now: float, *, respend: bool = False) -> None:
-        """(Blocking, after the ledger changed.) The principal's budget in Redis follows the ledger."""
-        self.admission.redis.sync_budget(principal, self.budget_seeds([principal], now)[0], now, respend=respend)
+        """(Blocking, after the ledger changed.) The principal's budget in Redis follows the ledger;
+        with Redis unreachable, once it answers again (the change is in the ledger already)."""
+        try:
+            self.admission.redis.sync_budget(principal, self.budget_seeds([principal], now)[0], now, respend=respend)
+        except StateUnavailable as exc:
+            self.admission._failed(exc)  # degraded: its recovery resyncs the principal
+            self._stale.add(principal)
 
     def held(self, principal: str) -> tuple[int, int]:
         """(Blocking.) What running requests of every replica hold at ``principal``; (0, 0) when
@@ -127,10 +132,7 @@ class SharedLimits:
 
         def resync() -> None:
             for principal in stale:
-                try:
-                    self.budget_changed(principal, self.clock(), respend=True)
-                except StateUnavailable:
-                    self._stale.add(principal)  # gone again: next time
+                self.budget_changed(principal, self.clock(), respend=True)  # (gone again: next time)
 
         self.thread.submit(resync)
 
