@@ -173,22 +173,11 @@ class Tokenlane:
         scheduler has free slots. ``options`` go to :class:`tokenlane.batch.BatchLane`."""
         options.setdefault("idle", lambda: self.scheduler.snapshot(self.clock(), 0).get("queued", 0) == 0)
         decided = SimpleNamespace(kind="defer", reason="batch_lane")
-        self.batch = Batch(BatchLane(provider, **options), self._reserve_batch, self.reconcile,
+        self.batch = Batch(BatchLane(provider, **options), lambda p, now: self.schedule.take(p, budgets_only=True),
+                           self.reconcile,
                            lambda p: self.write(self.ledger.insert_request,
                                                 self.reconcile.ledger_row(p, "deferred", decided)),
                            self.jobs, self.clock)
-    async def _reserve_batch(self, p: Priced, now: float) -> None:
-        """The batch lane's reservation: budgets only (in Redis with ``state``, else the ledger)."""
-        if self.shared is not None:
-            await self.budget.prepare(p, now)
-            await self.shared(p, budgets_only=True)
-        try:
-            await self.budget.reserve(p, now)
-        except BaseException:
-            if p.state_mode is not None and self.shared is not None:
-                p.state_mode = None
-                self.shared.settle(p, 0, 0, 0)
-            raise
 
     def _observe(self, on_alert: Any, tracer_provider: Any, meter_provider: Any) -> Observe | None:
         """The after-reconcile stage with only what is configured; ``None`` when all is off."""

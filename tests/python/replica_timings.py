@@ -6,7 +6,8 @@ never on in production: replica_app.py installs it only with REPLICA_TIMINGS=1.
 Stages (each the wall time of one call, as its caller waits for it):
 
   redis_acquire   the admission script (budgets, slots, buckets), awaited on the event loop
-  redis_settle    the settlement script (awaited by the response alongside its ledger write)
+  redis_settle    the settlement script (with a PostgreSQL ledger it stores the final record, and
+                  the response waits for it instead of the ledger; with SQLite, in the background)
   reserve         the budget reservation at every level, awaited on the event loop
   reserve_sql     the same, inside the ledger (the database's part, without the hop to its thread)
   records_sql     one batch of ledger records applied (rows, settlements), on the ledger thread

@@ -102,9 +102,8 @@ def held_in_redis(r: redis.Redis) -> int:
 
 def state_left(state_url: str) -> dict[str, Any]:
     r = redis.Redis.from_url(state_url)
-    reserved = {"all": held_in_redis(r)}
     slots = {k.decode(): r.zcard(k) for k in r.scan_iter("tokenlane:conc:*")}
-    return {"leases": r.zcard("tokenlane:leases"), "reserved": sum(reserved.values()), "slots": sum(slots.values()),
+    return {"leases": r.zcard("tokenlane:leases"), "reserved": held_in_redis(r), "slots": sum(slots.values()),
             "records": r.zcard("tokenlane:records:at")}
 
 

@@ -39,7 +39,6 @@ class Budget:
         self._end_users: set[str] = set()    # end-user principals given their default budget
         # principal → {"tpm", "rpm", "concurrency"}: limits at any level of the hierarchy
         self._limits: dict[str, dict[str, int]] = dict(ledger.get_config(LIMITS_KEY, {}) or {})
-        self._budget_limits: dict[str, tuple[int, str]] = {}  # tenant → (limit pico-USD, window), for Redis
         self._limits_version: int | None = None  # the ledger's budget version _limited_principals is of
         self._limited_principals: set[str] = set()
         # With state="redis://...": the SharedLimits stage, where reservations live (every replica's)
@@ -64,10 +63,6 @@ class Budget:
         except StorageError as exc:
             raise ledger_unavailable(exc) from None
 
-    def limit_of(self, tenant: str) -> tuple[int, str] | None:
-        """(limit pico-USD, window) of a tenant set up by :meth:`ensure`; None without a limit."""
-        return self._budget_limits.get(tenant)
-
     def _setup_tenant(self, tenant: str, now: float) -> bool:
         """Loads (or creates from the settings) the tenant's budget; blocking. Returns has-budget."""
         known = self._tenants.get(tenant)
@@ -90,7 +85,6 @@ class Budget:
             # token budget is enforced by the ledger's reservation alone.
             self.scheduler.set_budget(tenant, budget["limit_pico_usd"], budget["window"])
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
-            self._budget_limits[tenant] = (budget["limit_pico_usd"], budget["window"])
         if len(self._tenants) >= MAX_KNOWN_TENANTS:
             # Every unknown API key is a tenant: forget them all (each is set up again on its next
             # request, one ledger read) rather than grow with a client that invents keys.
@@ -111,11 +105,8 @@ class Budget:
         if self.shared is not None:
             self.shared.budget_changed(tenant, now)
         self.scheduler.set_budget(tenant, pico, window)
-        if pico is None:
-            self._budget_limits.pop(tenant, None)
-        else:
+        if pico is not None:
             self.scheduler.set_spent(tenant, self.ledger.usage(tenant, now)["spent_pico_usd"], now)
-            self._budget_limits[tenant] = (pico, window)
         self._tenants[tenant] = pico is not None or limit_tokens is not None
 
     def usage(self, tenant: str, now: float) -> dict[str, Any]:

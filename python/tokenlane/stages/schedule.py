@@ -79,25 +79,31 @@ class Schedule:
             if late is not None:  # shed from the queue
                 self._count_decision(p, late)
                 raise refusal(late)
+        try:
+            await self.take(p)
+        except BaseException:  # refused, the ledger unreachable, or interrupted: it will not run
+            self.cancel(p.id)
+            raise
+        return decision
+
+    async def take(self, p: Priced, *, budgets_only: bool = False) -> None:
+        """What the request holds while it runs, all or nothing: with ``state``, its budgets at
+        every level, slots and rate room in Redis (waiting there while slots or rate are short);
+        then the budget stage's part (the ledger's reservation on one host, or while Redis is
+        away). Sets ``p.admitted_at``. ``budgets_only``: no slot, no rate (the batch lane)."""
         if self.shared is not None:
-            try:
-                await self.budget.prepare(p, self.clock())  # an end user's budget exists before Redis reads it
-                await self.shared(p)
-            except BaseException:
-                self.cancel(p.id)
-                raise
+            await self.budget.prepare(p, self.clock())  # an end user's budget exists before Redis reads it
+            await self.shared(p, budgets_only=budgets_only)
         p.admitted_at = self.clock()
-        if self.metrics:
+        if self.metrics and not budgets_only:
             _after_step(self.metrics.queue_wait.observe, p.queue_ms / 1000.0)
         try:  # every level of the chain may carry a budget: reserve at all of them
             await self.budget.reserve(p, p.admitted_at)
-        except BaseException:  # refused, the ledger unreachable, or interrupted: it will not run
-            self.cancel(p.id)
+        except BaseException:
             if p.state_mode is not None and self.shared is not None:
                 p.state_mode = None
                 self.shared.settle(p, 0, 0, 0)  # give the slots back
             raise
-        return decision
 
     def cancel(self, request_id: str) -> None:
         self.scheduler.cancel(request_id, self.clock())

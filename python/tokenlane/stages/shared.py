@@ -112,7 +112,7 @@ class SharedLimits:
         try:
             self.admission.redis.sync_budget(principal, self.budget_seeds([principal], now)[0], now, respend=respend)
         except StateUnavailable as exc:
-            self.admission._failed(exc)  # degraded: its recovery resyncs the principal
+            self.admission.failed(exc)  # degraded: its recovery resyncs the principal
             self._stale.add(principal)
 
     def held(self, principal: str) -> tuple[int, int]:

@@ -306,9 +306,17 @@ class BudgetSeed:
     spent_tokens: int
 
 
+_windows: tuple[int, dict[str, str]] = (-1, {})
+
+
 def window_starts(now: float) -> dict[str, str]:
-    """The start of the current hour, day and month (what budget hashes roll over by)."""
-    return {w: str(budget_window(w, now)[0]) for w in ("hour", "day", "month")}
+    """The start of the current hour, day and month (what budget hashes roll over by); computed
+    once an hour (every window starts on an hour), not twice per request."""
+    global _windows
+    hour = int(now // 3600)
+    if _windows[0] != hour:
+        _windows = (hour, {w: str(budget_window(w, now)[0]) for w in ("hour", "day", "month")})
+    return _windows[1]
 
 
 def budget_usage(fields: list[Any]) -> dict[str, Any]:

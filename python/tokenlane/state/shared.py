@@ -114,7 +114,7 @@ class SharedAdmission:
                     return verdict
                 wait = verdict.retry_after_s
             except StateUnavailable as exc:
-                self._failed(exc)
+                self.failed(exc)
                 if self.failure == "closed":
                     raise
                 refused = None if budgets_only else self.local.acquire(lease_id, principals, tokens)
@@ -177,7 +177,7 @@ class SharedAdmission:
             try:
                 return await self.redis.settle(lease_id, actual, tokens, service, record=record)
             except StateUnavailable as exc:
-                self._failed(exc)
+                self.failed(exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
         log.error("tokenlane: could not settle lease %s in Redis; it expires on its own", lease_id)
         return False
@@ -187,7 +187,8 @@ class SharedAdmission:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    def _failed(self, exc: Exception) -> None:
+    def failed(self, exc: Exception) -> None:
+        """Redis did not answer: degraded until an answer comes (then ``on_recovered``), said loudly."""
         if self.metrics is not None:
             self.metrics.state_unavailable.labels(self.failure).inc()
             self.metrics.state_degraded.set(1)
