@@ -89,6 +89,13 @@ TEST_CASE("bad input gives a clear error") {
   CHECK_THROWS_WITH(Estimator::from_json(R"({"format": 1, "kind": "heuristic"})"), Catch::Contains("not a tokenlane"));
   CHECK_THROWS_WITH(Estimator::from_json(R"({"format": "tokenlane.estimator", "version": 1, "kind": []})"),
                     Catch::Contains("unknown estimator kind"));
+  // Found by estimator_state_fuzz: numbers out of their type's range were converted anyway
+  // (undefined behaviour), now refused.
+  CHECK_THROWS_WITH(Estimator::from_json(R"({"format": "tokenlane.estimator", "version": 1, "kind": "history",
+      "options": {"min_count": 222222222222222222222222222222222222296}, "keys": []})"),
+                    Catch::Contains("not an integer in range"));
+  CHECK_THROWS_WITH(Estimator::from_json(R"({"format": "tokenlane.estimator", "version": 1, "kind": "learned",
+      "dim": 4294967296, "weights": [], "models": {}})"), Catch::Contains("not an integer in range"));
   CHECK_THROWS_AS(Estimator::load("/nonexistent/dir/state.json"), Error);
 }
 

@@ -52,7 +52,7 @@ class Sketch {
   static Sketch from_json(const nlohmann::json& j) {
     Sketch s;
     for (const auto& row : j) {
-      s.bins_.push_back(Bin{row.at(0).get<std::int16_t>(), row.at(1).get<float>()});
+      s.bins_.push_back(Bin{detail::state_number<std::int16_t>(row.at(0)), detail::state_number<float>(row.at(1))});
       s.total_ += s.bins_.back().c;
     }
     std::sort(s.bins_.begin(), s.bins_.end(), [](const Bin& a, const Bin& b) { return a.b < b.b; });
@@ -233,17 +233,17 @@ nlohmann::json EstimatorCodec::history_state(const HistoryEstimator& e) {
 std::unique_ptr<HistoryEstimator> EstimatorCodec::history(const nlohmann::json& j) {
   HistoryEstimator::Options o;
   const auto& opts = j.at("options");
-  o.min_count = opts.at("min_count").get<std::uint32_t>();
-  o.max_keys = opts.at("max_keys").get<std::size_t>();
-  o.template_chars = opts.at("template_chars").get<std::size_t>();
+  o.min_count = state_number<std::uint32_t>(opts.at("min_count"));
+  o.max_keys = state_number<std::size_t>(opts.at("max_keys"));
+  o.template_chars = state_number<std::size_t>(opts.at("template_chars"));
   auto e = std::make_unique<HistoryEstimator>(o);
   HistoryEstimator::State& s = *e->s_;
-  s.tick = j.at("tick").get<std::uint64_t>();
+  s.tick = state_number<std::uint64_t>(j.at("tick"));
   for (const auto& row : j.at("keys")) {
     HistoryEstimator::State::Entry entry;
-    entry.tick = row.at(1).get<std::uint64_t>();
+    entry.tick = state_number<std::uint64_t>(row.at(1));
     entry.sketch = Sketch::from_json(row.at(2));
-    s.keys.emplace(row.at(0).get<std::uint64_t>(), std::move(entry));
+    s.keys.emplace(state_number<std::uint64_t>(row.at(0)), std::move(entry));
   }
   return e;
 }

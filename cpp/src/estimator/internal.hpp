@@ -4,11 +4,15 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
+#include "tokenlane/error.hpp"
 #include "tokenlane/estimator.hpp"
 
 namespace tokenlane {
@@ -17,6 +21,33 @@ inline constexpr const char* kEstimatorFormat = "tokenlane.estimator";
 inline constexpr int kEstimatorVersion = 1;
 
 namespace detail {
+
+// A number of a saved estimator state as T: an integer within T's range, or a finite float within
+// float's; anything else is invalid_argument. (nlohmann's get<T>() converts a JSON float to an
+// integer, or a double to a float, even out of range: undefined behaviour, found by
+// tests/fuzz/estimator_state_fuzz with {"min_count": 2.2e38}.)
+template <class T>
+T state_number(const nlohmann::json& v) {
+  using limits = std::numeric_limits<T>;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (v.is_number()) {
+      const double d = v.get<double>();
+      if (std::isfinite(d) && std::fabs(d) <= static_cast<double>(limits::max())) return static_cast<T>(d);
+    }
+  } else if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    if (u <= static_cast<std::uint64_t>(limits::max())) return static_cast<T>(u);
+  } else if (v.is_number_integer()) {
+    const auto i = v.get<std::int64_t>();
+    if constexpr (std::is_signed_v<T>) {
+      if (i >= static_cast<std::int64_t>(limits::min()) && i <= static_cast<std::int64_t>(limits::max()))
+        return static_cast<T>(i);
+    }  // (a negative JSON integer is never number_unsigned: out of range for an unsigned T)
+  }
+  throw Error(ErrorCode::invalid_argument, "malformed estimator state: " + v.dump().substr(0, 60) +
+                                               (std::is_floating_point_v<T> ? " is not a finite number in range"
+                                                                            : " is not an integer in range"));
+}
 
 inline constexpr std::uint64_t kFnvOffset = 1469598103934665603ULL;
 inline constexpr std::uint64_t kFnvPrime = 1099511628211ULL;

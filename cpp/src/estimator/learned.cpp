@@ -239,27 +239,28 @@ nlohmann::json EstimatorCodec::learned_state(const LearnedEstimator& e) {
 }
 
 std::unique_ptr<LearnedEstimator> EstimatorCodec::learned(const nlohmann::json& j) {
-  if (j.at("dim").get<std::uint32_t>() != LearnedEstimator::State::kDim)
+  if (state_number<std::uint32_t>(j.at("dim")) != LearnedEstimator::State::kDim)
     throw Error(ErrorCode::invalid_argument, "learned estimator state has feature dimension " + j.at("dim").dump() +
                                                  ", this build uses " +
                                                  std::to_string(LearnedEstimator::State::kDim));
   auto e = std::make_unique<LearnedEstimator>();
   LearnedEstimator::State& s = *e->s_;
   for (auto& w : s.w) w.set(0.0f, 0.0f);
-  s.observations = j.value("observations", std::uint64_t{0});
+  const auto observations = j.find("observations");
+  s.observations = observations == j.end() ? 0 : state_number<std::uint64_t>(*observations);
   for (const auto& row : j.at("weights")) {
-    const std::uint32_t i = row.at(0).get<std::uint32_t>();
+    const std::uint32_t i = state_number<std::uint32_t>(row.at(0));
     if (i >= LearnedEstimator::State::kDim) throw Error(ErrorCode::invalid_argument, "weight index out of range");
-    s.w[i].set(row.at(1).get<float>(), row.at(2).get<float>());
-    s.g[i] = {row.at(3).get<float>(), row.at(4).get<float>()};
+    s.w[i].set(state_number<float>(row.at(1)), state_number<float>(row.at(2)));
+    s.g[i] = {state_number<float>(row.at(3)), state_number<float>(row.at(4))};
   }
   for (const auto& [name, v] : j.at("models").items()) {
     LearnedEstimator::State::ModelBias& m = s.model_entry(name);  // (not shared yet: no locks)
-    m.b50.set(v.at(0).get<float>());
-    m.b90.set(v.at(1).get<float>());
-    m.g50 = v.at(2).get<float>();
-    m.g90 = v.at(3).get<float>();
-    m.n = v.at(4).get<std::uint64_t>();
+    m.b50.set(state_number<float>(v.at(0)));
+    m.b90.set(state_number<float>(v.at(1)));
+    m.g50 = state_number<float>(v.at(2));
+    m.g90 = state_number<float>(v.at(3));
+    m.n = state_number<std::uint64_t>(v.at(4));
   }
   return e;
 }
