@@ -132,6 +132,7 @@ class Priced:
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
     settling: Any = None  # the shared state's settlement (an asyncio task): see settled()
     record_written: Any = None  # the ledger's Future of the final record Redis keeps meanwhile
+    settle_awaited: bool = False  # the response waits for the settlement (no journal): see settled()
 
     async def settled(self, timeout_s: float = 1.0) -> None:
         """When Redis keeps the request's final ledger record (``record_written``): waits until
@@ -139,9 +140,11 @@ class Priced:
         next, its usage, is settled), or, when Redis did not within ``timeout_s`` (unreachable: it
         retries on its own), until the ledger has the record instead. Every answered request is in
         Redis or in the ledger. (With a journal the record is durable already: nothing to wait for.)"""
-        if self.record_written is None:
-            return
         s = self.settling
+        if self.record_written is None:
+            if self.settle_awaited and s is not None and not s.done():  # alongside the ledger's write
+                await asyncio.wait({s}, timeout=timeout_s)
+            return
         if s is not None and not s.done():
             await asyncio.wait({s}, timeout=timeout_s)
         if s is None or not s.done() or s.cancelled() or s.exception() is not None or not s.result():
@@ -219,7 +222,6 @@ class LedgerThread:
         self._records: list[bytes] = []
         self._after: list[tuple[Future[Any], Callable[[], Any] | None]] = []
         self._scheduled = False   # an apply job is queued
-        self._waited = False      # a record somebody waits for is queued (see record's ``urgent``)
         self._queued = 0          # records queued so far, and applied so far (for flush)
         self._applied = 0
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
@@ -311,15 +313,12 @@ class LedgerThread:
 
     # --- records (write-behind) -----------------------------------------------------------------
 
-    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None,
-               urgent: bool = True) -> Future[Any] | None:
+    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None) -> Future[Any] | None:
         """Queues one journal record (a JSON object and a newline) for the next batch. ``durable``:
         appended to the journal file first, so from now on a ``kill -9`` cannot lose it (raises
         OSError when the file cannot be written). Returns a Future of ``after()`` (run on this
         thread once the record is applied) when ``after`` is given or the record is not durable
-        before it is applied (no journal: await it before answering); else None. Not ``urgent``:
-        nobody waits for it (Redis keeps it meanwhile), so it gathers with others for
-        BATCH_DELAY_S."""
+        before it is applied (no journal: await it before answering); else None."""
         if self._native is not None:
             return self._record_native(line, durable, after)
         future: Future[Any] | None = None
@@ -337,8 +336,6 @@ class LedgerThread:
             if after is not None or (durable and not journaled):
                 future = _Uncancellable()
                 self._after.append((future, after))
-            waited = future is not None and urgent
-            self._waited = self._waited or waited
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
@@ -349,11 +346,11 @@ class LedgerThread:
                 # on PostgreSQL) lets others gather behind it; one a response waits for, or any
                 # call queued behind the batch, sets it going at once (on PostgreSQL the decided row
                 # and the final record of a quick request are one round trip, not two in a row).
-                if not waited:
+                if future is None:
                     self._put(self._apply_later, hurry=False)
                 else:
                     self._put(self._apply_pending)
-        elif waited:
+        elif future is not None:
             self._hurry.set()
         return future
 
@@ -417,7 +414,7 @@ class LedgerThread:
         # this thread takes the GIL once per batch rather than once per request; until something
         # waits for the batch (see record).
         with self._lock, self._start_lock:
-            if not self._waited and self._jobs_pending <= 1:
+            if not self._after and self._jobs_pending <= 1:
                 self._hurry.clear()  # left from a call that ran already: nothing waits now
         self._hurry.wait(BATCH_DELAY_S)
         self._apply_pending()
@@ -425,7 +422,7 @@ class LedgerThread:
     def _apply_pending(self) -> None:
         with self._lock:
             batch, after, self._records, self._after = self._records, self._after, [], []
-            self._scheduled = self._waited = False
+            self._scheduled = False
             self._hurry.clear()  # whatever waited for the records is in this batch
             applied_to = self._queued
             if self.journal is not None:

@@ -116,19 +116,17 @@ class Reconcile:
             p.row_json = self._row_json(p)
         line = _core.journal_record(p.id, p.row_json, fields, levels, reserved, actual, reserved_tokens, tokens,
                                     fields["finished_at"] if levels else 0.0)
-        if shared is not None and p.state_mode == "shared" and not self.thread.write_behind:
+        if shared is not None and p.state_mode == "shared" and not self.thread.write_behind and after is None:
             # Redis keeps the record until the ledger commits it (see SharedLimits.settle): the
-            # response waits for Redis (p.settled), not for the ledger.
-            def committed() -> Any:
-                shared.committed(p.id)
-                return after() if after is not None else None
-
+            # response waits for Redis (p.settled), not for the ledger. (Not when budget alerts
+            # read the row once applied: they fire in request order when the response waits.)
             shared.settle(p, *settlement, record=line[:-1])  # (first: the commit may be reported at once)
-            p.record_written = written = self.thread.record(line, after=committed, urgent=False)
+            p.record_written = written = self.thread.record(line, after=lambda: shared.committed(p.id))
             return written, None
         written = self.thread.record(line, after=after)
         if shared is not None:
             shared.settle(p, *settlement)
+            p.settle_awaited = not self.thread.write_behind
         return written, (None if self.thread.write_behind else written)
 
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any] | None]:

@@ -203,7 +203,7 @@ class Upstream:
                         log.error("tokenlane: ledger row of %s still pending (the ledger is retrying)", p.id)
                     except StorageError:
                         log.error("tokenlane: ledger row of %s not written: %s", p.id, fields)
-                if p.record_written is not None:
+                if p.settling is not None:
                     # (A second cancellation while waiting ends the wait; the first one goes on.)
                     with contextlib.suppress(asyncio.CancelledError):
                         await p.settled()
