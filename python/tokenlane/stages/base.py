@@ -475,9 +475,10 @@ class LedgerThread:
             elif self._jobs_pending or self._applied < self._queued:
                 self.submit(lambda: None).result()  # calls queued before (tags, ...) and the records
             return
-        if self._applied >= self._queued:
-            return
-        if threading.current_thread() is self._thread or self._closed or self._thread is None:
+        on_thread = threading.current_thread() is self._thread or self._closed or self._thread is None
+        if self._applied >= self._queued and (on_thread or not self._jobs_pending):
+            return  # (a call queued before, such as a request's tags, is waited for too)
+        if on_thread:
             self._apply_pending()
             return
         self.submit(lambda: None).result()
