@@ -15,8 +15,9 @@ side by side in one run on private PostgreSQL and Redis servers (scripts/service
 Every variant with tokenlane has a budget per key (reserved on every request) and a global
 concurrency limit (a Redis slot per request with Redis). For each replica count, every variant's N
 replicas run at once. The load generator (this process, one asyncio client) sends sequential
-requests to each variant in turn (bare, sqlite, pg, ..., bare, sqlite, ...; each variant's
-replicas round robin), so every variant meets the same moments of a shared machine's load: their
+requests to each variant in turn (bare, sqlite, pg, ..., then sqlite, pg, ..., bare: the rotation
+starts one later each round; each variant's replicas round robin), so every variant meets the same
+moments of a shared machine's load and follows each other variant equally often: their
 latencies (p50/p99; "added" = minus bare's p50) compare within the run. Then ``--concurrency``
 clients give each variant's throughput, one variant at a time. Redis commands per request come
 from Redis's own INFO commandstats (each Redis variant has a database of its own; the counts are
@@ -74,20 +75,33 @@ async def sequential(client: Any, urls: list[str], n: int, key: int = 0) -> list
     return times
 
 
-async def concurrent(client: Any, urls: list[str], n: int, clients: int) -> tuple[float, float]:
-    """(requests per second, load generator CPU seconds per wall second)."""
+async def concurrent(client: Any, urls: list[str], n: int, clients: int) -> tuple[float, float, int]:
+    """(requests per second, load generator CPU seconds per wall second, requests sent again)."""
+    import httpx
+
     counter = iter(range(n))
+    resent = 0
 
     async def worker() -> None:
+        nonlocal resent
         for i in counter:
-            r = await client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY,
-                                  headers={"authorization": f"Bearer {KEYS[i % len(KEYS)]}"})
+            for attempt in range(3):
+                try:
+                    r = await client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY,
+                                          headers={"authorization": f"Bearer {KEYS[i % len(KEYS)]}"})
+                    break
+                except httpx.TransportError:
+                    # A pooled connection the server closed as it was reused (seen once in a run on a
+                    # loaded 2-core machine): send again on a fresh one, counted in the JSON.
+                    if attempt == 2:
+                        raise
+                    resent += 1
             assert r.status_code == 200, r.text
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
-    return n / wall, (time.process_time() - cpu0) / wall
+    return n / wall, (time.process_time() - cpu0) / wall, resent
 
 
 def redis_calls(url: str) -> dict[str, int]:
@@ -126,9 +140,14 @@ def measure(replicas: int, envs: dict[str, dict[str, str]], redis_urls: dict[str
                 for name, group in groups.items():
                     await sequential(client, group.urls, 40 * replicas)  # warm-up: imports, caches, pools
                     await stages(name)
+                names = list(groups)
                 for i in range(args.latency_requests):
-                    for name, group in groups.items():
-                        times[name] += await sequential(client, group.urls[i % replicas:], 1, key=i)
+                    # The rotation starts one variant later each round, so that every variant follows
+                    # each other one equally often: a request right after another variant's (whose
+                    # replica is still writing its ledger rows) is slower, and an A/A run with a fixed
+                    # order gave the same code 0.7 ms more added p50 in one place than in the other.
+                    for name in names[i % len(names):] + names[:i % len(names)]:
+                        times[name] += await sequential(client, groups[name].urls[i % replicas:], 1, key=i)
                 for name in groups:
                     seq_stages[name] = await stages(name)
                 rows = []
@@ -139,14 +158,14 @@ def measure(replicas: int, envs: dict[str, dict[str, str]], redis_urls: dict[str
                     await sequential(client, group.urls, 2 * replicas)
                     await stages(name)
                     before = redis_calls(redis_url) if redis_url else {}
-                    rps, cpu = await concurrent(client, group.urls, args.requests, args.concurrency)
+                    rps, cpu, resent = await concurrent(client, group.urls, args.requests, args.concurrency)
                     after = redis_calls(redis_url) if redis_url else {}
                     calls = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
                     calls.pop("info", None)
                     rows.append({
                         "variant": name, "replicas": replicas, "p50_ms": statistics.median(times[name]),
                         "p99_ms": statistics.quantiles(times[name], n=100)[98], "throughput_rps": rps,
-                        "loadgen_cpu": cpu, "stages": {"sequential": seq_stages[name],
+                        "loadgen_cpu": cpu, "resent": resent, "stages": {"sequential": seq_stages[name],
                                                        "concurrent": await stages(name)},
                         "redis_commands_per_request": sum(calls.values()) / args.requests if redis_url else None,
                         "redis_scripts_per_request": (calls.get("evalsha", 0) + calls.get("eval", 0)) / args.requests

@@ -200,3 +200,25 @@ def test_replicas_on_two_hosts_fire_once_through_redis(tmp_path):
         # A fresh process of host 0 knows what fired (from Redis) and stays quiet.
         again = Alerts(open_alert_marks(Sidecar(str(tmp_path / "host0.db")), url), forecast=False)
         assert again.check("acme", usage(10.0), now=102) == []
+
+
+def test_a_budgets_alerts_are_delivered_in_order_retries_included(tmp_path):
+    """Alerts checked together (records applied in one batch: 50 % and 80 % at once) or one
+    right after the other go out in the order the spend crossed them, even when the first post
+    fails and is retried."""
+    from tokenlane.stages.observe import Observe
+
+    with Receiver(fail_first=1) as receiver:
+        alerts = Alerts(AlertMarks(Sidecar(str(tmp_path / "o.db"))), forecast=False, webhook=receiver.url,
+                        backoff_s=0.05)
+        half, most = alerts.check("acme", usage(8.5), now=10)
+        observe = Observe(None, None, lambda tenant: True, lambda: 10.0, alerts=alerts)  # type: ignore[arg-type]
+
+        async def main() -> None:
+            observe._loop = asyncio.get_running_loop()
+            observe._spawn(half)
+            observe._spawn(most)
+            await observe.drain()
+
+        asyncio.run(main())
+    assert [json.loads(body)["threshold"] for _, body in receiver.posts] == [0.5, 0.5, 0.8]

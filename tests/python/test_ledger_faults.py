@@ -347,3 +347,34 @@ def test_a_write_whose_waiter_is_cancelled_still_runs():
     finally:
         busy.set()
     assert done == ["row updated", "next"]
+
+
+def test_a_records_callback_sees_the_ledger_as_of_its_own_batch():
+    """A record's callback that reads the ledger (a budget alert's check: the read flushes first)
+    runs before the callbacks of records queued after it, and does not apply them: the alerts of
+    a sequence of requests are checked in request order."""
+    from tokenlane.stages.base import LedgerThread
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.applied: list[bytes] = []
+
+        def apply_journal(self, data: bytes) -> list[str]:
+            self.applied += data.splitlines()
+            return []
+
+    ledger = Ledger()
+    thread = LedgerThread(ledger=ledger)
+    seen: list[tuple[str, list[bytes]]] = []
+
+    def first() -> None:
+        thread.record(b'{"id": "b"}\n', after=lambda: seen.append(("b", list(ledger.applied))))
+        thread.flush()  # as a ledger read does
+        seen.append(("a", list(ledger.applied)))
+
+    try:
+        thread.record(b'{"id": "a"}\n', after=first).result(timeout=10)
+        thread.flush()
+    finally:
+        thread.close()
+    assert seen == [("a", [b'{"id": "a"}']), ("b", [b'{"id": "a"}', b'{"id": "b"}'])]

@@ -222,6 +222,8 @@ class LedgerThread:
         self._records: list[bytes] = []
         self._after: list[tuple[Future[Any], Callable[[], Any] | None]] = []
         self._scheduled = False   # an apply job is queued
+        self._waited = False      # a record a response waits for is queued (see record's ``waited``)
+        self._in_after = False    # this thread is running the callbacks of an applied batch
         self._queued = 0          # records queued so far, and applied so far (for flush)
         self._applied = 0
         self._retired: list[Any] = []  # journal files whose records are all applied once this batch is
@@ -313,12 +315,15 @@ class LedgerThread:
 
     # --- records (write-behind) -----------------------------------------------------------------
 
-    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None) -> Future[Any] | None:
+    def record(self, line: bytes, *, durable: bool = True, after: Callable[[], Any] | None = None,
+               waited: bool = True) -> Future[Any] | None:
         """Queues one journal record (a JSON object and a newline) for the next batch. ``durable``:
         appended to the journal file first, so from now on a ``kill -9`` cannot lose it (raises
         OSError when the file cannot be written). Returns a Future of ``after()`` (run on this
         thread once the record is applied) when ``after`` is given or the record is not durable
-        before it is applied (no journal: await it before answering); else None."""
+        before it is applied (no journal: await it before answering); else None. Not ``waited``:
+        no response waits for the Future (Redis keeps the record meanwhile), so the record gathers
+        with others for BATCH_DELAY_S, as a record with no Future does."""
         if self._native is not None:
             return self._record_native(line, durable, after)
         future: Future[Any] | None = None
@@ -336,6 +341,8 @@ class LedgerThread:
             if after is not None or (durable and not journaled):
                 future = _Uncancellable()
                 self._after.append((future, after))
+            hurry = future is not None and waited
+            self._waited = self._waited or hurry
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
@@ -346,11 +353,11 @@ class LedgerThread:
                 # on PostgreSQL) lets others gather behind it; one a response waits for, or any
                 # call queued behind the batch, sets it going at once (on PostgreSQL the decided row
                 # and the final record of a quick request are one round trip, not two in a row).
-                if future is None:
+                if not hurry:
                     self._put(self._apply_later, hurry=False)
                 else:
                     self._put(self._apply_pending)
-        elif future is not None:
+        elif hurry:
             self._hurry.set()
         return future
 
@@ -414,7 +421,7 @@ class LedgerThread:
         # this thread takes the GIL once per batch rather than once per request; until something
         # waits for the batch (see record).
         with self._lock, self._start_lock:
-            if not self._after and self._jobs_pending <= 1:
+            if not self._waited and self._jobs_pending <= 1:
                 self._hurry.clear()  # left from a call that ran already: nothing waits now
         self._hurry.wait(BATCH_DELAY_S)
         self._apply_pending()
@@ -422,7 +429,7 @@ class LedgerThread:
     def _apply_pending(self) -> None:
         with self._lock:
             batch, after, self._records, self._after = self._records, self._after, [], []
-            self._scheduled = False
+            self._scheduled = self._waited = False
             self._hurry.clear()  # whatever waited for the records is in this batch
             applied_to = self._queued
             if self.journal is not None:
@@ -451,11 +458,17 @@ class LedgerThread:
         for problem in skipped:
             log.error("tokenlane: ledger record skipped: %s", problem)
         self._applied = max(self._applied, applied_to)
-        for future, fn in after:
-            try:
-                future.set_result(fn() if fn is not None else None)
-            except BaseException as exc:
-                future.set_exception(exc)
+        # A callback that reads the ledger (a budget alert's check) flushes it first: that must not
+        # apply the records queued since this batch and run their callbacks inside this one's.
+        self._in_after = True
+        try:
+            for future, fn in after:
+                try:
+                    future.set_result(fn() if fn is not None else None)
+                except BaseException as exc:
+                    future.set_exception(exc)
+        finally:
+            self._in_after = False
         retired, self._retired = self._retired, []
         for path in retired:
             path.unlink(missing_ok=True)
@@ -478,6 +491,8 @@ class LedgerThread:
         on_thread = threading.current_thread() is self._thread or self._closed or self._thread is None
         if self._applied >= self._queued and (on_thread or not self._jobs_pending):
             return  # (a call queued before, such as a request's tags, is waited for too)
+        if on_thread and self._in_after:
+            return  # (see _apply_pending: a record's callback sees the ledger as of its batch)
         if on_thread:
             self._apply_pending()
             return

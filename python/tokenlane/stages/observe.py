@@ -46,6 +46,7 @@ class Observe:
         self.telemetry = telemetry
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._last: dict[tuple[str, str], asyncio.Task[Any]] = {}  # each budget's latest delivery
 
     # --- ledger thread -----------------------------------------------------------------------------
 
@@ -111,9 +112,23 @@ class Observe:
         if self.alerts is None:
             log.warning("tokenlane anomaly: %s", getattr(event, "message", event))
             return
-        task = asyncio.ensure_future(self.alerts.deliver(event), loop=self._loop)
+        # A budget's alerts go out in the order its spend crossed them (its checks run in ledger
+        # order; one check may find 50 % and 80 % crossed at once, lowest first): each waits for
+        # the delivery before it, retries included. Different budgets' are independent.
+        chain = (event.principal, event.level) if isinstance(event, Alert) else None
+        before = self._last.get(chain) if chain is not None else None
+        task = asyncio.ensure_future(self._deliver_after(before, event), loop=self._loop)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if chain is not None:
+            self._last[chain] = task
+            task.add_done_callback(lambda t: self._last.pop(chain, None) if self._last.get(chain) is t else None)
+
+    async def _deliver_after(self, before: asyncio.Task[Any] | None, event: Alert | Anomaly) -> None:
+        assert self.alerts is not None
+        if before is not None:
+            await asyncio.wait({before})
+        await self.alerts.deliver(event)
 
     async def drain(self) -> None:
         """Waits for the deliveries in flight (tests, shutdown)."""

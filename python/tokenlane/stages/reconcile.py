@@ -116,12 +116,16 @@ class Reconcile:
             p.row_json = self._row_json(p)
         line = _core.journal_record(p.id, p.row_json, fields, levels, reserved, actual, reserved_tokens, tokens,
                                     fields["finished_at"] if levels else 0.0)
-        if shared is not None and p.state_mode == "shared" and not self.thread.write_behind and after is None:
+        if shared is not None and p.state_mode == "shared" and not self.thread.write_behind:
             # Redis keeps the record until the ledger commits it (see SharedLimits.settle): the
-            # response waits for Redis (p.settled), not for the ledger. (Not when budget alerts
-            # read the row once applied: they fire in request order when the response waits.)
+            # response waits for Redis (p.settled), not for the ledger. Budget alerts (``after``)
+            # are checked on the ledger thread once the record is applied, in record order.
+            def committed() -> Any:
+                shared.committed(p.id)
+                return after() if after is not None else None
+
             shared.settle(p, *settlement, record=line[:-1])  # (first: the commit may be reported at once)
-            p.record_written = written = self.thread.record(line, after=lambda: shared.committed(p.id))
+            p.record_written = written = self.thread.record(line, after=committed, waited=False)
             return written, None
         written = self.thread.record(line, after=after)
         if shared is not None:
