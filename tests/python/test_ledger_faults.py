@@ -253,10 +253,14 @@ def test_disk_full_refuses_with_503_keeps_answered_rows_and_recovers(disk):
         disk.clear(server)
         answered: dict[str, httpx.Response] = {}
         t = threading.Thread(target=lambda: answered.setdefault("r", server.chat()))
+        sent = time.monotonic()
         t.start()
         wait_for(lambda: reader.status_counts()["running"] == 1, "the request was not admitted")
         disk.full(server)
-        time.sleep(SLOW_S + 0.3)  # the model answered; the row's write is being retried
+        # The model answered (SLOW_S after the request was sent, or later on a loaded machine); the
+        # row's write is being retried. Timed from the send, not from when this thread saw the row
+        # running (that lag, under load, once put the clearing past the 1 s retry window).
+        time.sleep(max(0.0, sent + SLOW_S + 0.3 - time.monotonic()))
         disk.clear(server)
         t.join(timeout=60)
         r = answered["r"]
