@@ -132,7 +132,6 @@ class Priced:
     prepared: Any = None  # the core's PreparedChat (fast path): the estimator learns from it after the response
     settling: Any = None  # the shared state's settlement (an asyncio task): see settled()
     record_written: Any = None  # the ledger's Future of the final record Redis keeps meanwhile
-    settle_awaited: bool = False  # the response waits for the settlement (no journal): see settled()
 
     async def settled(self, timeout_s: float = 1.0) -> None:
         """When Redis keeps the request's final ledger record (``record_written``): waits until
@@ -140,11 +139,9 @@ class Priced:
         next, its usage, is settled), or, when Redis did not within ``timeout_s`` (unreachable: it
         retries on its own), until the ledger has the record instead. Every answered request is in
         Redis or in the ledger. (With a journal the record is durable already: nothing to wait for.)"""
-        s = self.settling
         if self.record_written is None:
-            if self.settle_awaited and s is not None and not s.done():  # alongside the ledger's write
-                await asyncio.wait({s}, timeout=timeout_s)
             return
+        s = self.settling
         if s is not None and not s.done():
             await asyncio.wait({s}, timeout=timeout_s)
         if s is None or not s.done() or s.cancelled() or s.exception() is not None or not s.result():

@@ -130,7 +130,6 @@ class Reconcile:
         written = self.thread.record(line, after=after)
         if shared is not None:
             shared.settle(p, *settlement)
-            p.settle_awaited = not self.thread.write_behind
         return written, (None if self.thread.write_behind else written)
 
     def __call__(self, p: Priced, outcome: Outcome) -> tuple[dict[str, Any], Future[Any] | None]:
