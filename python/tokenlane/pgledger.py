@@ -73,6 +73,7 @@ _USER_COLUMNS = ("id, email, name, role, COALESCE(tenant, email) AS tenant, team
                  "created_at")
 _BUDGET_COLUMNS = ("tenant, limit_pico_usd, limit_tokens, period AS window, window_start, spent_pico_usd, "
                    "reserved_pico_usd, spent_tokens, reserved_tokens, updated_at")
+LOST = "replica lost: its lease expired"  # the error the lease sweep ends a row with
 _KEY = re.compile(r"tl-[A-Za-z0-9_-]{40}")
 _WRITES = ("insert_request", "update_request", "settle", "release")  # what the spool keeps
 # Writes that are one statement (or one pipeline, which is one implicit transaction): they insert
@@ -118,7 +119,8 @@ DECLARE
   i INTEGER;
   p_t TEXT;
 BEGIN
-  -- Every writer locks the budget rows it changes in one order (see _LOCK_BUDGETS): no deadlock.
+  -- Every writer locks the budget rows it changes first, in name order: none waits for another
+  -- in a circle (a deadlock, which PostgreSQL would end by rolling one back).
   PERFORM 1 FROM budgets WHERE tenant = ANY(p_tenants) ORDER BY tenant FOR UPDATE;
   FOR i IN 1 .. COALESCE(array_length(p_tenants, 1), 0) LOOP
     p_t := p_tenants[i];
@@ -144,7 +146,10 @@ _RESERVE_ALL = ("SELECT tokenlane_reserve_all(%(tenants)s, %(a)s, %(k)s, %(now)s
 # replay, whose transaction inserts it). Per record: the decided row (inserted once); with the final
 # fields, the row inserted with them or updated to them (the columns the record names, no others),
 # its hold ended and every level settled as _SETTLE_LEVEL does (the reservation freed only while the
-# hold was in force). The budget rows of the whole batch are locked first, in name order, as every
+# hold was in force). A final record whose row a final record finished already is skipped whole
+# (applied once: by another replica that adopted it from Redis while its own replica stalled, or
+# by both at once); only the lease sweep's guess (LOST) is replaced. The check is the write's own
+# WHERE, which PostgreSQL evaluates again on the newest row when a concurrent write got there first. The budget rows of the whole batch are locked first, in name order, as every
 # writer of budgets does. Window starts (UTC hour, day, month of the record's time) are computed here,
 # as budget_window() does. Returns how many records it applied.
 _FINAL_SET = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN excluded.{c} ELSE q.{c} END"
@@ -152,6 +157,8 @@ _FINAL_SET = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN excluded.{c} ELSE q.
 _FINAL_UPDATE = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN f.{c} ELSE q.{c} END"
                           for c in _REQUEST_COLUMNS if c != "id")
 _V = {"h": "v_h", "d": "v_d", "m": "v_m"}
+# A row no final record has finished yet (the lease sweep's ending is a guess a record replaces).
+_OPEN = "(%(t)s.finished_at IS NULL OR %(t)s.error = '" + LOST + "')"
 _APPLY_RECORDS_FUNCTION = ("""CREATE OR REPLACE FUNCTION tokenlane_apply_records(p_mark TEXT, p_at DOUBLE PRECISION,
     p_records JSONB) RETURNS INTEGER LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -176,10 +183,13 @@ BEGIN
       IF v_rec ? 'row' THEN
         INSERT INTO requests AS q SELECT * FROM jsonb_populate_record(NULL::requests,
             (v_rec->'row') || v_fin || jsonb_build_object('id', v_id))
-        ON CONFLICT (id) DO UPDATE SET """ + _FINAL_SET + """;
+        ON CONFLICT (id) DO UPDATE SET """ + _FINAL_SET + """
+        WHERE """ + _OPEN % {"t": "q"} + """;
+        CONTINUE WHEN NOT FOUND;
       ELSE
         UPDATE requests AS q SET """ + _FINAL_UPDATE + """
-        FROM jsonb_populate_record(NULL::requests, v_fin) AS f WHERE q.id = v_id;
+        FROM jsonb_populate_record(NULL::requests, v_fin) AS f WHERE q.id = v_id AND """ + _OPEN % {"t": "q"} + """;
+        CONTINUE WHEN NOT FOUND AND EXISTS (SELECT 1 FROM requests WHERE id = v_id);
       END IF;
       IF jsonb_typeof(v_rec->'budgets') = 'array' AND jsonb_array_length(v_rec->'budgets') > 0 THEN
         v_now := (v_rec->>'now')::DOUBLE PRECISION;
@@ -217,11 +227,6 @@ BEGIN
   RETURN v_n;
 END $fn$""")
 _APPLY_RECORDS = "SELECT tokenlane_apply_records(%s, %s, %s::jsonb) AS n"
-
-# A batch of settlements locks every budget row it will change first, in the order of their names,
-# as a reservation does: two of them never wait for each other in a circle (a deadlock, which
-# PostgreSQL would end by rolling one back).
-_LOCK_BUDGETS = "SELECT 1 FROM budgets WHERE tenant = ANY(%(levels)s) ORDER BY tenant FOR UPDATE"
 
 # One level's settlement as one statement (no read on the client, so a batch of them is pipelined):
 # frees the reservation (pico-USD %(r)s, tokens %(rk)s) only while the request's hold is in force
@@ -742,13 +747,8 @@ class PostgresLedger:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                statements = _record_statements(record)
-                levels = sorted(set(record.get("budgets") or ())) if "final" in record else []
-                if levels:
-                    statements.insert(0, (_LOCK_BUDGETS, {"levels": levels}))
-                if statements:
-                    self._write("statements", {"statements": statements})
+                _check_record(json.loads(line))
+                self._write("records", {"payload": "[" + line.decode("utf-8") + "]"})
             except (InvalidArgumentError, ValueError, KeyError, TypeError) as exc:
                 skipped.append(f"{exc}: {line[:200]!r}")
             except psycopg.Error as exc:  # e.g. a user_id that names no user
@@ -757,6 +757,8 @@ class PostgresLedger:
 
     def _apply_statements(self, conn: Any, statements: list[Any], replayed: bool = False,
                           mark: str | None = None) -> None:
+        # Replays a spool written by a build before 2026-12-07, whose record-by-record writes were
+        # statement lists (they are records now: "records").
         # (In a pipeline the server runs every statement up to the sync in one transaction, even
         # on an autocommit connection: all commit, or none.)
         with conn.pipeline():
@@ -1105,41 +1107,29 @@ upd AS (UPDATE budgets b SET reserved_pico_usd = GREATEST(b.reserved_pico_usd - 
 ev AS (INSERT INTO budget_events (tenant, kind, amount_pico_usd, reserved_pico_usd, at, tokens)
        SELECT tenant, 'release', a, NULL, %(now)s, k FROM upd),
 rq AS (UPDATE requests SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE 'failed' END,
-       finished_at = %(now)s, error = 'replica lost: its lease expired'
+       finished_at = %(now)s, error = '""" + LOST + """'
        WHERE finished_at IS NULL AND status IN ('running', 'queued')
          AND (id IN (SELECT request_id FROM gone) OR owner IN (SELECT owner FROM dead)))
 SELECT (SELECT COUNT(*) FROM gone) AS n, (SELECT COUNT(*) FROM renewed) AS renewed"""
 
 
-def _record_statements(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The statements of one ledger record (see :meth:`PostgresLedger.apply_journal`): none reads."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    if "row" in r:  # the decided row (or, with the final record, the row not inserted yet): once
+def _check_record(r: dict[str, Any]) -> None:
+    """The checks the core's ledger makes of one ledger record (see :meth:`PostgresLedger.apply_journal`),
+    with its messages."""
+    if "row" in r:
         row = dict(r["row"])
         row.setdefault("created_at", time.time())
         _check_request_fields(row)
-        out.append((f"INSERT INTO requests ({', '.join(row)}) VALUES ({', '.join(f'%({k})s' for k in row)}) "
-                    "ON CONFLICT (id) DO NOTHING", row))
     if "final" in r:
         fields = dict(r["final"])
         fields.pop("id", None)
         _check_request_fields(fields)
-        if fields:
-            out.append((f"UPDATE requests SET {', '.join(f'{k} = %({k})s' for k in fields)} WHERE id = %(_id)s",
-                        {**fields, "_id": r["id"]}))
-        levels = r.get("budgets") or []
-        for t in levels:
+        for t in r.get("budgets") or []:
             _check_tenant(t)
-        if levels:
-            now, hold = float(r["now"]), r["id"]
-            # The hold's row is locked first: a sweeper cannot release it between the levels.
-            out.append(("SELECT 1 FROM holds WHERE request_id = %(hold)s FOR UPDATE", {"hold": hold}))
-            amounts = {"r": int(r.get("reserved") or 0), "x": int(r.get("actual") or 0),
-                       "rk": int(r.get("reserved_tokens") or 0), "xk": int(r.get("tokens") or 0)}
-            for t in levels:
-                out.append((_SETTLE_LEVEL, {"t": t, **amounts, "now": now, "hold": hold, **window_starts(now)}))
-            out.append(("DELETE FROM holds WHERE request_id = %(hold)s", {"hold": hold}))
-    return out
+        if r.get("budgets"):
+            float(r["now"])
+            for k in ("reserved", "actual", "reserved_tokens", "tokens"):
+                int(r.get(k) or 0)
 
 
 def _end_hold(conn: Any, hold: str) -> bool:

@@ -220,9 +220,10 @@ def test_write_rolled_back_with_the_connection_is_replayed(pg_url: str, tmp_path
 
 def test_a_batch_of_records_is_one_statement_and_a_bad_record_only_skips_itself(pg_url: str, tmp_path: Path) -> None:
     """apply_journal runs the batch as one call of tokenlane_apply_records: the decided row, the
-    final fields (only those named), the hold ended and every level settled once. A batch the
-    database refuses (a record naming a user that does not exist) is applied record by record:
-    the others are applied, the bad one is reported as skipped."""
+    final fields (only those named), the hold ended and every level settled once; the same final
+    record given again changes nothing. A batch the database refuses (a record naming a user that
+    does not exist) is applied record by record, with the same rules: the others are applied, the
+    bad one is reported as skipped."""
     led = PostgresLedger(pg_url, spool=str(tmp_path / "spool.db"))
     led.set_budget("t", 10**9, window="day", now=NOON)
     assert led.reserve_all(["org:o", "t"], 900, NOON, hold="r1", tokens=50) == -1
@@ -232,19 +233,62 @@ def test_a_batch_of_records_is_one_statement_and_a_bad_record_only_skips_itself(
              "now": NOON + 1}
     lines = b"".join(json.dumps(r).encode() + b"\n" for r in (decided, final))
     assert led.apply_journal(lines) == []
-    assert led.apply_journal(lines) == []  # the final again (as a replay would): the row stays as it is
-    row = led.get_request("r1")
-    assert (row["status"], row["cost_pico_usd"], row["model"], row["finished_at"]) == ("succeeded", 400, "m", NOON + 1)
-    assert led.holds() == []
-    for level in ("org:o", "t"):
-        b = led.get_budget(level)
-        # settled twice (the records were given twice), the reservation freed once (the hold ended once)
-        assert (b["spent_pico_usd"], b["reserved_pico_usd"], b["spent_tokens"], b["reserved_tokens"]) == (800, 0, 60, 0)
-        settles = [e for e in led.budget_events(level) if e["kind"] == "settle"]
-        assert sorted((e["reserved_pico_usd"], e["reserved_tokens"]) for e in settles) == [(0, 0), (900, 50)]
+    again = dict(final, final={**final["final"], "cost_pico_usd": 999})
+    assert led.apply_journal(json.dumps(again).encode() + b"\n") == []  # applied already: changes nothing
+
+    def check() -> None:
+        row = led.get_request("r1")
+        assert (row["status"], row["cost_pico_usd"], row["model"], row["finished_at"]) == ("succeeded", 400, "m", NOON + 1)
+        assert led.holds() == []
+        for level in ("org:o", "t"):
+            b = led.get_budget(level)
+            assert (b["spent_pico_usd"], b["reserved_pico_usd"], b["spent_tokens"], b["reserved_tokens"]) == (400, 0, 30, 0)
+            settles = [e for e in led.budget_events(level) if e["kind"] == "settle"]
+            assert [(e["reserved_pico_usd"], e["reserved_tokens"]) for e in settles] == [(900, 50)]
+
+    check()
     bad = {"id": "r2", "row": {"id": "r2", "tenant": "t", "status": "running", "created_at": NOON, "user_id": 999}}
     good = {"id": "r3", "row": {"id": "r3", "tenant": "t", "status": "running", "created_at": NOON}}
-    skipped = led.apply_journal(b"".join(json.dumps(r).encode() + b"\n" for r in (bad, good)))
+    skipped = led.apply_journal(b"".join(json.dumps(r).encode() + b"\n" for r in (bad, good, again)))
     assert len(skipped) == 1 and "r2" in skipped[0]
     assert led.get_request("r2") is None and led.get_request("r3")["status"] == "running"
+    check()  # (record by record too: the final record given again changed nothing)
     led.close()
+
+
+def test_a_final_record_is_applied_once_whichever_replica_applies_it(pg_url: str, tmp_path: Path) -> None:
+    """A replica stalled past its lease: the lease sweep ends its request as lost, other replicas
+    adopt its final record from Redis, two of them at the same moment, and then the stalled replica
+    commits the record itself. The record's answer replaces the sweep's guess once, and the spend
+    is charged once."""
+    led = Ledger(pg_url, spool=str(tmp_path / "a.db"), lease_s=2.0)
+    others = [Ledger(pg_url, spool=str(tmp_path / f"o{i}.db"), lease_s=2.0) for i in range(2)]
+    now = time.time()
+    led.set_budget("t", 10**9, window="total", now=now)
+    assert led.reserve_all(["t"], 900, now, hold="r1", owner="stalled:1:1") == -1
+    row = {"id": "r1", "tenant": "t", "status": "running", "created_at": now}
+    led.insert_request(dict(row))
+    assert led.expire_holds(now + 5) == 1
+    assert led.get_request("r1")["error"] == "replica lost: its lease expired"
+    record = json.dumps({"id": "r1", "row": row, "budgets": ["t"], "reserved": 900, "actual": 400, "now": now + 1,
+                         "final": {"status": "succeeded", "cost_pico_usd": 400, "finished_at": now + 1,
+                                   "error": None}}).encode() + b"\n"
+    start = threading.Barrier(2)
+
+    def adopt(ledger: Ledger) -> None:
+        start.wait()
+        assert ledger.apply_journal(record) == []
+
+    threads = [threading.Thread(target=adopt, args=(o,)) for o in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert led.apply_journal(record) == []  # the stalled replica, late
+    r = led.get_request("r1")
+    assert (r["status"], r["cost_pico_usd"], r["error"]) == ("succeeded", 400, None)
+    b = led.get_budget("t")
+    assert (b["spent_pico_usd"], b["reserved_pico_usd"]) == (400, 0)
+    assert [e["kind"] for e in led.budget_events("t")].count("settle") == 1
+    for ledger in (led, *others):
+        ledger.close()

@@ -22,6 +22,7 @@ from ..ledger import Ledger
 from ..metrics import Metrics
 from ..state.fairshare import FleetService
 from ..state.redis import BudgetHold, BudgetSeed, Limits, Service, StateUnavailable, current_minute
+from ..pgledger import LOST
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
@@ -30,7 +31,6 @@ from .budget import Budget, over_budget_message
 log = logging.getLogger("tokenlane")
 
 UNFINISHED = ("running", "queued", "deferred")
-LOST = "replica lost: its lease expired"  # the error the PostgreSQL lease sweep ends a row with
 
 
 class SharedLimits:
