@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace tokenlane::bindings {
@@ -37,6 +38,10 @@ class ReleaseGilIf {
 };
 // Texts up to this size are counted without releasing the GIL (tens of µs of work).
 inline constexpr std::size_t kKeepGilBytes = std::size_t{1} << 14;
+
+// Appends obj as json.dumps(obj) writes it (compact: with separators=(',', ':')): dicts, lists,
+// tuples, str, int, float, bool and None; raises as json.dumps does (py::error_already_set).
+void append_json(std::string& out, PyObject* obj, bool compact);
 
 // A Python str as UTF-8, kept alive by `holder` (valid while the GIL is released). Lone surrogates
 // are replaced by U+FFFD as tiktoken does, so no str ever raises here.

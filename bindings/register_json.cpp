@@ -56,9 +56,17 @@ const AsciiEscapes kEscapes;
 
 class JsonWriter {
  public:
-  explicit JsonWriter(bool compact) : item_sep_(compact ? "," : ", "), key_sep_(compact ? ":" : ": ") {
+  // Appends to `to` (taken over while the writer lives: its memory is reused).
+  JsonWriter(bool compact, std::string& to)
+      : item_sep_(compact ? "," : ", "), key_sep_(compact ? ":" : ": "), to_(to) {
+    out.swap(to);
+  }
+  explicit JsonWriter(bool compact) : JsonWriter(compact, own_) {
     out.reserve(1024);  // a ledger row with its 2,000-character prompt preview fits a few of these
   }
+  ~JsonWriter() { out.swap(to_); }
+  JsonWriter(const JsonWriter&) = delete;
+  JsonWriter& operator=(const JsonWriter&) = delete;
 
   std::string out;
 
@@ -123,6 +131,8 @@ class JsonWriter {
  private:
   const char* item_sep_;
   const char* key_sep_;
+  std::string own_;  // `to` when the writer has no caller's string
+  std::string& to_;
   std::vector<PyObject*> open_;  // containers being written: json.dumps's circular-reference check
 
   // Enters a container: Python's recursion limit and the circular check, as json.dumps does.
@@ -288,6 +298,11 @@ void settle_int(JsonWriter& w, const char* name, py::handle v) {
 }
 
 }  // namespace
+
+void append_json(std::string& out, PyObject* obj, bool compact) {
+  JsonWriter w(compact, out);
+  w.value(obj);
+}
 
 void register_json(py::module_& m) {
   m.def(

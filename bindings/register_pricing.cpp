@@ -2,7 +2,6 @@
 // keeps them exact; python/tokenlane/pricing.py wraps them in Cost.
 #include <pybind11/stl.h>
 
-#include <cmath>
 #include <string>
 
 #include "bindings.hpp"
@@ -79,89 +78,6 @@ py::tuple cost_fields(const CostBreakdown& c) {
                         c.total.pico(), c.long_context_above, c.batch_discounted, c.fallback);
 }
 
-void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out.push_back('"');
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(ch);
-    } else if (c < 0x20) {
-      out += "\\u00";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    } else {
-      out.push_back(ch);
-    }
-  }
-  out.push_back('"');
-}
-
-// A usage object (dicts with str keys, lists, str, int, finite float, bool, None) as JSON text,
-// without a round trip through Python's json module; false for anything else (the caller then
-// takes that route, which reports it).
-bool append_json(std::string& out, PyObject* o, int depth) {
-  if (depth > 32) return false;
-  if (o == Py_None) {
-    out += "null";
-  } else if (o == Py_True) {
-    out += "true";
-  } else if (o == Py_False) {
-    out += "false";
-  } else if (PyLong_CheckExact(o)) {
-    int overflow = 0;
-    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
-      PyErr_Clear();
-      return false;
-    }
-    out += std::to_string(v);
-  } else if (PyFloat_CheckExact(o)) {
-    const double v = PyFloat_AS_DOUBLE(o);
-    if (!std::isfinite(v)) return false;
-    char* text = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, nullptr);
-    if (text == nullptr) {
-      PyErr_Clear();
-      return false;
-    }
-    out += text;
-    PyMem_Free(text);
-  } else if (PyUnicode_CheckExact(o)) {
-    Py_ssize_t size = 0;
-    const char* data = PyUnicode_AsUTF8AndSize(o, &size);
-    if (data == nullptr) {
-      PyErr_Clear();
-      return false;
-    }
-    append_json_string(out, std::string_view(data, static_cast<std::size_t>(size)));
-  } else if (PyDict_CheckExact(o)) {
-    out.push_back('{');
-    Py_ssize_t pos = 0;
-    PyObject *key = nullptr, *value = nullptr;
-    bool first = true;
-    while (PyDict_Next(o, &pos, &key, &value)) {
-      if (!PyUnicode_CheckExact(key)) return false;
-      if (!first) out.push_back(',');
-      first = false;
-      if (!append_json(out, key, depth + 1)) return false;
-      out.push_back(':');
-      if (!append_json(out, value, depth + 1)) return false;
-    }
-    out.push_back('}');
-  } else if (PyList_CheckExact(o)) {
-    out.push_back('[');
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); ++i) {
-      if (i > 0) out.push_back(',');
-      if (!append_json(out, PyList_GET_ITEM(o, i), depth + 1)) return false;
-    }
-    out.push_back(']');
-  } else {
-    return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 void register_pricing(py::module_& m) {
@@ -199,13 +115,17 @@ void register_pricing(py::module_& m) {
            [](const Pricing& p, const std::string& model, const std::string& usage_json, bool batch) {
              return cost_dict(p.cost_of_usage(model, usage_json, batch));
            })
-      // cost_of_usage for a usage dict, as Cost's fields in order; None when the dict holds what
-      // only json.dumps writes (the caller then passes its JSON to cost_of_usage).
+      // cost_of_usage for a usage dict, as Cost's fields in order, without json.dumps; None when
+      // the dict is not JSON (the caller then takes json.dumps's route, which says why).
       .def("cost_of_usage_fields",
            [](const Pricing& p, const std::string& model, const py::handle& usage, bool batch) -> py::object {
              thread_local std::string text;
              text.clear();
-             if (!append_json(text, usage.ptr(), 0)) return py::none();
+             try {
+               append_json(text, usage.ptr(), true);
+             } catch (py::error_already_set&) {  // (its error is dropped with it)
+               return py::none();
+             }
              return cost_fields(p.cost_of_usage(model, text, batch));
            })
       .def("resolve", &Pricing::resolve)

@@ -122,6 +122,24 @@ def test_usage_from_sdk_objects(pricing: Pricing) -> None:
         pricing.cost_of_usage("gpt-4o", {"tokens": 3})
 
 
+def test_usage_dicts_of_every_shape_read_as_their_json(pricing: Pricing) -> None:
+    """A usage dict goes to the core as JSON written without json.dumps: whatever it holds, the cost
+    is the one of json.dumps's text, and what json.dumps refuses is refused as before."""
+    class Usage(dict):
+        pass
+
+    usages = [
+        {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        {"prompt_tokens": 10, "completion_tokens": 5, "note": "répondu \"vite\"\n", "ratio": 0.5, "ok": True,
+         "none": None, "ids": [1, 2, (3, 4)], "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}},
+        Usage(prompt_tokens=7, completion_tokens=2),
+    ]
+    for usage in usages:
+        assert pricing.cost_of_usage("gpt-4o", usage) == pricing.cost_of_usage("gpt-4o", json.dumps(usage))
+    with pytest.raises(tokenlane.InvalidArgumentError, match="not JSON-serialisable"):
+        pricing.cost_of_usage("gpt-4o", {"prompt_tokens": 10, "completion_tokens": {1, 2}})
+
+
 def test_long_context_tier_prices_the_whole_request(pricing: Pricing) -> None:
     at = pricing.cost("gemini-2.5-pro", input_tokens=200_000, output_tokens=1000)
     assert at.long_context_above == 0 and at.decimal == Decimal("0.26")
