@@ -146,11 +146,12 @@ _RESERVE_ALL = ("SELECT tokenlane_reserve_all(%(tenants)s, %(a)s, %(k)s, %(now)s
 # replay, whose transaction inserts it). Per record: the decided row (inserted once); with the final
 # fields, the row inserted with them or updated to them (the columns the record names, no others),
 # its hold ended and every level settled as _SETTLE_LEVEL does (the reservation freed only while the
-# hold was in force). A final record whose row a final record finished already is skipped whole
-# (applied once: by another replica that adopted it from Redis while its own replica stalled, or
-# by both at once); only the lease sweep's guess (LOST) is replaced. The check is the write's own
-# WHERE, which PostgreSQL evaluates again on the newest row when a concurrent write got there first. The budget rows of the whole batch are locked first, in name order, as every
-# writer of budgets does. Window starts (UTC hour, day, month of the record's time) are computed here,
+# hold was in force). A final record whose row a final record finished already is skipped whole,
+# settlement included: each is applied once, even when another replica adopted it from Redis while
+# its own replica stalled, or both apply it at once; only the lease sweep's guess (LOST) is
+# replaced. The check is the write's own WHERE, which PostgreSQL evaluates again on the newest row
+# when a concurrent write got there first. The budget rows of the whole batch are locked first, in
+# name order, as every writer of budgets does. Window starts (UTC hour, day, month of the record's time) are computed here,
 # as budget_window() does. Returns how many records it applied.
 _FINAL_SET = ", ".join(f"{c} = CASE WHEN v_fin ? '{c}' THEN excluded.{c} ELSE q.{c} END"
                        for c in _REQUEST_COLUMNS if c != "id")
