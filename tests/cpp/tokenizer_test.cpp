@@ -445,6 +445,40 @@ TEST_CASE("the piece cache drops the pieces an epoch did not use and shrinks, ex
   for (unsigned i = 0; i < kMany + kMore; ++i) REQUIRE(holds(i));
 }
 
+TEST_CASE("a piece cache whose drops only make it merge the pieces again makes its epochs longer", "[tokenizer]") {
+  using tokenlane::detail::PieceCache;
+  using tokenlane::detail::cache_hash;
+  using tokenlane::detail::head_bytes;
+  // Two halves of a corpus in turn, each with pieces of its own (passes over many documents), each
+  // longer than an epoch (32 bytes per slot): a tracked epoch sees one half and drops the other's
+  // pieces, which the next half merges again. The epochs must grow until drops stop.
+  const Rank token = 7;
+  PieceCache cache;
+  auto touch = [&](unsigned i) {  // looks the piece up; a miss merges (here: inserts) it again
+    const std::string p = "piece-" + std::to_string(i);
+    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
+    const std::uint64_t head = head_bytes(b, p.size());
+    const std::uint64_t h = cache_hash(b, p.size(), head);
+    std::uint32_t count = 0;
+    if (cache.find(b, p.size(), head, h, count) != nullptr) return 0;
+    cache.insert(b, p.size(), head, h, &token, 1);
+    return 1;
+  };
+  const unsigned kHalf = 10000;                      // 20,000 pieces: 32,768 slots, 1 MiB epochs
+  const std::size_t kHalfBytes = std::size_t{1100} << 10;  // each half ends an epoch
+  std::vector<unsigned> misses;
+  for (int pass = 0; pass < 12; ++pass) {
+    unsigned missed = 0;
+    for (unsigned half = 0; half < 2; ++half) {
+      cache.tick(kHalfBytes);
+      for (unsigned i = half * kHalf; i < (half + 1) * kHalf; ++i) missed += touch(i);
+    }
+    misses.push_back(missed);
+  }
+  CHECK(misses.front() == 2 * kHalf);
+  for (int pass = 8; pass < 12; ++pass) CHECK(misses[pass] == 0);  // no piece dropped any more
+}
+
 TEST_CASE("encoding gives the same ids after the piece cache shrank", "[tokenizer]") {
   // A text of many distinct pieces grows the cache; then a short text repeated for several epochs
   // makes it drop them and shrink; then the first text again.
