@@ -144,43 +144,40 @@ class PieceCache {
 
   // Called once per encoded text with its length: the cache's clock. An epoch ends every
   // kEpochBytesPerSlot bytes per slot. After an epoch with many new pieces (the thread moved on to
-  // other text: another language, code after prose), the next epoch stamps the pieces it uses; if at
-  // its end a quarter or more of the pieces went unused, they are dropped and the table rebuilt with
-  // the others (their arena data compacted): the new text's pieces then sit in a dense table
-  // instead of among the stale ones. C++ core, o200k count after the other categories in the same
+  // other text: another language, code after prose), the next two epochs stamp the pieces they use;
+  // if at their end a quarter or more of the pieces went unused, they are dropped and the table
+  // rebuilt with the others (their arena data compacted): the new text's pieces then sit in a dense
+  // table instead of among the stale ones. Two epochs, not one: documents that come back after
+  // more than an epoch (a pass over 2 MB of varied English fills 21,000 of 32,768 slots, an epoch
+  // is 1 MB, and a third of the pieces went unused in one) were dropped at every tracked epoch's
+  // end and merged again in the next; o200k count ran at 150-200 MB/s there against 280 on 1 MB. C++ core, o200k count after the other categories in the same
   // thread: code +5-10%, German +10-25%. The stamps are written only in those epochs: a store per hit
   // in every epoch cost English 10%. An epoch covers at least one pass over a text that fills the
-  // table, so a repeated text's own pieces are never dropped. Documents that come back after more
-  // than an epoch (a pass over 2 MB of varied English fills 21,000 of 32,768 slots, an epoch is
-  // 1 MB) would be dropped at every epoch end and merged again after it: when the epoch after a
-  // drop inserts at least half as many pieces as were dropped, the drop was such a thrash, and this
-  // thread's epochs get twice as long (that corpus: count 150-200 -> 280 MB/s in the C++ core).
+  // table, so a repeated text's own pieces are never dropped.
   //
-  // It also reads the slots in order before a long text that follows an idle gap (see active).
+  // It also reads the slots in order before a long text that follows an idle gap (see warm).
   void tick(std::size_t bytes) {
-    if (bytes >= kActiveBytes) active(bytes >= slots_.size() / 4);
+    if (bytes >= slots_.size() / 4) warm();
     bytes_ += bytes;
-    if (bytes_ >= epoch_bytes_per_slot_ * slots_.size()) end_epoch();
+    if (bytes_ >= kEpochBytesPerSlot * slots_.size()) end_epoch();
   }
 
   PieceCache() : slots_(kMinSlots), mask_(kMinSlots - 1), shift_(64 - __builtin_ctzll(kMinSlots)) {}
 
-  // A text of kActiveBytes or more begins. Before a text of at least one byte per 4 slots (`long_text`),
-  // if this thread encoded no text of kActiveBytes or more in the last kIdleNs, reads the slot table
-  // (and the arena, when no larger) in order, one load per cache line. After an idle gap the thread
-  // has done other work (other libraries, the garbage collector, a web framework), so the table is
-  // likely out of the CPU caches, and such a text looks up a good share of its lines at random,
-  // each a wait on memory; in order, the hardware prefetcher streams them (1 MiB in ~50-100 us).
-  // Python benchmark (a gc.collect() and other libraries before each timed pass), o200k, eight runs
-  // alternating with the code before the read: median encode English +8%, code +17%, German +12%;
-  // German count +20%. Any text the thread encodes keeps the table warm: measuring the gap from
-  // the last long text only (as first done) read a 4 MiB table before most long documents of a
-  // pass over 2 MB of varied text, which then ran at half speed.
-  TOKENLANE_NOINLINE void active(bool long_text) {
+  // Before a text of at least one byte per 4 slots, if this thread encoded no such text in the last
+  // kIdleNs: reads the slot table (and the arena, when no larger) in order, one load per cache line.
+  // After an idle gap the thread has done other work (other libraries, the garbage collector, a web
+  // framework), so the table is likely out of the CPU caches, and such a text looks up a good share
+  // of its lines at random, each a wait on memory; in order, the hardware prefetcher streams them
+  // (1 MiB in ~50-100 us). When the table is still cached, this is one L2/L3 read per line (not
+  // measured apart). Python benchmark (a gc.collect() and other libraries before each timed pass),
+  // o200k, eight runs alternating with the previous code: median encode English +8%, code +17%,
+  // German +12%; German count +20%.
+  TOKENLANE_NOINLINE void warm() {
     const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                  std::chrono::steady_clock::now().time_since_epoch())
                                  .count();
-    if (long_text && now - last_active_ns_ > kIdleNs) {
+    if (now - last_long_text_ns_ > kIdleNs) {
       const Slot* s = slots_.data();
       std::uint64_t x = 0;
       for (std::size_t i = 0; i < slots_.size(); i += 64 / sizeof(Slot)) x ^= s[i].head;
@@ -191,7 +188,7 @@ class PieceCache {
       }
       asm volatile("" : : "r"(x));  // the loads are the point; keep them
     }
-    last_active_ns_ = now;
+    last_long_text_ns_ = now;
   }
 
   // The rank of token pair (a, b), remembered in a direct-mapped table (192 KiB, in L2) in front of
@@ -218,7 +215,7 @@ class PieceCache {
   // The epoch (mod 8) in which a slot's piece was last used; an entry unused for 8 epochs can pass
   // for a used one, which only keeps it longer.
   static constexpr std::uint32_t kEpochBits = 0x70000, kEpochOne = 0x10000;
-  static constexpr std::size_t kEpochBytesPerSlot = 32, kMaxEpochBytesPerSlot = 32 << 4;
+  static constexpr std::size_t kEpochBytesPerSlot = 32;
   // 16 bytes, so that the slots of a text's frequent pieces fit in the L2 cache.
   struct Slot {
     std::uint64_t head = 0;   // head_bytes of the piece
@@ -271,34 +268,36 @@ class PieceCache {
     entries_ = 0;
   }
   void end_epoch() {
-    if (dropped_ != 0 && 2 * inserts_ >= dropped_ && epoch_bytes_per_slot_ < kMaxEpochBytesPerSlot) {
-      epoch_bytes_per_slot_ *= 2;  // the last drop was a thrash (see tick)
-    }
-    dropped_ = 0;
-    if (tracking_) {
+    if (tracking_ && !first_tracked_) {
       std::size_t used = 0;
-      for (const Slot& t : slots_) used += t.key != 0 && (t.key & kEpochBits) == epoch_;
+      for (const Slot& t : slots_) used += t.key != 0 && used_lately(t);
       if (4 * used <= 3 * entries_) {
         std::size_t size = kMinSlots;
         while (8 * used > 3 * size && size < slots_.size()) size *= 2;  // room to grow by half
-        dropped_ = entries_ - used;
         keep_used(size);
       }
       tracking_ = false;
+    } else if (tracking_) {
+      first_tracked_ = false;  // the second tracked epoch begins
     } else {
-      tracking_ = slots_.size() > kMinSlots && 8 * inserts_ >= entries_;
+      tracking_ = first_tracked_ = slots_.size() > kMinSlots && 8 * inserts_ >= entries_;
     }
     epoch_ = (epoch_ + kEpochOne) & kEpochBits;
     inserts_ = 0;
     bytes_ = 0;
   }
-  // Rebuilds the table with `size` slots and only the pieces used in this epoch, their arena data
-  // compacted.
+  // Whether the slot's piece was used (or inserted) in this epoch or the one before.
+  bool used_lately(const Slot& s) const {
+    const std::uint32_t stamp = s.key & kEpochBits;
+    return stamp == epoch_ || stamp == ((epoch_ - kEpochOne) & kEpochBits);
+  }
+  // Rebuilds the table with `size` slots and only the pieces used in the last two epochs, their
+  // arena data compacted.
   void keep_used(std::size_t size) {
     std::vector<Rank> old_arena;
     old_arena.swap(arena_);
     rebuild(size, [&](Slot& s) {
-      if ((s.key & kEpochBits) != epoch_) return false;
+      if (!used_lately(s)) return false;
       if (const std::size_t words = arena_words(length_of(s), count_of(s))) {
         const auto from = old_arena.begin() + s.value;
         s.value = static_cast<std::uint32_t>(arena_.size());
@@ -314,13 +313,11 @@ class PieceCache {
   std::size_t entries_ = 0;
   std::size_t inserts_ = 0;      // pieces inserted in this epoch
   bool tracking_ = false;        // hits stamp their slot with the epoch (see tick)
+  bool first_tracked_ = false;   // tracking, in the first of its two epochs
   std::size_t bytes_ = 0;        // bytes encoded in this epoch
   std::uint32_t epoch_ = 0;      // this epoch's number (mod 8) in the slots' epoch bits
-  std::size_t epoch_bytes_per_slot_ = kEpochBytesPerSlot;  // an epoch's length (see tick)
-  std::size_t dropped_ = 0;      // pieces the last epoch's end dropped (0: none)
   static constexpr std::int64_t kIdleNs = 2000000;  // 2 ms
-  static constexpr std::size_t kActiveBytes = 256;   // shorter texts read no clock (see active)
-  std::int64_t last_active_ns_ = 0;  // steady clock at the last text of kActiveBytes or more
+  std::int64_t last_long_text_ns_ = 0;  // steady clock at the last text that called warm()
   static constexpr int kPairMemoBits = 14;
   struct PairMemo {
     std::uint64_t key[std::size_t{1} << kPairMemoBits];  // (a << 20 | b) + 1; 0: empty
