@@ -40,7 +40,8 @@ class ReleaseGilIf {
 inline constexpr std::size_t kKeepGilBytes = std::size_t{1} << 14;
 
 // Appends obj as json.dumps(obj) writes it (compact: with separators=(',', ':')): dicts, lists,
-// tuples, str, int, float, bool and None; raises as json.dumps does (py::error_already_set).
+// tuples, str, int, float, bool and None; raises as json.dumps does (py::error_already_set), after
+// which `out` holds nothing to use.
 void append_json(std::string& out, PyObject* obj, bool compact);
 
 // A Python str as UTF-8, kept alive by `holder` (valid while the GIL is released). Lone surrogates

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings.hpp"
@@ -56,17 +57,11 @@ const AsciiEscapes kEscapes;
 
 class JsonWriter {
  public:
-  // Appends to `to` (taken over while the writer lives: its memory is reused).
-  JsonWriter(bool compact, std::string& to)
-      : item_sep_(compact ? "," : ", "), key_sep_(compact ? ":" : ": "), to_(to) {
-    out.swap(to);
-  }
-  explicit JsonWriter(bool compact) : JsonWriter(compact, own_) {
+  // Writes after what `into` holds (a caller's buffer, so its memory is reused).
+  explicit JsonWriter(bool compact, std::string into = {})
+      : out(std::move(into)), item_sep_(compact ? "," : ", "), key_sep_(compact ? ":" : ": ") {
     out.reserve(1024);  // a ledger row with its 2,000-character prompt preview fits a few of these
   }
-  ~JsonWriter() { out.swap(to_); }
-  JsonWriter(const JsonWriter&) = delete;
-  JsonWriter& operator=(const JsonWriter&) = delete;
 
   std::string out;
 
@@ -131,8 +126,6 @@ class JsonWriter {
  private:
   const char* item_sep_;
   const char* key_sep_;
-  std::string own_;  // `to` when the writer has no caller's string
-  std::string& to_;
   std::vector<PyObject*> open_;  // containers being written: json.dumps's circular-reference check
 
   // Enters a container: Python's recursion limit and the circular check, as json.dumps does.
@@ -300,8 +293,9 @@ void settle_int(JsonWriter& w, const char* name, py::handle v) {
 }  // namespace
 
 void append_json(std::string& out, PyObject* obj, bool compact) {
-  JsonWriter w(compact, out);
+  JsonWriter w(compact, std::move(out));
   w.value(obj);
+  out = std::move(w.out);
 }
 
 void register_json(py::module_& m) {

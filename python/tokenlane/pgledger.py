@@ -1127,7 +1127,7 @@ def _check_record(r: dict[str, Any]) -> None:
         _check_request_fields(fields)
         for t in r.get("budgets") or []:
             _check_tenant(t)
-        if r.get("budgets"):
+        if r.get("budgets"):  # the settlement's numbers (ValueError or TypeError when not)
             float(r["now"])
             for k in ("reserved", "actual", "reserved_tokens", "tokens"):
                 int(r.get(k) or 0)

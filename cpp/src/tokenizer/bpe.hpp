@@ -147,13 +147,14 @@ class PieceCache {
   // other text: another language, code after prose), the next two epochs stamp the pieces they use;
   // if at their end a quarter or more of the pieces went unused, they are dropped and the table
   // rebuilt with the others (their arena data compacted): the new text's pieces then sit in a dense
-  // table instead of among the stale ones. Two epochs, not one: documents that come back after
-  // more than an epoch (a pass over 2 MB of varied English fills 21,000 of 32,768 slots, an epoch
-  // is 1 MB, and a third of the pieces went unused in one) were dropped at every tracked epoch's
-  // end and merged again in the next; o200k count ran at 150-200 MB/s there against 280 on 1 MB. C++ core, o200k count after the other categories in the same
-  // thread: code +5-10%, German +10-25%. The stamps are written only in those epochs: a store per hit
-  // in every epoch cost English 10%. An epoch covers at least one pass over a text that fills the
-  // table, so a repeated text's own pieces are never dropped.
+  // table instead of among the stale ones (C++ core, o200k count after the other categories in the
+  // same thread: code +5-10%, German +10-25%). The stamps are written only in those epochs: a store
+  // per hit in every epoch cost English 10%. An epoch covers at least one pass over a text that
+  // fills the table, so a repeated text's own pieces are never dropped. Two epochs, not one:
+  // documents that come back after more than an epoch (a pass over 2 MB of varied English fills
+  // 21,000 of 32,768 slots, an epoch is 1 MB, a third of the pieces went unused in one) were
+  // dropped at every tracked epoch's end and merged again in the next (o200k count 150-200 MB/s
+  // there against 280 on 1 MB).
   //
   // It also reads the slots in order before a long text that follows an idle gap (see warm).
   void tick(std::size_t bytes) {
@@ -268,7 +269,7 @@ class PieceCache {
     entries_ = 0;
   }
   void end_epoch() {
-    if (tracking_ && !first_tracked_) {
+    if (tracking_ == 1) {  // the second tracked epoch ends
       std::size_t used = 0;
       for (const Slot& t : slots_) used += t.key != 0 && used_lately(t);
       if (4 * used <= 3 * entries_) {
@@ -276,11 +277,11 @@ class PieceCache {
         while (8 * used > 3 * size && size < slots_.size()) size *= 2;  // room to grow by half
         keep_used(size);
       }
-      tracking_ = false;
-    } else if (tracking_) {
-      first_tracked_ = false;  // the second tracked epoch begins
-    } else {
-      tracking_ = first_tracked_ = slots_.size() > kMinSlots && 8 * inserts_ >= entries_;
+    }
+    if (tracking_ > 0) {
+      --tracking_;
+    } else if (slots_.size() > kMinSlots && 8 * inserts_ >= entries_) {
+      tracking_ = 2;
     }
     epoch_ = (epoch_ + kEpochOne) & kEpochBits;
     inserts_ = 0;
@@ -312,8 +313,7 @@ class PieceCache {
   std::vector<Rank> arena_;
   std::size_t entries_ = 0;
   std::size_t inserts_ = 0;      // pieces inserted in this epoch
-  bool tracking_ = false;        // hits stamp their slot with the epoch (see tick)
-  bool first_tracked_ = false;   // tracking, in the first of its two epochs
+  int tracking_ = 0;             // tracked epochs left, this one included: hits stamp their slot (see tick)
   std::size_t bytes_ = 0;        // bytes encoded in this epoch
   std::uint32_t epoch_ = 0;      // this epoch's number (mod 8) in the slots' epoch bits
   static constexpr std::int64_t kIdleNs = 2000000;  // 2 ms

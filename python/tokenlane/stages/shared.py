@@ -20,9 +20,9 @@ from ..config import Settings
 from ..errors import RequestError, ledger_unavailable
 from ..ledger import Ledger
 from ..metrics import Metrics
+from ..pgledger import LOST
 from ..state.fairshare import FleetService
 from ..state.redis import BudgetHold, BudgetSeed, Limits, Service, StateUnavailable, current_minute
-from ..pgledger import LOST
 from ..state.shared import SharedAdmission
 from ..windows import budget_window
 from .base import LedgerThread, Priced
