@@ -254,7 +254,7 @@ void register_tokenizer(py::module_& m) {
         // build. Building all lists after the parallel part had made encode_batch scale 1.1-1.2x.
         py::list out(t.views.size());
         PyThreadState* saved = nullptr;
-        e.encode_batch_ordered(
+        e.encode_batch_each(
             t.views, *policy.allowed, num_threads,
             [&](std::size_t i, std::vector<Rank>& ids) {
               out[i] = to_list(ids);

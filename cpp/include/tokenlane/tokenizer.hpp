@@ -91,14 +91,15 @@ class Encoding {
                                        unsigned num_threads = 0) const;
   // encode_batch for a caller that converts each result as it comes (the Python binding builds its
   // lists, which needs the GIL, while the other threads go on encoding): deliver(i, ids) runs on
-  // the calling thread for i = 0, 1, ... in order, as soon as text i is encoded (ids may be moved
-  // from). The calling thread also encodes texts while it waits for the next one, each between
-  // leave() and enter() (the binding releases the GIL there). After an exception (from deliver or
-  // anywhere) no further text is started, the other threads are joined, and it is rethrown.
-  void encode_batch_ordered(const std::vector<std::string_view>& texts, const SpecialSet& allowed_special,
-                            unsigned num_threads,
-                            const std::function<void(std::size_t, std::vector<Rank>&)>& deliver,
-                            const std::function<void()>& leave, const std::function<void()>& enter) const;
+  // the calling thread once for every text i, as soon as it is encoded, in the order texts finish
+  // (ids may be moved from). The calling thread also encodes texts while nothing is left to
+  // deliver, each between leave() and enter() (the binding releases the GIL there). After an
+  // exception (from deliver or anywhere) no further text is started or delivered, the other threads
+  // are joined, and it is rethrown.
+  void encode_batch_each(const std::vector<std::string_view>& texts, const SpecialSet& allowed_special,
+                         unsigned num_threads,
+                         const std::function<void(std::size_t, std::vector<Rank>&)>& deliver,
+                         const std::function<void()>& leave, const std::function<void()>& enter) const;
 
   // Returns the byte offset and the text of the first special token from `specials` in `utf8`,
   // or {npos, {}} if there is none.

@@ -112,20 +112,21 @@ struct Encoding::Impl {
   }
 
   // Piece caches for batch workers. Batch threads live for one call, and a thread's own cache dies
-  // with it; these outlive the call, so the next batch starts warm (one per concurrent worker).
-  std::unique_ptr<detail::PieceCache> take_cache() const {
+  // with it; these outlive the call, so the next batch starts warm. Worker k (1, 2, ...) gets cache
+  // k again, which saw the same block of the previous batch (see BatchClaims); a batch running
+  // beside another on the same encoding makes fresh ones for what is taken.
+  std::unique_ptr<detail::PieceCache> take_cache(unsigned worker) const {
     std::lock_guard<std::mutex> lock(spare_mutex);
-    if (spare_caches.empty()) return std::make_unique<detail::PieceCache>();
-    auto cache = std::move(spare_caches.back());
-    spare_caches.pop_back();
-    return cache;
+    if (worker <= spare_caches.size() && spare_caches[worker - 1]) return std::move(spare_caches[worker - 1]);
+    return std::make_unique<detail::PieceCache>();
   }
-  void give_back(std::unique_ptr<detail::PieceCache> cache) const {
+  void give_back(unsigned worker, std::unique_ptr<detail::PieceCache> cache) const {
     std::lock_guard<std::mutex> lock(spare_mutex);
-    spare_caches.push_back(std::move(cache));
+    if (spare_caches.size() < worker) spare_caches.resize(worker);
+    if (!spare_caches[worker - 1]) spare_caches[worker - 1] = std::move(cache);
   }
   mutable std::mutex spare_mutex;
-  mutable std::vector<std::unique_ptr<detail::PieceCache>> spare_caches;
+  mutable std::vector<std::unique_ptr<detail::PieceCache>> spare_caches;  // [k - 1]: worker k's
 
   void check_specials(const SpecialSet& allowed) const {
     if (&allowed == &special_strings) return;
@@ -151,9 +152,44 @@ struct CountOut {
   void push_n(Rank, std::size_t k) { n += k; }
 };
 
-// Runs fn(i, cache) for i in [0, n) on up to `threads` threads, each with a piece cache of its own
-// (the calling thread's, or one kept by the encoding for batch workers); the first exception is
-// rethrown.
+// Which thread of a batch encodes which text. Thread k of T first takes the texts of its own block,
+// [k n / T, (k + 1) n / T), in order, then helps with what is left, from the end of the batch down.
+// Blocks keep neighbouring texts (often of one language or source) on one thread, and a batch
+// encoded again (a dataset counted more than once) on the threads whose piece caches saw it:
+// o200k, Python benchmark, 2 threads, each document handed out in turn before: count_batch
+// Chinese 154-184 -> 238-240 MB/s, German 353-545 -> 452-548.
+class BatchClaims {
+ public:
+  BatchClaims(std::size_t n, unsigned threads) : n_(n), threads_(threads), taken_(new std::atomic<bool>[n]()) {}
+
+  struct Cursor {
+    std::size_t own, own_end, rest;
+  };
+  Cursor cursor(unsigned k) const { return {n_ * k / threads_, n_ * (k + 1) / threads_, n_}; }
+
+  // The next text for the cursor's thread, or n when every text is taken.
+  std::size_t next(Cursor& c) {
+    while (c.own < c.own_end) {
+      if (claim(c.own++)) return c.own - 1;
+    }
+    while (c.rest > 0) {
+      if (claim(--c.rest)) return c.rest;
+    }
+    return n_;
+  }
+
+ private:
+  bool claim(std::size_t i) {
+    return !taken_[i].load(std::memory_order_relaxed) && !taken_[i].exchange(true, std::memory_order_relaxed);
+  }
+  std::size_t n_;
+  unsigned threads_;
+  std::unique_ptr<std::atomic<bool>[]> taken_;
+};
+
+// Runs fn(i, cache) for i in [0, n) on up to `threads` threads (BatchClaims), each with a piece cache
+// of its own (the calling thread's, or one kept by the encoding for batch worker k); the first
+// exception is rethrown.
 template <class Fn>
 void parallel_for(const Encoding::Impl& impl, std::size_t n, unsigned threads, Fn fn) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -163,23 +199,24 @@ void parallel_for(const Encoding::Impl& impl, std::size_t n, unsigned threads, F
     for (std::size_t i = 0; i < n; ++i) fn(i, cache);
     return;
   }
-  std::atomic<std::size_t> next{0};
+  BatchClaims claims(n, threads);
   std::exception_ptr error;
   std::atomic<bool> failed{false};
-  auto work = [&] {
-    std::unique_ptr<detail::PieceCache> cache;
+  auto work = [&](unsigned k) {
+    std::unique_ptr<detail::PieceCache> own;
     try {
-      cache = impl.take_cache();
-      for (std::size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i, *cache);
+      detail::PieceCache& cache = k == 0 ? impl.vocab.thread_cache() : *(own = impl.take_cache(k));
+      BatchClaims::Cursor cursor = claims.cursor(k);
+      for (std::size_t i; !failed.load() && (i = claims.next(cursor)) < n;) fn(i, cache);
     } catch (...) {
       if (!failed.exchange(true)) error = std::current_exception();
     }
-    if (cache) impl.give_back(std::move(cache));
+    if (own) impl.give_back(k, std::move(own));
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
   for (auto& th : pool) th.join();
   if (error) std::rethrow_exception(error);
 }
@@ -301,43 +338,46 @@ std::vector<std::vector<Rank>> Encoding::encode_batch(const std::vector<std::str
   return result;
 }
 
-void Encoding::encode_batch_ordered(const std::vector<std::string_view>& texts, const SpecialSet& allowed,
-                                    unsigned num_threads,
-                                    const std::function<void(std::size_t, std::vector<Rank>&)>& deliver,
-                                    const std::function<void()>& leave, const std::function<void()>& enter) const {
+void Encoding::encode_batch_each(const std::vector<std::string_view>& texts, const SpecialSet& allowed,
+                                 unsigned num_threads,
+                                 const std::function<void(std::size_t, std::vector<Rank>&)>& deliver,
+                                 const std::function<void()>& leave, const std::function<void()>& enter) const {
   impl_->check_specials(allowed);
   const std::size_t n = texts.size();
   if (num_threads == 0) num_threads = std::max(1u, std::thread::hardware_concurrency());
   const unsigned workers = static_cast<unsigned>(std::min<std::size_t>(num_threads, n > 0 ? n : 1) - 1);
   std::vector<std::vector<Rank>> result(n);
-  std::unique_ptr<std::atomic<bool>[]> ready(new std::atomic<bool>[n]());
-  std::atomic<std::size_t> next{0};
+  BatchClaims claims(n, workers + 1);
   std::atomic<bool> stop{false};
   std::mutex mutex;
-  std::condition_variable done;  // a text became ready, or a worker failed
-  std::exception_ptr worker_error;
+  std::condition_variable done;          // a worker finished a text, or failed
+  std::vector<std::size_t> finished;     // texts the workers encoded, not yet delivered (under mutex)
+  std::exception_ptr worker_error;       // (under mutex)
   auto encode_one = [&](std::size_t i, detail::PieceCache& cache) {
     result[i].reserve(texts[i].size() / 4 + 4);
     VectorOut out{result[i]};
     impl_->encode(texts[i], allowed, out, cache);
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      ready[i].store(true, std::memory_order_release);
-    }
-    done.notify_one();
   };
-  auto work = [&] {
+  auto work = [&](unsigned k) {
     std::unique_ptr<detail::PieceCache> cache;
     try {
-      cache = impl_->take_cache();
-      for (std::size_t i; !stop.load() && (i = next.fetch_add(1)) < n;) encode_one(i, *cache);
+      cache = impl_->take_cache(k);
+      BatchClaims::Cursor cursor = claims.cursor(k);
+      for (std::size_t i; !stop.load() && (i = claims.next(cursor)) < n;) {
+        encode_one(i, *cache);
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          finished.push_back(i);
+        }
+        done.notify_one();
+      }
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex);
       if (!worker_error) worker_error = std::current_exception();
       stop.store(true);
     }
     done.notify_one();
-    if (cache) impl_->give_back(std::move(cache));
+    if (cache) impl_->give_back(k, std::move(cache));
   };
   std::vector<std::thread> pool;
   pool.reserve(workers);
@@ -350,32 +390,40 @@ void Encoding::encode_batch_ordered(const std::vector<std::string_view>& texts, 
       for (auto& t : pool) t.join();
     }
   } joiner{pool, stop};
-  for (unsigned t = 0; t < workers; ++t) pool.emplace_back(work);
+  for (unsigned t = 1; t <= workers; ++t) pool.emplace_back(work, t);
+  // This thread delivers what the workers finished, then encodes a text of its own (and delivers
+  // it), until every text is delivered; with nothing left to encode it waits for the workers.
   detail::PieceCache& own_cache = impl_->vocab.thread_cache();
-  for (std::size_t j = 0; j < n; ++j) {
-    while (!ready[j].load(std::memory_order_acquire)) {
-      leave();
-      try {
-        const std::size_t i = stop.load() ? n : next.fetch_add(1);
-        if (i < n) {
-          encode_one(i, own_cache);
-        } else {  // every text is taken: wait for text j (or a failure)
-          std::unique_lock<std::mutex> lock(mutex);
-          done.wait(lock, [&] { return ready[j].load(std::memory_order_acquire) || worker_error != nullptr; });
-        }
-      } catch (...) {
-        enter();
-        throw;
-      }
-      enter();
-      std::exception_ptr failed;
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        failed = worker_error;
-      }
-      if (failed) std::rethrow_exception(failed);
+  BatchClaims::Cursor own_cursor = claims.cursor(0);
+  std::vector<std::size_t> to_deliver;
+  for (std::size_t delivered = 0; delivered < n;) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (worker_error) std::rethrow_exception(worker_error);
+      to_deliver.swap(finished);
     }
-    deliver(j, result[j]);
+    for (std::size_t i : to_deliver) deliver(i, result[i]);
+    delivered += to_deliver.size();
+    to_deliver.clear();
+    if (delivered == n) break;
+    std::size_t mine = n;
+    leave();
+    try {
+      if (!stop.load() && (mine = claims.next(own_cursor)) < n) {
+        encode_one(mine, own_cache);
+      } else {
+        std::unique_lock<std::mutex> lock(mutex);
+        done.wait(lock, [&] { return !finished.empty() || worker_error != nullptr; });
+      }
+    } catch (...) {
+      enter();
+      throw;
+    }
+    enter();
+    if (mine < n) {
+      deliver(mine, result[mine]);
+      ++delivered;
+    }
   }
 }
 
