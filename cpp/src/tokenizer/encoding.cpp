@@ -156,9 +156,9 @@ struct CountOut {
 // [k n / T, (k + 1) n / T), in order, then helps with what is left, from the end of the batch down.
 // Blocks keep neighbouring texts (often of one language or source) on one thread, and a batch
 // encoded again (a dataset counted more than once) on the threads whose piece caches saw it. Python
-// benchmark, o200k, 2 threads, three rounds alternating with handing out the texts one by one in
-// index order: count_batch MB/s Chinese 177-179 -> 166-271, code 566-643 -> 647-811, German
-// 329-397 -> 423-609, Japanese 151-220 -> 212-267.
+// benchmark, o200k, 2 threads, count_batch MB/s, three runs handing out the texts one by one in index
+// order against six in blocks, alternating: Chinese 177-179 -> 166-271, code 566-643 -> 647-811,
+// German 329-397 -> 423-609, Japanese 151-220 -> 212-267.
 class BatchClaims {
  public:
   BatchClaims(std::size_t n, unsigned threads) : n_(n), threads_(threads), taken_(new std::atomic<bool>[n]()) {}
