@@ -60,6 +60,32 @@ TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
   CHECK(checked > 300);
 }
 
+TEST_CASE("pieces cut where no token crosses give tiktoken's ids, cold and from the cache", "[tokenizer]") {
+  // tiktoken 0.14's o200k ids. Most boundaries inside the Chinese and Japanese pieces are cut (see
+  // Vocabulary::crossable); the parts then come from the cache on the second pass and on a thread
+  // whose cache saw only other text.
+  const std::vector<std::pair<std::string, std::vector<Rank>>> cases = {
+      {"标记化器把文本切成词元，价格按词元计算。",
+       {15530, 11325, 11415, 13837, 32180, 145683, 34921, 5543, 31892, 6753, 979, 43530, 33059, 31892, 6753, 48479, 788}},
+      {"東京都の天気は晴れのち曇りです。",
+       {123558, 3385, 867, 25717, 5205, 123139, 9472, 3385, 15376, 6891, 229, 7297, 15121, 788}},
+      {"Токенизатор режет текст на токены.", {4426, 2533, 776, 3110, 43451, 37777, 1041, 60350, 1235, 75096, 16301, 13}},
+  };
+  auto enc = tokenlane::get_encoding("o200k_base");
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& [text, ids] : cases) {
+      INFO(text << ", pass " << pass);
+      CHECK(enc->encode_ordinary(text) == ids);
+    }
+  }
+  std::vector<std::vector<Rank>> other_thread;  // (Catch2's checks are for the main thread)
+  std::thread([&] {
+    enc->encode_ordinary("中文 日本語 东京 価格");  // parts of other pieces in this thread's cache
+    for (const auto& c : cases) other_thread.push_back(enc->encode_ordinary(c.first));
+  }).join();
+  for (std::size_t i = 0; i < cases.size(); ++i) CHECK(other_thread[i] == cases[i].second);
+}
+
 TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
   // The window rules restate the regex over ASCII, two-byte Latin-1/Cyrillic letters and multi-byte
   // punctuation; the scalar path is the reference (it is checked against tiktoken by the parity

@@ -561,7 +561,7 @@ class Vocabulary {
   static constexpr int kBigramBitsLog = 19;
   std::vector<std::uint64_t> bigram_bits_;
   std::uint64_t straddle_pairs_[65536 / 64] = {};
-  mutable std::unique_ptr<std::atomic<std::uint8_t>[]> reach_;  // per rank: 0 unknown, 1 reachable, 2 not
+  std::unique_ptr<std::atomic<std::uint8_t>[]> reach_;  // per rank: 0 unknown, 1 reachable, 2 not (see reachable)
   Rank byte_rank_[256] = {};
   std::size_t max_token_bytes_ = 0;  // the longest ordinary token
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
