@@ -147,33 +147,33 @@ def test_decode_bytes_and_invalid_utf8(pairs, data):
         assert ours.decode(raw) == data.decode("utf-8", errors="replace")
 
 
-# Pieces of non-ASCII text are merged in parts, cut at character boundaries no token crosses
-# (Vocabulary::crossable); random runs of characters of scripts with many multi-character tokens and
-# with tokens that cross a character boundary inside a character (Cyrillic "о\xd0").
-CUT_ALPHABET = ("的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对"
+# Random runs of characters of scripts with many multi-character tokens and with tokens that cross a
+# character boundary inside a character (Cyrillic "о\xd0"): the merges of novel non-Latin pieces.
+NON_LATIN = ("的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对"
                 "可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面"
                 "ひらがなカタカナでしたますのはをにへとも漢字東京都日本語"
                 "приветмирдомоноеаиуПМД" "नमस्तेकखग" "مرحباسلام" "，。、！？「」（）“”· ")
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=CUT_ALPHABET, min_size=1, max_size=80))
-def test_pieces_cut_at_uncrossable_boundaries(pairs, text):
+@given(st.text(alphabet=NON_LATIN, min_size=1, max_size=80))
+def test_random_text_of_non_latin_scripts(pairs, text):
     assert_same(pairs, text)
 
 
-def test_a_part_that_is_an_unreachable_token_is_merged(tiktoken_module):
-    """A cut part whose bytes are a token that merging does not reach (only tiktoken's whole-piece
-    shortcut gives it): as a piece it is that token, as a part of a longer piece it is merged."""
+def test_a_token_merging_does_not_reach_is_only_a_whole_piece(tiktoken_module):
+    """A token that merging its own bytes does not give (only tiktoken's whole-piece shortcut does):
+    as a piece it is that token, inside a longer piece its bytes are merged, whichever the cache saw
+    first."""
     ranks = {bytes([b]): b for b in range(256)}
     for rank, token in enumerate([b"\xe4\xb8", b"\xad\xe5", b"\xe4\xb8\xad", b"\xe5\x9b", b"\xe5\x9b\xbd",
                                   "中国".encode()], start=256):
         ranks[token] = rank  # 中国's own merges never give it: ad+e5 comes first
     pat = tokenlane.get_encoding("o200k_base")._pat_str
-    ref = tiktoken_module.Encoding("cut", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
-    # The piece before the part (the cache holds the piece's token), and the part first.
+    ref = tiktoken_module.Encoding("shortcut", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+    # The whole piece first (the cache holds its token), and the longer piece first.
     for texts in (["中国", "A中国", "中国 A中国 中国", "中国中国"], ["A中国", "中国", "中国中国 A中国"]):
-        ours = tokenlane.Encoding("cut", pat_str=pat, mergeable_ranks=ranks, special_tokens={})  # a cache of its own
+        ours = tokenlane.Encoding("shortcut", pat_str=pat, mergeable_ranks=ranks, special_tokens={})  # a cache of its own
         for text in texts:
             assert ours.encode_ordinary(text) == ref.encode_ordinary(text), text
         assert ours.encode_ordinary("中国") == [261]

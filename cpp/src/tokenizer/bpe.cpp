@@ -56,36 +56,6 @@ std::size_t argmin(const Rank* a, std::size_t n) {
   return k;
 }
 
-// UTF-8 structure, for crossable: not a validation (overlong forms and surrogates pass), but the
-// same reading of a token's bytes at load time and of a piece's at encode time.
-bool is_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
-std::size_t utf8_length(unsigned char lead) {
-  return lead < 0x80 ? 1 : lead < 0xC0 ? 0 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : lead < 0xF8 ? 4 : 0;
-}
-// The code point of the character of length k at p (k = utf8_length(p[0]), continuation bytes after).
-std::uint32_t code_point(const unsigned char* p, std::size_t k) {
-  std::uint32_t c = k == 1 ? p[0] : p[0] & (0x7F >> k);
-  for (std::size_t i = 1; i < k; ++i) c = c << 6 | (p[i] & 0x3F);
-  return c;
-}
-// Calls f(code point, offset) for each character of p[0, n); false (after calling it for some) if a
-// lead byte is not followed by exactly its continuation bytes.
-template <class F>
-bool for_each_char(const unsigned char* p, std::size_t n, F f) {
-  for (std::size_t i = 0; i < n;) {
-    const std::size_t k = utf8_length(p[i]);
-    if (k == 0 || i + k > n || !std::all_of(p + i + 1, p + i + k, is_continuation)) return false;
-    f(code_point(p + i, k), i);
-    i += k;
-  }
-  return true;
-}
-// p[0, n) is a strict part of one character's bytes.
-bool part_of_one_char(const unsigned char* p, std::size_t n) {
-  if (is_continuation(p[0])) return n <= 3 && std::all_of(p, p + n, is_continuation);
-  return utf8_length(p[0]) > n && std::all_of(p + 1, p + n, is_continuation);
-}
-
 [[noreturn]] void corrupt(const std::string& name, std::size_t line, const std::string& what) {
   throw Error(ErrorCode::vocab_corrupt,
               "rank file for " + name + ", line " + std::to_string(line) + ": " + what);
@@ -179,31 +149,6 @@ void Vocabulary::build_tables(const std::string& name) {
     while (slots_[i].len != 0) i = (i + 1) & mask_;
     slots_[i] = {head, r, t.len};
   }
-  // crossable's tables.
-  bigram_bits_.assign((std::size_t{1} << kBigramBitsLog) / 64, 0);
-  for (Rank r = 0; r < spans_.size(); ++r) {
-    const Span& t = spans_[r];
-    if (t.off == kAbsent || t.len < 2) continue;
-    const unsigned char* p = bytes + t.off;
-    std::uint32_t prev = 0;
-    std::size_t chars = 0;
-    const bool whole = for_each_char(p, t.len, [&](std::uint32_t c, std::size_t) {
-      if (chars++ > 0) {
-        const std::uint64_t key = std::uint64_t{prev} << 21 | c;
-        const std::uint64_t h1 = (key * 0x9E3779B97F4A7C15ull) >> (64 - kBigramBitsLog);
-        const std::uint64_t h2 = (key * 0xC2B2AE3D27D4EB4Full) >> (64 - kBigramBitsLog);
-        bigram_bits_[h1 >> 6] |= std::uint64_t{1} << (h1 & 63);
-        bigram_bits_[h2 >> 6] |= std::uint64_t{1} << (h2 & 63);
-      }
-      prev = c;
-    });
-    if (whole || part_of_one_char(p, t.len)) continue;
-    for (std::uint32_t i = 0; i + 1 < t.len; ++i) {
-      const unsigned pair = static_cast<unsigned>(p[i]) << 8 | p[i + 1];
-      straddle_pairs_[pair >> 6] |= std::uint64_t{1} << (pair & 63);
-    }
-  }
-  reach_.reset(new std::atomic<std::uint8_t>[spans_.size()]());
   for (int b = 0; b < 256; ++b) {
     unsigned char c = static_cast<unsigned char>(b);
     Rank r = find_rank(&c, 1);
@@ -281,55 +226,6 @@ PieceCache& Vocabulary::thread_cache() const {
   caches.id[k] = id_;
   caches.cache[k] = std::make_unique<PieceCache>();
   return *caches.cache[k];
-}
-
-std::size_t Vocabulary::merge_piece(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const {
-  unsigned char high = 0;
-  for (std::size_t i = 0; i < n; ++i) high |= p[i];
-  if (high < 0x80) return merge_short(p, n, tokens, cache);  // ASCII: its pairs are nearly all in tokens
-  std::uint8_t cuts[PieceCache::kMaxBytes];
-  std::size_t n_cuts = 0;
-  std::uint32_t prev = 0;
-  const bool whole = for_each_char(p, n, [&](std::uint32_t c, std::size_t at) {
-    if (at > 0 && !crossable(prev, c, p[at - 1], p[at])) cuts[n_cuts++] = static_cast<std::uint8_t>(at);
-    prev = c;
-  });
-  if (!whole || n_cuts == 0) return merge_short(p, n, tokens, cache);
-  std::size_t count = 0, from = 0;
-  for (std::size_t k = 0; k <= n_cuts; ++k) {
-    const std::size_t to = k < n_cuts ? cuts[k] : n;
-    count += merge_part(p + from, to - from, tokens + count, cache);
-    from = to;
-  }
-  return count;
-}
-
-std::size_t Vocabulary::merge_part(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const {
-  // The cache holds pieces' tokens, which for a piece that is one token is that token (tiktoken's
-  // shortcut); a part has no shortcut, so a cached single token stands only if merging gives it.
-  const std::uint64_t head = head_bytes(p, n);
-  const std::uint64_t ch = cache_hash(p, n, head);
-  std::uint32_t count = 0;
-  if (const Rank* cached = cache.find(p, n, head, ch, count)) {
-    if (count > 1 || reachable(cached[0], p, n, cache)) {
-      std::copy(cached, cached + count, tokens);
-      return count;
-    }
-  }
-  count = static_cast<std::uint32_t>(merge_short(p, n, tokens, cache));
-  // Cached only where the piece of these bytes would get the same tokens.
-  if (count == 1 || find_rank(p, n) == kNoRank) cache.insert(p, n, head, ch, tokens, count);
-  return count;
-}
-
-bool Vocabulary::reachable(Rank t, const unsigned char* p, std::size_t n, PieceCache& cache) const {
-  std::uint8_t state = reach_[t].load(std::memory_order_relaxed);
-  if (state == 0) {
-    Rank merged[PieceCache::kMaxBytes];
-    state = merge_short(p, n, merged, cache) == 1 && merged[0] == t ? 1 : 2;
-    reach_[t].store(state, std::memory_order_relaxed);
-  }
-  return state == 1;
 }
 
 std::size_t Vocabulary::merge_short(const unsigned char* p, std::size_t n, Rank* tok, PieceCache& cache) const {

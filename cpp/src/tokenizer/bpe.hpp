@@ -8,12 +8,9 @@
 // pieces use a linked list and a bucket queue over ranks, so each merge costs O(1) and time stays
 // linear in the piece length. Long pieces made of a few runs of one byte ("xxxx…", blanks, "----")
 // are merged run-length encoded, many merges per step (merge_runs). Multi-token pieces of up to
-// PieceCache::kMaxBytes are remembered per thread (PieceCache); longer ones are never cached. A
-// piece of other than ASCII is merged in parts, cut at the character boundaries no token crosses
-// (Vocabulary::crossable): the parts repeat where whole pieces do not, so they come from the cache.
+// PieceCache::kMaxBytes are remembered per thread (PieceCache); longer ones are never cached.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -430,7 +427,7 @@ class Vocabulary {
     if (tokens[0] != kNoRank) {
       count = 1;  // tiktoken's shortcut: a piece that is one token is not merged
     } else {
-      count = static_cast<std::uint32_t>(merge_piece(p, n, tokens, cache));
+      count = static_cast<std::uint32_t>(merge_short(p, n, tokens, cache));
     }
     cache.insert(p, n, head, ch, tokens, count);
     for (std::uint32_t i = 0; i < count; ++i) out.push(tokens[i]);
@@ -506,29 +503,6 @@ class Vocabulary {
 
   // Merges a piece of 1..kMaxBytes bytes into `tokens`; returns how many.
   std::size_t merge_short(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
-  // merge_short for a piece that is not one token, in parts where it has character boundaries no
-  // merge can cross (see crossable); each part's tokens come from the piece cache when it has them.
-  std::size_t merge_piece(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
-  // The merged tokens of one part of a piece (no whole-token shortcut), cached.
-  std::size_t merge_part(const unsigned char* p, std::size_t n, Rank* tokens, PieceCache& cache) const;
-  // Whether merging token t's own bytes p[0, n) gives t. False for a token that only tiktoken's
-  // whole-piece shortcut produces: none of the UTF-8 tokens of cl100k_base and o200k_base, but a
-  // vocabulary built from mergeable_ranks may have them. Worked out on first use, per token.
-  bool reachable(Rank t, const unsigned char* p, std::size_t n, PieceCache& cache) const;
-  // Whether a merge may join the characters a and b (code points) whose bytes meet at `left` |
-  // `right`: some token holds both characters next to each other, or holds the two bytes and does
-  // not consist of whole characters. False: no token can contain bytes from both sides, so the
-  // piece's merges on each side are those of the side alone. Non-ASCII text: Chinese and Japanese
-  // have a character boundary no merge crosses at 54-57% of the boundaries inside pieces (o200k),
-  // and parts cut there repeat far more than whole pieces (Chinese: 51,148 distinct pieces in 2 MB,
-  // 10,578 parts).
-  bool crossable(std::uint32_t a, std::uint32_t b, unsigned char left, unsigned char right) const {
-    if ((straddle_pairs_[(left << 8 | right) >> 6] >> (right & 63)) & 1) return true;
-    const std::uint64_t key = std::uint64_t{a} << 21 | b;
-    const std::uint64_t h1 = (key * 0x9E3779B97F4A7C15ull) >> (64 - kBigramBitsLog);
-    const std::uint64_t h2 = (key * 0xC2B2AE3D27D4EB4Full) >> (64 - kBigramBitsLog);
-    return ((bigram_bits_[h1 >> 6] >> (h1 & 63)) & (bigram_bits_[h2 >> 6] >> (h2 & 63)) & 1) != 0;
-  }
   // Merges a piece of any length (linear time).
   std::vector<Rank> merge_long(const unsigned char* p, std::size_t n, PieceCache& cache) const;
   // Merges a piece made of at most kMaxRuns runs of one byte, as runs of one token; nullptr (and no
@@ -555,13 +529,6 @@ class Vocabulary {
   static constexpr std::uint32_t kDigitOffset[4] = {0, 0, 10, 110};
   std::vector<Rank> digit_ranks_;
   std::vector<std::uint64_t> token_bits_;  // see maybe_token
-  // crossable's tables: the character pairs inside tokens of whole characters (a Bloom filter, two
-  // bits per pair, 64 KiB: a false "crossable" only leaves a piece uncut), and every byte pair
-  // inside the other tokens of two or more bytes that are not part of one character.
-  static constexpr int kBigramBitsLog = 19;
-  std::vector<std::uint64_t> bigram_bits_;
-  std::uint64_t straddle_pairs_[65536 / 64] = {};
-  std::unique_ptr<std::atomic<std::uint8_t>[]> reach_;  // per rank: 0 unknown, 1 reachable, 2 not (see reachable)
   Rank byte_rank_[256] = {};
   std::size_t max_token_bytes_ = 0;  // the longest ordinary token
   std::uint64_t id_ = 0;  // unique per loaded vocabulary; keys the per-thread piece caches
