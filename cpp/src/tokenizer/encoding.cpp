@@ -111,20 +111,41 @@ struct Encoding::Impl {
                 "'" + std::string(text) + "' is not a special token of " + spec.name);
   }
 
-  // Piece caches for batch workers. Batch threads live for one call, and a thread's own cache dies
-  // with it; these outlive the call, so the next batch starts warm. Worker k (1, 2, ...) gets cache
-  // k again, which saw the same block of the previous batch (see BatchClaims); a batch running
+  // Batch thread k's piece cache for one call: the calling thread's own for k = 0, else the
+  // encoding's cache for worker k. Batch threads live for one call, and a thread's own cache dies
+  // with it; the workers' caches outlive the call, so the next batch starts warm, and worker k gets
+  // cache k again, which saw the same block of the previous batch (see BatchClaims). A batch running
   // beside another on the same encoding makes fresh ones for what is taken.
-  std::unique_ptr<detail::PieceCache> take_cache(unsigned worker) const {
-    std::lock_guard<std::mutex> lock(spare_mutex);
-    if (worker <= spare_caches.size() && spare_caches[worker - 1]) return std::move(spare_caches[worker - 1]);
-    return std::make_unique<detail::PieceCache>();
-  }
-  void give_back(unsigned worker, std::unique_ptr<detail::PieceCache> cache) const {
-    std::lock_guard<std::mutex> lock(spare_mutex);
-    if (spare_caches.size() < worker) spare_caches.resize(worker);
-    if (!spare_caches[worker - 1]) spare_caches[worker - 1] = std::move(cache);
-  }
+  class BatchCache {
+   public:
+    BatchCache(const Impl& impl, unsigned k) : impl_(impl), k_(k) {
+      if (k == 0) {
+        cache_ = &impl.vocab.thread_cache();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(impl.spare_mutex);
+        if (k <= impl.spare_caches.size()) spare_ = std::move(impl.spare_caches[k - 1]);
+      }
+      if (!spare_) spare_ = std::make_unique<detail::PieceCache>();
+      cache_ = spare_.get();
+    }
+    ~BatchCache() {
+      if (!spare_) return;
+      std::lock_guard<std::mutex> lock(impl_.spare_mutex);
+      if (impl_.spare_caches.size() < k_) impl_.spare_caches.resize(k_);
+      if (!impl_.spare_caches[k_ - 1]) impl_.spare_caches[k_ - 1] = std::move(spare_);
+    }
+    BatchCache(const BatchCache&) = delete;
+    BatchCache& operator=(const BatchCache&) = delete;
+    detail::PieceCache& operator*() const { return *cache_; }
+
+   private:
+    const Impl& impl_;
+    unsigned k_;
+    std::unique_ptr<detail::PieceCache> spare_;
+    detail::PieceCache* cache_;
+  };
   mutable std::mutex spare_mutex;
   mutable std::vector<std::unique_ptr<detail::PieceCache>> spare_caches;  // [k - 1]: worker k's
 
@@ -188,9 +209,8 @@ class BatchClaims {
   std::unique_ptr<std::atomic<bool>[]> taken_;
 };
 
-// Runs fn(i, cache) for i in [0, n) on up to `threads` threads (BatchClaims), each with a piece cache
-// of its own (the calling thread's, or one kept by the encoding for batch worker k); the first
-// exception is rethrown.
+// Runs fn(i, cache) for i in [0, n) on up to `threads` threads (BatchClaims), each with its
+// BatchCache; the first exception is rethrown.
 template <class Fn>
 void parallel_for(const Encoding::Impl& impl, std::size_t n, unsigned threads, Fn fn) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -204,15 +224,13 @@ void parallel_for(const Encoding::Impl& impl, std::size_t n, unsigned threads, F
   std::exception_ptr error;
   std::atomic<bool> failed{false};
   auto work = [&](unsigned k) {
-    std::unique_ptr<detail::PieceCache> own;
     try {
-      detail::PieceCache& cache = k == 0 ? impl.vocab.thread_cache() : *(own = impl.take_cache(k));
+      Encoding::Impl::BatchCache cache(impl, k);
       BatchClaims::Cursor cursor = claims.cursor(k);
-      for (std::size_t i; !failed.load() && (i = claims.next(cursor)) < n;) fn(i, cache);
+      for (std::size_t i; !failed.load() && (i = claims.next(cursor)) < n;) fn(i, *cache);
     } catch (...) {
       if (!failed.exchange(true)) error = std::current_exception();
     }
-    if (own) impl.give_back(k, std::move(own));
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
@@ -360,9 +378,8 @@ void Encoding::encode_batch_each(const std::vector<std::string_view>& texts, con
     impl_->encode(texts[i], allowed, out, cache);
   };
   auto work = [&](unsigned k) {
-    std::unique_ptr<detail::PieceCache> cache;
     try {
-      cache = impl_->take_cache(k);
+      Impl::BatchCache cache(*impl_, k);
       BatchClaims::Cursor cursor = claims.cursor(k);
       for (std::size_t i; !stop.load() && (i = claims.next(cursor)) < n;) {
         encode_one(i, *cache);
@@ -378,7 +395,6 @@ void Encoding::encode_batch_each(const std::vector<std::string_view>& texts, con
       stop.store(true);
     }
     done.notify_one();
-    if (cache) impl_->give_back(k, std::move(cache));
   };
   std::vector<std::thread> pool;
   pool.reserve(workers);
@@ -394,7 +410,7 @@ void Encoding::encode_batch_each(const std::vector<std::string_view>& texts, con
   for (unsigned t = 1; t <= workers; ++t) pool.emplace_back(work, t);
   // This thread delivers what the workers finished, then encodes a text of its own (and delivers
   // it), until every text is delivered; with nothing left to encode it waits for the workers.
-  detail::PieceCache& own_cache = impl_->vocab.thread_cache();
+  Impl::BatchCache own_cache(*impl_, 0);
   BatchClaims::Cursor own_cursor = claims.cursor(0);
   std::vector<std::size_t> to_deliver;
   for (std::size_t delivered = 0; delivered < n;) {
@@ -411,7 +427,7 @@ void Encoding::encode_batch_each(const std::vector<std::string_view>& texts, con
     leave();
     try {
       if (!stop.load() && (mine = claims.next(own_cursor)) < n) {
-        encode_one(mine, own_cache);
+        encode_one(mine, *own_cache);
       } else {
         std::unique_lock<std::mutex> lock(mutex);
         done.wait(lock, [&] { return !finished.empty() || worker_error != nullptr; });
