@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import redis
 from store_support import Replicas
-from test_scaleout import (Load, held_in_redis, ledger_rows, pytestmark, replica_env,  # noqa: F401
+from test_scaleout import (Load, held_in_redis, ledger_rows, pytestmark, replica_env, state_left,  # noqa: F401
                            until_or_raise, wait_until)
 
 LEASE_S = 2.0
@@ -64,10 +64,15 @@ def test_kill_9_gives_back_the_replicas_budget_reservations_within_the_lease(ser
         # is held any more: the dead replica's reservations were released at every level.
         back = wait_until(lambda: reservations(redis_db) == (0, 0), LEASE_S * 2 + 2)
         waited = time.monotonic() - killed
+        # The final records it left in Redis (answered, not committed yet) are claimed once their
+        # own claim runs out, which can be up to a renewal interval after its leases: the others
+        # apply them to the ledger before the replicas stop.
+        applied = wait_until(lambda: state_left(redis_db)["records"] == 0, LEASE_S * 2 + 10)
     finally:
         replicas.stop()
     assert min(held_at_kill[0]) > 0, f"the load held no reservation before the kill: {held_at_kill}"
     assert back, f"reservations still held {waited:.1f} s after the kill: {reservations(redis_db)}"
+    assert applied, f"final records still kept in Redis: {state_left(redis_db)}"
     assert ledger_holds(pg_url) == (0, 0)
     rows = ledger_rows(pg_url)
     for a in load.answers:  # every response a client received is on the ledger, once, succeeded
