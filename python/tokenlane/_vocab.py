@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from . import _core
@@ -47,6 +46,8 @@ def _from_tiktoken_cache(rank_file: str, expected: str) -> bytes | None:
 
 
 def _download(rank_file: str) -> bytes:
+    import urllib.request  # (here: it costs `import tokenlane` ~20 ms, and most processes never download)
+
     url = OFFICIAL_BASE_URL + rank_file
     try:
         with urllib.request.urlopen(url, timeout=60) as response:

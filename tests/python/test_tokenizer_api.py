@@ -118,3 +118,25 @@ def test_cli_counts_files_and_stdin(tmp_path, capsys):
     assert "APPROXIMATE" in capsys.readouterr().out
     assert main(["count", str(tmp_path / "missing.txt")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_import_loads_only_the_tokenizer_and_the_rest_on_first_use():
+    # A process that only counts tokens (`import tokenlane as tiktoken`) must not pay for the
+    # middleware's stack; every public name still resolves, and `dir()` lists it.
+    import subprocess
+    import sys
+
+    code = """
+import sys, tokenlane
+heavy = {"starlette", "fastapi", "httpx", "redis", "psycopg", "prometheus_client", "opentelemetry", "pandas"}
+print(sorted({m.split(".")[0] for m in sys.modules} & heavy))
+print(sorted(m for m in sys.modules if m.startswith("tokenlane.")))
+missing = [n for n in tokenlane.__all__ if n not in dir(tokenlane) or getattr(tokenlane, n) is None]
+print(missing, tokenlane.evaluation.replay.__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]", out[0]
+    assert out[1] == "['tokenlane._core', 'tokenlane._vocab', 'tokenlane.chat', 'tokenlane.encoding']", out[1]
+    assert out[2] == "[] replay"  # every public name resolves, and submodules as attributes
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        tokenlane.no_such_name
