@@ -4,6 +4,9 @@ This release provides the exact tokenizer (tiktoken-compatible ids, C++ core), r
 pricing, output-token estimators, the scheduler and its trace simulator, the ledger and the ASGI middleware.
 """
 
+from importlib import import_module as _import_module
+from importlib.util import find_spec as _find_spec
+
 from ._core import InvalidArgumentError, StorageError, TokenlaneError, UnknownNameError, VocabularyError
 from .chat import ApproximateCount, count_chat_tokens, count_tokens_approx
 from .encoding import (
@@ -44,15 +47,12 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    import importlib
-    import importlib.util
-
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(module, __name__), name)
-    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # a submodule: `tokenlane.evaluation.replay`
+        value = getattr(_import_module(module, __name__), name)
+    elif name.isidentifier() and not name.startswith("__") and _find_spec(f"{__name__}.{name}") is not None:
+        value = _import_module(f".{name}", __name__)  # a submodule: `tokenlane.evaluation.replay`
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # (later lookups skip this function)
