@@ -103,9 +103,21 @@ def test_encodings_pickle(cl100k):
 # A conftest that makes `import tiktoken` return tokenlane inside the copied suite.
 ALIAS_CONFTEST = textwrap.dedent(
     """
+    import os
     import sys
     import tokenlane
     sys.modules["tiktoken"] = tokenlane
+
+    # tiktoken's CI runs this suite against tiktoken installed in site-packages. tokenlane is an
+    # editable install here, which recent Hypothesis versions take for the user's own code and mines for
+    # string literals to feed st.text(): test_hyp_roundtrip then draws '<|endoftext|>' from
+    # tokenlane's source, which tiktoken rejects as well (a disallowed special token). Treat
+    # tokenlane as installed, as tiktoken is there.
+    from hypothesis.internal.conjecture import providers
+    _is_local = getattr(providers, "is_local_module_file", None)
+    if _is_local is not None:
+        _package = os.path.dirname(tokenlane.__file__) + os.sep
+        providers.is_local_module_file = lambda path: not path.startswith(_package) and _is_local(path)
     """
 )
 # tiktoken's private bytes-level entry point (the issue exempts it): these tests call enc._encode_bytes.
