@@ -6,6 +6,7 @@ pricing, output-token estimators, the scheduler and its trace simulator, the led
 
 from importlib import import_module as _import_module
 from importlib.util import find_spec as _find_spec
+from typing import TYPE_CHECKING
 
 from ._core import InvalidArgumentError, StorageError, TokenlaneError, UnknownNameError, VocabularyError
 from .chat import ApproximateCount, count_chat_tokens, count_tokens_approx
@@ -45,6 +46,21 @@ _LAZY = {
     "simulate": ".sim",
     "trim_messages": ".trim",
 }
+
+if TYPE_CHECKING:  # what type checkers and IDEs see for the names above, which load at run time
+    from .asgi import TokenlaneMiddleware
+    from .errors import RequestError
+    from .estimators import Estimate, Estimator, HeuristicEstimator, HistoryEstimator, LearnedEstimator
+    from .evaluation import evaluate, plot_predictions
+    from .formats import LLMRequest
+    from .ledger import Ledger
+    from .pricing import Cost, Pricing
+    from .providers import report_usage
+    from .runtime import Tokenlane
+    from .scheduler import Decision, Scheduler
+    from .sim import SimulationResult, load_trace, simulate
+    from .stages import Identity
+    from .trim import trim_messages
 
 
 def __getattr__(name: str) -> object:

@@ -140,3 +140,11 @@ print(missing, tokenlane.evaluation.replay.__name__)
     assert out[2] == "[] replay"  # every public name resolves, and submodules as attributes
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         tokenlane.no_such_name
+    # What type checkers see (the TYPE_CHECKING imports) is what loads at run time (_LAZY).
+    import ast
+    import inspect
+
+    guarded = next(node for node in ast.parse(inspect.getsource(tokenlane)).body
+                   if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING")
+    seen = {alias.name: "." + imp.module for imp in guarded.body for alias in imp.names}
+    assert seen == tokenlane._LAZY
