@@ -512,12 +512,14 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // piece kind mispredicts about once per piece. The rules below restate the regex's alternatives
 // over ASCII, given that the window starts at a piece start (see o200k_window). Only pieces whose
 // boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
-// non-ASCII byte, near the end of the text, and at the rare patterns the masks do not model.
+// non-ASCII character the masks do not classify (below: the common two- and three-byte letters and
+// multi-byte punctuation), near the end of the text, and at the rare patterns the masks do not model.
 struct AsciiMasks {
-  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont;
+  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont, both;
   // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only. high: bytes >= 0x80 except
-  // those of the two-byte letters and the multi-byte punctuation below. cont: the bytes after the
-  // first of each multi-byte punctuation character.
+  // those of the two-byte letters, the three-byte letters and the multi-byte punctuation below.
+  // cont: the bytes after the first of each multi-byte punctuation character. both: letters in both
+  // case classes (the three-byte letters below).
 };
 
 // Two-byte letters the windows also take (both bytes get the letter's case): U+00C0-U+00FF except
@@ -754,6 +756,72 @@ inline void add_multibyte_punct(AsciiMasks& m, const unsigned char* w) {
   }
 }
 
+// Three-byte letters the windows also take, in both of o200k's case classes (Lo and Lm): the CJK
+// ideographs U+4E00-U+9FFF (lead 0xE4 then 0xB8-0xBF, or leads 0xE5-0xE9) and the kana U+3041-U+30FF
+// (lead 0xE3 then 0x81-0x83) except the unassigned code points, marks, symbols and punctuation among
+// them (U+3097-U+309C, U+30A0, U+30FB), which stay `high` (a test checks the ranges against the
+// class table). Chinese and Japanese text is mostly these and multi-byte punctuation, so its
+// windows are then decided by the masks too instead of a branchy walk per character.
+inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
+  std::uint64_t e3 = 0, e4 = 0, e5_e9 = 0, cont = 0, b8_bf = 0, x81 = 0, x82 = 0, x83 = 0, x80 = 0, not_kana_82 = 0,
+                xbb = 0;
+#if defined(__SSE2__)
+  auto eq = [](__m128i v, int c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(static_cast<char>(c))); };
+  auto bits = [](__m128i v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm_movemask_epi8(v))); };
+  // Bytes >= 0x80 are negative as signed bytes; below(v, b): bytes under b (b >= 0x80).
+  auto below = [](__m128i v, int b) { return _mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(b - 256))); };
+  {  // Most windows with other non-ASCII text (Latin, Cyrillic) have no lead byte 0xE3-0xE9: done.
+    __m128i leads = _mm_setzero_si128();
+    for (int q = 0; q < 4; ++q) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+      leads = _mm_or_si128(leads, _mm_andnot_si128(below(v, 0xE3), below(v, 0xEA)));
+    }
+    if (_mm_movemask_epi8(leads) == 0) return;
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+    const int sh = 16 * q;
+    const __m128i c = below(v, 0xC0);
+    e3 |= bits(eq(v, 0xE3)) << sh;
+    e4 |= bits(eq(v, 0xE4)) << sh;
+    e5_e9 |= bits(_mm_andnot_si128(below(v, 0xE5), below(v, 0xEA))) << sh;
+    cont |= bits(c) << sh;
+    b8_bf |= bits(_mm_andnot_si128(below(v, 0xB8), c)) << sh;
+    x80 |= bits(eq(v, 0x80)) << sh;
+    x81 |= bits(eq(v, 0x81)) << sh;
+    x82 |= bits(eq(v, 0x82)) << sh;
+    x83 |= bits(eq(v, 0x83)) << sh;
+    xbb |= bits(eq(v, 0xBB)) << sh;
+    not_kana_82 |= bits(_mm_or_si128(_mm_andnot_si128(below(v, 0x97), below(v, 0x9D)), eq(v, 0xA0))) << sh;
+  }
+#else
+  for (int k = 0; k < 64; ++k) {
+    const std::uint64_t bit = std::uint64_t{1} << k;
+    const unsigned char b = s[k];
+    if (b == 0xE3) e3 |= bit;
+    if (b == 0xE4) e4 |= bit;
+    if (b >= 0xE5 && b <= 0xE9) e5_e9 |= bit;
+    if (b >= 0x80 && b <= 0xBF) cont |= bit;
+    if (b >= 0xB8 && b <= 0xBF) b8_bf |= bit;
+    if (b == 0x80) x80 |= bit;
+    if (b == 0x81) x81 |= bit;
+    if (b == 0x82) x82 |= bit;
+    if (b == 0x83) x83 |= bit;
+    if (b == 0xBB) xbb |= bit;
+    if ((b >= 0x97 && b <= 0x9C) || b == 0xA0) not_kana_82 |= bit;
+  }
+#endif
+  // Bit k: the character starting at byte k is one of these letters (bytes k+1, k+2 inside the window).
+  const std::uint64_t third = cont >> 2;
+  const std::uint64_t han = ((e5_e9 & (cont >> 1)) | (e4 & (b8_bf >> 1))) & third;
+  const std::uint64_t kana = e3 & third &
+                             (((x81 >> 1) & ~(x80 >> 2)) | ((x82 >> 1) & ~(not_kana_82 >> 2)) | ((x83 >> 1) & ~(xbb >> 2)));
+  const std::uint64_t first = han | kana;
+  const std::uint64_t bytes = first | (first << 1) | (first << 2);
+  m.both |= bytes;
+  m.high &= ~bytes;
+}
+
 // Bit k of the result: some bit of `seed` at k or after it, within the same run of `run` bits
 // (seed must lie within run). A right-to-left OR-scan in six doubling steps.
 inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
@@ -777,12 +845,15 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
 template <class Sink>
 std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, Sink& sink, std::uint64_t& high) {
   AsciiMasks m = classify64(s + i);
-  if (m.high) add_multibyte_punct(m, s + i);
+  if (m.high) {
+    add_three_byte_letters(m, s + i);
+    add_multibyte_punct(m, s + i);
+  }
   high = m.high;
   // Only the bytes before the first non-ASCII one are known to be what the masks say they are.
   const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
   if (limit < 8) return i;
-  const std::uint64_t letter = m.lower | m.upper, ws = m.blank | m.newline;
+  const std::uint64_t letter = m.lower | m.upper | m.both, ws = m.blank | m.newline;
   const std::uint64_t punct = ~(letter | m.digit | ws | m.high);  // [^\s\p{L}\p{N}], ASCII
   auto before = [](std::uint64_t x) { return x << 1; };  // bit k: byte k-1 is in x
 
@@ -823,6 +894,13 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   // A '/' after a newline may be in a punctuation run's tail or start a piece: left to the scalar path.
   if (const std::uint64_t odd = m.slash & before(m.newline) & known) {
     cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(odd)));
+  }
+  // A letter of both case classes before an upper-case one ("中文AB"): where the piece ends depends
+  // on what follows the upper-case letters (A backtracks to the last letter of both classes when no
+  // lower-case one follows; after a lower-case one the upper-case letter starts a piece): left to the
+  // scalar path. Elsewhere such letters never start a piece inside a run of letters.
+  if (const std::uint64_t both_upper = m.both & (m.upper >> 1)) {
+    cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(both_upper)) + 1);
   }
   // \p{N}{1,3} takes a longer run of digits three at a time.
   for (std::uint64_t r = digit_start & (m.digit >> 1) & (m.digit >> 2) & (m.digit >> 3); r; r &= r - 1) {
