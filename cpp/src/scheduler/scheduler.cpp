@@ -176,6 +176,10 @@ struct Scheduler::Impl {
   std::vector<Rec> recs;
   std::vector<std::uint32_t> free_slots;
   detail::IdTable ids;  // live ids → slots
+  // The running requests again: complete() finds its request in a table the size of the running set
+  // (cache-resident) instead of a probe into the one of every live request, a cache miss per call
+  // with 100k queued (free_rec's erase there is prefetched before finish()).
+  detail::IdTable running_ids;
   std::vector<Tenant> tenants;  // records of live tenants and free slots (alive false)
   std::unordered_map<std::string, std::uint32_t> tenant_ids;  // live tenants
   std::vector<std::uint32_t> free_tenants;
@@ -692,6 +696,7 @@ struct Scheduler::Impl {
     t.running++;
     r.run_pos = static_cast<std::uint32_t>(running.size());
     running.push_back(slot);
+    running_ids.insert(r.id_hash, slot);
     n_started++;
   }
 
@@ -729,6 +734,7 @@ struct Scheduler::Impl {
     running[r.run_pos] = moved;
     recs[moved].run_pos = r.run_pos;
     running.pop_back();
+    running_ids.erase(r.id_hash, slot);
     note_idle(t, now);
   }
 
@@ -1265,8 +1271,10 @@ bool Scheduler::complete(const std::string& id, double now, Money actual_cost, s
   check_time(now);
   if (actual_cost.pico() < 0) throw Error(ErrorCode::invalid_argument, "actual cost cannot be negative");
   std::lock_guard lock(impl_->mu);
-  const std::uint32_t slot = impl_->live_slot(id);
-  if (slot == kNone || impl_->recs[slot].state != RequestState::running) return false;
+  const std::uint32_t h = detail::IdTable::hash(id);
+  impl_->ids.prefetch(h);
+  const std::uint32_t slot = impl_->running_ids.find(h, id, impl_->id_of());
+  if (slot == kNone) return false;
   impl_->finish(slot, now, &actual_cost, input_tokens, output_tokens);
   impl_->n_completed++;
   impl_->free_rec(slot);
