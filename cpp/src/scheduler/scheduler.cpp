@@ -106,10 +106,11 @@ struct Budget {
 // Where a queued request's entry for the combined policy's urgency check is (see Impl::urgent).
 enum class UrgentAt : std::uint8_t { none, near, far };
 
-// A request's record. What picking and starting read comes first, so a request reaching the head of
-// the queue (its record long cold) costs two cache lines; the rest of the submitted request is kept
-// only as far as something reads it (id, model; the tenant's name is in its Tenant), four lines in
-// all, since copying and clearing all of it per request was a tenth of cost_priority's cycle.
+// A request's record. What picking and starting read comes first; the rest of the submitted request
+// is kept only as far as something reads it (id, model; the tenant's name is in its Tenant), four
+// lines in all, since copying and clearing all of it per request was a tenth of cost_priority's
+// cycle. A request reaching the head of its tenant's queue or of the urgency set (its record long
+// cold) has all four prefetched: unqueue and start read line 3 too (urgent_k, id_hash, vtc_charged).
 struct alignas(64) Rec {
   // line 0
   Key key;
@@ -499,7 +500,7 @@ struct Scheduler::Impl {
       return;
     }
     const Key& head = *head_of(t);
-    prefetch_rec(head.slot, 192);  // pick() and start read it next (queued long ago: likely cold)
+    prefetch_rec(head.slot);  // pick() and start read it next (queued long ago: likely cold)
     TenantKey k;
     k.tenant = ti;
     k.seq = head.seq;
@@ -581,7 +582,7 @@ struct Scheduler::Impl {
       urgent.erase(urgent_key(r));
       r.urgent_at = UrgentAt::none;
       // The next urgent request is the first thing the next pick() reads: its record is cold.
-      if (!urgent.empty()) prefetch_rec(urgent.front().slot, 192);
+      if (!urgent.empty()) prefetch_rec(urgent.front().slot);
     }  // a far entry stays (stale unless it is queued again) until its bucket moves
     if (was_head && reindex_tenant) reindex(t);
     return was_head;
