@@ -161,16 +161,16 @@ def test_random_text_of_non_latin_scripts(pairs, text):
     assert_same(pairs, text)
 
 
-# Chinese and Japanese letters beside ASCII letters of both cases, contractions, CJK punctuation and
-# the kana that are not letters (U+309B, U+30A0, U+30FB, U+3099 a mark, U+3097 unassigned): o200k's
-# 64-byte windows take the common three-byte letters and must cut exactly where the regex does,
-# also where the regex backtracks ("中文AB " is "中文" and "AB").
-CJK_WITH_LATIN = ("中文国人一鿿日本語ひらがなぁゟカタカナヿーー・゠゛゙\u3097㐀䷀" "AAbBzZ'''s t" "，。、「」　\n 1")
+# Chinese, Japanese and Korean letters beside ASCII letters of both cases, contractions, CJK
+# punctuation and the kana that are not letters (U+309B, U+30A0, U+30FB, U+3099 a mark, U+3097
+# unassigned): o200k's 64-byte windows take the common three-byte letters and must cut exactly where
+# the regex does, also where the regex backtracks ("中文AB " is "中文" and "AB").
+CJK_WITH_LATIN = ("中文国人一鿿日本語ひらがなぁゟカタカナヿーー・゠゛゙\u3097㐀䷀한국어가힝힣" "AAbBzZ'''s t" "，。、「」　\n 1")
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet=CJK_WITH_LATIN, min_size=20, max_size=160))
-def test_random_chinese_and_japanese_beside_latin_letters(pairs, text):
+def test_random_chinese_japanese_and_korean_beside_latin_letters(pairs, text):
     assert_same(pairs, text)
 
 

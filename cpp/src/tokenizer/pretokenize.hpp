@@ -757,24 +757,26 @@ inline void add_multibyte_punct(AsciiMasks& m, const unsigned char* w) {
 }
 
 // Three-byte letters the windows also take, in both of o200k's case classes (Lo and Lm): the CJK
-// ideographs U+4E00-U+9FFF (lead 0xE4 then 0xB8-0xBF, or leads 0xE5-0xE9) and the kana U+3041-U+30FF
-// (lead 0xE3 then 0x81-0x83) except the unassigned code points, marks, symbols and punctuation among
-// them (U+3097-U+309C, U+30A0, U+30FB), which stay `high` (a test checks the ranges against the
-// class table). Chinese and Japanese text is mostly these and multi-byte punctuation, so its
-// windows are then decided by the masks too instead of a branchy walk per character.
+// ideographs U+4E00-U+9FFF (lead 0xE4 then 0xB8-0xBF, or leads 0xE5-0xE9), the Hangul syllables
+// U+AC00-U+D77F (lead 0xEA then 0xB0-0xBF, 0xEB, 0xEC, or 0xED then 0x80-0x9D) and the kana
+// U+3041-U+30FF (lead 0xE3 then 0x81-0x83) except the unassigned code points, marks, symbols and
+// punctuation among them (U+3097-U+309C, U+30A0, U+30FB), which stay `high` (a test checks the
+// ranges against the class table). Chinese, Japanese and Korean text is mostly these, ASCII and
+// multi-byte punctuation, so its windows are then decided by the masks too instead of a branchy walk
+// per character.
 inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
-  std::uint64_t e3 = 0, e4 = 0, e5_e9 = 0, cont = 0, b8_bf = 0, x81 = 0, x82 = 0, x83 = 0, x80 = 0, not_kana_82 = 0,
-                xbb = 0;
+  std::uint64_t e3 = 0, e4 = 0, e5_e9 = 0, ea = 0, eb_ec = 0, ed = 0, cont = 0, b0_bf = 0, b8_bf = 0, x80_9d = 0,
+                x80 = 0, x81 = 0, x82 = 0, x83 = 0, xbb = 0, not_kana_82 = 0;
 #if defined(__SSE2__)
   auto eq = [](__m128i v, int c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(static_cast<char>(c))); };
   auto bits = [](__m128i v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm_movemask_epi8(v))); };
   // Bytes >= 0x80 are negative as signed bytes; below(v, b): bytes under b (b >= 0x80).
   auto below = [](__m128i v, int b) { return _mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(b - 256))); };
-  {  // Most windows with other non-ASCII text (Latin, Cyrillic) have no lead byte 0xE3-0xE9: done.
+  {  // Most windows with other non-ASCII text (Latin, Cyrillic) have no lead byte 0xE3-0xED: done.
     __m128i leads = _mm_setzero_si128();
     for (int q = 0; q < 4; ++q) {
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
-      leads = _mm_or_si128(leads, _mm_andnot_si128(below(v, 0xE3), below(v, 0xEA)));
+      leads = _mm_or_si128(leads, _mm_andnot_si128(below(v, 0xE3), below(v, 0xEE)));
     }
     if (_mm_movemask_epi8(leads) == 0) return;
   }
@@ -785,8 +787,13 @@ inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
     e3 |= bits(eq(v, 0xE3)) << sh;
     e4 |= bits(eq(v, 0xE4)) << sh;
     e5_e9 |= bits(_mm_andnot_si128(below(v, 0xE5), below(v, 0xEA))) << sh;
+    ea |= bits(eq(v, 0xEA)) << sh;
+    eb_ec |= bits(_mm_andnot_si128(below(v, 0xEB), below(v, 0xED))) << sh;
+    ed |= bits(eq(v, 0xED)) << sh;
     cont |= bits(c) << sh;
+    b0_bf |= bits(_mm_andnot_si128(below(v, 0xB0), c)) << sh;
     b8_bf |= bits(_mm_andnot_si128(below(v, 0xB8), c)) << sh;
+    x80_9d |= bits(below(v, 0x9E)) << sh;
     x80 |= bits(eq(v, 0x80)) << sh;
     x81 |= bits(eq(v, 0x81)) << sh;
     x82 |= bits(eq(v, 0x82)) << sh;
@@ -801,8 +808,13 @@ inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
     if (b == 0xE3) e3 |= bit;
     if (b == 0xE4) e4 |= bit;
     if (b >= 0xE5 && b <= 0xE9) e5_e9 |= bit;
+    if (b == 0xEA) ea |= bit;
+    if (b == 0xEB || b == 0xEC) eb_ec |= bit;
+    if (b == 0xED) ed |= bit;
     if (b >= 0x80 && b <= 0xBF) cont |= bit;
+    if (b >= 0xB0 && b <= 0xBF) b0_bf |= bit;
     if (b >= 0xB8 && b <= 0xBF) b8_bf |= bit;
+    if (b >= 0x80 && b <= 0x9D) x80_9d |= bit;
     if (b == 0x80) x80 |= bit;
     if (b == 0x81) x81 |= bit;
     if (b == 0x82) x82 |= bit;
@@ -814,9 +826,10 @@ inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
   // Bit k: the character starting at byte k is one of these letters (bytes k+1, k+2 inside the window).
   const std::uint64_t third = cont >> 2;
   const std::uint64_t han = ((e5_e9 & (cont >> 1)) | (e4 & (b8_bf >> 1))) & third;
+  const std::uint64_t hangul = ((ea & (b0_bf >> 1)) | (eb_ec & (cont >> 1)) | (ed & (x80_9d >> 1))) & third;
   const std::uint64_t kana = e3 & third &
                              (((x81 >> 1) & ~(x80 >> 2)) | ((x82 >> 1) & ~(not_kana_82 >> 2)) | ((x83 >> 1) & ~(xbb >> 2)));
-  const std::uint64_t first = han | kana;
+  const std::uint64_t first = han | hangul | kana;
   const std::uint64_t bytes = first | (first << 1) | (first << 2);
   m.both |= bytes;
   m.high &= ~bytes;
