@@ -828,7 +828,8 @@ inline void add_three_byte_letters(AsciiMasks& m, const unsigned char* s) {
   const std::uint64_t han = ((e5_e9 & (cont >> 1)) | (e4 & (b8_bf >> 1))) & third;
   const std::uint64_t hangul = ((ea & (b0_bf >> 1)) | (eb_ec & (cont >> 1)) | (ed & (x80_9d >> 1))) & third;
   const std::uint64_t kana = e3 & third &
-                             (((x81 >> 1) & ~(x80 >> 2)) | ((x82 >> 1) & ~(not_kana_82 >> 2)) | ((x83 >> 1) & ~(xbb >> 2)));
+                             (((x81 >> 1) & ~(x80 >> 2)) | ((x82 >> 1) & ~(not_kana_82 >> 2)) |
+                              ((x83 >> 1) & ~(xbb >> 2)));
   const std::uint64_t first = han | hangul | kana;
   const std::uint64_t bytes = first | (first << 1) | (first << 2);
   m.both |= bytes;
