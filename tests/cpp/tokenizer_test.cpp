@@ -15,6 +15,7 @@
 #include "tokenlane/tokenizer.hpp"
 #include "tokenizer/bpe.hpp"
 #include "tokenizer/pretokenize.hpp"
+#include "tokenizer/special.hpp"
 
 using tokenlane::Error;
 using tokenlane::ErrorCode;
@@ -348,6 +349,20 @@ TEST_CASE("a vocabulary without every digit string merges digit pieces as before
     CHECK(enc->count(text) == expected.size());
     CHECK(enc->decode_bytes(expected) == text);
   }
+}
+
+TEST_CASE("the special-token matcher finds the longest special at the first place, shared prefix or not",
+          "[tokenizer]") {
+  using tokenlane::detail::SpecialMatcher;
+  const SpecialMatcher openai({"<|endoftext|>", "<|endofprompt|>", "<|fim_prefix|>", "<|end|>"});
+  CHECK(openai.find("a < b, <| x <|end").first == std::string_view::npos);
+  CHECK(openai.find("x<<|endofprompt|>") == std::pair<std::size_t, std::string_view>{2, "<|endofprompt|>"});
+  CHECK(openai.find("<|end|><|endoftext|>").second == "<|end|>");
+  const SpecialMatcher mixed({"<|im_start|>", "[SEP]", "<s>", "<s>x"});  // no shared prefix
+  CHECK(mixed.find("a [SEP] <s>") == std::pair<std::size_t, std::string_view>{2, "[SEP]"});
+  CHECK(mixed.find("<|im <s>").second == "<s>");
+  CHECK(mixed.find("<s>x").second == "<s>x");  // the longest at a place
+  CHECK(mixed.find("[SE").first == std::string_view::npos);
 }
 
 TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {

@@ -864,7 +864,7 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
     add_multibyte_punct(m, s + i);
   }
   high = m.high;
-  // Only the bytes before the first non-ASCII one are known to be what the masks say they are.
+  // Only the bytes before the first one left `high` are known to be what the masks say they are.
   const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
   if (limit < 8) return i;
   const std::uint64_t letter = m.lower | m.upper | m.both, ws = m.blank | m.newline;

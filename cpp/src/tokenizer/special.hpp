@@ -17,9 +17,17 @@ class SpecialMatcher {
   SpecialMatcher() = default;
   explicit SpecialMatcher(const std::vector<std::string>& specials)
       : owned_(std::make_shared<const std::vector<std::string>>(specials)) {
+    bool first = true;
     for (const std::string& s : *owned_) {
       if (s.empty()) continue;
       first_byte_[static_cast<unsigned char>(s[0])] = true;
+      if (first) {
+        prefix_ = s;
+        first = false;
+      } else {
+        const auto common = std::mismatch(prefix_.begin(), prefix_.end(), s.begin(), s.end()).first;
+        prefix_.erase(common, prefix_.end());
+      }
       set_.insert(s);
       if (std::find(lengths_.begin(), lengths_.end(), s.size()) == lengths_.end()) {
         lengths_.push_back(s.size());
@@ -38,7 +46,12 @@ class SpecialMatcher {
   // (offset, special) of the first special in text, or (npos, {}). The view points into `text`.
   std::pair<std::size_t, std::string_view> find(std::string_view text) const {
     for (std::size_t p = 0; p < text.size(); ++p) {
-      if (only_first_ >= 0) {  // the usual case (every special starts with '<'): memchr skips ahead
+      if (prefix_.size() >= 2) {  // the usual case (OpenAI's specials all start with "<|"): memmem also
+        // skips the '<' of code and markup, where a search for the first byte stops at each
+        const void* hit = memmem(text.data() + p, text.size() - p, prefix_.data(), prefix_.size());
+        if (hit == nullptr) break;
+        p = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
+      } else if (only_first_ >= 0) {
         const void* hit = std::memchr(text.data() + p, only_first_, text.size() - p);
         if (hit == nullptr) break;
         p = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
@@ -61,6 +74,7 @@ class SpecialMatcher {
   std::vector<std::size_t> lengths_;
   bool first_byte_[256] = {};
   int only_first_ = -1;  // the first byte of every special, when they share one
+  std::string prefix_;   // the longest prefix every special shares ("<|" for OpenAI's)
 };
 
 }  // namespace tokenlane::detail
