@@ -363,6 +363,8 @@ TEST_CASE("the special-token matcher finds the longest special at the first plac
   CHECK(mixed.find("<|im <s>").second == "<s>");
   CHECK(mixed.find("<s>x").second == "<s>x");  // the longest at a place
   CHECK(mixed.find("[SE").first == std::string_view::npos);
+  const SpecialMatcher one_byte({"<s>", "</s>"});  // a one-byte shared prefix
+  CHECK(one_byte.find("a < b </s>") == std::pair<std::size_t, std::string_view>{6, "</s>"});
 }
 
 TEST_CASE("special tokens are text unless allowed", "[tokenizer]") {

@@ -34,11 +34,6 @@ class SpecialMatcher {
       }
     }
     std::sort(lengths_.rbegin(), lengths_.rend());  // the longest match wins at a position
-    int firsts = 0;
-    for (int b = 0; b < 256; ++b) {
-      if (first_byte_[b]) ++firsts, only_first_ = b;
-    }
-    if (firsts != 1) only_first_ = -1;
   }
 
   std::size_t size() const { return set_.size(); }
@@ -46,13 +41,9 @@ class SpecialMatcher {
   // (offset, special) of the first special in text, or (npos, {}). The view points into `text`.
   std::pair<std::size_t, std::string_view> find(std::string_view text) const {
     for (std::size_t p = 0; p < text.size(); ++p) {
-      if (prefix_.size() >= 2) {  // the usual case (OpenAI's specials all start with "<|"): memmem also
-        // skips the '<' of code and markup, where a search for the first byte stops at each
+      if (!prefix_.empty()) {  // the usual case (OpenAI's specials all start with "<|"): memmem skips
+        // ahead, also past the '<' of code and markup, where a search for the first byte stops at each
         const void* hit = memmem(text.data() + p, text.size() - p, prefix_.data(), prefix_.size());
-        if (hit == nullptr) break;
-        p = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
-      } else if (only_first_ >= 0) {
-        const void* hit = std::memchr(text.data() + p, only_first_, text.size() - p);
         if (hit == nullptr) break;
         p = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
       } else if (!first_byte_[static_cast<unsigned char>(text[p])]) {
@@ -72,9 +63,8 @@ class SpecialMatcher {
   std::shared_ptr<const std::vector<std::string>> owned_;
   std::unordered_set<std::string_view> set_;
   std::vector<std::size_t> lengths_;
-  bool first_byte_[256] = {};
-  int only_first_ = -1;  // the first byte of every special, when they share one
-  std::string prefix_;   // the longest prefix every special shares ("<|" for OpenAI's)
+  bool first_byte_[256] = {};  // first bytes of the specials, for when they share no prefix
+  std::string prefix_;          // the longest prefix every special shares ("<|" for OpenAI's)
 };
 
 }  // namespace tokenlane::detail
