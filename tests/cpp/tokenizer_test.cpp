@@ -113,7 +113,14 @@ TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time p
                                "\xe3\x83\xbb", "\xe3\x80\x80", "\xe3\x80\x82", "\xef\xbc\x8c",
                                "\xea\xb0\x80", "\xed\x9d\xbf", "\xed\x9e\xa3", "\xea\xaf\xbf", "\xec\x96\xb4",
                                "\xef\xbc\xa1", "\xef\xbd\x81", "\xe4\xb8", "\xe3\x83", "Z", "c", "\n",
-                               "\xe6\x96\x87", "\xe3\x81\x81", "\xc3\x84", "\xd0\xb0"};
+                               "\xe6\x96\x87", "\xe3\x81\x81", "\xc3\x84", "\xd0\xb0",
+                               // The rest of Latin-1 (U+0080-U+00BF, × ÷) beside ASCII digits, letters,
+                               // blanks and newlines: NBSP, NEL, ª º µ, ² ³ ¹ ¼ ½ ¾, controls and signs.
+                               "7", "42", "A", "b", " ", "\t", "\n", "'", "\xc2\xa0", "\xc2\x85", "\xc2\xaa",
+                               "\xc2\xba", "\xc2\xb5", "\xc2\xb2", "\xc2\xb3", "\xc2\xb9", "\xc2\xbc",
+                               "\xc2\xbd", "\xc2\xbe", "\xc2\x80", "\xc2\x9f", "\xc2\xa1", "\xc2\xad",
+                               "\xc2\xbf", "\xc3\x97", "\xc3\xb7", "\xc3\xa9", "\xc3\x89", "\xc2", "5",
+                               "\xc2\xa0\xc2\xa0", "1\xc2\xbd", "\xc2\xbd" "1", "9"};
   const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
   auto check = [&] {
     std::mt19937_64 rng(20261205);
@@ -178,6 +185,50 @@ TEST_CASE("the three-byte letters o200k's windows take are letters of both case 
   }
   // (kana less U+3097-U+309C, U+30A0, U+30FB)
   CHECK(taken == (0x9FFF - 0x4E00 + 1) + (0xD77F - 0xAC00 + 1) + (0x30FF - 0x3041 + 1) - 8);
+}
+
+TEST_CASE("the rest of Latin-1 o200k's windows take is classified as the class table says", "[tokenizer]") {
+  // Every character of two bytes, alone at the start of a window: what add_latin1_supplement makes
+  // of it must be its class (tiktoken's Unicode version); characters it leaves stay `high`.
+  using namespace tokenlane::detail;
+  std::size_t taken = 0;
+  for (std::uint32_t cp = 0x80; cp < 0x800; ++cp) {
+    unsigned char w[64];
+    std::memset(w, 'x', sizeof w);
+    w[0] = static_cast<unsigned char>(0xC0 | cp >> 6);
+    w[1] = static_cast<unsigned char>(0x80 | (cp & 0x3F));
+    AsciiMasks m{};
+    m.high = 3;
+    add_latin1_supplement(m, w);
+    INFO("U+" << std::hex << cp);
+    const std::uint8_t cls = class_of(cp);
+    if (m.high == 3) {
+      CHECK((m.blank | m.both | m.lower | m.number2 | m.tail2 | m.cont) == 0);
+      // Left only where the letters' masks (classify64) take it: the other Latin-1 letters.
+      CHECK(((cp >= 0xC0 && cp <= 0xFF && cp != 0xD7 && cp != 0xF7) || cp > 0xFF));
+      continue;
+    }
+    ++taken;
+    REQUIRE(m.high == 0);
+    if (m.both) {
+      REQUIRE(m.both == 3);
+      REQUIRE((cls & (kLetter | kUpperish | kLowerish | kMark)) == (kLetter | kUpperish | kLowerish));
+    } else if (m.lower) {
+      REQUIRE(m.lower == 3);
+      REQUIRE((cls & (kLetter | kUpperish | kLowerish | kMark)) == (kLetter | kLowerish));
+    } else if (m.blank) {
+      REQUIRE((m.blank == 3 && m.tail2 == 2));
+      REQUIRE(cls == kSpace);
+      REQUIRE(cp != '\r');
+    } else if (m.number2) {
+      REQUIRE((m.number2 == 3 && m.tail2 == 2));
+      REQUIRE(cls == kNumber);
+    } else {
+      REQUIRE(m.cont == 2);  // punctuation: [^\s\p{L}\p{N}] and not a mark
+      REQUIRE((cls & (kLetter | kNumber | kSpace | kMark)) == 0);
+    }
+  }
+  CHECK(taken == 0x40 + 2);  // U+0080-U+00BF, × and ÷
 }
 
 #if defined(TOKENLANE_WINDOW_DISPATCH)

@@ -174,6 +174,18 @@ def test_random_chinese_japanese_and_korean_beside_latin_letters(pairs, text):
     assert_same(pairs, text)
 
 
+# The rest of Latin-1 beside ASCII (o200k's windows take NBSP and NEL as blanks, ² ³ ¹ ¼ ½ ¾ as
+# numbers next to ASCII digits, ª º µ as letters and the C1 controls and signs as punctuation), long
+# enough that the 64-byte windows see them.
+LATIN1_WITH_ASCII = "\xa0\x85 \t\n\r" "²³¹¼½¾0123456789" "ªºµaZéÉ's" "×÷©«»¿\xad\x80\x9f!-"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=LATIN1_WITH_ASCII, min_size=64, max_size=300))
+def test_random_latin1_signs_numbers_and_blanks_beside_ascii(pairs, text):
+    assert_same(pairs, text)
+
+
 def test_a_token_merging_does_not_reach_is_only_a_whole_piece(tiktoken_module):
     """A token that merging its own bytes does not give (only tiktoken's whole-piece shortcut does):
     as a piece it is that token, inside a longer piece its bytes are merged, whichever the cache saw

@@ -515,11 +515,13 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // non-ASCII character the masks do not classify (below: the common two- and three-byte letters and
 // multi-byte punctuation), near the end of the text, and at the rare patterns the masks do not model.
 struct AsciiMasks {
-  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont, both;
-  // blank: \s other than \r \n (space, \t, \v, \f); space: ' ' only. high: bytes >= 0x80 except
-  // those of the two-byte letters, the three-byte letters and the multi-byte punctuation below.
-  // cont: the bytes after the first of each multi-byte punctuation character. both: letters in both
-  // case classes (the three-byte letters below).
+  std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont, both, number2, tail2;
+  // blank: \s other than \r \n (space, \t, \v, \f, and NEL and NBSP: see add_latin1_supplement);
+  // space: ' ' only. digit: ASCII digits; number2: the bytes of the two-byte numbers (² ½ ...). high:
+  // bytes >= 0x80 except those of the two-byte letters, the three-byte letters, the rest of Latin-1 and
+  // the multi-byte punctuation below. cont: the bytes after the first of each multi-byte punctuation
+  // character; tail2: the second bytes of two-byte blanks and numbers. both: letters in both case
+  // classes (the three-byte letters, ª and º).
 };
 
 // Two-byte letters the windows also take (both bytes get the letter's case): U+00C0-U+00FF except
@@ -741,6 +743,72 @@ TOKENLANE_ALWAYS_INLINE AsciiMasks classify64(const unsigned char* s) {
   return classify64_baseline(s);
 }
 
+// The rest of Latin-1: U+0080-U+00BF (lead 0xC2) and × ÷ (U+00D7, U+00F7; the other U+00C0-U+00FF are
+// letters, above). Without them a window stops at the first NBSP, ½ or º; text with many (random
+// Latin-1, say) then went to the scalar path for four pieces in ten. Each character's two bytes
+// leave `high`:
+//  - ª º (Lo): letters of both case classes; µ (Ll): lower-case;
+//  - U+0085 NEL and U+00A0 NBSP (\s, neither \r nor \n): blank; tail2 marks their second byte;
+//  - ² ³ ¹ ¼ ½ ¾ (No): number2, tail2 as well;
+//  - the others (C1 controls, signs, symbols, U+00AD soft hyphen, × ÷): punctuation; cont marks
+//    their second byte (see add_multibyte_punct).
+// A test checks every character of U+0080-U+07FF against the class table.
+inline void add_latin1_supplement(AsciiMasks& m, const unsigned char* s) {
+  std::uint64_t c2 = 0, c3 = 0, cont = 0, blank = 0, both = 0, lower = 0, number = 0, sign = 0;
+#if defined(__SSE2__)
+  auto eq = [](__m128i v, int c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(static_cast<char>(c))); };
+  auto bits = [](__m128i v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm_movemask_epi8(v))); };
+  {  // Most windows with other non-ASCII text have no 0xC2 and no 0xC3 left `high`: done.
+    std::uint64_t leads = 0;
+    for (int q = 0; q < 4; ++q) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+      leads |= bits(_mm_or_si128(eq(v, 0xC2), eq(v, 0xC3))) << 16 * q;
+    }
+    if ((leads & m.high) == 0) return;
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16 * q));
+    const int sh = 16 * q;
+    c2 |= bits(eq(v, 0xC2)) << sh;
+    c3 |= bits(eq(v, 0xC3)) << sh;
+    cont |= bits(_mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(0xC0 - 256)))) << sh;
+    blank |= bits(_mm_or_si128(eq(v, 0x85), eq(v, 0xA0))) << sh;
+    both |= bits(_mm_or_si128(eq(v, 0xAA), eq(v, 0xBA))) << sh;
+    lower |= bits(eq(v, 0xB5)) << sh;
+    const __m128i bc_be = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(static_cast<char>(0xBB - 256))),
+                                        _mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(0xBF - 256))));
+    number |= bits(_mm_or_si128(_mm_or_si128(eq(v, 0xB2), eq(v, 0xB3)), _mm_or_si128(eq(v, 0xB9), bc_be))) << sh;
+    sign |= bits(_mm_or_si128(eq(v, 0x97), eq(v, 0xB7))) << sh;
+  }
+#else
+  for (int k = 0; k < 64; ++k) {
+    const std::uint64_t bit = std::uint64_t{1} << k;
+    const unsigned char b = s[k];
+    if (b == 0xC2) c2 |= bit;
+    if (b == 0xC3) c3 |= bit;
+    if (b >= 0x80 && b <= 0xBF) cont |= bit;
+    if (b == 0x85 || b == 0xA0) blank |= bit;
+    if (b == 0xAA || b == 0xBA) both |= bit;
+    if (b == 0xB5) lower |= bit;
+    if (b == 0xB2 || b == 0xB3 || b == 0xB9 || (b >= 0xBC && b <= 0xBE)) number |= bit;
+    if (b == 0x97 || b == 0xB7) sign |= bit;
+  }
+#endif
+  // Bit k: the character starting at byte k is of that kind (its second byte inside the window).
+  const std::uint64_t first = c2 & (cont >> 1);
+  const std::uint64_t ws = first & (blank >> 1), letter_both = first & (both >> 1), letter_lower = first & (lower >> 1),
+                      num = first & (number >> 1);
+  const std::uint64_t punct = (first & ~(ws | letter_both | letter_lower | num)) | (c3 & (sign >> 1));
+  auto pair = [](std::uint64_t x) { return x | (x << 1); };
+  m.blank |= pair(ws);
+  m.both |= pair(letter_both);
+  m.lower |= pair(letter_lower);
+  m.number2 |= pair(num);
+  m.tail2 |= (ws | num) << 1;
+  m.cont |= punct << 1;
+  m.high &= ~pair(first | punct);
+}
+
 // Multi-byte punctuation ([^\s\p{L}\p{N}] and not a mark: « » „ “ – … in German and Russian text),
 // one character at a time from the first byte the SIMD classes left unknown, until a character that
 // is something else. Its bytes become punctuation (they leave `high`), and `cont` marks all but its
@@ -861,14 +929,15 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   AsciiMasks m = classify64(s + i);
   if (m.high) {
     add_three_byte_letters(m, s + i);
+    add_latin1_supplement(m, s + i);
     add_multibyte_punct(m, s + i);
   }
   high = m.high;
   // Only the bytes before the first one left `high` are known to be what the masks say they are.
   const unsigned limit = m.high ? static_cast<unsigned>(__builtin_ctzll(m.high)) : 64;
   if (limit < 8) return i;
-  const std::uint64_t letter = m.lower | m.upper | m.both, ws = m.blank | m.newline;
-  const std::uint64_t punct = ~(letter | m.digit | ws | m.high);  // [^\s\p{L}\p{N}], ASCII
+  const std::uint64_t letter = m.lower | m.upper | m.both, ws = m.blank | m.newline, number = m.digit | m.number2;
+  const std::uint64_t punct = ~(letter | number | ws | m.high);  // [^\s\p{L}\p{N}]
   auto before = [](std::uint64_t x) { return x << 1; };  // bit k: byte k-1 is in x
 
   //  ?[^\s\p{L}\p{N}]+[\r\n/]*: a punctuation run starts a piece unless a space just before it
@@ -881,9 +950,11 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   // Whitespace outside the tails. \s*[\r\n]+ ends after a run's last newline; \s+(?!\S) leaves the
   // last blank of a run before non-space for the next piece; the run's first byte starts a piece.
   const std::uint64_t wsr = ws & ~tail;
+  // (The last blank's last byte is found; a two-byte blank starts one byte before it.)
   const std::uint64_t newline_at_or_after = fill_down(m.newline & wsr, wsr);
+  const std::uint64_t last_blank = m.blank & ~(wsr >> 1);
   const std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
-                                  (m.blank & ~(wsr >> 1));
+                                  (last_blank & ~m.tail2) | ((last_blank & m.tail2) >> 1);
   // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
   // at an upper-case letter after a lower-case one; a blank or a punctuation run of one character
   // just before it is its prefix (and then the piece starts there instead).
@@ -893,7 +964,7 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   const std::uint64_t one_char_run = first_char & ~(m.cont >> 1);  // its last byte, if a letter follows
   const std::uint64_t prefixed = word_start & before(m.blank | one_char_run);
   // \p{N}{1,3}
-  const std::uint64_t digit_start = m.digit & ~before(m.digit);
+  const std::uint64_t digit_start = number & ~before(number);
   std::uint64_t starts = 1 | punct_start | ws_starts | (word_start & ~prefixed) | digit_start;
 
   // Pieces are certain up to three bytes before the limit, and not inside a whitespace run that
@@ -916,12 +987,21 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   if (const std::uint64_t both_upper = m.both & (m.upper >> 1)) {
     cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(both_upper)) + 1);
   }
-  // \p{N}{1,3} takes a longer run of digits three at a time.
-  for (std::uint64_t r = digit_start & (m.digit >> 1) & (m.digit >> 2) & (m.digit >> 3); r; r &= r - 1) {
+  // \p{N}{1,3} takes a longer run of digits three at a time (three characters: with two-byte
+  // numbers in the run, every third character's first byte).
+  for (std::uint64_t r = digit_start & (number >> 1) & (number >> 2) & (number >> 3); r; r &= r - 1) {
     const unsigned first = static_cast<unsigned>(__builtin_ctzll(r));
-    const std::uint64_t rest = ~(m.digit >> first);  // bit j: byte first + j is not a digit
+    const std::uint64_t rest = ~(number >> first);  // bit j: byte first + j is not a number's
     const unsigned end = rest ? first + static_cast<unsigned>(__builtin_ctzll(rest)) : 64;
-    for (unsigned k = first + 3; k < end; k += 3) starts |= std::uint64_t{1} << k;
+    const std::uint64_t run = end - first == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << (end - first)) - 1) << first;
+    if ((m.number2 & run) == 0) {
+      for (unsigned k = first + 3; k < end; k += 3) starts |= std::uint64_t{1} << k;
+      continue;
+    }
+    std::uint64_t chars = number & ~m.tail2 & run;
+    for (unsigned c = 0; chars; ++c, chars &= chars - 1) {
+      if (c > 0 && c % 3 == 0) starts |= chars & -chars;
+    }
   }
   // (?i:'s|'t|'re|'ve|'m|'ll|'d) after a word: the piece runs through it. (Not after the letters
   // of another contraction: "A't't" is "A't" and "'t".)
@@ -943,14 +1023,14 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   if (cert == 0 || emit == 0) return i;
   std::size_t b = i;
   if constexpr (wants_digits<Sink>) {
-    // A piece that starts with a digit is \p{N}{1,3} of ASCII digits (no other kind of piece holds
-    // one). The test per piece is paid only in windows with digits.
+    // A piece that starts with a digit is \p{N}{1,3} (no other kind of piece holds one): of ASCII
+    // digits unless it holds a two-byte number. The test per piece is paid only in windows with digits.
     if (m.digit & ((std::uint64_t{1} << cert) - 1)) {
       // A window of digits only: the whole run at once (pieces of three from i).
       if (m.digit == ~std::uint64_t{0}) return AsciiScan{s, n}.digit_run(i, sink);
       for (; emit; emit &= emit - 1) {
         const std::size_t e = i + static_cast<std::size_t>(__builtin_ctzll(emit));
-        if ((m.digit >> (b - i)) & 1) {
+        if ((m.digit >> (b - i)) & 1 && ((m.number2 >> (b - i)) & ((std::uint64_t{1} << (e - b)) - 1)) == 0) {
           sink.digits(b, e);
         } else {
           sink(b, e);
