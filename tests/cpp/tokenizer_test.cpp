@@ -39,6 +39,38 @@ std::vector<Rank> parse_ids(std::string list) {
   return ids;
 }
 
+// o200k's split with its 64-byte windows must cut a text exactly where the piece-at-a-time path does
+// (the reference: the parity tests check it against tiktoken).
+void require_windows_match_scalar(const std::string& text) {
+  using namespace tokenlane::detail;
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  std::vector<std::size_t> windowed, scalar;
+  split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
+  const Cursor t(s, text.size());
+  const AsciiScan a{s, text.size()};
+  for (std::size_t i = 0; i < text.size(); i = scalar.back()) scalar.push_back(o200k_scalar_piece_end(t, a, i));
+  INFO("text: " << text);
+  REQUIRE(windowed == scalar);
+}
+
+// Runs check() with every window classifier this CPU runs (the runtime dispatch takes the widest).
+template <class Check>
+void with_every_window_isa(Check check) {
+#if defined(TOKENLANE_WINDOW_DISPATCH)
+  using namespace tokenlane::detail;
+  const WindowIsa best = best_window_isa();
+  for (WindowIsa isa : {WindowIsa::sse2, WindowIsa::avx2, WindowIsa::avx512}) {
+    if (isa > best) break;
+    INFO("window classifier " << static_cast<int>(isa));
+    window_isa = isa;
+    check();
+  }
+  window_isa = best;
+#else
+  check();
+#endif
+}
+
 }  // namespace
 
 TEST_CASE("encodings reproduce tiktoken's known-good vectors", "[tokenizer]") {
@@ -122,38 +154,46 @@ TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time p
                                "\xc2\xbf", "\xc3\x97", "\xc3\xb7", "\xc3\xa9", "\xc3\x89", "\xc2", "5",
                                "\xc2\xa0\xc2\xa0", "1\xc2\xbd", "\xc2\xbd" "1", "9"};
   const std::size_t n_atoms = sizeof atoms / sizeof atoms[0];
-  auto check = [&] {
+  with_every_window_isa([&] {
     std::mt19937_64 rng(20261205);
     for (int round = 0; round < 20000; ++round) {
       // A random slice of the atoms, so that some texts are all letters, some all spaces or digits.
       const std::size_t width = 3 + rng() % (n_atoms - 3), first = rng() % (n_atoms - width + 1);
       std::string text;
       for (std::size_t k = rng() % 300; k > 0; --k) text += atoms[first + rng() % width];
-      const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-      std::vector<std::size_t> windowed, scalar;
-      split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
-      const Cursor t(s, text.size());
-      const AsciiScan a{s, text.size()};
-      for (std::size_t i = 0; i < text.size(); i = o200k_scalar_piece_end(t, a, i)) {
-        scalar.push_back(o200k_scalar_piece_end(t, a, i));
-      }
-      INFO("text: " << text);
-      REQUIRE(windowed == scalar);
+      require_windows_match_scalar(text);
     }
-  };
-#if defined(TOKENLANE_WINDOW_DISPATCH)
-  // With every window classifier this CPU runs (the runtime dispatch takes the widest).
-  const WindowIsa best = best_window_isa();
-  for (WindowIsa isa : {WindowIsa::sse2, WindowIsa::avx2, WindowIsa::avx512}) {
-    if (isa > best) break;
-    INFO("window classifier " << static_cast<int>(isa));
-    window_isa = isa;
-    check();
-  }
-  window_isa = best;
-#else
-  check();
-#endif
+  });
+}
+
+TEST_CASE("o200k's windows end words longer than a window exactly like the piece-at-a-time path", "[tokenizer]") {
+  // Words of 10-70 letters (kanji, kana, Hangul, lower-case Latin and Cyrillic; upper-case letters
+  // now and then, where the regex backtracks) between separators: punctuation, spaces, numbers,
+  // contractions, marks, letters the masks leave, invalid bytes.
+  const char* const both[] = {"\xe4\xb8\xad", "\xe6\x96\x87", "\xe3\x81\xae", "\xe3\x82\xab",
+                              "\xe3\x83\xbc", "\xea\xb0\x80", "\xc2\xaa"};
+  const char* const lower[] = {"a", "z", "\xc3\xa9", "\xc2\xb5", "\xd0\xb0"};
+  const char* const upper[] = {"A", "Q", "\xc3\x89", "\xd0\x94"};
+  const char* const separators[] = {" ", "\xe3\x80\x81", "\xe3\x80\x82", "'s", "'", "1", "\n", "!",
+                                    "\xcc\x81", "\xe3\x80\x80", "\xe3", "\xe3\x90\x80", "\xc2\xbd", "\xc2\xa0",
+                                    "\xef\xbc\x8c", "-"};
+  with_every_window_isa([&] {
+    std::mt19937_64 rng(20261207);
+    for (int round = 0; round < 4000; ++round) {
+      std::string text;
+      // One letter in upper_odds is upper-case, one in lower_odds lower-case, the others of both classes.
+      const unsigned upper_odds = 2 + rng() % 40, lower_odds = 2 + rng() % 100;
+      for (std::size_t words = 1 + rng() % 8; words > 0; --words) {
+        for (std::size_t k = 10 + rng() % 60; k > 0; --k) {
+          if (rng() % upper_odds == 0) text += upper[rng() % 4];
+          else if (rng() % lower_odds == 0) text += lower[rng() % 5];
+          else text += both[rng() % 7];
+        }
+        text += separators[rng() % 16];
+      }
+      require_windows_match_scalar(text);
+    }
+  });
 }
 
 TEST_CASE("the three-byte letters o200k's windows take are letters of both case classes", "[tokenizer]") {

@@ -174,6 +174,22 @@ def test_random_chinese_japanese_and_korean_beside_latin_letters(pairs, text):
     assert_same(pairs, text)
 
 
+# Words longer than a 64-byte window (a clause of kanji and kana is one piece): o200k's windows find
+# their end, also after upper-case letters, where the regex backtracks ("日本語SQL、" is "日本語" and
+# "SQL"; "日本語SQLite" is one piece).
+BOTH_CLASSES, MIXED = "日本語中文のカタナー한국", "日本語中文aéSQLÉДㄅ"
+LONG_WORDS = st.lists(st.tuples(st.text(alphabet=BOTH_CLASSES, min_size=22, max_size=60),
+                                st.text(alphabet=MIXED, max_size=12),
+                                st.sampled_from(["、", "。", " ", "'s", "1", "\n", "\u0301", "\u3000", "々", "!"])),
+                      min_size=1, max_size=5).map(lambda words: "".join(a + b + sep for a, b, sep in words))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(LONG_WORDS)
+def test_random_words_longer_than_a_window(pairs, text):
+    assert_same(pairs, text)
+
+
 # The rest of Latin-1 beside ASCII (o200k's windows take NBSP and NEL as blanks, ² ³ ¹ ¼ ½ ¾ as
 # numbers next to ASCII digits, ª º µ as letters and the C1 controls and signs as punctuation), long
 # enough that the 64-byte windows see them.

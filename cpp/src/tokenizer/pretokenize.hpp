@@ -920,6 +920,74 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
   return seed | ((seed >> 32) & run);
 }
 
+// The end of a word piece longer than its window (o200k_window found no end before `cert`), or npos.
+// Chinese and Japanese have many: a clause of kanji and kana between two punctuation marks is one
+// piece, often longer than 61 bytes, and the scalar path walked a fifth of Japanese text one
+// character at a time. A word whose letters from the first through cert are lower-case or of both
+// classes runs on to the first byte that is neither, which the windows after it find:
+//  - another such letter: the word goes on;
+//  - a non-letter: the word ends there (an apostrophe may make a contraction: npos);
+//  - an upper-case letter after a lower-case one ([\p{Lu}...]* stopped at the lower-case letter and
+//    [\p{Ll}...]+ cannot take it): the word ends there;
+//  - an upper-case letter after letters of both classes only: [\p{Lu}...]* took them all and takes
+//    the upper-case letters and letters of both classes that follow. At a lower-case letter after
+//    those the word goes on; at a non-letter the regex backtracks to the last letter of both
+//    classes (the upper-case ones after it start the next piece).
+// Where the masks cannot tell (a letter or mark they leave, the text's end), npos: the scalar path
+// takes the piece.
+inline std::size_t o200k_long_word_end(const unsigned char* s, std::size_t n, std::size_t i, const AsciiMasks& m,
+                                       unsigned cert) {
+  const std::uint64_t run = m.lower | m.both;
+  const unsigned p = run ? static_cast<unsigned>(__builtin_ctzll(run)) : 64;  // after a prefix or upper-case letters
+  if (p > 3 || cert <= p) return Cursor::npos;
+  const std::uint64_t before_cert = (std::uint64_t{1} << cert) - 1;
+  const std::uint64_t letters = before_cert & ~((std::uint64_t{1} << p) - 1);
+  if ((run & letters) != letters) return Cursor::npos;
+  bool lower_seen = (m.lower & before_cert) != 0;
+  std::size_t j = i + cert;  // a character start inside the word, from which the next window looks
+  while (j > i + p && (s[j] & 0xC0) == 0x80) --j;
+  for (;;) {
+    if (j + 64 > n) return Cursor::npos;
+    AsciiMasks w = classify64(s + j);
+    if (w.high) {
+      add_three_byte_letters(w, s + j);
+      add_latin1_supplement(w, s + j);
+    }
+    const std::uint64_t other = ~(w.lower | w.both);
+    if (other == 0) {  // (a character cut by the window's end stays `high`: j + 64 starts one)
+      lower_seen |= w.lower != 0;
+      j += 64;
+      continue;
+    }
+    const unsigned f = static_cast<unsigned>(__builtin_ctzll(other));
+    lower_seen |= (w.lower & ((std::uint64_t{1} << f) - 1)) != 0;
+    const unsigned char b = s[j + f];
+    if ((w.high >> f) & 1) {  // a character the masks leave
+      const unsigned len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
+      if (b >= 0xC0 && f + len > 64) {  // cut by the window's end: the next window looks at it
+        j += f;
+        continue;
+      }
+      // Punctuation (「、」), a space, a number or an invalid byte ends the word; a letter or a mark
+      // the masks do not know goes to the scalar path.
+      return (decode_char(s + j + f, s + n).cls & (kLetter | kMark)) ? Cursor::npos : j + f;
+    }
+    if (!((w.upper >> f) & 1)) return b == '\'' ? Cursor::npos : j + f;
+    if (lower_seen) return j + f;
+    // Upper-case letters after letters of both classes only: what follows them decides.
+    const std::uint64_t taken = ~((w.upper | w.both) >> f);  // bit k: byte f + k is neither
+    const unsigned g = taken ? f + static_cast<unsigned>(__builtin_ctzll(taken)) : 64;
+    if (g == 64 || ((w.high >> g) & 1) || s[j + g] == '\'') return Cursor::npos;
+    if ((w.lower >> g) & 1) {
+      lower_seen = true;
+      j += g;
+      continue;
+    }
+    const std::uint64_t both_after = w.both & ((std::uint64_t{1} << g) - 1) & ~((std::uint64_t{1} << f) - 1);
+    return both_after ? j + 64 - static_cast<unsigned>(__builtin_clzll(both_after)) : j + f;
+  }
+}
+
 // The pieces of o200k_base in the 64 bytes at s + i (readable; i is a piece start; n: the text's
 // length), passed to sink with offsets relative to s; a window of digits only passes the whole run
 // of digits (to a sink that wants_digits). Returns where the next piece starts: i itself when no
@@ -1020,7 +1088,13 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
     contraction_end = k + 1 + len;
   }
   std::uint64_t emit = starts & ((std::uint64_t{1} << cert) - 1) & ~std::uint64_t{1};
-  if (cert == 0 || emit == 0) return i;
+  if (cert == 0 || emit == 0) {
+    if (cert < 32) return i;
+    const std::size_t e = o200k_long_word_end(s, n, i, m, cert);
+    if (e == Cursor::npos) return i;
+    sink(i, e);
+    return e;
+  }
   std::size_t b = i;
   if constexpr (wants_digits<Sink>) {
     // A piece that starts with a digit is \p{N}{1,3} (no other kind of piece holds one): of ASCII
