@@ -1089,7 +1089,7 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   }
   std::uint64_t emit = starts & ((std::uint64_t{1} << cert) - 1) & ~std::uint64_t{1};
   if (cert == 0 || emit == 0) {
-    if (cert < 32) return i;
+    if (cert < 32) return i;  // (a window stopped early by a character the masks leave: scalar path)
     const std::size_t e = o200k_long_word_end(s, n, i, m, cert);
     if (e == Cursor::npos) return i;
     sink(i, e);
