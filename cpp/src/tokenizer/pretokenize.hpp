@@ -1018,11 +1018,14 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
   // Whitespace outside the tails. \s*[\r\n]+ ends after a run's last newline; \s+(?!\S) leaves the
   // last blank of a run before non-space for the next piece; the run's first byte starts a piece.
   const std::uint64_t wsr = ws & ~tail;
-  // (The last blank's last byte is found; a two-byte blank starts one byte before it.)
   const std::uint64_t newline_at_or_after = fill_down(m.newline & wsr, wsr);
-  const std::uint64_t last_blank = m.blank & ~(wsr >> 1);
-  const std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
-                                  (last_blank & ~m.tail2) | ((last_blank & m.tail2) >> 1);
+  const std::uint64_t last_blank = m.blank & ~(wsr >> 1);  // (its last byte)
+  std::uint64_t ws_starts = (wsr & ~before(wsr)) | (wsr & ~newline_at_or_after & before(newline_at_or_after)) |
+                            last_blank;
+  if (m.tail2) {  // a two-byte blank (NBSP, NEL) starts one byte before its last
+    const std::uint64_t two = last_blank & m.tail2;
+    ws_starts = (ws_starts & ~two) | (two >> 1);
+  }
   // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
   // at an upper-case letter after a lower-case one; a blank or a punctuation run of one character
   // just before it is its prefix (and then the piece starts there instead).
