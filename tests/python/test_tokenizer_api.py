@@ -45,6 +45,27 @@ def test_batches_match_single_calls(o200k):
         o200k.encode_batch(["fine", 3])
 
 
+def test_token_lists_hold_exactly_one_reference_per_token(o200k):
+    """Lists share one int object per id (bindings' IntCache): each token holds exactly one reference
+    to it, also in batches and for ids first seen in the call, and deleting the lists gives them back."""
+    import gc
+    import sys
+    text = "the cat and the hat and the bat " * 50 + "Zyzzyva quixotically flummoxed" * 3
+    warm = o200k.encode(text)
+    the = max(set(warm), key=warm.count)  # " the"
+    before = sys.getrefcount(the)
+    lists = [o200k.encode(text), *o200k.encode_batch([text, text[::-1], text], num_threads=2)]
+    held = sum(ids.count(the) for ids in lists)
+    assert held > 100
+    assert sys.getrefcount(the) - before == held
+    del lists
+    gc.collect()
+    assert sys.getrefcount(the) == before
+    novel = o200k.encode("".join(chr(0x4E00 + 7 * k) for k in range(300)))  # ids this process had not seen
+    del novel
+    assert o200k.decode(o200k.encode(text)) == text
+
+
 @pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini-2024-07-18", "gpt-4", "gpt-3.5-turbo-0125", "o3-mini",
                                    "gpt-5", "gpt-4.1-nano", "text-embedding-3-large", "text-davinci-003",
                                    "davinci", "ft:gpt-4o-2024-08-06:org::id", "gpt-oss-20b"])
