@@ -61,8 +61,12 @@ def test_token_lists_hold_exactly_one_reference_per_token(o200k):
     del lists
     gc.collect()
     assert sys.getrefcount(the) == before
-    novel = o200k.encode("".join(chr(0x4E00 + 7 * k) for k in range(300)))  # ids this process had not seen
+    novel = o200k.encode("".join(chr(0x4E00 + 7 * k) for k in range(300)) * 3)  # ints made during the call
+    one = max(set(novel), key=novel.count)
+    while_held, held = sys.getrefcount(one), novel.count(one)
     del novel
+    gc.collect()
+    assert sys.getrefcount(one) == while_held - held
     assert o200k.decode(o200k.encode(text)) == text
 
 
