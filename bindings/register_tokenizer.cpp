@@ -19,6 +19,17 @@ using EncodingPtr = std::shared_ptr<Encoding>;
 // Token ids as Python ints. Ids repeat (a text of 1 MB has ~250k tokens but a few thousand distinct
 // ids), so each id's int object is made once per process and shared: building the list is then a
 // reference-count increment per token instead of an allocation.
+//
+// Before CPython 3.12 not even that: the shared ints get a reference count no program can bring to
+// zero (2^60; the lists' decrements when they are freed only lower it), and lists take them without
+// an increment. They are immortal as 3.12 makes its own small ints (PEP 683), which has no public
+// way to do it for ours, so from 3.12 on each token is increfed. The increment was a write to the
+// int's cache line per token, and those lines are spread over the heap: o200k, ten rounds
+// alternating builds, encode's time per byte against count's (which builds no list) improved by
+// 7-8% on English, code and German, encode_batch's by 6-12%.
+#if PY_VERSION_HEX < 0x030C0000
+#define TOKENLANE_IMMORTAL_INTS 1
+#endif
 class IntCache {
  public:
   PyObject* get(Rank id) {
@@ -27,8 +38,13 @@ class IntCache {
       ints_.resize(std::size_t{id} + 1, nullptr);
     }
     PyObject*& o = ints_[id];
-    if (o == nullptr && (o = PyLong_FromUnsignedLong(id)) == nullptr) return nullptr;
-    Py_INCREF(o);
+    if (o == nullptr) {
+      if ((o = PyLong_FromUnsignedLong(id)) == nullptr) return nullptr;
+#ifdef TOKENLANE_IMMORTAL_INTS
+      Py_SET_REFCNT(o, kImmortal);
+#endif
+    }
+    take(o);
     return o;
   }
   // The ids' ints, new references, into items[0, n); false (with a Python error set) on failure.
@@ -39,7 +55,7 @@ class IntCache {
     for (std::size_t i = 0; i < n; ++i) {
       PyObject* o = ids[i] < size ? table[ids[i]] : nullptr;
       if (o != nullptr) {
-        Py_INCREF(o);
+        take(o);
       } else {
         if ((o = get(ids[i])) == nullptr) {
           for (std::size_t k = 0; k < i; ++k) Py_DECREF(items[k]);
@@ -54,7 +70,14 @@ class IntCache {
   }
 
  private:
+  // A list's reference to a shared int.
+  static void take([[maybe_unused]] PyObject* o) {
+#ifndef TOKENLANE_IMMORTAL_INTS
+    Py_INCREF(o);
+#endif
+  }
   static constexpr Rank kLimit = 1u << 20;
+  static constexpr Py_ssize_t kImmortal = Py_ssize_t{1} << 60;
   std::vector<PyObject*> ints_;  // owned references, kept for the life of the process
 };
 
