@@ -94,6 +94,19 @@ def test_long_runs(pairs, text):
     assert_same(pairs, text)
 
 
+@pytest.mark.parametrize("sep", ["\t", "\n", "\r\n", "\u00a0", "\u3000", "\x0b", ""])
+def test_runs_of_spaces_broken_at_every_offset(pairs, sep):
+    """Spaces are skipped 8 bytes at a time: another blank or a newline at every offset of those
+    blocks, the run ending in a letter, a newline or the end of the text."""
+    for k in range(0, 21):
+        for m in range(0, 21):
+            for end in ("", "x", "\n", " x"):
+                text = "a" + " " * k + sep + " " * m + end
+                for name in ("cl100k_base", "o200k_base"):
+                    ours, ref = pairs[name]
+                    assert ours.encode_ordinary(text) == ref.encode_ordinary(text), (name, k, repr(sep), m, end)
+
+
 @pytest.mark.parametrize("kind", ["x", "spaces", "digits", "latin1-random"])
 def test_benchmark_pathological_inputs(pairs, kind):
     """The benchmark's own pathological texts, at 256 KiB (tiktoken needs seconds for 1 MiB)."""

@@ -285,13 +285,23 @@ struct AsciiScan {
     while (e < n && (s[e] == '\n' || s[e] == '\r' || (slash && s[e] == '/'))) ++e;
     return e;
   }
+  // How many bytes after i are spaces, in whole blocks of 8 (the rest goes byte by byte).
+  std::size_t spaces_after(std::size_t i) const {
+    std::size_t e = i + 1;
+    for (std::uint64_t w; e + 8 <= n; e += 8) {
+      std::memcpy(&w, s + e, 8);
+      if (w != 0x2020202020202020ull) break;
+    }
+    return e - (i + 1);
+  }
   // The whitespace alternatives (see whitespace_piece_end) over an ASCII whitespace run at i.
   std::size_t whitespace(std::size_t i, bool end_first) const {
     std::size_t e = i, last_newline = Cursor::npos;
     for (; e < n; ++e) {
       std::uint8_t k = kByteKind.of[s[e]];
       if (k == kbNewline) last_newline = e;
-      else if (k != kbSpace && k != kbOtherSpace) break;
+      else if (k == kbSpace) e += spaces_after(e);  // padding and indentation: 8 bytes per compare
+      else if (k != kbOtherSpace) break;
     }
     if (high(e)) return Cursor::npos;  // a non-ASCII space may continue the run
     if (end_first && e == n) return e;
