@@ -1,10 +1,10 @@
 // Where the C++ core's encode time goes, per corpus file: the pre-tokenizer alone (split), the
-// pre-tokenizer piece at a time (the scalar reference, o200k), and whole encode/count, in MB/s of
+// pre-tokenizer piece at a time (the windows' scalar reference; o200k, cl100k), and whole encode/count, in MB/s of
 // this thread's CPU time (steady on a shared machine), best of --reps.
 //
 //   tokenizer_core_bench ENCODING FILE... [--reps N] [--only split|scalar|encode|count|batch] [--isa ...]
 //
-// --only runs one mode (for a profiler; batch: all files in one count_batch, 1 and 2 threads); --isa lowers the o200k window classifier from the best
+// --only runs one mode (for a profiler; batch: all files in one count_batch, 1 and 2 threads); --isa lowers the window classifier from the best
 // this CPU has (the runtime dispatch) to compare the variants.
 //
 // A FILE holds documents separated by NUL bytes (benchmarks/tokenizer.py --dump-corpus DIR writes
@@ -100,10 +100,12 @@ int main(int argc, char** argv) {
       std::size_t acc = 0, np = 0;
       auto sink = [&](std::size_t, std::size_t e) { acc += e; ++np; };
       using namespace tokenlane::detail;
-      if (kind == PretokenizerKind::o200k && scalar) {
+      if (kind != PretokenizerKind::gpt2 && scalar) {
         const Cursor t(s, d.size());
         const AsciiScan a{s, d.size()};
-        for (std::size_t i = 0; i < d.size();) sink(i, i = o200k_scalar_piece_end(t, a, i));
+        const bool o200k = kind == PretokenizerKind::o200k;
+        for (std::size_t i = 0; i < d.size();)
+          sink(i, i = o200k ? o200k_scalar_piece_end(t, a, i) : cl100k_scalar_piece_end(t, a, i));
       } else if (kind == PretokenizerKind::o200k) {
         split_o200k(s, d.size(), sink);
       } else if (kind == PretokenizerKind::cl100k) {
@@ -121,7 +123,7 @@ int main(int argc, char** argv) {
     }
     const double split_mbps =
         wanted("split") ? best_mbps(docs, reps, [&](const std::string& d) { split(d, false); }) : 0.0;
-    const double scalar_mbps = kind == PretokenizerKind::o200k && wanted("scalar")
+    const double scalar_mbps = kind != PretokenizerKind::gpt2 && wanted("scalar")
                                    ? best_mbps(docs, reps, [&](const std::string& d) { split(d, true); })
                                    : 0.0;
     std::vector<tokenlane::Rank> ids;

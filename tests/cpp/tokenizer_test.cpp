@@ -39,18 +39,23 @@ std::vector<Rank> parse_ids(std::string list) {
   return ids;
 }
 
-// o200k's split with its 64-byte windows must cut a text exactly where the piece-at-a-time path does
-// (the reference: the parity tests check it against tiktoken).
+// o200k's and cl100k's splits with their 64-byte windows must cut a text exactly where the
+// piece-at-a-time path does (the reference: the parity tests check it against tiktoken).
 void require_windows_match_scalar(const std::string& text) {
   using namespace tokenlane::detail;
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  std::vector<std::size_t> windowed, scalar;
-  split_o200k(s, text.size(), [&](std::size_t, std::size_t e) { windowed.push_back(e); });
   const Cursor t(s, text.size());
   const AsciiScan a{s, text.size()};
-  for (std::size_t i = 0; i < text.size(); i = scalar.back()) scalar.push_back(o200k_scalar_piece_end(t, a, i));
-  INFO("text: " << text);
-  REQUIRE(windowed == scalar);
+  for (const bool o200k : {true, false}) {
+    std::vector<std::size_t> windowed, scalar;
+    auto sink = [&](std::size_t, std::size_t e) { windowed.push_back(e); };
+    if (o200k) split_o200k(s, text.size(), sink);
+    else split_cl100k(s, text.size(), sink);
+    for (std::size_t i = 0; i < text.size(); i = scalar.back())
+      scalar.push_back(o200k ? o200k_scalar_piece_end(t, a, i) : cl100k_scalar_piece_end(t, a, i));
+    INFO((o200k ? "o200k" : "cl100k") << " text: " << text);
+    REQUIRE(windowed == scalar);
+  }
 }
 
 // Runs check() with every window classifier this CPU runs (the runtime dispatch takes the widest).
@@ -118,7 +123,7 @@ TEST_CASE("Chinese, Japanese and Russian sentences give tiktoken's ids, cold and
   for (std::size_t i = 0; i < cases.size(); ++i) CHECK(other_thread[i] == cases[i].second);
 }
 
-TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
+TEST_CASE("the 64-byte windows split text exactly like the piece-at-a-time path", "[tokenizer]") {
   // The window rules restate the regex over ASCII, two-byte Latin-1/Cyrillic letters and multi-byte
   // punctuation; the scalar path is the reference (it is checked against tiktoken by the parity
   // tests). Random text over the bytes and characters the rules treat specially, including broken
@@ -166,7 +171,7 @@ TEST_CASE("o200k's 64-byte windows split text exactly like the piece-at-a-time p
   });
 }
 
-TEST_CASE("o200k's windows end words longer than a window exactly like the piece-at-a-time path", "[tokenizer]") {
+TEST_CASE("the windows end words longer than a window exactly like the piece-at-a-time path", "[tokenizer]") {
   // Words of 10-70 letters (kanji, kana, Hangul, lower-case Latin and Cyrillic; upper-case letters
   // now and then, where the regex backtracks) between separators: punctuation, spaces, numbers,
   // contractions, marks, letters the masks leave, invalid bytes.

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include "tokenlane/tokenizer.hpp"
 #include "unicode.hpp"
 
 // The general (any Unicode) paths are kept out of line (TOKENLANE_NOINLINE), so that the hot ASCII
@@ -417,24 +418,6 @@ TOKENLANE_NOINLINE inline std::size_t cl100k_piece_end(const Cursor& t, std::siz
   return whitespace_piece_end(t, i, /*end_first=*/true, /*newline_rule=*/true);
 }
 
-template <class Sink>
-void split_cl100k(const unsigned char* s, std::size_t n, Sink&& sink) {
-  const Cursor t(s, n);
-  const AsciiScan a{s, n};
-  for (std::size_t i = 0; i < n;) {
-    std::size_t e = cl100k_ascii_piece(t, a, i, &sink);
-    if (e >= kEmitted) {
-      if (e != Cursor::npos) {
-        i = e & ~kEmitted;
-        continue;
-      }
-      e = cl100k_piece_end(t, i);
-    }
-    sink(i, e);
-    i = e;
-  }
-}
-
 // o200k_base (alternatives joined with |):
 //   A  [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?
 //   B  [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?
@@ -516,11 +499,12 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 }
 
 
-// o200k_base over 64 ASCII bytes at a time ("bit-parallel"): every byte class becomes a 64-bit mask
-// (bit k = byte k of the window), and the piece starts of the whole window come from a few dozen
-// whole-word operations on the masks instead of a branchy walk per piece, whose dispatch on the
-// piece kind mispredicts about once per piece. The rules below restate the regex's alternatives
-// over ASCII, given that the window starts at a piece start (see o200k_window). Only pieces whose
+// o200k_base and cl100k_base over 64 bytes at a time ("bit-parallel"): every byte class becomes a
+// 64-bit mask (bit k = byte k of the window), and the piece starts of the whole window come from a
+// few dozen whole-word operations on the masks instead of a branchy walk per piece, whose dispatch
+// on the piece kind mispredicts about once per piece. The rules below restate the regex's
+// alternatives over these classes, given that the window starts at a piece start (see
+// window_pieces). Only pieces whose
 // boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
 // non-ASCII character the masks do not classify (below: the common two- and three-byte letters and
 // multi-byte punctuation), near the end of the text, and at the rare patterns the masks do not model.
@@ -930,7 +914,7 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
   return seed | ((seed >> 32) & run);
 }
 
-// The end of a word piece longer than its window (o200k_window found no end before `cert`), or npos.
+// The end of a word piece longer than its window (window_pieces found no end before `cert`), or npos.
 // Chinese and Japanese have many: a clause of kanji and kana between two punctuation marks is one
 // piece, often longer than 61 bytes, and the scalar path walked a fifth of Japanese text one
 // character at a time. A word whose letters from the first through cert are lower-case or of both
@@ -998,12 +982,57 @@ inline std::size_t o200k_long_word_end(const unsigned char* s, std::size_t n, st
   }
 }
 
-// The pieces of o200k_base in the 64 bytes at s + i (readable; i is a piece start; n: the text's
-// length), passed to sink with offsets relative to s; a window of digits only passes the whole run
-// of digits (to a sink that wants_digits). Returns where the next piece starts: i itself when no
-// piece could be decided inside the window (the caller then takes one piece the scalar way).
-template <class Sink>
-std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, Sink& sink, std::uint64_t& high) {
+// cl100k's word piece longer than its window: [^\r\n\p{L}\p{N}]?+\p{L}++ has no case classes, so the
+// letters from the first through cert run on to the first byte that is not one (a mark ends it too),
+// which the windows after it find (and the scalar path in the text's last 64 bytes, so that a word
+// that reaches the end is not scanned twice). Where the masks cannot tell (a letter they leave),
+// npos: the scalar path takes the piece.
+inline std::size_t cl100k_long_word_end(const unsigned char* s, std::size_t n, std::size_t i, const AsciiMasks& m,
+                                        unsigned cert) {
+  const std::uint64_t letter = m.lower | m.upper | m.both;
+  const unsigned p = letter ? static_cast<unsigned>(__builtin_ctzll(letter)) : 64;  // after a prefix
+  if (p > 3 || cert <= p) return Cursor::npos;
+  const std::uint64_t letters = ((std::uint64_t{1} << cert) - 1) & ~((std::uint64_t{1} << p) - 1);
+  if ((letter & letters) != letters) return Cursor::npos;
+  std::size_t j = i + cert;  // a character start inside the word, from which the next window looks
+  while (j > i + p && (s[j] & 0xC0) == 0x80) --j;
+  for (;;) {
+    if (j + 64 > n) return Cursor(s, n).run_end(j, kLetter);
+    AsciiMasks w = classify64(s + j);
+    if (w.high) {
+      add_three_byte_letters(w, s + j);
+      add_latin1_supplement(w, s + j);
+    }
+    const std::uint64_t other = ~(w.lower | w.upper | w.both);
+    if (other == 0) {  // (a character cut by the window's end stays `high`: j + 64 starts one)
+      j += 64;
+      continue;
+    }
+    const unsigned f = static_cast<unsigned>(__builtin_ctzll(other));
+    if ((w.high >> f) & 1) {  // a character the masks leave
+      const unsigned char b = s[j + f];
+      const unsigned len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
+      if (b >= 0xC0 && f + len > 64) {  // cut by the window's end: the next window looks at it
+        j += f;
+        continue;
+      }
+      return (decode_char(s + j + f, s + n).cls & kLetter) ? Cursor::npos : j + f;
+    }
+    return j + f;
+  }
+}
+
+// The pieces of o200k_base or cl100k_base (kKind) in the 64 bytes at s + i (readable; i is a piece
+// start; n: the text's length), passed to sink with offsets relative to s; a window of digits only
+// passes the whole run of digits (to a sink that wants_digits). Returns where the next piece starts:
+// i itself when no piece could be decided inside the window (the caller then takes one piece the
+// scalar way). The two patterns differ in their words (o200k's have case classes and take a
+// contraction as a suffix; cl100k's are any letters, and a contraction is a piece of its own) and
+// in their punctuation tails (o200k's take '/' too); the rest is the same.
+template <PretokenizerKind kKind, class Sink>
+std::size_t window_pieces(const unsigned char* s, std::size_t n, std::size_t i, Sink& sink, std::uint64_t& high) {
+  static_assert(kKind == PretokenizerKind::o200k || kKind == PretokenizerKind::cl100k);
+  constexpr bool kO200k = kKind == PretokenizerKind::o200k;
   AsciiMasks m = classify64(s + i);
   if (m.high) {
     add_three_byte_letters(m, s + i);
@@ -1036,10 +1065,12 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
     const std::uint64_t two = last_blank & m.tail2;
     ws_starts = (ws_starts & ~two) | (two >> 1);
   }
-  // [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a non-letter or
-  // at an upper-case letter after a lower-case one; a blank or a punctuation run of one character
-  // just before it is its prefix (and then the piece starts there instead).
-  const std::uint64_t word_start = letter & (~before(letter) | (before(m.lower) & m.upper));
+  // o200k [^\r\n\p{L}\p{N}]?[A-Z]*[a-z]+|...[A-Z]+[a-z]*: a word starts at a letter after a
+  // non-letter or at an upper-case letter after a lower-case one (cl100k [^\r\n\p{L}\p{N}]?+\p{L}++:
+  // after a non-letter only); a blank or a punctuation run of one character just before it is its
+  // prefix (and then the piece starts there instead).
+  const std::uint64_t word_start =
+      kO200k ? letter & (~before(letter) | (before(m.lower) & m.upper)) : letter & ~before(letter);
   std::uint64_t first_char = punct_start;  // the bytes of each punctuation run's first character
   for (int k = 0; k < 3; ++k) first_char |= before(first_char) & m.cont;
   const std::uint64_t one_char_run = first_char & ~(m.cont >> 1);  // its last byte, if a letter follows
@@ -1057,16 +1088,18 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
     const unsigned run_start = outside ? 64 - static_cast<unsigned>(__builtin_clzll(outside)) : 0;
     cert = std::min(cert, run_start);
   }
-  // A '/' after a newline may be in a punctuation run's tail or start a piece: left to the scalar path.
-  if (const std::uint64_t odd = m.slash & before(m.newline) & known) {
-    cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(odd)));
-  }
-  // A letter of both case classes before an upper-case one ("中文AB"): where the piece ends depends
-  // on what follows the upper-case letters (A backtracks to the last letter of both classes when no
-  // lower-case one follows; after a lower-case one the upper-case letter starts a piece): left to the
-  // scalar path. Elsewhere such letters never start a piece inside a run of letters.
-  if (const std::uint64_t both_upper = m.both & (m.upper >> 1)) {
-    cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(both_upper)) + 1);
+  if constexpr (kO200k) {
+    // A '/' after a newline may be in a punctuation run's tail or start a piece: left to the scalar path.
+    if (const std::uint64_t odd = m.slash & before(m.newline) & known) {
+      cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(odd)));
+    }
+    // A letter of both case classes before an upper-case one ("中文AB"): where the piece ends depends
+    // on what follows the upper-case letters (A backtracks to the last letter of both classes when no
+    // lower-case one follows; after a lower-case one the upper-case letter starts a piece): left to
+    // the scalar path. Elsewhere such letters never start a piece inside a run of letters.
+    if (const std::uint64_t both_upper = m.both & (m.upper >> 1)) {
+      cert = std::min(cert, static_cast<unsigned>(__builtin_ctzll(both_upper)) + 1);
+    }
   }
   // \p{N}{1,3} takes a longer run of digits three at a time (three characters: with two-byte
   // numbers in the run, every third character's first byte).
@@ -1084,26 +1117,45 @@ std::size_t o200k_window(const unsigned char* s, std::size_t n, std::size_t i, S
       if (c > 0 && c % 3 == 0) starts |= chars & -chars;
     }
   }
-  // (?i:'s|'t|'re|'ve|'m|'ll|'d) after a word: the piece runs through it. (Not after the letters
-  // of another contraction: "A't't" is "A't" and "'t".)
-  unsigned contraction_end = 0;
-  for (std::uint64_t q = m.apostrophe & before(letter) & known; q; q &= q - 1) {
-    const unsigned k = static_cast<unsigned>(__builtin_ctzll(q));
-    if (k >= cert) break;
-    if (k == contraction_end) continue;
+  // The contraction (?i:'s|'t|'re|'ve|'m|'ll|'d) after the apostrophe at k (bytes k + 1, k + 2
+  // are known): its length, or 0.
+  auto contraction = [&](unsigned k) -> unsigned {
     const unsigned char a = s[i + k + 1] | 0x20, b = s[i + k + 2] | 0x20;
-    unsigned len = 0;
-    if (a == 's' || a == 't' || a == 'm' || a == 'd') len = 1;
-    else if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e')) len = 2;
-    if (len == 0) continue;
-    starts &= ~(((std::uint64_t{2} << len) - 1) << k);
-    starts |= std::uint64_t{1} << (k + 1 + len);
-    contraction_end = k + 1 + len;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 1;
+    if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e')) return 2;
+    return 0;
+  };
+  if constexpr (kO200k) {
+    // After a word the piece runs through a contraction. (Not after the letters of another
+    // contraction: "A't't" is "A't" and "'t".)
+    unsigned contraction_end = 0;
+    for (std::uint64_t q = m.apostrophe & before(letter) & known; q; q &= q - 1) {
+      const unsigned k = static_cast<unsigned>(__builtin_ctzll(q));
+      if (k >= cert) break;
+      if (k == contraction_end) continue;
+      const unsigned len = contraction(k);
+      if (len == 0) continue;
+      starts &= ~(((std::uint64_t{2} << len) - 1) << k);
+      starts |= std::uint64_t{1} << (k + 1 + len);
+      contraction_end = k + 1 + len;
+    }
+  } else {
+    // cl100k's first alternative: where a piece starts at an apostrophe (a punctuation run's
+    // start), a contraction after it is the whole piece ("'sa" is "'s" and "a", not a prefixed word).
+    for (std::uint64_t q = m.apostrophe & punct_start & known; q; q &= q - 1) {
+      const unsigned k = static_cast<unsigned>(__builtin_ctzll(q));
+      if (k >= cert) break;
+      const unsigned len = contraction(k);
+      if (len == 0) continue;
+      starts &= ~(((std::uint64_t{1} << len) - 1) << (k + 1));
+      starts |= std::uint64_t{1} << (k + 1 + len);
+    }
   }
   std::uint64_t emit = starts & ((std::uint64_t{1} << cert) - 1) & ~std::uint64_t{1};
   if (cert == 0 || emit == 0) {
     if (cert < 32) return i;  // (a window stopped early by a character the masks leave: scalar path)
-    const std::size_t e = o200k_long_word_end(s, n, i, m, cert);
+    const std::size_t e =
+        kO200k ? o200k_long_word_end(s, n, i, m, cert) : cl100k_long_word_end(s, n, i, m, cert);
     if (e == Cursor::npos) return i;
     sink(i, e);
     return e;
@@ -1154,14 +1206,20 @@ TOKENLANE_NOINLINE inline std::size_t o200k_piece_end(const Cursor& t, std::size
   return whitespace_piece_end(t, i, /*end_first=*/false, /*newline_rule=*/true);
 }
 
-// The end of the piece starting at i, one piece at a time (the reference for o200k_window).
+// The end of the piece starting at i, one piece at a time (the reference for window_pieces).
 inline std::size_t o200k_scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
   const std::size_t e = o200k_ascii_piece(t, a, i);
   return e != Cursor::npos ? e : o200k_piece_end(t, i);
 }
+inline std::size_t cl100k_scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
+  const std::size_t e = cl100k_ascii_piece(t, a, i);
+  return e != Cursor::npos ? e : cl100k_piece_end(t, i);
+}
 
-template <class Sink>
-void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
+// o200k_base or cl100k_base: windows where they decide, else one piece at a time.
+template <PretokenizerKind kKind, class Sink>
+void split_windowed(const unsigned char* s, std::size_t n, Sink&& sink) {
+  constexpr bool kO200k = kKind == PretokenizerKind::o200k;
   const Cursor t(s, n);
   const AsciiScan a{s, n};
   // After a window that decided nothing, the scalar path goes on past the first non-ASCII byte (a
@@ -1171,7 +1229,7 @@ void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
   for (std::size_t i = 0; i < n;) {
     if (i >= window_from && i + 64 <= n) {
       std::uint64_t high;
-      const std::size_t next = o200k_window(s, n, i, sink, high);
+      const std::size_t next = window_pieces<kKind>(s, n, i, sink, high);
       if (next != i) {
         i = next;
         skip = 0;
@@ -1184,17 +1242,26 @@ void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
         window_from = i + skip;
       }
     }
-    std::size_t e = o200k_ascii_piece(t, a, i, &sink);
+    std::size_t e = kO200k ? o200k_ascii_piece(t, a, i, &sink) : cl100k_ascii_piece(t, a, i, &sink);
     if (e >= kEmitted) {
       if (e != Cursor::npos) {
         i = e & ~kEmitted;
         continue;
       }
-      e = o200k_piece_end(t, i);
+      e = kO200k ? o200k_piece_end(t, i) : cl100k_piece_end(t, i);
     }
     sink(i, e);
     i = e;
   }
+}
+
+template <class Sink>
+void split_o200k(const unsigned char* s, std::size_t n, Sink&& sink) {
+  split_windowed<PretokenizerKind::o200k>(s, n, sink);
+}
+template <class Sink>
+void split_cl100k(const unsigned char* s, std::size_t n, Sink&& sink) {
+  split_windowed<PretokenizerKind::cl100k>(s, n, sink);
 }
 
 }  // namespace tokenlane::detail
