@@ -1,6 +1,6 @@
 // Where the C++ core's encode time goes, per corpus file: the pre-tokenizer alone (split), the
-// pre-tokenizer piece at a time (the windows' scalar reference; o200k, cl100k), and whole encode/count, in MB/s of
-// this thread's CPU time (steady on a shared machine), best of --reps.
+// pre-tokenizer piece at a time (the windows' scalar reference; o200k, cl100k), and whole
+// encode/count, in MB/s of this thread's CPU time (steady on a shared machine), best of --reps.
 //
 //   tokenizer_core_bench ENCODING FILE... [--reps N] [--only split|scalar|encode|count|batch] [--isa ...]
 //

@@ -504,10 +504,10 @@ inline std::size_t o200k_ascii_piece(const Cursor& t, const AsciiScan& a, std::s
 // few dozen whole-word operations on the masks instead of a branchy walk per piece, whose dispatch
 // on the piece kind mispredicts about once per piece. The rules below restate the regex's
 // alternatives over these classes, given that the window starts at a piece start (see
-// window_pieces). Only pieces whose
-// boundaries are decided by bytes inside the window are emitted; the scalar paths take over at a
-// non-ASCII character the masks do not classify (below: the common two- and three-byte letters and
-// multi-byte punctuation), near the end of the text, and at the rare patterns the masks do not model.
+// window_pieces). Only pieces whose boundaries are decided by bytes inside the window are emitted;
+// the scalar paths take over at a non-ASCII character the masks do not classify (below: the common
+// two- and three-byte letters and multi-byte punctuation), near the end of the text, and at the rare
+// patterns the masks do not model.
 struct AsciiMasks {
   std::uint64_t lower, upper, digit, newline, space, blank, high, apostrophe, slash, cont, both, number2, tail2;
   // blank: \s other than \r \n (space, \t, \v, \f, and NEL and NBSP: see add_latin1_supplement);
