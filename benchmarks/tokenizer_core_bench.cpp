@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
         const AsciiScan a{s, d.size()};
         const bool o200k = kind == PretokenizerKind::o200k;
         for (std::size_t i = 0; i < d.size();)
-          sink(i, i = o200k ? o200k_scalar_piece_end(t, a, i) : cl100k_scalar_piece_end(t, a, i));
+          sink(i, i = o200k ? scalar_piece_end<PretokenizerKind::o200k>(t, a, i)
+                            : scalar_piece_end<PretokenizerKind::cl100k>(t, a, i));
       } else if (kind == PretokenizerKind::o200k) {
         split_o200k(s, d.size(), sink);
       } else if (kind == PretokenizerKind::cl100k) {

@@ -43,6 +43,7 @@ std::vector<Rank> parse_ids(std::string list) {
 // piece-at-a-time path does (the reference: the parity tests check it against tiktoken).
 void require_windows_match_scalar(const std::string& text) {
   using namespace tokenlane::detail;
+  using tokenlane::PretokenizerKind;
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const Cursor t(s, text.size());
   const AsciiScan a{s, text.size()};
@@ -52,7 +53,8 @@ void require_windows_match_scalar(const std::string& text) {
     if (o200k) split_o200k(s, text.size(), sink);
     else split_cl100k(s, text.size(), sink);
     for (std::size_t i = 0; i < text.size(); i = scalar.back())
-      scalar.push_back(o200k ? o200k_scalar_piece_end(t, a, i) : cl100k_scalar_piece_end(t, a, i));
+      scalar.push_back(o200k ? scalar_piece_end<PretokenizerKind::o200k>(t, a, i)
+                             : scalar_piece_end<PretokenizerKind::cl100k>(t, a, i));
     INFO((o200k ? "o200k" : "cl100k") << " text: " << text);
     REQUIRE(windowed == scalar);
   }

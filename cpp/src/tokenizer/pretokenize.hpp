@@ -914,6 +914,23 @@ inline std::uint64_t fill_down(std::uint64_t seed, std::uint64_t run) {
   return seed | ((seed >> 32) & run);
 }
 
+// The masks a long word's following windows need: letters of every kind the windows take.
+inline AsciiMasks word_masks(const unsigned char* w) {
+  AsciiMasks m = classify64(w);
+  if (m.high) {
+    add_three_byte_letters(m, w);
+    add_latin1_supplement(m, w);
+  }
+  return m;
+}
+
+// Whether the character whose first byte b is at offset f of a window is cut by the window's end
+// (the next window, starting at it, looks at it).
+inline bool cut_by_window_end(unsigned char b, unsigned f) {
+  const unsigned len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
+  return b >= 0xC0 && f + len > 64;
+}
+
 // The end of a word piece longer than its window (window_pieces found no end before `cert`), or npos.
 // Chinese and Japanese have many: a clause of kanji and kana between two punctuation marks is one
 // piece, often longer than 61 bytes, and the scalar path walked a fifth of Japanese text one
@@ -942,11 +959,7 @@ inline std::size_t o200k_long_word_end(const unsigned char* s, std::size_t n, st
   while (j > i + p && (s[j] & 0xC0) == 0x80) --j;
   for (;;) {
     if (j + 64 > n) return Cursor::npos;
-    AsciiMasks w = classify64(s + j);
-    if (w.high) {
-      add_three_byte_letters(w, s + j);
-      add_latin1_supplement(w, s + j);
-    }
+    const AsciiMasks w = word_masks(s + j);
     const std::uint64_t other = ~(w.lower | w.both);
     if (other == 0) {  // (a character cut by the window's end stays `high`: j + 64 starts one)
       lower_seen |= w.lower != 0;
@@ -957,8 +970,7 @@ inline std::size_t o200k_long_word_end(const unsigned char* s, std::size_t n, st
     lower_seen |= (w.lower & ((std::uint64_t{1} << f) - 1)) != 0;
     const unsigned char b = s[j + f];
     if ((w.high >> f) & 1) {  // a character the masks leave
-      const unsigned len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
-      if (b >= 0xC0 && f + len > 64) {  // cut by the window's end: the next window looks at it
+      if (cut_by_window_end(b, f)) {
         j += f;
         continue;
       }
@@ -998,11 +1010,7 @@ inline std::size_t cl100k_long_word_end(const unsigned char* s, std::size_t n, s
   while (j > i + p && (s[j] & 0xC0) == 0x80) --j;
   for (;;) {
     if (j + 64 > n) return Cursor(s, n).run_end(j, kLetter);
-    AsciiMasks w = classify64(s + j);
-    if (w.high) {
-      add_three_byte_letters(w, s + j);
-      add_latin1_supplement(w, s + j);
-    }
+    const AsciiMasks w = word_masks(s + j);
     const std::uint64_t other = ~(w.lower | w.upper | w.both);
     if (other == 0) {  // (a character cut by the window's end stays `high`: j + 64 starts one)
       j += 64;
@@ -1010,9 +1018,7 @@ inline std::size_t cl100k_long_word_end(const unsigned char* s, std::size_t n, s
     }
     const unsigned f = static_cast<unsigned>(__builtin_ctzll(other));
     if ((w.high >> f) & 1) {  // a character the masks leave
-      const unsigned char b = s[j + f];
-      const unsigned len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
-      if (b >= 0xC0 && f + len > 64) {  // cut by the window's end: the next window looks at it
+      if (cut_by_window_end(s[j + f], f)) {
         j += f;
         continue;
       }
@@ -1207,13 +1213,12 @@ TOKENLANE_NOINLINE inline std::size_t o200k_piece_end(const Cursor& t, std::size
 }
 
 // The end of the piece starting at i, one piece at a time (the reference for window_pieces).
-inline std::size_t o200k_scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
-  const std::size_t e = o200k_ascii_piece(t, a, i);
-  return e != Cursor::npos ? e : o200k_piece_end(t, i);
-}
-inline std::size_t cl100k_scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
-  const std::size_t e = cl100k_ascii_piece(t, a, i);
-  return e != Cursor::npos ? e : cl100k_piece_end(t, i);
+template <PretokenizerKind kKind>
+std::size_t scalar_piece_end(const Cursor& t, const AsciiScan& a, std::size_t i) {
+  constexpr bool kO200k = kKind == PretokenizerKind::o200k;
+  const std::size_t e = kO200k ? o200k_ascii_piece(t, a, i) : cl100k_ascii_piece(t, a, i);
+  if (e != Cursor::npos) return e;
+  return kO200k ? o200k_piece_end(t, i) : cl100k_piece_end(t, i);
 }
 
 // o200k_base or cl100k_base: windows where they decide, else one piece at a time.
