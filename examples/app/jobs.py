@@ -95,9 +95,12 @@ def flatten(view: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(decision, str):
         row.setdefault("decision", decision)
     live = view.get("status")
-    # The live job knows first; once the ledger row is final it is the truth.
+    # The live job knows first; once the ledger row is final it is the truth. A success's usage and
+    # cost come with its ledger row, written behind the response: until that row is final the
+    # request is shown still running, so a page never says "succeeded" without them.
     if live and row.get("status") not in TERMINAL:
-        row["status"] = {"pending": "queued"}.get(live, live)
+        status = {"pending": "queued"}.get(live, live)
+        row["status"] = "running" if status == "succeeded" else status
     row.setdefault("id", view.get("id"))
     row["position"] = view.get("position")
     row["response"] = response_text(view.get("response")) or row.get("response_preview")
