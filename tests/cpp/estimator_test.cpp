@@ -264,3 +264,18 @@ TEST_CASE("the learned model ends the same whether or not estimates ran while it
   CHECK(below_one == 0);
   CHECK(watched.to_json() == alone.to_json());
 }
+
+TEST_CASE("observe_log answers what predict_log answered just before the update") {
+  // The blend learns from the learned model's prediction of the same request: observe_log gives it
+  // from the one pass over the prompt that the update makes anyway.
+  LearnedEstimator est, twin;
+  for (int i = 0; i < 50; ++i) {
+    const std::string p = "summarize this report, part " + std::to_string(i % 7);
+    const std::string model = i % 3 ? "gpt-4o" : "model-" + std::to_string(i);  // new models too
+    const auto before = est.predict_log(query(p, model));
+    CHECK(est.observe_log(query(p, model), 30 + i, i % 5 == 0) == before);
+    twin.observe(query(p, model), 30 + i, i % 5 == 0);
+    if (i % 5 != 0) CHECK(est.predict_log(query(p, model)) != before);  // it learned (a censored length may teach nothing)
+  }
+  CHECK(est.to_json() == twin.to_json());  // observe is observe_log without the answer
+}

@@ -130,6 +130,9 @@ class LearnedEstimator final : public Estimator {
   void fit(const std::vector<Observation>& records, int epochs = 4, std::uint64_t seed = 1);
   // log(p50), log(p90) before capping: what the blend combines.
   std::pair<double, double> predict_log(const EstimateQuery& query) const;
+  // observe, returning predict_log's answer from just before the update (one pass over the prompt
+  // for both: the blend needs the prediction it is learning from).
+  std::pair<double, double> observe_log(const EstimateQuery& query, std::uint64_t output_tokens, bool truncated);
   // exp of the learned per-model offset (1.0 for models never observed).
   double verbosity(std::string_view model) const;
   struct State;
@@ -207,6 +210,8 @@ class BlendEstimator final : public Estimator {
  private:
   struct Raw;
   Raw predict(const EstimateQuery& query) const;
+  // The blend of the learned (or heuristic) log prediction `base` with calibration and history.
+  Raw blend(const EstimateQuery& query, std::pair<double, double> base) const;
   friend struct detail::EstimatorCodec;
   std::unique_ptr<LearnedEstimator> learned_;
   std::unique_ptr<HistoryEstimator> history_;

@@ -68,17 +68,21 @@ std::unique_ptr<BlendEstimator> BlendEstimator::make_default() {
   return std::make_unique<BlendEstimator>(std::make_unique<LearnedEstimator>(), std::make_unique<HistoryEstimator>());
 }
 
+namespace {
+std::pair<double, double> prior_log(const EstimateQuery& q) {
+  auto [p50, p90] = HeuristicEstimator::prior(q.task, detail::input_tokens_of(q));
+  return {std::log(p50), std::log(p90)};
+}
+}  // namespace
+
 BlendEstimator::Raw BlendEstimator::predict(const EstimateQuery& q) const {
+  return blend(q, learned_ ? learned_->predict_log(q) : prior_log(q));
+}
+
+BlendEstimator::Raw BlendEstimator::blend(const EstimateQuery& q, std::pair<double, double> base) const {
   Raw r;
-  double l50, l90;
-  if (learned_) {
-    std::tie(l50, l90) = learned_->predict_log(q);
-    r.source = 1;
-  } else {
-    auto [p50, p90] = HeuristicEstimator::prior(q.task, detail::input_tokens_of(q));
-    l50 = std::log(p50);
-    l90 = std::log(p90);
-  }
+  const auto [l50, l90] = base;
+  r.source = learned_ ? 1 : 0;
   r.base50 = l50;
   r.key = Calibration::key(q);
   double bias = 0;
@@ -119,7 +123,8 @@ Estimate BlendEstimator::estimate(const EstimateQuery& q) const {
 void BlendEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens, bool truncated) {
   detail::validate(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
-  const Raw r = predict(q);
+  // The learned model learns first and says what it predicted before: one pass over the prompt.
+  const Raw r = blend(q, learned_ ? learned_->observe_log(q, output_tokens, truncated) : prior_log(q));
   {
     std::unique_lock lock(cal_->mu);
     Calibration::Offsets& d = cal_->offsets[r.source];
@@ -138,7 +143,6 @@ void BlendEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens
       }
     }
   }
-  if (learned_) learned_->observe(q, output_tokens, truncated);
   history_->observe(q, output_tokens, truncated);
 }
 

@@ -165,17 +165,27 @@ Estimate LearnedEstimator::estimate(const EstimateQuery& q) const {
 }
 
 void LearnedEstimator::observe(const EstimateQuery& q, std::uint64_t output_tokens, bool truncated) {
+  observe_log(q, output_tokens, truncated);
+}
+
+std::pair<double, double> LearnedEstimator::observe_log(const EstimateQuery& q, std::uint64_t output_tokens,
+                                                        bool truncated) {
   detail::validate(q);
   State::Features& x = State::scratch();
   x.extract(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   std::lock_guard writer(s_->write_mu);
+  const std::pair<double, double> before = [&] {  // what predict_log answered until now
+    std::shared_lock lock(s_->mu);
+    return s_->predict(x, q.model);
+  }();
   if (s_->models.find(q.model) == s_->models.end()) {  // (only writers change the map: read safely)
     std::unique_lock lock(s_->mu);
     s_->model_entry(q.model);
   }
   std::shared_lock lock(s_->mu);
   s_->update(x, q.model, y, truncated);
+  return before;
 }
 
 void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, std::uint64_t seed) {
