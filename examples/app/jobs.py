@@ -99,8 +99,7 @@ def flatten(view: dict[str, Any]) -> dict[str, Any]:
     # cost come with its ledger row, written behind the response: until that row is final the
     # request is shown still running, so a page never says "succeeded" without them.
     if live and row.get("status") not in TERMINAL:
-        status = {"pending": "queued"}.get(live, live)
-        row["status"] = "running" if status == "succeeded" else status
+        row["status"] = {"pending": "queued", "succeeded": "running"}.get(live, live)
     row.setdefault("id", view.get("id"))
     row["position"] = view.get("position")
     row["response"] = response_text(view.get("response")) or row.get("response_preview")

@@ -122,12 +122,14 @@ struct LearnedEstimator::State {
   // One pinball-loss SGD step for both quantiles (caller holds write_mu, and mu shared or more;
   // `model` is in `models`). A truncated response says only "longer than y": a quantile already
   // above y learns nothing from it (the censored pinball loss), one below it is pushed up as by any
-  // longer answer.
-  void update(const Features& x, std::string_view model, double y, bool truncated) {
-    auto [p50, p90] = predict(x, model);
+  // longer answer. Returns the prediction it learned from (a new model's bias starts at 0, so it is
+  // what predict answered before the model had an entry).
+  std::pair<double, double> update(const Features& x, std::string_view model, double y, bool truncated) {
+    const auto before = predict(x, model);
+    const auto [p50, p90] = before;
     const double s50 = y > p50 ? -0.5 : (truncated ? 0.0 : 0.5);
     const double s90 = y > p90 ? -0.9 : (truncated ? 0.0 : 0.1);
-    if (s50 == 0.0 && s90 == 0.0) return;
+    if (s50 == 0.0 && s90 == 0.0) return before;
     for (std::size_t k = 0; k < x.n; ++k) {
       const Feature& f = x.buffer[k];
       const double g5 = s50 * f.value, g9 = s90 * f.value;
@@ -145,6 +147,7 @@ struct LearnedEstimator::State {
     m.b90.set(m.b90.get() - static_cast<float>(kModelLearningRate * s90 / std::sqrt(static_cast<double>(m.g90))));
     ++m.n;
     ++observations;
+    return before;
   }
 };
 
@@ -175,17 +178,12 @@ std::pair<double, double> LearnedEstimator::observe_log(const EstimateQuery& q, 
   x.extract(q);
   const double y = std::log(static_cast<double>(std::max<std::uint64_t>(output_tokens, 1)));
   std::lock_guard writer(s_->write_mu);
-  const std::pair<double, double> before = [&] {  // what predict_log answered until now
-    std::shared_lock lock(s_->mu);
-    return s_->predict(x, q.model);
-  }();
   if (s_->models.find(q.model) == s_->models.end()) {  // (only writers change the map: read safely)
     std::unique_lock lock(s_->mu);
     s_->model_entry(q.model);
   }
   std::shared_lock lock(s_->mu);
-  s_->update(x, q.model, y, truncated);
-  return before;
+  return s_->update(x, q.model, y, truncated);
 }
 
 void LearnedEstimator::fit(const std::vector<Observation>& records, int epochs, std::uint64_t seed) {
